@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` (set up + main job) and `make test` (set up + all tests).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast test-slow prepare clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test,notebooks]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+prepare: setup      ## download, verify and cache the embedded model pair
+	$(BIN)/rsdlib prepare
+
+demo: setup         ## the main job on the embedded default pair
+	$(BIN)/rsdlib demo
+
+test-fast: setup    ## default suite: tiny models, no network
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup    ## real embedded 0.5B/1.5B models
+	$(BIN)/python -m pytest -q -m slow
+
+test: test-fast test-slow
+
+clean:
+	rm -rf $(VENV) results
