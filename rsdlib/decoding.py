@@ -1,0 +1,495 @@
+"""Reverse Speculative Decoding (paper, Section 3.1, Algorithm 1) and its baselines, batched and KV-cached.
+
+One engine drives a teacher and a student in lockstep and emits one token per step per sequence.
+The four modes share all their code and differ only in the step rule:
+
+- ``rsd``: the teacher proposes y ~ P_t; kept if P_s(y) >= threshold, else y ~ P_s (Algorithm 1).
+- ``skd``: the role swap of the paper's "SKD-inspired" baseline: the student proposes, the teacher
+  approves with the same threshold rule, fallback to a teacher sample.
+- ``teacher`` / ``student``: plain sampling from one model (teacher-generated / self-distill baselines).
+
+The exact per-step distribution of RSD (field notes, section 5) is
+
+    P(y) = P_t(y) 1[P_s(y) >= tau] + r P_s(y),     r = sum_{z: P_s(z) < tau} P_t(z),
+
+where r is the probability that the step falls back to the student. With ``trials`` teacher draws
+before falling back (the authors' early code used 5), a = 1 - r is the per-draw acceptance mass and
+P(y) = P_t(y) 1[P_s(y) >= tau] (1 - r^n) / a + r^n P_s(y).
+
+Randomness: every row has its own ``torch.Generator`` seeded per (problem, sample). Each step draws
+exactly ``trials + 1`` uniforms per row in every mode (u[0..trials-1] for the proposals, u[trials]
+for the fallback) and samples by inverse CDF, so a threshold of 0 reproduces ``teacher`` mode and a
+threshold above 1 reproduces ``student`` mode token for token under the same seeds.
+
+Vocabulary: the trace lives in the STUDENT's ids. Teacher logits are masked by the vocabulary bridge
+(padded rows, ids the student lacks) and mapped to student ids; a student-only token (e.g. ``</think>``)
+enters the teacher's context as its teacher spelling, so each model keeps its own context, positions
+and KV cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+MODES = ("rsd", "skd", "teacher", "student")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DecodingConfig:
+    """Everything that decides the sampled distribution; recorded with every trace."""
+
+    mode: str = "rsd"  # rsd | skd | teacher | student
+    temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax of each distribution)
+    top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code: 0.95)
+    threshold: float = 0.01  # p_th: minimum verifier probability of a proposed token
+    threshold_on: str = "tempered"  # "tempered": test the distribution actually sampled from; "raw": T=1, no top-p
+    trials: int = 1  # proposer draws before falling back (paper: 1; authors' early code: 5)
+    max_new_tokens: int = 1024  # generation budget per sequence
+    stop_ids: tuple[int, ...] = ()  # student ids that end a sequence (end-of-turn, eos); kept in the trace
+    record_both: bool = False  # teacher/student modes: also run the other model to record its probabilities
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown decoding mode {self.mode!r}; choose one of {MODES}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.threshold_on not in ("tempered", "raw"):
+            raise ValueError(f"threshold_on must be 'tempered' or 'raw', got {self.threshold_on!r}")
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.stop_ids = tuple(int(i) for i in self.stop_ids)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.mode in ("rsd", "skd", "teacher") or self.record_both
+
+    @property
+    def needs_student(self) -> bool:
+        return self.mode in ("rsd", "skd", "student") or self.record_both
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop_ids"] = list(self.stop_ids)
+        return d
+
+
+@dataclass
+class Trace:
+    """One generated sequence with its per-token record (all lists have one entry per emitted token).
+
+    ``teacher_prob`` / ``student_prob`` are the probabilities of the emitted token under the
+    distributions actually sampled from (tempered, top-p); ``student_prob_raw`` and
+    ``student_entropy`` are from the student's own distribution (T = 1, no top-p), the quantities of
+    the paper's Section 3.2. A model that was not run (single-model modes without ``record_both``)
+    gets NaN. ``source`` is 0 for a teacher token and 1 for a student token.
+    """
+
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    source: list[int] = field(default_factory=list)
+    teacher_prob: list[float] = field(default_factory=list)
+    student_prob: list[float] = field(default_factory=list)
+    student_prob_raw: list[float] = field(default_factory=list)
+    student_entropy: list[float] = field(default_factory=list)
+    fallback: list[bool] = field(default_factory=list)
+    seed: int = 0
+    finish_reason: str = ""  # "stop" (a stop id was emitted) or "length"
+    config: dict = field(default_factory=dict)
+
+    @property
+    def fallback_rate(self) -> float:
+        return sum(self.fallback) / len(self.fallback) if self.fallback else 0.0
+
+    def sub_threshold_ratio(self, threshold: float = 0.01) -> float:
+        """Share of emitted tokens whose raw student probability is below ``threshold``."""
+        probs = self.student_prob_raw
+        return sum(p < threshold for p in probs) / len(probs) if probs else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trace":
+        return cls(**d)
+
+
+def derive_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
+    """A stable 63-bit seed for one (problem, sample), independent of batch order and process."""
+    digest = hashlib.sha256(f"{base_seed}|{problem_id}|{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure step maths on (B, V) probability tensors
+# ----------------------------------------------------------------------------------------------
+def tempered_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """(B, V) logits (masked rows = -inf) -> (B, V) float32 probabilities actually sampled from."""
+    logits = logits.float()
+    if temperature == 0:  # greedy: a one-hot on the argmax
+        probs = torch.zeros_like(logits)
+        probs.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return probs
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        probs = top_p_filter(probs, top_p)
+    return probs
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p``; renormalise. (B, V)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_p.cumsum(-1) - sorted_p  # (B, V): mass of strictly more likely tokens
+    keep_sorted = mass_before < top_p  # the first token is always kept
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    filtered = probs * keep
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """(B, V) -> (B,) Shannon entropy in nats (0 log 0 = 0)."""
+    return -(probs * torch.log(probs.clamp_min(1e-45))).where(probs > 0, torch.zeros_like(probs)).sum(-1)
+
+
+def proposal_mixture(
+    p_proposer: torch.Tensor, p_verifier: torch.Tensor, threshold: float, trials: int = 1, p_fallback=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact next-token distribution of "proposer samples, verifier approves if p >= threshold".
+
+    p_proposer, p_verifier: (B, V). The fallback samples from ``p_fallback`` (default: the verifier,
+    as in RSD and SKD). Returns (P, r): P (B, V) the distribution of the emitted token and r (B,)
+    the probability that the step falls back.
+    """
+    p_fallback = p_verifier if p_fallback is None else p_fallback
+    accept = p_verifier >= threshold  # (B, V)
+    accepted_mass = (p_proposer * accept).sum(-1)  # (B,) a: one draw is accepted
+    r1 = 1.0 - accepted_mass  # (B,) one draw is rejected
+    r = r1.clamp_min(0) ** trials  # (B,) all `trials` draws rejected
+    if trials == 1:
+        scale = torch.ones_like(accepted_mass)
+    else:  # sum_{k<n} r1^k = (1 - r1^n) / (1 - r1); a proposer with no accepted mass contributes 0 anyway
+        scale = torch.where(accepted_mass > 0, (1 - r) / accepted_mass.clamp_min(1e-30), torch.zeros_like(r))
+    mixture = p_proposer * accept * scale[:, None] + r[:, None] * p_fallback
+    return mixture, r
+
+
+def rsd_mixture(p_teacher: torch.Tensor, p_student: torch.Tensor, threshold: float, trials: int = 1):
+    """RSD's exact next-token distribution P (B, V) and fallback probability r (B,) (field notes s.5).
+
+    Inputs are probabilities already tempered and bridged onto the student's ids.
+    """
+    return proposal_mixture(p_teacher, p_student, threshold, trials)
+
+
+def skd_mixture(p_teacher: torch.Tensor, p_student: torch.Tensor, threshold: float, trials: int = 1):
+    """SKD-inspired twin: the student proposes, the teacher approves, fallback to the teacher."""
+    return proposal_mixture(p_student, p_teacher, threshold, trials)
+
+
+def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities and (B,) uniforms in [0, 1) -> (B,) token ids; zero-probability ids never win."""
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    idx = idx.clamp_max(probs.shape[-1] - 1)
+    # rounding at the very top can land on a trailing zero-probability id: step back to the last live one
+    bad = probs.gather(-1, idx[:, None]).squeeze(-1) <= 0
+    if bad.any():
+        last_live = (probs > 0).cumsum(-1).argmax(-1)  # first index reaching the final count = last live id
+        idx = torch.where(bad, last_live, idx)
+    return idx
+
+
+def draw_uniforms(generators: Sequence[torch.Generator] | torch.Generator, batch: int, n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms: one row per generator (a single generator serves all rows)."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand(batch, n, generator=generators, dtype=torch.float64)
+    if len(generators) != batch:
+        raise ValueError(f"need one generator per row: {len(generators)} generators for {batch} rows")
+    return torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in generators])
+
+
+def propose_and_verify(
+    p_proposer: torch.Tensor,
+    p_verifier_test: torch.Tensor,
+    p_fallback: torch.Tensor,
+    threshold: float,
+    uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched step of the threshold rule with explicit randomness.
+
+    uniforms: (B, trials + 1): u[:, k] drives proposal k, u[:, trials] the fallback draw.
+    Returns (tokens (B,), fallback (B,) bool).
+    """
+    trials = uniforms.shape[1] - 1
+    batch = p_proposer.shape[0]
+    tokens = torch.full((batch,), -1, dtype=torch.long, device=p_proposer.device)
+    decided = torch.zeros(batch, dtype=torch.bool, device=p_proposer.device)
+    u = uniforms.to(p_proposer.device)
+    for k in range(trials):
+        proposal = sample_inverse_cdf(p_proposer, u[:, k])  # (B,)
+        ok = p_verifier_test.gather(-1, proposal[:, None]).squeeze(-1) >= threshold
+        take = ok & ~decided
+        tokens = torch.where(take, proposal, tokens)
+        decided |= take
+    fallback = ~decided
+    if fallback.any():
+        tokens = torch.where(fallback, sample_inverse_cdf(p_fallback, u[:, trials]), tokens)
+    return tokens, fallback
+
+
+def rsd_sample(
+    p_teacher: torch.Tensor,
+    p_student: torch.Tensor,
+    threshold: float,
+    generator,
+    trials: int = 1,
+    p_student_test: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched step of Algorithm 1: (tokens (B,), fallback (B,) bool).
+
+    ``generator``: one torch.Generator for all rows, or a list with one per row. The threshold is
+    tested on ``p_student_test`` when given (e.g. the raw student distribution), else on ``p_student``.
+    """
+    uniforms = draw_uniforms(generator, p_teacher.shape[0], trials + 1)
+    test = p_student if p_student_test is None else p_student_test
+    return propose_and_verify(p_teacher, test, p_student, threshold, uniforms)
+
+
+@dataclass
+class StepProbs:
+    """Distributions of one step over the student's ids, each (B, V_s); None where a model was not run."""
+
+    teacher: torch.Tensor | None
+    student: torch.Tensor | None
+    student_raw: torch.Tensor | None
+    teacher_raw: torch.Tensor | None
+
+
+def step_probs(teacher_logits, student_logits, bridge, config: DecodingConfig) -> StepProbs:
+    """Mask, temper and bridge the last-position logits of both models onto the student's ids."""
+    p_t = p_t_raw = p_s = p_s_raw = None
+    if student_logits is not None:
+        s_logits = bridge.mask_student_logits(student_logits.float())
+        p_s = tempered_probs(s_logits, config.temperature, config.top_p)
+        p_s_raw = torch.softmax(s_logits, dim=-1)
+    if teacher_logits is not None:
+        t_logits = bridge.mask_teacher_logits(teacher_logits.float())
+        p_t = bridge.teacher_to_student(tempered_probs(t_logits, config.temperature, config.top_p))
+        if config.threshold_on == "raw" and config.mode == "skd":
+            p_t_raw = bridge.teacher_to_student(torch.softmax(t_logits, dim=-1))
+        if p_s is not None:
+            p_t = p_t.to(p_s.device)
+            p_t_raw = p_t_raw.to(p_s.device) if p_t_raw is not None else None
+    return StepProbs(p_t, p_s, p_s_raw, p_t_raw)
+
+
+def choose_tokens(probs: StepProbs, config: DecodingConfig, uniforms: torch.Tensor):
+    """The step rule of each mode on the same uniforms: (tokens (B,), fallback (B,), source (B,))."""
+    trials = config.trials
+    if config.mode == "teacher":
+        tokens = sample_inverse_cdf(probs.teacher, uniforms[:, 0].to(probs.teacher.device))
+        return tokens, torch.zeros_like(tokens, dtype=torch.bool), torch.zeros_like(tokens)
+    if config.mode == "student":
+        tokens = sample_inverse_cdf(probs.student, uniforms[:, trials].to(probs.student.device))
+        return tokens, torch.zeros_like(tokens, dtype=torch.bool), torch.ones_like(tokens)
+    if config.mode == "rsd":
+        test = probs.student_raw if config.threshold_on == "raw" else probs.student
+        tokens, fallback = propose_and_verify(probs.teacher, test, probs.student, config.threshold, uniforms)
+        return tokens, fallback, fallback.long()  # accepted: teacher (0); fallback: student (1)
+    test = probs.teacher_raw if config.threshold_on == "raw" else probs.teacher  # skd
+    tokens, fallback = propose_and_verify(probs.student, test, probs.teacher, config.threshold, uniforms)
+    return tokens, fallback, (~fallback).long()  # accepted: student (1); fallback: teacher (0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The batched two-model engine
+# ----------------------------------------------------------------------------------------------
+class _ModelState:
+    """One model's batched context: KV cache, 2-D attention mask over the cache, next position per row."""
+
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.device = model.device
+        self.pad_id = pad_id
+        self.cache = None
+        self.mask = None  # (B, L) 1 = real token
+        self.next_pos = None  # (B,) number of real tokens so far
+
+    @torch.no_grad()
+    def feed(self, rows: list[list[int]]) -> torch.Tensor:
+        """Append each row's new ids (left-padded to a common width) and return last-position logits (B, V)."""
+        from transformers import DynamicCache
+
+        width = max(len(r) for r in rows)
+        batch = len(rows)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                new_mask[i, width - len(r) :] = 1
+        ids, new_mask = ids.to(self.device), new_mask.to(self.device)
+        if self.cache is None:
+            self.cache = DynamicCache()
+            self.mask = new_mask
+            start = torch.zeros(batch, dtype=torch.long, device=self.device)
+        else:
+            self.mask = torch.cat([self.mask, new_mask], dim=1)
+            start = self.next_pos
+        positions = start[:, None] + (new_mask.cumsum(-1) - 1).clamp_min(0)  # (B, width)
+        self.next_pos = start + new_mask.sum(-1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Drop finished rows: keep only ``index`` (sorted row numbers) and trim all-padding columns."""
+        index = index.to(self.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_pos = self.next_pos[index]
+        live_cols = self.mask.any(0).nonzero()
+        first = int(live_cols[0]) if len(live_cols) else 0
+        if first > 0:  # columns that are padding in every remaining row cost attention for nothing
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+
+def _pad_id(model, fallback: int = 0) -> int:
+    cfg = model.config
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return fallback
+
+
+class Decoder:
+    """Batched lockstep decoder for one teacher/student pair (either may be None if the mode does not need it).
+
+    >>> dec = Decoder(pair.teacher, pair.student, pair.bridge, DecodingConfig(mode="rsd"))
+    >>> traces = dec.generate(prompts, seeds, batch_size=16)   # prompts in student ids
+    """
+
+    def __init__(self, teacher, student, bridge, config: DecodingConfig):
+        self.teacher, self.student, self.bridge, self.config = teacher, student, bridge, config
+        if config.needs_teacher and teacher is None:
+            raise ValueError(f"mode {config.mode!r} (record_both={config.record_both}) needs a teacher model")
+        if config.needs_student and student is None:
+            raise ValueError(f"mode {config.mode!r} (record_both={config.record_both}) needs a student model")
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        seeds: Sequence[int],
+        *,
+        batch_size: int = 16,
+        progress: bool | str = False,
+        on_finish: Callable[[int, Trace], None] | None = None,
+    ) -> list[Trace]:
+        """Generate one trace per (prompt, seed), ``batch_size`` rows at a time.
+
+        Prompts are lists of STUDENT token ids. Finished rows leave the batch at once and free slots
+        are refilled with pending prompts only between waves (a wave runs until all its rows end).
+        ``on_finish(index, trace)`` is called as soon as a trace ends (to append it to a store).
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        results: list[Trace | None] = [None] * len(prompts)
+        bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "decode",
+                   disable=not progress, mininterval=5, unit="seq")
+        # group equal prompts next to each other (16 samples of a problem share a prefill shape)
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+        for start in range(0, len(order), batch_size):
+            wave = order[start : start + batch_size]
+            for i, trace in self._run_wave([prompts[i] for i in wave], [seeds[i] for i in wave], wave):
+                results[i] = trace
+                if on_finish is not None:
+                    on_finish(i, trace)
+                bar.update(1)
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _run_wave(self, prompts, seeds, indices):
+        cfg, bridge = self.config, self.bridge
+        record = cfg.to_dict()
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        traces = [Trace(prompt_ids=list(map(int, p)), seed=int(s), config=record) for p, s in zip(prompts, seeds)]
+        active = list(range(len(prompts)))  # wave-local row numbers still generating
+        t_state = _ModelState(self.teacher, _pad_id(self.teacher)) if cfg.needs_teacher else None
+        s_state = _ModelState(self.student, _pad_id(self.student)) if cfg.needs_student else None
+        t_logits = t_state.feed([bridge.student_to_teacher(list(p)) for p in prompts]) if t_state else None
+        s_logits = s_state.feed([list(p) for p in prompts]) if s_state else None
+        stop = torch.tensor(sorted(cfg.stop_ids), dtype=torch.long)
+        nan = float("nan")
+        for step in range(cfg.max_new_tokens):
+            probs = step_probs(t_logits, s_logits, bridge, cfg)
+            uniforms = draw_uniforms([gens[r] for r in active], len(active), cfg.trials + 1)
+            tokens, fallback, source = choose_tokens(probs, cfg, uniforms)
+            col = tokens[:, None]
+            p_t = probs.teacher.gather(-1, col.to(probs.teacher.device)).squeeze(-1).tolist() if probs.teacher is not None else None
+            p_s = probs.student.gather(-1, col).squeeze(-1).tolist() if probs.student is not None else None
+            p_raw = probs.student_raw.gather(-1, col).squeeze(-1).tolist() if probs.student_raw is not None else None
+            ent = entropy(probs.student_raw).tolist() if probs.student_raw is not None else None
+            tok_list, fb_list, src_list = tokens.tolist(), fallback.tolist(), source.tolist()
+            for j, row in enumerate(active):
+                tr = traces[row]
+                tr.token_ids.append(tok_list[j])
+                tr.source.append(src_list[j])
+                tr.fallback.append(bool(fb_list[j]))
+                tr.teacher_prob.append(p_t[j] if p_t is not None else nan)
+                tr.student_prob.append(p_s[j] if p_s is not None else nan)
+                tr.student_prob_raw.append(p_raw[j] if p_raw is not None else nan)
+                tr.student_entropy.append(ent[j] if ent is not None else nan)
+            done = torch.isin(tokens.cpu(), stop) if len(stop) else torch.zeros(len(active), dtype=torch.bool)
+            if step == cfg.max_new_tokens - 1:
+                for j, row in enumerate(active):
+                    traces[row].finish_reason = "stop" if done[j] else "length"
+                break
+            finished = [active[j] for j in range(len(active)) if done[j]]
+            for row in finished:
+                traces[row].finish_reason = "stop"
+                yield indices[row], traces[row]
+            keep = [j for j in range(len(active)) if not done[j]]
+            if not keep:
+                return
+            if len(keep) < len(active):
+                keep_t = torch.tensor(keep, dtype=torch.long)
+                for state in (t_state, s_state):
+                    if state is not None:
+                        state.keep(keep_t)
+                tok_list = [tok_list[j] for j in keep]
+                active = [active[j] for j in keep]
+            t_logits = t_state.feed([bridge.student_to_teacher([t]) for t in tok_list]) if t_state else None
+            s_logits = s_state.feed([[t] for t in tok_list]) if s_state else None
+        for row in active:
+            yield indices[row], traces[row]

@@ -1,0 +1,247 @@
+"""The decoder against references: the exact mixture, teacher/student sampling, and a slow uncached decoder."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from rsdlib.bridge import VocabBridge
+from rsdlib.decoding import (
+    DecodingConfig,
+    Decoder,
+    choose_tokens,
+    draw_uniforms,
+    rsd_mixture,
+    rsd_sample,
+    skd_mixture,
+    propose_and_verify,
+    step_probs,
+    top_p_filter,
+)
+
+ALPHA = 1e-4  # false-alarm rate of each statistical test below (seeds are fixed, so runs are repeatable)
+
+
+def tiny_lm(vocab_size: int, seed: int, layers: int = 2, init: float = 0.6):
+    """A tiny random Qwen2 causal LM with peaked (non-uniform) next-token distributions."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=init, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    return model
+
+
+def random_probs(batch, vocab, gen, sharp=3.0):
+    return torch.softmax(torch.randn(batch, vocab, generator=gen) * sharp, dim=-1)
+
+
+# ---------------------------------------------------------------- pure maths
+def test_mixture_limits_and_hand_example():
+    p_t = torch.tensor([[0.5, 0.3, 0.2]])
+    p_s = torch.tensor([[0.6, 0.005, 0.395]])
+    mix, r = rsd_mixture(p_t, p_s, 0.01)
+    # token 1 is sub-threshold for the student: its teacher mass 0.3 falls back onto p_s
+    assert torch.allclose(r, torch.tensor([0.3]))
+    assert torch.allclose(mix, torch.tensor([[0.5 + 0.3 * 0.6, 0.3 * 0.005, 0.2 + 0.3 * 0.395]]))
+    mix0, r0 = rsd_mixture(p_t, p_s, 0.0)
+    assert torch.equal(mix0, p_t) and r0.item() == 0
+    mix2, r2 = rsd_mixture(p_t, p_s, 1.5)
+    assert torch.allclose(mix2, p_s) and r2.item() == 1
+    skd, r_skd = skd_mixture(p_t, p_s, 0.25)  # student proposes; the teacher rejects only token 2 (0.2 < 0.25)
+    assert torch.allclose(r_skd, torch.tensor([0.395]))
+    assert torch.allclose(skd, torch.tensor([[0.6 + 0.395 * 0.5, 0.005 + 0.395 * 0.3, 0.395 * 0.2]]))
+    assert torch.allclose(skd.sum(-1), torch.ones(1))
+
+
+def test_top_p_filter_keeps_smallest_nucleus():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert torch.allclose(top_p_filter(p, 0.75), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert torch.allclose(top_p_filter(p, 0.8), torch.tensor([[0.5, 0.3, 0.0, 0.0]]) / 0.8)
+    assert torch.allclose(top_p_filter(p, 0.81), torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
+
+
+@pytest.mark.parametrize("trials", [1, 3])
+@pytest.mark.parametrize("rule", ["rsd", "skd"])
+def test_sampler_frequencies_match_exact_mixture(rule, trials):
+    gen = torch.Generator().manual_seed(7)
+    vocab, n = 12, 200_000
+    p_t, p_s = random_probs(1, vocab, gen), random_probs(1, vocab, gen)
+    threshold = 0.05 if trials == 1 else 0.2  # several draws need a stricter verifier to fall back often
+    if rule == "rsd":
+        exact, r = rsd_mixture(p_t, p_s, threshold, trials)
+        tokens, fallback = rsd_sample(p_t.expand(n, -1), p_s.expand(n, -1), threshold, gen, trials=trials)
+    else:
+        exact, r = skd_mixture(p_t, p_s, threshold, trials)
+        u = draw_uniforms(gen, n, trials + 1)
+        tokens, fallback = propose_and_verify(p_s.expand(n, -1), p_t.expand(n, -1), p_t.expand(n, -1), threshold, u)
+    assert 0.02 < r.item() < 0.98, "the test needs a mixture with both parts"
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    expected = exact[0].double() * n
+    live = expected > 0
+    assert counts[~live].sum() == 0, "a token of probability 0 was sampled"
+    chi2 = (((counts - expected) ** 2)[live] / expected[live]).sum().item()
+    assert chi2 < stats.chi2.ppf(1 - ALPHA, int(live.sum()) - 1)
+    z = (fallback.double().mean().item() - r.item()) / math.sqrt(r.item() * (1 - r.item()) / n)
+    assert abs(z) < stats.norm.ppf(1 - ALPHA / 2)
+
+
+def test_sampler_never_returns_masked_ids():
+    gen = torch.Generator().manual_seed(3)
+    p_t = random_probs(4, 20, gen)
+    p_t[:, 15:] = 0
+    p_t /= p_t.sum(-1, keepdim=True)
+    p_s = random_probs(4, 20, gen)
+    p_s[:, 18:] = 0
+    p_s /= p_s.sum(-1, keepdim=True)
+    for _ in range(200):
+        tokens, _ = rsd_sample(p_t, p_s, 0.05, gen)
+        assert ((p_t.gather(-1, tokens[:, None]) > 0) | (p_s.gather(-1, tokens[:, None]) > 0)).all()
+        assert (tokens < 18).all()
+
+
+# ---------------------------------------------------------------- engine vs references
+def reference_decode(teacher, student, bridge, cfg, prompt, seed):
+    """Slow reference: one row, no cache, the full context recomputed at every step."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens, out = [], {"tokens": [], "teacher_prob": [], "student_prob": [], "fallback": []}
+    for _ in range(cfg.max_new_tokens):
+        s_ctx = list(prompt) + tokens
+        t_ctx = bridge.student_to_teacher(s_ctx)
+        with torch.no_grad():
+            t_logits = teacher(torch.tensor([t_ctx])).logits[:, -1] if cfg.needs_teacher else None
+            s_logits = student(torch.tensor([s_ctx])).logits[:, -1] if cfg.needs_student else None
+        probs = step_probs(t_logits, s_logits, bridge, cfg)
+        tok, fb, _ = choose_tokens(probs, cfg, draw_uniforms([gen], 1, cfg.trials + 1))
+        y = int(tok[0])
+        tokens.append(y)
+        out["tokens"].append(y)
+        out["fallback"].append(bool(fb[0]))
+        out["teacher_prob"].append(float(probs.teacher[0, y]) if probs.teacher is not None else math.nan)
+        out["student_prob"].append(float(probs.student[0, y]) if probs.student is not None else math.nan)
+        if y in cfg.stop_ids:
+            break
+    return out
+
+
+VOCAB = 48
+PROMPTS = [[5, 9, 13, 2, 7, 30, 31], [4, 8], [11, 12, 13, 14], [40, 41, 42, 43, 44, 45, 46, 20, 21, 22, 3]]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_lm(VOCAB, seed=1, layers=3), tiny_lm(VOCAB, seed=2)
+
+
+@pytest.mark.parametrize("mode", ["rsd", "skd", "teacher", "student"])
+def test_batched_cached_decoder_matches_uncached_reference(pair, mode):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode=mode, temperature=0.8, threshold=0.05, max_new_tokens=24, stop_ids=(1, 17))
+    seeds = [11, 12, 13, 14]
+    traces = Decoder(teacher, student, bridge, cfg).generate(PROMPTS, seeds, batch_size=4)
+    lengths = {len(t.token_ids) for t in traces}
+    assert len(lengths) > 1, "want rows that finish at different steps (exercises dropping rows)"
+    for prompt, seed, trace in zip(PROMPTS, seeds, traces):
+        ref = reference_decode(teacher, student, bridge, cfg, prompt, seed)
+        assert trace.token_ids == ref["tokens"]
+        assert trace.fallback == ref["fallback"]
+        for got, want in (("teacher_prob", "teacher_prob"), ("student_prob", "student_prob")):
+            g, w = torch.tensor(getattr(trace, got)), torch.tensor(ref[want])
+            assert torch.allclose(g, w, atol=1e-5, equal_nan=True)
+        assert trace.seed == seed and trace.config["mode"] == mode
+
+
+def test_deterministic_under_seed_and_batch_size(pair):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode="rsd", temperature=0.9, threshold=0.05, max_new_tokens=16)
+    dec = Decoder(teacher, student, bridge, cfg)
+    a = dec.generate(PROMPTS, [1, 2, 3, 4], batch_size=4)
+    b = dec.generate(PROMPTS, [1, 2, 3, 4], batch_size=3)
+    c = dec.generate(PROMPTS, [5, 2, 3, 4], batch_size=4)
+    assert [t.token_ids for t in a] == [t.token_ids for t in b]
+    assert a[0].token_ids != c[0].token_ids  # a new seed for row 0 changes row 0 ...
+    assert [t.token_ids for t in a[1:]] == [t.token_ids for t in c[1:]]  # ... and nothing else
+
+
+def test_threshold_zero_is_teacher_and_above_one_is_student(pair):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    seeds = [21, 22, 23, 24]
+
+    def run(**kw):
+        cfg = DecodingConfig(temperature=1.0, max_new_tokens=20, **kw)
+        return [t.token_ids for t in Decoder(teacher, student, bridge, cfg).generate(PROMPTS, seeds, batch_size=4)]
+
+    rsd_low, teacher_only = run(mode="rsd", threshold=0.0), run(mode="teacher")
+    rsd_high, student_only = run(mode="rsd", threshold=1.01), run(mode="student")
+    assert rsd_low == teacher_only
+    assert rsd_high == student_only
+    assert teacher_only != student_only
+    mid = run(mode="rsd", threshold=0.05)
+    assert mid != teacher_only and mid != student_only
+
+
+def test_rsd_traces_have_no_sub_threshold_teacher_tokens(pair):
+    teacher, student = pair
+    cfg = DecodingConfig(mode="rsd", temperature=1.0, threshold=0.05, max_new_tokens=30)
+    traces = Decoder(teacher, student, VocabBridge.identity(VOCAB), cfg).generate(PROMPTS, [1, 2, 3, 4])
+    for t in traces:
+        for src, p_s, fb in zip(t.source, t.student_prob, t.fallback):
+            assert src == int(fb)
+            if not fb:  # an accepted teacher token passed the student's threshold
+                assert p_s >= 0.05
+    assert any(any(t.fallback) for t in traces) and not all(all(t.fallback) for t in traces)
+
+
+# ---------------------------------------------------------------- a paper-like bridged pair
+def test_bridged_pair_masks_padding_and_spells_student_only_token():
+    """Teacher has 128 padded logit rows; the student's last id is a student-only `</think>`."""
+    v_s, pad_rows = 40, 128
+    v_t = v_s + pad_rows
+    think_close = v_s - 1
+    spelling = [7, 8, 9]
+    teacher = tiny_lm(v_t, seed=5)
+    student = tiny_lm(v_s, seed=6)
+    with torch.no_grad():  # make the forbidden rows tempting: padded teacher rows, and `</think>` for the student
+        teacher.lm_head.weight[v_s:] *= 8
+        teacher.lm_head.weight[think_close] *= 8
+        student.lm_head.weight[think_close] *= 4
+    teacher_mask = torch.zeros(v_t, dtype=torch.bool)
+    teacher_mask[v_s - 1 :] = True  # the teacher's own id 39 is a different string; 40.. are padding
+    bridge = VocabBridge(
+        teacher_vocab_size=v_t, student_vocab_size=v_s, teacher_mask=teacher_mask,
+        student_mask=torch.zeros(v_s, dtype=torch.bool), student_only={think_close: spelling},
+    )
+    assert bridge.student_to_teacher([3, think_close, 4]) == [3, *spelling, 4]
+    cfg = DecodingConfig(mode="rsd", temperature=1.0, threshold=0.02, max_new_tokens=30)
+    prompts = [[3, 4, 5], [10, 11, 12, 13, 14], [20, 21]]
+    traces = Decoder(teacher, student, bridge, cfg).generate(prompts, [1, 2, 3], batch_size=3)
+    emitted = [y for t in traces for y in t.token_ids]
+    assert max(emitted) < v_s
+    assert think_close in emitted, "the test needs the student-only token to be emitted"
+    for t in traces:
+        for y, src in zip(t.token_ids, t.source):
+            if y == think_close:
+                assert src == 1 and t.teacher_prob[t.token_ids.index(y)] == 0.0  # only via the student
+    # the teacher's context after `</think>` is its spelling: the cached engine (teacher context built
+    # token by token) agrees with the reference (teacher context = student_to_teacher(whole sequence))
+    for prompt, seed, trace in zip(prompts, [1, 2, 3], traces):
+        ref = reference_decode(teacher, student, bridge, cfg, prompt, seed)
+        assert trace.token_ids == ref["tokens"]
+        assert torch.allclose(torch.tensor(trace.teacher_prob), torch.tensor(ref["teacher_prob"]), atol=1e-5)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="unknown decoding mode"):
+        DecodingConfig(mode="beam")
+    with pytest.raises(ValueError, match="top_p"):
+        DecodingConfig(top_p=0)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        Decoder(None, object(), VocabBridge.identity(4), DecodingConfig(mode="rsd"))
