@@ -1,0 +1,102 @@
+"""rsdlib.config: unknown keys refused, coercion of loose YAML, stable and value-sensitive hashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rsdlib.config import (
+    config_hash,
+    config_to_dict,
+    load_yaml_config,
+    save_config,
+    stored_config_matches,
+)
+
+
+@dataclass
+class Inner:
+    depth: int = 2  # a nested value
+
+
+@dataclass
+class Example:
+    name: str = "demo"  # a label
+    rate: float = 1e-5  # a float that YAML may spell as a string
+    steps: int = 10  # a count
+    ids: tuple[int, ...] = (1, 2)  # a tuple that YAML gives as a list
+    inner: Inner = field(default_factory=Inner)  # a nested dataclass
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+def test_unknown_keys_refused_with_both_lists(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nstepz: 3\nlr: 0.1\n")
+    with pytest.raises(ValueError) as err:
+        load_yaml_config(Example, path)
+    msg = str(err.value)
+    assert "lr, stepz" in msg  # every unknown key, sorted
+    assert "known keys: ids, inner, name, rate, steps" in msg
+    with pytest.raises(ValueError, match="unknown Example key"):
+        load_yaml_config(Example, {}, bogus=1)  # overrides are checked too
+    with pytest.raises(ValueError, match="unknown Inner key"):
+        load_yaml_config(Example, {"inner": {"dept": 3}})
+
+
+def test_load_coerces_loose_yaml_and_applies_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rate: 1e-4\nids: [3, 4, 5]\ninner: {depth: 7}\nsteps: 3\n")
+    cfg = load_yaml_config(Example, path, steps=4)
+    assert cfg.rate == 1e-4 and isinstance(cfg.rate, float)  # PyYAML reads 1e-4 as a str
+    assert cfg.ids == (3, 4, 5)
+    assert cfg.inner == Inner(depth=7)
+    assert cfg.steps == 4  # the override wins
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        load_yaml_config(Example, {"steps": -1})
+    with pytest.raises(ValueError, match="expected a number"):
+        load_yaml_config(Example, {"rate": "fast"})
+    assert load_yaml_config(Example) == Example()
+
+
+def test_hash_stable_and_sensitive():
+    a = Example()
+    assert config_hash(a) == config_hash(Example())
+    assert len(config_hash(a)) == 12
+    assert config_hash(a) != config_hash(Example(steps=11))
+    assert config_hash(a) != config_hash(Example(rate=2e-5))
+    assert config_hash(a) != config_hash(Example(inner=Inner(depth=3)))
+    assert config_hash(a) != config_hash(Example(ids=(2, 1)))
+    # independent of key order and of tuple-vs-list, equal to the hash of its dict
+    assert config_hash(config_to_dict(a)) == config_hash(a)
+    assert config_hash(dict(reversed(list(config_to_dict(a).items())))) == config_hash(a)
+    assert config_hash(Example(name="x"), exclude=["name"]) == config_hash(a, exclude=["name"])
+
+
+def test_hash_stable_across_processes():
+    code = (
+        "from tests.test_config import Example; from rsdlib.config import config_hash; "
+        "print(config_hash(Example()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == config_hash(Example())
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_save_roundtrip_and_match(tmp_path, suffix):
+    cfg = Example(name="run", rate=3e-5, ids=(9,), inner=Inner(5))
+    path = save_config(cfg, tmp_path / "sub" / f"config{suffix}")
+    if suffix == ".json":
+        assert json.loads(path.read_text())["ids"] == [9]
+    assert load_yaml_config(Example, path) == cfg
+    assert stored_config_matches(cfg, path)
+    assert not stored_config_matches(Example(), path)
+    assert not stored_config_matches(cfg, tmp_path / "missing.json")
