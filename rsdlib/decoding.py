@@ -36,6 +36,8 @@ from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 MODES = ("rsd", "skd", "teacher", "student")
 
@@ -319,6 +321,73 @@ def choose_tokens(probs: StepProbs, config: DecodingConfig, uniforms: torch.Tens
 # ----------------------------------------------------------------------------------------------
 # The batched two-model engine
 # ----------------------------------------------------------------------------------------------
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose appends are amortised O(1).
+
+    transformers' DynamicLayer concatenates the whole cache at every step (a full copy per token);
+    this layer writes into a buffer that doubles when full and exposes ``keys``/``values`` as views.
+    Row selection, left trimming and cropping go through methods that keep the buffer in sync.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._len = 0
+            self._kbuf = self._vbuf = None
+        n = key_states.shape[-2]
+        if self._kbuf is None or self._len + n > self._kbuf.shape[-2]:
+            self._resize(max(64, 2 * (self._len + n)), key_states, value_states)
+        self._kbuf[:, :, self._len : self._len + n] = key_states
+        self._vbuf[:, :, self._len : self._len + n] = value_states
+        self._set_length(self._len + n)
+        return self.keys, self.values
+
+    def _resize(self, capacity, like_k, like_v):
+        """New buffers of ``capacity`` positions holding the current content."""
+        kbuf = like_k.new_empty(*like_k.shape[:2], capacity, like_k.shape[3])
+        vbuf = like_v.new_empty(*like_v.shape[:2], capacity, like_v.shape[3])
+        if self._len:
+            kbuf[:, :, : self._len] = self.keys
+            vbuf[:, :, : self._len] = self.values
+        self._kbuf, self._vbuf = kbuf, vbuf
+
+    def _set_length(self, length):
+        self._len = length
+        self.keys = self._kbuf[:, :, :length]
+        self.values = self._vbuf[:, :, :length]
+
+    def _adopt(self, keys, values):
+        """Replace the content by (keys, values) of shape (B, H, L, D), copied into fresh buffers."""
+        self._len = 0
+        self._resize(max(64, 2 * keys.shape[-2]), keys, values)
+        self._kbuf[:, :, : keys.shape[-2]] = keys
+        self._vbuf[:, :, : keys.shape[-2]] = values
+        self._set_length(keys.shape[-2])
+
+    def batch_select_indices(self, indices):
+        if self.is_initialized and self._len:
+            self._adopt(self.keys[indices], self.values[indices])
+
+    def drop_left(self, n):
+        """Forget the first ``n`` positions of every row (columns that are padding everywhere)."""
+        if self.is_initialized and self._len and n > 0:
+            self._adopt(self.keys[:, :, n:], self.values[:, :, n:])
+
+    def crop(self, max_length):
+        """Keep the first ``max_length`` positions (negative: drop that many from the end)."""
+        if max_length < 0:
+            max_length = self.get_seq_length() + max_length
+        if self.is_initialized and max_length < self._len:
+            self._set_length(max(0, max_length))  # later appends overwrite the tail in place
+
+
+def _new_cache():
+    """An empty DynamicCache whose layers append in amortised O(1) (see _GrowingLayer)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    return cache
+
+
 class _ModelState:
     """One model's batched context: KV cache, 2-D attention mask over the cache, next position per row."""
 
@@ -333,8 +402,6 @@ class _ModelState:
     @torch.no_grad()
     def feed(self, rows: list[list[int]]) -> torch.Tensor:
         """Append each row's new ids (left-padded to a common width) and return last-position logits (B, V)."""
-        from transformers import DynamicCache
-
         width = max(len(r) for r in rows)
         batch = len(rows)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -345,7 +412,7 @@ class _ModelState:
                 new_mask[i, width - len(r) :] = 1
         ids, new_mask = ids.to(self.device), new_mask.to(self.device)
         if self.cache is None:
-            self.cache = DynamicCache()
+            self.cache = _new_cache()
             self.mask = new_mask
             start = torch.zeros(batch, dtype=torch.long, device=self.device)
         else:
@@ -374,8 +441,7 @@ class _ModelState:
         first = int(live_cols[0]) if len(live_cols) else 0
         if first > 0:  # columns that are padding in every remaining row cost attention for nothing
             for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
+                layer.drop_left(first)
             self.mask = self.mask[:, first:]
 
 

@@ -245,3 +245,26 @@ def test_config_rejects_bad_values():
         DecodingConfig(top_p=0)
     with pytest.raises(ValueError, match="needs a teacher"):
         Decoder(None, object(), VocabBridge.identity(4), DecodingConfig(mode="rsd"))
+
+
+def test_growing_cache_layer_matches_plain_tensor_ops():
+    from rsdlib.decoding import _GrowingLayer
+
+    gen = torch.Generator().manual_seed(0)
+    layer, keys = _GrowingLayer(), torch.empty(3, 2, 0, 4)
+    for n in (5, 1, 1, 70, 1):  # crosses the initial capacity and a doubling
+        k = torch.randn(3, 2, n, 4, generator=gen)
+        keys = torch.cat([keys, k], dim=2)
+        got, _ = layer.update(k, k.clone())
+        assert torch.equal(got, keys)
+    layer.batch_select_indices(torch.tensor([0, 2]))
+    keys = keys[[0, 2]]
+    layer.drop_left(3)
+    keys = keys[:, :, 3:]
+    assert torch.equal(layer.keys, keys) and torch.equal(layer.values, keys)
+    layer.crop(keys.shape[2] - 4)
+    keys = keys[:, :, :-4]
+    assert torch.equal(layer.keys, keys) and layer.get_seq_length() == keys.shape[2]
+    k = torch.randn(2, 2, 2, 4, generator=gen)
+    got, _ = layer.update(k, k)
+    assert torch.equal(got, torch.cat([keys, k], dim=2))

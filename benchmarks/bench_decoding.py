@@ -1,0 +1,105 @@
+"""Decoder throughput: teacher-only, student-only and lockstep RSD on one model pair, side by side.
+
+Prints, for each batch size, generated tokens/s of each mode (equal prompt, every row forced to the
+same length: no stop ids), the ratio rsd/teacher, and the lockstep limit of that ratio,
+1 / (1 + student step time / teacher step time), computed from the single-model runs of the same
+batch size: lockstep RSD pays one teacher step plus one student step per token.
+
+    python benchmarks/bench_decoding.py                      # embedded pair, batch 1 4 16
+    python benchmarks/bench_decoding.py --dtype bfloat16     # also reports peak memory
+    python benchmarks/bench_decoding.py --tiny               # tiny random models (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from rsdlib.decoding import DecodingConfig, Decoder
+
+PROMPT = (
+    "Solve step by step, in words: a rectangle has a perimeter of 30 and its length is twice its "
+    "width. What is its area? Put the final answer in \\boxed{}."
+)
+
+
+def load(args):
+    if args.tiny:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        from rsdlib.bridge import VocabBridge
+
+        def lm(layers, hidden):
+            torch.manual_seed(layers)
+            cfg = Qwen2Config(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
+                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
+            return Qwen2ForCausalLM(cfg).eval()
+
+        return lm(6, 256), lm(3, 128), VocabBridge.identity(1000), list(range(10, 60))
+    from rsdlib.models import load_demo_pair
+
+    pair = load_demo_pair(dtype=args.dtype)
+    tok = pair.student_tokenizer
+    messages = [{"role": "user", "content": PROMPT}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(prompt, "input_ids") or isinstance(prompt, dict):
+        prompt = prompt["input_ids"]
+    return pair.teacher, pair.student, pair.bridge, list(prompt)
+
+
+def tokens_per_second(teacher, student, bridge, prompt, mode, batch, new_tokens, threshold):
+    cfg = DecodingConfig(mode=mode, temperature=0.7, threshold=threshold, max_new_tokens=new_tokens)
+    dec = Decoder(teacher, student, bridge, cfg)
+    start = time.perf_counter()
+    traces = dec.generate([prompt] * batch, list(range(batch)), batch_size=batch)
+    elapsed = time.perf_counter() - start
+    generated = sum(len(t.token_ids) for t in traces)
+    fallback = sum(sum(t.fallback) for t in traces) / max(generated, 1)
+    return generated / elapsed, fallback
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threshold", type=float, default=0.01)
+    ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models instead of the embedded pair")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher, student, bridge, prompt = load(args)
+    dev = next(teacher.parameters()).device
+    print(f"device={dev} dtype={next(teacher.parameters()).dtype} threads={torch.get_num_threads()} "
+          f"prompt={len(prompt)} tokens, new={args.new_tokens}, threshold={args.threshold}")
+    # warm-up (allocator, kernels)
+    tokens_per_second(teacher, student, bridge, prompt, "rsd", 1, 4, args.threshold)
+    rows = []
+    for b in args.batch_sizes:
+        tps = {}
+        for mode in ("teacher", "student", "rsd"):
+            tps[mode], fb = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens, args.threshold)
+            if mode == "rsd":
+                fallback = fb
+        limit = 1 / (1 + tps["teacher"] / tps["student"])  # student step / teacher step = tps_t / tps_s
+        ratio = tps["rsd"] / tps["teacher"]
+        rows.append((b, tps["teacher"], tps["student"], tps["rsd"], ratio, limit, ratio / limit, fallback))
+    print()
+    print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit | rsd fallback |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b, t, s, r, ratio, limit, frac, fb in rows:
+        print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% | {100 * fb:.1f}% |")
+    if len(rows) > 1:
+        print(f"\nrsd throughput, batch {rows[-1][0]} / batch {rows[0][0]}: {rows[-1][3] / rows[0][3]:.2f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak resident memory: {peak:.2f} GiB")
+    if torch.cuda.is_available():
+        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
