@@ -431,6 +431,25 @@ class _ModelState:
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
+    def extend(self, other: "_ModelState") -> None:
+        """Append the rows of ``other`` (a freshly prefilled state) below ours, left-padding the shorter cache."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad_left(t, n):  # (B, ..., L) mask or (B, H, L, D) cache tensors
+            if n == 0:
+                return t
+            if t.dim() == 2:
+                return torch.cat([t.new_zeros(t.shape[0], n), t], dim=1)
+            return torch.cat([t.new_zeros(t.shape[0], t.shape[1], n, t.shape[3]), t], dim=2)
+
+        pad_a, pad_b = width - self.mask.shape[1], width - other.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            keys = torch.cat([pad_left(mine.keys, pad_a), pad_left(theirs.keys, pad_b)])
+            values = torch.cat([pad_left(mine.values, pad_a), pad_left(theirs.values, pad_b)])
+            mine._adopt(keys, values)
+        self.mask = torch.cat([pad_left(self.mask, pad_a), pad_left(other.mask, pad_b)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+
     def keep(self, index: torch.Tensor) -> None:
         """Drop finished rows: keep only ``index`` (sorted row numbers) and trim all-padding columns."""
         index = index.to(self.device)
@@ -478,12 +497,15 @@ class Decoder:
         batch_size: int = 16,
         progress: bool | str = False,
         on_finish: Callable[[int, Trace], None] | None = None,
+        refill: bool = True,
     ) -> list[Trace]:
-        """Generate one trace per (prompt, seed), ``batch_size`` rows at a time.
+        """Generate one trace per (prompt, seed), up to ``batch_size`` rows at a time.
 
-        Prompts are lists of STUDENT token ids. Finished rows leave the batch at once and free slots
-        are refilled with pending prompts only between waves (a wave runs until all its rows end).
+        Prompts are lists of STUDENT token ids. A row that ends leaves the batch at once; with
+        ``refill`` its slot is given to a pending prompt (prefilled on its own, then merged into the
+        running batch) whenever a quarter of the slots are free, so the batch stays full.
         ``on_finish(index, trace)`` is called as soon as a trace ends (to append it to a store).
+        Results come back in the order of ``prompts``.
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -492,43 +514,73 @@ class Decoder:
         results: list[Trace | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "decode",
                    disable=not progress, mininterval=5, unit="seq")
-        # group equal prompts next to each other (16 samples of a problem share a prefill shape)
-        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-        for start in range(0, len(order), batch_size):
-            wave = order[start : start + batch_size]
-            for i, trace in self._run_wave([prompts[i] for i in wave], [seeds[i] for i in wave], wave):
-                results[i] = trace
-                if on_finish is not None:
-                    on_finish(i, trace)
-                bar.update(1)
+        for i, trace in self._run(prompts, seeds, batch_size, refill):
+            results[i] = trace
+            if on_finish is not None:
+                on_finish(i, trace)
+            bar.update(1)
         bar.close()
         return results  # type: ignore[return-value]
 
+    def _prefill(self, prompts):
+        """Fresh states for a group of prompts and their first logits."""
+        t_state = s_state = t_logits = s_logits = None
+        if self.config.needs_teacher:
+            t_state = _ModelState(self.teacher, _pad_id(self.teacher))
+            t_logits = t_state.feed([self.bridge.student_to_teacher(list(p)) for p in prompts])
+        if self.config.needs_student:
+            s_state = _ModelState(self.student, _pad_id(self.student))
+            s_logits = s_state.feed([list(p) for p in prompts])
+        return t_state, s_state, t_logits, s_logits
+
     @torch.no_grad()
-    def _run_wave(self, prompts, seeds, indices):
+    def _run(self, prompts, seeds, batch_size, refill):
+        """Yield (index, trace) as traces end. Each batch row is a slot holding one trace."""
         cfg, bridge = self.config, self.bridge
         record = cfg.to_dict()
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        traces = [Trace(prompt_ids=list(map(int, p)), seed=int(s), config=record) for p, s in zip(prompts, seeds)]
-        active = list(range(len(prompts)))  # wave-local row numbers still generating
-        t_state = _ModelState(self.teacher, _pad_id(self.teacher)) if cfg.needs_teacher else None
-        s_state = _ModelState(self.student, _pad_id(self.student)) if cfg.needs_student else None
-        t_logits = t_state.feed([bridge.student_to_teacher(list(p)) for p in prompts]) if t_state else None
-        s_logits = s_state.feed([list(p) for p in prompts]) if s_state else None
+        pending = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # pop() = shortest first
+        traces: dict[int, Trace] = {}
+        gens: dict[int, torch.Generator] = {}
+        active: list[int] = []  # prompt index held by each batch row
+        t_state = s_state = t_logits = s_logits = None
         stop = torch.tensor(sorted(cfg.stop_ids), dtype=torch.long)
         nan = float("nan")
-        for step in range(cfg.max_new_tokens):
+
+        def take(n):
+            new = [pending.pop() for _ in range(min(n, len(pending)))]
+            for i in new:
+                traces[i] = Trace(prompt_ids=[int(x) for x in prompts[i]], seed=int(seeds[i]), config=record)
+                gens[i] = torch.Generator().manual_seed(int(seeds[i]))
+            return new
+
+        def gather(p, col):
+            return p.gather(-1, col.to(p.device)).squeeze(-1).tolist() if p is not None else None
+
+        while pending or active:
+            free = batch_size - len(active)
+            if pending and (not active or (refill and free >= max(1, batch_size // 4))):
+                new = take(free)
+                nt, ns, ntl, nsl = self._prefill([prompts[i] for i in new])
+                if not active:
+                    t_state, s_state, t_logits, s_logits = nt, ns, ntl, nsl
+                else:
+                    for state, other in ((t_state, nt), (s_state, ns)):
+                        if state is not None:
+                            state.extend(other)
+                    t_logits = torch.cat([t_logits, ntl]) if t_logits is not None else None
+                    s_logits = torch.cat([s_logits, nsl]) if s_logits is not None else None
+                active = active + new
             probs = step_probs(t_logits, s_logits, bridge, cfg)
-            uniforms = draw_uniforms([gens[r] for r in active], len(active), cfg.trials + 1)
+            uniforms = draw_uniforms([gens[i] for i in active], len(active), cfg.trials + 1)
             tokens, fallback, source = choose_tokens(probs, cfg, uniforms)
             col = tokens[:, None]
-            p_t = probs.teacher.gather(-1, col.to(probs.teacher.device)).squeeze(-1).tolist() if probs.teacher is not None else None
-            p_s = probs.student.gather(-1, col).squeeze(-1).tolist() if probs.student is not None else None
-            p_raw = probs.student_raw.gather(-1, col).squeeze(-1).tolist() if probs.student_raw is not None else None
+            p_t, p_s, p_raw = gather(probs.teacher, col), gather(probs.student, col), gather(probs.student_raw, col)
             ent = entropy(probs.student_raw).tolist() if probs.student_raw is not None else None
             tok_list, fb_list, src_list = tokens.tolist(), fallback.tolist(), source.tolist()
-            for j, row in enumerate(active):
-                tr = traces[row]
+            stopped = torch.isin(tokens.cpu(), stop).tolist() if len(stop) else [False] * len(active)
+            keep = []
+            for j, i in enumerate(active):
+                tr = traces[i]
                 tr.token_ids.append(tok_list[j])
                 tr.source.append(src_list[j])
                 tr.fallback.append(bool(fb_list[j]))
@@ -536,26 +588,21 @@ class Decoder:
                 tr.student_prob.append(p_s[j] if p_s is not None else nan)
                 tr.student_prob_raw.append(p_raw[j] if p_raw is not None else nan)
                 tr.student_entropy.append(ent[j] if ent is not None else nan)
-            done = torch.isin(tokens.cpu(), stop) if len(stop) else torch.zeros(len(active), dtype=torch.bool)
-            if step == cfg.max_new_tokens - 1:
-                for j, row in enumerate(active):
-                    traces[row].finish_reason = "stop" if done[j] else "length"
-                break
-            finished = [active[j] for j in range(len(active)) if done[j]]
-            for row in finished:
-                traces[row].finish_reason = "stop"
-                yield indices[row], traces[row]
-            keep = [j for j in range(len(active)) if not done[j]]
-            if not keep:
-                return
+                if stopped[j] or len(tr.token_ids) >= cfg.max_new_tokens:
+                    tr.finish_reason = "stop" if stopped[j] else "length"
+                    del gens[i]
+                    yield i, traces.pop(i)
+                else:
+                    keep.append(j)
             if len(keep) < len(active):
+                if not keep:
+                    active, t_state, s_state = [], None, None
+                    continue
                 keep_t = torch.tensor(keep, dtype=torch.long)
                 for state in (t_state, s_state):
                     if state is not None:
                         state.keep(keep_t)
-                tok_list = [tok_list[j] for j in keep]
                 active = [active[j] for j in keep]
+                tok_list = [tok_list[j] for j in keep]
             t_logits = t_state.feed([bridge.student_to_teacher([t]) for t in tok_list]) if t_state else None
             s_logits = s_state.feed([[t] for t in tok_list]) if s_state else None
-        for row in active:
-            yield indices[row], traces[row]

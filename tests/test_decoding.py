@@ -157,6 +157,25 @@ def test_batched_cached_decoder_matches_uncached_reference(pair, mode):
         assert trace.seed == seed and trace.config["mode"] == mode
 
 
+def test_refilled_slots_match_reference(pair):
+    """More sequences than slots: finished rows are refilled with prompts merged into the running batch."""
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode="rsd", temperature=0.8, threshold=0.05, max_new_tokens=20, stop_ids=(1, 17, 23))
+    prompts = PROMPTS * 3
+    seeds = list(range(100, 100 + len(prompts)))
+    finished = []
+    traces = Decoder(teacher, student, bridge, cfg).generate(
+        prompts, seeds, batch_size=3, on_finish=lambda i, t: finished.append(i))
+    assert sorted(finished) == list(range(len(prompts)))
+    assert finished != sorted(finished) or len({len(t.token_ids) for t in traces}) > 1
+    for prompt, seed, trace in zip(prompts, seeds, traces):
+        assert trace.prompt_ids == prompt and trace.seed == seed
+        ref = reference_decode(teacher, student, bridge, cfg, prompt, seed)
+        assert trace.token_ids == ref["tokens"]
+        assert torch.allclose(torch.tensor(trace.student_prob), torch.tensor(ref["student_prob"]), atol=1e-5)
+
+
 def test_deterministic_under_seed_and_batch_size(pair):
     teacher, student = pair
     bridge = VocabBridge.identity(VOCAB)
