@@ -1,0 +1,322 @@
+"""The trace-generation job: rejection sampling with any decoder mode, plus UPFT prefixes (Sections 3.1-3.3, 4.1).
+
+For each problem, ``samples_per_problem`` samples go through the decoder (rsd, skd, teacher or
+student), batched across samples and problems. A sample is KEPT when it closes its thinking exactly
+once, ends its turn (emits an end-of-turn id), has a fallback rate <= ``max_fallback_rate`` and is
+correct; one kept sample per problem (``keep``: shortest, first or random) becomes a full training
+example. A problem with no kept sample contributes a PREFIX example: the first ``prefix_tokens``
+tokens of one of its samples, without any end-of-turn token (training supervises only the prefix).
+
+Storage (one folder per run)::
+
+    config.json     the job config, its hash and the problem ids; a rerun with another config is refused
+    samples.jsonl   every sample, kept or not, appended (and fsynced) as soon as it finishes, with its
+                    per-token record, seed, grade and the config hash
+    dataset.jsonl   the training examples (format: rsdlib.train), written when every sample is done
+    summary.json    the run's row of Tables 2 and 6
+
+Interrupting the job (even kill -9) and rerunning it resumes: a torn last line is cut off, finished
+samples are skipped, and the final dataset equals that of an uninterrupted run (every sample's seed
+depends only on (base_seed, problem id, sample index)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.grading import grade_many
+from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
+
+KEEP_RULES = ("shortest", "first", "random")
+PREFIX_RULES = ("first", "longest", "random")
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds a run made with a different config."""
+
+
+@dataclass
+class TraceJobConfig:
+    """One trace generator of Table 1 (e.g. RSD at 1%, teacher-generated, self-distill)."""
+
+    method: str = "rsd"  # run name, used in tables and as the folder name
+    teacher: str = ""  # teacher model name (recorded; part of the config hash)
+    student: str = ""  # student model name (recorded; part of the config hash)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # mode, temperature, threshold...
+    prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, delimiters
+    samples_per_problem: int = 16  # rejection-sampling attempts per problem (paper: 16)
+    max_fallback_rate: float = 0.5  # a kept sample falls back on at most this share of tokens (authors: 50%)
+    keep: str = "shortest"  # which correct sample becomes the example: shortest | first | random
+    prefix_tokens: int = 128  # length of the UPFT prefix for unsolved problems (paper: 128); 0 = none
+    prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
+    base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
+    batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
+    grade_timeout: float = 10.0  # seconds per math-verify comparison
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decoding, dict):
+            self.decoding = DecodingConfig(**self.decoding)
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptStyle(**self.prompt)
+        if self.samples_per_problem < 1:
+            raise ValueError("samples_per_problem must be >= 1")
+        if not 0 <= self.max_fallback_rate <= 1:
+            raise ValueError("max_fallback_rate must be in [0, 1]")
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
+        if self.prefix_sample not in PREFIX_RULES:
+            raise ValueError(f"prefix_sample must be one of {PREFIX_RULES}, got {self.prefix_sample!r}")
+        if self.prefix_tokens < 0:
+            raise ValueError("prefix_tokens must be >= 0")
+
+    @classmethod
+    def from_yaml(cls, source, **overrides) -> "TraceJobConfig":
+        return load_yaml_config(cls, source, **overrides)
+
+    def hash(self) -> str:
+        return config_hash(self, exclude=("batch_size",))
+
+
+# ----------------------------------------------------------------------------------------------
+# The append-only store
+# ----------------------------------------------------------------------------------------------
+def read_jsonl_resumable(path: Path) -> list[dict]:
+    """Read a JSONL file written by appends; cut off a torn last line (from a kill) in place."""
+    if not path.exists():
+        return []
+    records, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return records
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record and make it durable before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) -> None:
+    """Write config.json, or check that the folder's run has the same config and problems."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids}
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        if theirs.get("hash") != mine["hash"] or theirs.get("problems") != problem_ids:
+            what = "config" if theirs.get("hash") != mine["hash"] else "problem list"
+            raise RunConflictError(
+                f"{out_dir} holds a trace run with a different {what} (stored hash {theirs.get('hash')}, "
+                f"this run {mine['hash']}). Use another folder, or delete it (or pass force=True) to redo it."
+            )
+        return
+    _write_json_atomic(path, mine)
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection: kept samples, full and prefix examples
+# ----------------------------------------------------------------------------------------------
+def is_kept(sample: dict, cfg: TraceJobConfig) -> bool:
+    """The paper's filter: one closed thinking, an end of turn, fallback <= limit, correct."""
+    return (
+        sample["think_closes"] == 1
+        and sample["finish_reason"] == "stop"
+        and sample["fallback_rate"] <= cfg.max_fallback_rate
+        and sample["status"] == "correct"
+    )
+
+
+def _rng(cfg: TraceJobConfig, problem_id: str, what: str) -> random.Random:
+    return random.Random(derive_seed(cfg.base_seed, f"{what}:{problem_id}", 0))
+
+
+def select_examples(samples: Sequence[dict], cfg: TraceJobConfig, stop_ids: Sequence[int]) -> list[dict]:
+    """Training examples (rsdlib.train format) from one problem's samples, in sample order."""
+    samples = sorted(samples, key=lambda s: s["sample_index"])
+    if not samples:
+        return []
+    pid = samples[0]["problem_id"]
+    kept = [s for s in samples if is_kept(s, cfg)]
+    base = {"problem_id": pid, "source": cfg.method, "prompt_ids": samples[0]["prompt_ids"]}
+    if kept:
+        if cfg.keep == "first":
+            chosen = kept[0]
+        elif cfg.keep == "shortest":
+            chosen = min(kept, key=lambda s: (len(s["token_ids"]), s["sample_index"]))
+        else:
+            chosen = _rng(cfg, pid, "keep").choice(kept)
+        return [{"id": f"{pid}#{chosen['sample_index']}", **base, "sample_index": chosen["sample_index"],
+                 "completion_ids": chosen["token_ids"], "kind": "full"}]
+    if cfg.prefix_tokens == 0:
+        return []
+    if cfg.prefix_sample == "first":
+        chosen = samples[0]
+    elif cfg.prefix_sample == "longest":
+        chosen = max(samples, key=lambda s: (len(s["token_ids"]), -s["sample_index"]))
+    else:
+        chosen = _rng(cfg, pid, "prefix").choice(samples)
+    tokens = [t for t in chosen["token_ids"] if t not in set(stop_ids)][: cfg.prefix_tokens]
+    if not tokens:
+        return []
+    return [{"id": f"{pid}#{chosen['sample_index']}/prefix", **base, "sample_index": chosen["sample_index"],
+             "completion_ids": tokens, "kind": "prefix"}]
+
+
+def summarize_run(samples: Sequence[dict], examples: Sequence[dict], cfg: TraceJobConfig, n_problems: int,
+                  sub_threshold: float = 0.01) -> dict:
+    """The run's row of Table 2 (solved, fallback rate, sub-1% tokens) and Table 6 (token counts).
+
+    Fallback rate and the sub-threshold share are over all tokens of the kept (full) traces, the
+    paper's training data; the student probability is the raw one (T = 1).
+    """
+    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
+    full = [by_key[(e["problem_id"], e["sample_index"])] for e in examples if e["kind"] == "full"]
+    tokens = sum(len(s["token_ids"]) for s in full)
+    fallback = sum(sum(s["fallback"]) for s in full)
+    probs = [p for s in full for p in s["student_prob_raw"]]
+    known = [p for p in probs if p == p]  # NaN where the student was not run
+    mode = cfg.decoding.mode
+    statuses = [s["status"] for s in samples]
+    return {
+        "method": cfg.method,
+        "mode": mode,
+        "threshold": cfg.decoding.threshold if mode in ("rsd", "skd") else None,
+        "problems": n_problems,
+        "solved": len(full),
+        "prefix_examples": sum(e["kind"] == "prefix" for e in examples),
+        "samples": len(samples),
+        "correct_samples": statuses.count("correct"),
+        "no_answer_samples": statuses.count("no_answer"),
+        "fallback_rate": 100 * fallback / tokens if tokens and mode in ("rsd", "skd") else None,
+        "sub_threshold_tokens": 100 * sum(p < sub_threshold for p in known) / len(known) if known else None,
+        "avg_tokens": tokens / len(full) if full else None,
+        "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------
+def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: bool = True,
+                  restrict_to: str | Path | None = None, force: bool = False) -> dict:
+    """Generate, grade and select traces for ``problems`` with ``pair`` (a rsdlib.models.ModelPair).
+
+    ``restrict_to``: the folder of another run (the teacher's, as the paper's "/234"): only the
+    problems it solved are attempted. Problems without a gold answer are left out and counted.
+    Returns the summary (also written to ``summary.json``).
+    """
+    out_dir = Path(out_dir)
+    if force and out_dir.exists():
+        for name in ("config.json", "samples.jsonl", "dataset.jsonl", "summary.json"):
+            (out_dir / name).unlink(missing_ok=True)
+    no_gold = [p for p in problems if not p.gold]
+    problems = [p for p in problems if p.gold]
+    if restrict_to is not None:
+        solved = solved_problem_ids(restrict_to)
+        problems = [p for p in problems if p.id in solved]
+    tok = pair.student_tokenizer
+    stop_ids = cfg.decoding.stop_ids or end_of_turn_ids(tok)
+    dec_cfg = DecodingConfig(**{**cfg.decoding.to_dict(), "stop_ids": tuple(stop_ids),
+                                "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
+    _claim_folder(out_dir, cfg, [p.id for p in problems])
+    samples_path = out_dir / "samples.jsonl"
+    done = read_jsonl_resumable(samples_path)
+    done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
+    started = time.perf_counter()
+
+    prompts = {p.id: prompt_ids(tok, p, cfg.prompt) for p in problems}
+    todo = [(p, k) for p in problems for k in range(cfg.samples_per_problem) if (p.id, k) not in done_keys]
+    remaining = {p.id: 0 for p in problems}
+    for p, _ in todo:
+        remaining[p.id] += 1
+    counts = {"solved": len({s["problem_id"] for s in done if is_kept(s, cfg)}), "tokens": 0, "fallback": 0}
+    bar = tqdm(total=len(problems), initial=sum(v == 0 for v in remaining.values()), desc=cfg.method,
+               unit="problem", mininterval=5, disable=not progress)
+    solved_now = {s["problem_id"] for s in done if is_kept(s, cfg)}
+
+    def on_finish(i, trace):
+        problem, k = todo[i]
+        text = tok.decode(trace.token_ids, skip_special_tokens=False)
+        graded = grade_many([(text, problem.gold, problem.kind)], timeout=cfg.grade_timeout,
+                            delim=cfg.prompt.think_close)[0]
+        record = {
+            "problem_id": problem.id, "sample_index": k, "config_hash": cfg.hash(), "text": text,
+            "status": graded["status"], "answer": graded["answer"],
+            "think_closes": text.count(cfg.prompt.think_close),
+            "fallback_rate": trace.fallback_rate, "n_tokens": len(trace.token_ids), **trace.to_dict(),
+        }
+        append_jsonl(samples_path, record)
+        done.append(record)
+        counts["tokens"] += len(trace.token_ids)
+        counts["fallback"] += sum(trace.fallback)
+        if is_kept(record, cfg) and problem.id not in solved_now:
+            solved_now.add(problem.id)
+        remaining[problem.id] -= 1
+        if remaining[problem.id] == 0:
+            bar.update(1)
+        bar.set_postfix(solved=len(solved_now), fallback=f"{counts['fallback'] / max(counts['tokens'], 1):.1%}",
+                        refresh=False)
+
+    if todo:
+        decoder = Decoder(pair.teacher if dec_cfg.needs_teacher else None,
+                          pair.student if dec_cfg.needs_student else None, pair.bridge, dec_cfg)
+        seeds = [derive_seed(cfg.base_seed, p.id, k) for p, k in todo]
+        decoder.generate([prompts[p.id] for p, _ in todo], seeds, batch_size=cfg.batch_size, on_finish=on_finish)
+    bar.close()
+
+    by_problem: dict[str, list[dict]] = {}
+    for s in done:
+        by_problem.setdefault(s["problem_id"], []).append(s)
+    examples = [e for p in problems for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
+    _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
+    summary = summarize_run(done, examples, cfg, len(problems))
+    summary["problems_without_gold"] = len(no_gold)
+    summary["config_hash"] = cfg.hash()
+    summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
+    _write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def solved_problem_ids(run_dir: str | Path) -> set[str]:
+    """Problem ids with a full (correct) example in another run's dataset."""
+    path = Path(run_dir) / "dataset.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"restrict_to: {path} does not exist (run that trace job first)")
+    return {json.loads(line)["problem_id"] for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["kind"] == "full"}

@@ -1,0 +1,154 @@
+"""The trace job: selection rules, the append-only store, resumption after kill -9, config conflicts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rsdlib.decoding import DecodingConfig
+from rsdlib.traces import (
+    RunConflictError,
+    TraceJobConfig,
+    read_jsonl_resumable,
+    run_trace_job,
+    select_examples,
+    summarize_run,
+)
+
+HERE = Path(__file__).resolve().parent
+EOT = 7
+
+
+def sample(k, n_tokens, status="correct", closes=1, finish="stop", fallback=0, pid="p1"):
+    tokens = list(range(100, 100 + n_tokens - 1)) + ([EOT] if finish == "stop" else [101])
+    fb = [True] * fallback + [False] * (n_tokens - fallback)
+    return {"problem_id": pid, "sample_index": k, "prompt_ids": [1, 2, 3], "token_ids": tokens, "status": status,
+            "think_closes": closes, "finish_reason": finish, "fallback_rate": fallback / n_tokens, "fallback": fb,
+            "student_prob_raw": [0.5] * (n_tokens - 1) + [0.001]}
+
+
+def test_selection_keeps_shortest_correct_and_applies_the_filter():
+    cfg = TraceJobConfig(samples_per_problem=6, max_fallback_rate=0.5)
+    samples = [
+        sample(0, 30),
+        sample(1, 5, closes=2),  # closes its thinking twice: not kept
+        sample(2, 6, finish="length"),  # never ended its turn
+        sample(3, 7, fallback=4),  # fallback 4/7 > 50%
+        sample(4, 8, status="wrong"),
+        sample(5, 12),
+    ]
+    [ex] = select_examples(samples, cfg, stop_ids=[EOT])
+    assert ex["kind"] == "full" and ex["sample_index"] == 5 and ex["completion_ids"][-1] == EOT
+    [first] = select_examples(samples, TraceJobConfig(keep="first"), stop_ids=[EOT])
+    assert first["sample_index"] == 0
+    r1 = select_examples(samples, TraceJobConfig(keep="random", base_seed=3), stop_ids=[EOT])
+    r2 = select_examples(samples, TraceJobConfig(keep="random", base_seed=3), stop_ids=[EOT])
+    assert r1 == r2 and r1[0]["sample_index"] in (0, 5)
+
+
+def test_unsolved_problem_gives_a_prefix_without_end_of_turn():
+    cfg = TraceJobConfig(prefix_tokens=4)
+    samples = [sample(0, 3, status="wrong"), sample(1, 9, status="no_answer", finish="length")]
+    [ex] = select_examples(samples, cfg, stop_ids=[EOT])
+    assert ex["kind"] == "prefix" and ex["sample_index"] == 0
+    assert ex["completion_ids"] == [100, 101]  # the 3-token sample minus its end-of-turn id
+    [longest] = select_examples(samples, TraceJobConfig(prefix_tokens=4, prefix_sample="longest"), stop_ids=[EOT])
+    assert longest["completion_ids"] == [100, 101, 102, 103]
+    assert select_examples(samples, TraceJobConfig(prefix_tokens=0), stop_ids=[EOT]) == []
+
+
+def test_summary_matches_hand_computed_table2_row():
+    cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", threshold=0.01))
+    samples = [sample(0, 10, fallback=1), sample(1, 4, status="wrong"), sample(0, 5, pid="p2", status="wrong")]
+    examples = select_examples(samples[:2], cfg, [EOT]) + select_examples(samples[2:], cfg, [EOT])
+    row = summarize_run(samples, examples, cfg, n_problems=2)
+    assert row["solved"] == 1 and row["prefix_examples"] == 1
+    assert row["fallback_rate"] == pytest.approx(10.0)  # 1 of the 10 kept tokens
+    assert row["sub_threshold_tokens"] == pytest.approx(10.0)  # its last token has p = 0.001
+    assert row["avg_tokens"] == 10 and row["correct_samples"] == 1
+
+
+def test_torn_last_line_is_cut_off(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert read_jsonl_resumable(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+JOB_SCRIPT = r"""
+import sys, json
+sys.path.insert(0, {tests!r})
+from _tiny import tiny_tokenizer, tiny_model
+from types import SimpleNamespace
+from rsdlib.bridge import VocabBridge
+from rsdlib.data import Problem
+from rsdlib.decoding import DecodingConfig
+from rsdlib.traces import TraceJobConfig, run_trace_job
+tok = tiny_tokenizer()
+teacher, student = tiny_model(tok, seed=1, layers=3), tiny_model(tok, seed=2)
+V = teacher.config.vocab_size
+pair = SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
+                       bridge=VocabBridge.from_tokenizers(tok, tok, V, V))
+problems = [Problem(id=f"q{{i}}", question=f"What is {{i}} + {{i}}?", gold=str(2 * i), kind="integer") for i in range(4)]
+problems.append(Problem(id="nogold", question="Prove it.", gold="", kind="math"))
+cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", temperature=1.0, threshold=0.01,
+                     max_new_tokens=int(sys.argv[2])), samples_per_problem=3, batch_size=int(sys.argv[3]),
+                     prefix_tokens=8, grade_timeout=None)
+summary = run_trace_job(pair, problems, cfg, sys.argv[1], progress=False)
+print(json.dumps(summary))
+"""
+
+
+def run_job(folder, max_new=40, batch=4, wait=True):
+    script = JOB_SCRIPT.format(tests=str(HERE))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder), str(max_new), str(batch)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        return json.loads(out.strip().splitlines()[-1])
+    return proc
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+    whole = run_job(tmp_path / "whole")
+    interrupted = tmp_path / "interrupted"
+    proc = run_job(interrupted, wait=False)
+    samples = interrupted / "samples.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = samples.read_text().count("\n")
+    assert 4 <= n_before < 12
+    with open(samples, "a") as f:  # as if the kill had torn a line
+        f.write('{"problem_id": "q0", "sampl')
+    # resumed with another batch size: allowed (not part of the config hash), results unchanged
+    resumed = run_job(interrupted, batch=3)
+    lines = [json.loads(x) for x in samples.read_text().splitlines()]
+    keys = [(r["problem_id"], r["sample_index"]) for r in lines]
+    assert len(keys) == len(set(keys)) == 12, "lost or duplicated samples"
+    assert (interrupted / "dataset.jsonl").read_text() == (tmp_path / "whole" / "dataset.jsonl").read_text()
+    for key in ("solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold"):
+        assert resumed[key] == whole[key]
+    assert whole["problems"] == 4 and whole["problems_without_gold"] == 1
+    by_key = lambda path: {(r["problem_id"], r["sample_index"]): r["token_ids"]
+                           for r in map(json.loads, path.read_text().splitlines())}
+    assert by_key(samples) == by_key(tmp_path / "whole" / "samples.jsonl")
+
+
+def test_rerun_with_another_config_is_refused(tmp_path):
+    run_job(tmp_path / "run", max_new=6)
+    proc = run_job(tmp_path / "run", max_new=7, wait=False)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "RunConflictError" in err and "different config" in err
