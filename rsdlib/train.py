@@ -1,0 +1,628 @@
+"""Supervised fine-tuning of the student on RSD traces: the hybrid recipe (paper, Sections 3.3 and 4.1).
+
+The paper fine-tunes the student on full traces of the problems RSD solved plus UPFT-style prefixes
+(the first 128 tokens) of the problems it did not, with the s1 recipe: global batch 16, bf16,
+lr 1e-5 with 5% linear warmup then cosine decay, AdamW (0.9, 0.95), weight decay 1e-4, 15 epochs
+(Appendix E's multi-step runs: 5 epochs per cycle), 8192-token context.
+
+Training example format (the trace job writes it; one JSON object per line, STUDENT token ids)::
+
+    {"id": str, "prompt_ids": [int], "completion_ids": [int], "kind": "full" | "prefix", "source": str}
+
+- ``full``: ``completion_ids`` ends with the end-of-turn token (``<|im_end|>`` for Qwen) and every
+  completion token is supervised, that token included, so the student learns to stop.
+- ``prefix``: ``completion_ids`` are the first tokens of an unsolved problem's trace and contain NO
+  end-of-turn token; only they are supervised and nothing follows them, so the student never learns
+  to stop after 128 tokens (field notes, section 3).
+- The prompt is never supervised. Text examples (the s1K-1.1 baseline) are also accepted:
+  ``{"id", "messages": [...]}`` or ``{"id", "prompt_text", "completion_text", "system"?}`` plus
+  ``kind``; ``text_example_to_ids`` renders them with the tokenizer's chat template.
+
+Labels follow the transformers convention (the model shifts them): ``labels[i] = input_ids[i]`` on
+supervised positions, -100 elsewhere. Examples longer than ``block_size`` are refused with a message
+listing them, or, with ``truncate: true``, cut at ``block_size`` (a cut full example loses its
+end-of-turn token, i.e. becomes a prefix example) and counted. The pad token is never the end-of-turn
+token (pad == eos teaches the model never to stop): ``<|fim_pad|>`` when the tokenizer has it.
+
+Engine: the transformers ``Trainer`` over a plain torch Dataset (no TRL: its ``max_length`` default
+silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no code here::
+
+    accelerate launch -m rsdlib.train --config params/paper/train.yaml --data dataset.jsonl
+    torchrun --nproc-per-node 8 -m rsdlib.train --config params/paper/train.yaml --data dataset.jsonl
+
+Gradient accumulation = global_batch_size / (micro_batch_size * world size). Checkpoints go to
+``output_dir/checkpoint-*`` beside ``train_config.json``; rerunning the same command resumes from the
+latest one. ``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
+(safetensors + tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads (LoRA: merged by default,
+the adapter alone in ``output_dir/final_adapter``), so it can be evaluated or serve as the next
+student of multi-step RSD (Table 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label of positions that carry no loss (prompt, padding)
+KINDS = ("full", "prefix")
+PAD_CANDIDATES = ("<|fim_pad|>",)  # never-used Qwen tokens, in order of preference
+FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candidates
+# Fields that may change between an interrupted run and its resumption without changing the run.
+RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit", "merge_lora")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """The s1 / paper recipe by default (Section 4.1); saved as ``output_dir/train_config.json``."""
+
+    model: str = "Qwen/Qwen3-0.6B"  # student to fine-tune: local folder or hub id (paper: Qwen3-0.6B)
+    output_dir: str = ""  # run folder; "" = <results>/models/train-<config hash>
+    epochs: float = 15.0  # passes over the dataset (paper: 15; multi-step RSD: 5 per cycle; s1: 5)
+    learning_rate: float = 1e-5  # peak learning rate (s1 / paper)
+    warmup_ratio: float = 0.05  # fraction of the steps with linear warmup from 0
+    lr_scheduler: str = "cosine"  # decay after warmup: cosine | linear | constant_with_warmup
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.95  # AdamW beta2 (s1)
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (Trainer default, as in s1); 0 disables
+    global_batch_size: int = 16  # examples per optimizer step over all devices
+    micro_batch_size: int = 1  # examples per device per forward pass (accumulation makes up the rest)
+    block_size: int = 8192  # maximum tokens per example (paper's context: 8192)
+    truncate: bool = False  # cut over-long examples at block_size instead of refusing them
+    bf16: str | bool = "auto"  # bf16 autocast: "auto" = on where the GPU supports it, off on CPU
+    model_dtype: str = "float32"  # dtype the weights are loaded in (float32 = fp32 master weights)
+    gradient_checkpointing: bool = False  # recompute activations in backward (saves memory, ~20% slower)
+    lora: bool = False  # train a LoRA adapter (peft) instead of all weights (paper: full fine-tuning)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_target_modules: tuple[str, ...] = (  # linear layers that get an adapter (all of a Qwen block)
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
+    merge_lora: bool = True  # LoRA: save final/ as a merged normal model (adapter also in final_adapter/)
+    pad_token: str = "<|fim_pad|>"  # preferred pad token; must differ from the end-of-turn token
+    eot_token: str = "<|im_end|>"  # end-of-turn token that closes a full example
+    fsdp: bool = False  # fully sharded data parallel under torchrun (s1); accelerate configs may set it instead
+    seed: int = 42  # seeds model init (LoRA), data order and dropout
+    logging_steps: int = 1  # log loss and learning rate every N optimizer steps
+    save_strategy: str = "steps"  # checkpoint every save_steps steps ("steps"), each epoch ("epoch"), or "no"
+    save_steps: int = 100  # optimizer steps between checkpoints (save_strategy "steps")
+    save_total_limit: int | None = 2  # keep the newest N checkpoints (None = all)
+    max_steps: int = -1  # stop after N optimizer steps (overrides epochs when > 0; -1 = off)
+    resume: bool = True  # resume from the newest checkpoint-* in output_dir; False deletes them and starts over
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bf16, str):
+            value = self.bf16.strip().lower()
+            if value not in ("auto", "true", "false"):
+                raise ValueError(f"bf16 must be 'auto', true or false, got {self.bf16!r}")
+            self.bf16 = value if value == "auto" else value == "true"
+        self.lora_target_modules = tuple(self.lora_target_modules)
+        checks = {
+            "epochs > 0": self.epochs > 0,
+            "learning_rate > 0": self.learning_rate > 0,
+            "0 <= warmup_ratio < 1": 0 <= self.warmup_ratio < 1,
+            "0 <= adam_beta1 < 1": 0 <= self.adam_beta1 < 1,
+            "0 <= adam_beta2 < 1": 0 <= self.adam_beta2 < 1,
+            "weight_decay >= 0": self.weight_decay >= 0,
+            "max_grad_norm >= 0": self.max_grad_norm >= 0,
+            "global_batch_size >= 1": self.global_batch_size >= 1,
+            "micro_batch_size >= 1": self.micro_batch_size >= 1,
+            "global_batch_size divisible by micro_batch_size": self.global_batch_size % self.micro_batch_size == 0,
+            "block_size >= 2": self.block_size >= 2,
+            "lora_r >= 1": self.lora_r >= 1,
+            "lora_alpha > 0": self.lora_alpha > 0,
+            "0 <= lora_dropout < 1": 0 <= self.lora_dropout < 1,
+            "lora_target_modules not empty": len(self.lora_target_modules) > 0,
+            "logging_steps >= 1": self.logging_steps >= 1,
+            "save_steps >= 1": self.save_steps >= 1,
+            "save_strategy in steps|epoch|no": self.save_strategy in ("steps", "epoch", "no"),
+            "lr_scheduler in cosine|linear|constant_with_warmup|cosine_with_min_lr": self.lr_scheduler
+            in ("cosine", "linear", "constant_with_warmup", "cosine_with_min_lr"),
+            "model_dtype in float32|bfloat16|float16": self.model_dtype in ("float32", "bfloat16", "float16"),
+            "max_steps == -1 or max_steps >= 1": self.max_steps == -1 or self.max_steps >= 1,
+            "save_total_limit is None or >= 1": self.save_total_limit is None or self.save_total_limit >= 1,
+            "pad_token != eot_token": self.pad_token != self.eot_token,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid TrainConfig: {'; '.join(failed)} (config: {self})")
+
+    def gradient_accumulation(self, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step per device: global / (micro * world size), exact."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size="
+                f"{self.micro_batch_size} x world size {world_size}"
+            )
+        return self.global_batch_size // per_step
+
+    def use_bf16(self) -> bool:
+        if self.bf16 == "auto":
+            return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return bool(self.bf16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples -> features (pure functions; the label mask is tested against a hand-built one)
+# ----------------------------------------------------------------------------------------------
+class OverlongExample(ValueError):
+    """One example longer than the block size (collected by ``build_dataset`` into one message)."""
+
+    def __init__(self, example_id: str, length: int, block_size: int):
+        super().__init__(f"example {example_id!r} has {length} tokens > block_size={block_size}")
+        self.example_id, self.length, self.block_size = example_id, length, block_size
+
+
+def validate_example(example: Mapping, eot_id: int) -> None:
+    """Check one token-id example against the format above; raises ValueError naming it."""
+    eid = example.get("id", "?")
+    missing = [k for k in ("id", "prompt_ids", "completion_ids", "kind") if k not in example]
+    if missing:
+        raise ValueError(f"example {eid!r}: missing key(s) {missing}")
+    kind, completion = example["kind"], example["completion_ids"]
+    if kind not in KINDS:
+        raise ValueError(f"example {eid!r}: kind must be one of {KINDS}, got {kind!r}")
+    if len(completion) == 0:
+        raise ValueError(f"example {eid!r}: empty completion_ids")
+    if kind == "full" and completion[-1] != eot_id:
+        raise ValueError(f"example {eid!r}: a full example must end with the end-of-turn token id {eot_id}")
+    if kind == "prefix" and eot_id in completion:
+        raise ValueError(
+            f"example {eid!r}: a prefix example must not contain the end-of-turn token id {eot_id} "
+            "(the student would learn to stop after the prefix)"
+        )
+
+
+def build_features(example: Mapping, pad_id: int, eot_id: int, block_size: int, truncate: bool = False) -> dict:
+    """input_ids, labels (-100 on the prompt) and attention_mask of one example.
+
+    Every completion token is supervised: for a full example that includes the final end-of-turn
+    token; a prefix example has none and nothing follows it. Longer than ``block_size``: raises
+    ``OverlongExample`` unless ``truncate``, then the completion is cut (``truncated`` is True).
+    An example whose prompt alone fills the block has nothing left to learn: always refused.
+    """
+    if pad_id == eot_id:
+        raise ValueError(f"pad id {pad_id} equals the end-of-turn id: the end of turn would never be learned")
+    validate_example(example, eot_id)
+    prompt, completion = list(example["prompt_ids"]), list(example["completion_ids"])
+    if pad_id in prompt or pad_id in completion:
+        raise ValueError(f"example {example['id']!r} contains the pad token id {pad_id}; choose another pad token")
+    length = len(prompt) + len(completion)
+    truncated = length > block_size
+    if truncated and (not truncate or len(prompt) >= block_size):
+        raise OverlongExample(str(example["id"]), length, block_size)
+    input_ids = (prompt + completion)[:block_size]
+    labels = ([IGNORE_INDEX] * len(prompt) + completion)[:block_size]
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": [1] * len(input_ids),
+        "truncated": truncated,
+    }
+
+
+def format_overlong(overlong: Sequence[OverlongExample], block_size: int, limit: int = 50) -> str:
+    """The refusal message: every over-long example's id and length (the first ``limit``)."""
+    ordered = sorted(overlong, key=lambda e: -e.length)
+    listed = ", ".join(f"{e.example_id} ({e.length} tokens)" for e in ordered[:limit])
+    more = f", ... and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return (
+        f"{len(ordered)} example(s) longer than block_size={block_size} tokens (prompt + completion): "
+        f"{listed}{more}. Raise block_size, remove them from the dataset, or set truncate: true to cut "
+        "their completions at block_size (a cut full example loses its end-of-turn token)."
+    )
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Plain list of feature dicts (input_ids, labels, attention_mask as lists of ints)."""
+
+    def __init__(self, features: Sequence[Mapping]):
+        self.features = [
+            {k: list(f[k]) for k in ("input_ids", "labels", "attention_mask")} for f in features
+        ]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch to its longest example: input_ids with pad_id, labels -100, mask 0."""
+
+    pad_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, batch: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in batch)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+        for row, f in enumerate(batch):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
+            attention_mask[row, :n] = torch.tensor(f["attention_mask"], dtype=torch.long)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def build_dataset(examples: Iterable[Mapping], pad_id: int, eot_id: int, block_size: int, truncate: bool = False):
+    """Features of all examples -> (SFTDataset, info). Over-long ones refused together, in one message.
+
+    ``info``: counts per kind, truncated count, token totals and a fingerprint of the features
+    (recorded in ``dataset_info.json`` so a resumed run refuses a changed dataset).
+    """
+    features, overlong, seen = [], [], set()
+    kinds = {k: 0 for k in KINDS}
+    for ex in examples:
+        if ex.get("id") in seen:
+            raise ValueError(f"duplicate example id {ex.get('id')!r}")
+        seen.add(ex.get("id"))
+        try:
+            features.append(build_features(ex, pad_id, eot_id, block_size, truncate))
+        except OverlongExample as err:
+            overlong.append(err)
+            continue
+        kinds[ex["kind"]] += 1
+    if overlong:
+        raise ValueError(format_overlong(overlong, block_size))
+    if not features:
+        raise ValueError("no training examples")
+    digest = hashlib.sha256()
+    for f in features:
+        digest.update(json.dumps([f["input_ids"], f["labels"]], separators=(",", ":")).encode())
+    info = {
+        "examples": len(features),
+        "kinds": kinds,
+        "truncated": sum(f["truncated"] for f in features),
+        "tokens": sum(len(f["input_ids"]) for f in features),
+        "supervised_tokens": sum(sum(lab != IGNORE_INDEX for lab in f["labels"]) for f in features),
+        "max_length": max(len(f["input_ids"]) for f in features),
+        "block_size": block_size,
+        "fingerprint": digest.hexdigest()[:16],
+    }
+    if info["truncated"]:
+        log.warning("truncated %d example(s) to block_size=%d", info["truncated"], block_size)
+    return SFTDataset(features), info
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer helpers: text examples, end-of-turn and pad tokens
+# ----------------------------------------------------------------------------------------------
+def token_id(tokenizer, token: str) -> int | None:
+    """Id of a single token in the tokenizer's vocabulary (added tokens included), else None."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        return None
+    return int(tid)
+
+
+def end_of_turn_id(tokenizer, eot_token: str = "<|im_end|>") -> int:
+    """Id of the end-of-turn token (``<|im_end|>``; the tokenizer's eos when it has no such token)."""
+    tid = token_id(tokenizer, eot_token)
+    if tid is None:
+        tid = tokenizer.eos_token_id
+    if tid is None:
+        raise ValueError(f"tokenizer has no {eot_token!r} and no eos token")
+    return int(tid)
+
+
+def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>") -> tuple[str, int, bool]:
+    """Pick a never-used pad token distinct from end-of-turn and set it on the tokenizer.
+
+    Order: ``preferred`` (``<|fim_pad|>``), then Qwen's other candidates, then a new special token
+    ``<|rsd_pad|>`` (the caller resizes the embeddings when its id is past them). Returns
+    (token, id, added). Refuses a result equal to the end-of-turn or eos id.
+    """
+    for token in (preferred, *PAD_CANDIDATES):
+        tid = token_id(tokenizer, token)
+        if tid is not None and tid not in (eot_id, tokenizer.eos_token_id):
+            tokenizer.pad_token = token
+            return token, tid, False
+    added = token_id(tokenizer, FALLBACK_PAD) is None
+    if added:
+        tokenizer.add_special_tokens({"additional_special_tokens": [FALLBACK_PAD]})
+    tokenizer.pad_token = FALLBACK_PAD
+    tid = token_id(tokenizer, FALLBACK_PAD)
+    if tid is None or tid == eot_id:
+        raise ValueError("could not set a pad token distinct from the end-of-turn token")
+    return FALLBACK_PAD, tid, added
+
+
+def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|>", system_prompt: str | None = None) -> dict:
+    """Render a text example with the chat template and return a token-id example.
+
+    Accepts ``messages`` (the last one the assistant's) or ``prompt_text`` + ``completion_text``
+    (a user turn and the assistant's answer; ``system`` in the example or ``system_prompt`` adds a
+    system turn). The prompt is everything up to and including the opened assistant turn; the
+    completion is the assistant text up to and including the end-of-turn token (full) or without it
+    (prefix); what the template puts after the end-of-turn token (a newline) is dropped.
+    """
+    eid, kind = example.get("id"), example.get("kind", "full")
+    if "messages" in example:
+        messages = [dict(m) for m in example["messages"]]
+    elif "prompt_text" in example and "completion_text" in example:
+        system = example.get("system", system_prompt)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": example["prompt_text"]},
+            {"role": "assistant", "content": example["completion_text"]},
+        ]
+    else:
+        raise ValueError(f"example {eid!r}: needs prompt_ids/completion_ids, messages, or prompt_text/completion_text")
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError(f"example {eid!r}: the last message must be the assistant's")
+    prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the conversation")
+    completion_text = full_text[len(prompt_text):]
+    cut = completion_text.rfind(eot_token)
+    if cut < 0:
+        raise ValueError(f"example {eid!r}: the rendered assistant turn has no {eot_token!r}")
+    completion_text = completion_text[: cut + len(eot_token)] if kind == "full" else completion_text[:cut]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    out = {
+        "id": str(eid),
+        "prompt_ids": encode(prompt_text),
+        "completion_ids": encode(completion_text),
+        "kind": kind,
+        "source": example.get("source", "text"),
+    }
+    return out
+
+
+def load_examples(source: str | Path | Iterable[Mapping], tokenizer=None, eot_token: str = "<|im_end|>") -> list[dict]:
+    """Read a JSONL file (or take a list) of examples; text examples are tokenized here."""
+    if isinstance(source, (str, Path)):
+        with open(source, encoding="utf-8") as fh:
+            raw = [json.loads(line) for line in fh if line.strip()]
+    else:
+        raw = list(source)
+    out = []
+    for ex in raw:
+        if "prompt_ids" in ex:
+            out.append(dict(ex))
+        else:
+            if tokenizer is None:
+                raise ValueError(f"example {ex.get('id')!r} is a text example: a tokenizer is needed")
+            out.append(text_example_to_ids(tokenizer, ex, eot_token=eot_token))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (a thin layer over transformers.Trainer)
+# ----------------------------------------------------------------------------------------------
+def world_size() -> int:
+    """Processes in this run (torchrun and accelerate launch set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_output_dir(config: TrainConfig) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir).expanduser().resolve()
+    from rsdlib.paths import results_dir
+
+    return results_dir() / "models" / f"train-{config_hash(config, exclude=RESUME_FREE_FIELDS)}"
+
+
+def _log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class WriteLog(TrainerCallback):
+        """Rewrites train_log.json (the Trainer's log_history) at every log, so interrupted runs keep it."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state.log_history, indent=1))
+                tmp.replace(path)
+
+    return WriteLog()
+
+
+def _load_model(config: TrainConfig):
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, config.model_dtype)
+    return AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+
+
+def _apply_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora)
+
+
+def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> str | None:
+    """Newest checkpoint to resume from, after checking the stored config and dataset match."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        return None
+    if not config.resume:
+        for ckpt in output_dir.glob("checkpoint-*"):
+            log.warning("resume=False: deleting %s", ckpt)
+            shutil.rmtree(ckpt)
+        return None
+    stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
+    if stored_cfg.is_file():
+        stored = json.loads(stored_cfg.read_text())
+        if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
+            mine = config_to_dict(config)
+            diff = sorted(k for k in set(stored) | set(mine) if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
+                "use another output_dir, or resume: false to start over there"
+            )
+    if stored_info.is_file() and json.loads(stored_info.read_text()).get("fingerprint") != info["fingerprint"]:
+        raise ValueError(
+            f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
+            "or resume: false to start over there"
+        )
+    return last
+
+
+def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, model=None, callbacks=()) -> Path:
+    """Fine-tune ``config.model`` (or the given ``model``/``tokenizer``); returns ``output_dir/final``.
+
+    ``dataset_path_or_examples``: a JSONL path or a list of examples (format in the module docstring).
+    ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run).
+    """
+    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    output_dir = resolve_output_dir(config)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+    eot_id = end_of_turn_id(tokenizer, config.eot_token)
+    pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token)
+    examples = load_examples(dataset_path_or_examples, tokenizer, config.eot_token)
+    dataset, info = build_dataset(examples, pad_id, eot_id, config.block_size, config.truncate)
+    info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id)
+    resume_from = _check_resumable(output_dir, config, info)
+
+    set_seed(config.seed)
+    if model is None:
+        model = _load_model(config)
+    if pad_id >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.config.pad_token_id = pad_id
+    if config.lora:
+        model = _apply_lora(model, config)
+
+    accumulation = config.gradient_accumulation(world_size())
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.use_bf16(),
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        fsdp=config.fsdp or None,
+        logging_steps=config.logging_steps,
+        save_strategy=config.save_strategy,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PadCollator(pad_id),
+        processing_class=tokenizer,
+        callbacks=[_log_callback(output_dir / "train_log.json"), *callbacks],
+    )
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "train_config.json")
+        (output_dir / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        log.info("training on %s; resuming from %s", info, resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.state.global_step < trainer.state.max_steps:  # stopped early by a callback: no final model
+        return output_dir / "final"
+    return _save_final(trainer, config, output_dir, info, result.metrics)
+
+
+def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, metrics: Mapping) -> Path:
+    """Final model (or merged LoRA model) + tokenizer + config, in safetensors, to output_dir/final."""
+    final = output_dir / "final"
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "merge_and_unload")
+    if is_peft:
+        trainer.save_model(str(output_dir / "final_adapter"))
+    if not is_peft or not config.merge_lora:
+        trainer.save_model(str(final))
+    elif trainer.is_world_process_zero():
+        if config.fsdp:
+            raise NotImplementedError("merging a sharded LoRA run: load final_adapter with peft and merge")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(final), safe_serialization=True)
+        trainer.processing_class.save_pretrained(str(final))
+    if trainer.is_world_process_zero():
+        save_config(config, final / "train_config.json")
+        summary = {**info, **metrics, "global_step": trainer.state.global_step, "merged_lora": is_peft and config.merge_lora}
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: python -m rsdlib.train --config train.yaml --data dataset.jsonl [key=value ...]
+# ----------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    import yaml
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rsdlib.train",
+        description="Fine-tune a student on RSD traces (multi-GPU: accelerate launch -m rsdlib.train ... "
+        "or torchrun --nproc-per-node N -m rsdlib.train ...).",
+    )
+    parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
+    parser.add_argument("--data", required=True, help="JSONL training examples (format: rsdlib.train docstring)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides, values parsed as YAML")
+    ns = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in ns.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"override {item!r} is not key=value")
+        overrides[key] = yaml.safe_load(value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = load_yaml_config(TrainConfig, ns.config, **overrides)
+    final = train(config, ns.data)
+    print(final)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
