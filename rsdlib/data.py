@@ -1,0 +1,521 @@
+"""Problem records and benchmark loaders: s1K, s1K-1.1, MATH500, AIME24, AIME25, GPQA Diamond.
+
+Paper sections 3.1 (RSD traces are generated for the 1,000 s1K problems), 4 and Appendix B (the four
+evaluation benchmarks) and the "+ s1K-1.1" baseline of Table 1 (DeepSeek-R1 traces).
+
+Every loader returns a list of ``Problem`` (id, question, gold, kind, options, source, meta) with
+kind "math" (a LaTeX expression checked by math-verify), "integer" (AIME) or "choice" (GPQA: gold
+is the letter of the correct option among ``options``). ``load_benchmark(name)`` reads, in order:
+
+1. a local folder (the ``local_dir`` argument, else the ``RSDLIB_DATA_DIR`` environment variable)
+   holding the file named in ``BENCHMARKS`` (field names per file: ../shared/data/PROVENANCE.md);
+2. the Hugging Face hub through ``datasets.load_dataset``;
+
+and raises ``DatasetUnavailableError`` with one message naming the dataset, the hub id, the local
+file expected and the environment variable when neither works.
+
+s1K: many reference solutions are worked solutions. ``extract_gold`` takes the last ``\\boxed{}``,
+else a short solution as-is, else a clearly marked final answer ("Answer: C", "the answer is 7",
+or a short expression after the last "=" of the last line); proofs and prose get gold "" and
+``meta["gold_extracted"] = False``. ``answer_checkable`` splits a list into (checkable,
+unextractable) so callers count and report the second part instead of dropping it silently.
+
+GPQA: the questions must not be published (PROVENANCE.md). A GPQA problem's id is a hash of its
+question, ``repr`` shows no question or option text, and errors raised here never include it.
+Options are shuffled by ``shuffle_choices(problem, sample_index)`` with a seed fixed per
+(question id, sample index); ``load_benchmark`` returns the sample-0 order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rsdlib.grading import CHOICE_LETTERS, last_boxed
+from rsdlib.paths import data_dir
+
+__all__ = [
+    "Problem",
+    "BENCHMARKS",
+    "DatasetUnavailableError",
+    "load_benchmark",
+    "extract_gold",
+    "answer_checkable",
+    "shuffle_choices",
+    "split_by_hash",
+    "easiest",
+    "stable_hash",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "RSDLIB_DATA_DIR"
+PRIVATE_SOURCES = ("gpqa_diamond",)  # question text never shown in reprs, logs or errors
+
+
+@dataclass
+class Problem:
+    """One problem, common to every benchmark and trace source."""
+
+    id: str  # stable across runs: "math500/test/...", "aime24-60", "gpqa-<hash>", "s1k-17"
+    question: str  # the problem statement (for "choice": without the options)
+    gold: str  # reference answer; "" when it could not be extracted (s1K)
+    kind: str  # "math" | "integer" | "choice"
+    options: list[str] | None = None  # "choice": option texts in presentation order (A, B, ...)
+    source: str = ""  # benchmark name, e.g. "math500", "gpqa_diamond"
+    meta: dict = field(default_factory=dict)  # level/subject (MATH500), trace/attempt (s1K-1.1), ...
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("math", "integer", "choice"):
+            raise ValueError(f"problem {self.id}: kind must be math|integer|choice, got {self.kind!r}")
+        if self.kind == "choice" and self.options is not None:
+            if self.gold and self.gold not in CHOICE_LETTERS[: len(self.options)]:
+                raise ValueError(f"problem {self.id}: gold letter {self.gold!r} outside the {len(self.options)} options")
+
+    @property
+    def private(self) -> bool:
+        """True for benchmarks whose text must stay out of logs and committed files (GPQA)."""
+        return self.source in PRIVATE_SOURCES or bool(self.meta.get("private"))
+
+    def __repr__(self) -> str:
+        if self.private:
+            shown = "<hidden>"
+            opts = f"<{len(self.options)} hidden>" if self.options is not None else None
+        else:
+            shown = repr(self.question[:60] + ("..." if len(self.question) > 60 else ""))
+            opts = self.options
+        return (
+            f"Problem(id={self.id!r}, kind={self.kind!r}, gold={self.gold!r}, source={self.source!r}, "
+            f"question={shown}, options={opts})"
+        )
+
+    __str__ = __repr__
+
+    def question_with_options(self) -> str:
+        """The question followed by "(A) ...", "(B) ..." lines for a "choice" problem."""
+        if self.kind != "choice" or not self.options:
+            return self.question
+        lines = [f"({CHOICE_LETTERS[i]}) {opt}" for i, opt in enumerate(self.options)]
+        return self.question.rstrip() + "\n\n" + "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Problem":
+        return cls(**{k: d[k] for k in ("id", "question", "gold", "kind", "options", "source", "meta") if k in d})
+
+
+class DatasetUnavailableError(RuntimeError):
+    """Neither the local folder nor the hub could provide a benchmark."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def stable_hash(text: str, n: int = 12) -> str:
+    """First ``n`` hex digits of sha256(text): the same in every process and on every machine."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+_INT_GOLD = re.compile(r"^[+-]?\d+$")
+
+
+def _kind_of(gold: str) -> str:
+    return "integer" if _INT_GOLD.match(gold.strip()) else "math"
+
+
+def _field(row: dict, *names: str, what: str, dataset: str) -> Any:
+    """First present field among ``names``; the error lists column names only (never values)."""
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    raise KeyError(f"{dataset}: no {what} field among {names}; the record has columns {sorted(row)}")
+
+
+def _int_gold(value: Any) -> str:
+    """AIME answers: "033" and 33 both become "33"."""
+    text = str(value).strip()
+    return str(int(text)) if _INT_GOLD.match(text) else text
+
+
+# ----------------------------------------------------------------------------------------------
+# s1K gold extraction
+# ----------------------------------------------------------------------------------------------
+SHORT_SOLUTION_CHARS = 20  # PROVENANCE.md: 373 of the 1000 s1K solutions are shorter (final answers)
+_PROOF_END = re.compile(r"(\\blacksquare|\\square|\\Box\b|\\qed|\bQ\.?E\.?D\.?)\s*\$*\\?\)?\s*$", re.IGNORECASE)
+_ANSWER_LINE = re.compile(
+    r"(?:final answer|the answer is|answer\s*:|answer is)\s*:?\s*(?:is\s*)?(.+?)\s*\.?\s*$", re.IGNORECASE
+)
+_LETTER_ANSWER = re.compile(r"^\(?([A-J])\)?$")
+
+
+def _clean_expression(expr: str) -> str:
+    """Strip math delimiters, alignment marks and trailing punctuation around a formula."""
+    expr = re.sub(r"\\(begin|end)\{[a-z*]+\}|&", " ", expr).strip()
+    expr = re.sub(r"^(\$\$|\$|\\\[|\\\()", "", expr)
+    expr = re.sub(r"(\$\$|\$|\\\]|\\\))$", "", expr)
+    expr = expr.strip().rstrip(".,;").strip()
+    return expr
+
+
+def _looks_like_expression(expr: str, max_chars: int = 60) -> bool:
+    """A short formula or number: no run of three or more plain words, balanced braces."""
+    if not expr or len(expr) > max_chars:
+        return False
+    if expr.count("{") != expr.count("}"):
+        return False
+    bare = re.sub(r"\\[a-zA-Z]+|\{[^{}]*\}", " ", expr)
+    return not re.search(r"[A-Za-z]{2,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}", bare)
+
+
+_LAYOUT_LINE = re.compile(r"^(\$\$|\\\[|\\\]|\\(begin|end)\{[a-z*]+\}(\{[^}]*\})?|\\tag\{[^}]*\})$")
+_INLINE_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+
+
+def _math_segments(line: str) -> list[tuple[str, int]]:
+    """Inline math segments of a line with their end offsets ($...$ and \\(...\\))."""
+    return [(m.group(1) or m.group(2) or "", m.end()) for m in _INLINE_MATH.finditer(line)]
+
+
+def _value_after_equals(expr: str) -> str:
+    """The part after the last "=" or "\\approx" of a formula ("t = ... = 10 s" -> "10 s")."""
+    return _clean_expression(re.split(r"=|\\approx", expr)[-1])
+
+
+def extract_gold(solution: str) -> tuple[str, str]:
+    """The final answer of a reference solution and the rule that found it.
+
+    Rules, first match wins:
+
+    - "boxed": the last ``\\boxed{}``/``\\fbox{}`` (balanced braces);
+    - "short": the whole solution when it is one line shorter than ``SHORT_SOLUTION_CHARS`` ("128",
+      "ABC", "167.0");
+    - "answer_line": the last line says "Answer: C" / "the (final) answer is X" (a letter, or a short
+      formula; "the answer is $8+1=9$" gives "9");
+    - "last_equals": the last line ends with a formula "... = value" (a display-math line, or an
+      inline segment closing the line that is the only equation of its sentence) and the value is a
+      short formula ("t = ... = 1 \\times 10^{14} s" gives "1 \\times 10^{14} s").
+
+    Anything else, including proofs ending in a QED mark and prose conclusions, gives ``("", "none")``.
+    """
+    text = (solution or "").strip()
+    if not text:
+        return "", "none"
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed, "boxed"
+    if len(text) < SHORT_SOLUTION_CHARS and "\n" not in text:
+        return _clean_expression(text), "short"
+    lines = []
+    closes_display = False  # the last content line is followed by "$$", "\\]" or "\\end{...}"
+    for ln in text.splitlines():
+        ln = re.sub(r"\\tag\{[^}]*\}|\\\\\s*$", "", ln.strip()).strip()
+        if ln and not _LAYOUT_LINE.match(ln):
+            lines.append(ln)
+            closes_display = False
+        elif ln:
+            closes_display = closes_display or ln == "$$" or ln.startswith("\\]") or ln.startswith("\\end")
+    if not lines:
+        return "", "none"
+    last = lines[-1]
+    if _PROOF_END.search(last):
+        return "", "none"
+    m = _ANSWER_LINE.search(last)
+    if m:
+        ans = m.group(1)
+        segments = _math_segments(ans)
+        if segments:
+            ans = segments[-1][0]
+        ans = re.sub(r"^\*+|\*+$", "", _clean_expression(ans)).strip()
+        if _LETTER_ANSWER.match(ans):
+            return _LETTER_ANSWER.match(ans).group(1), "answer_line"
+        if "=" in ans:
+            ans = _value_after_equals(ans)
+        if "$" not in ans and re.search(r"\d|\\[a-zA-Z]", ans) and _looks_like_expression(ans):
+            return ans, "answer_line"
+        return "", "none"
+    segments = _math_segments(last)
+    if segments:
+        formula, end = segments[-1]
+        if last[end:].strip(" .,;") != "":
+            return "", "none"  # prose after the last formula
+        sentence_start = max(last.rfind(". ", 0, end - len(formula) - 2), 0)
+        equations = [seg for seg, e in segments if e > sentence_start and ("=" in seg or "\\approx" in seg)]
+        if len(equations) != 1:
+            return "", "none"  # no equation, or several results in one sentence ("c_1 = ... and c_2 = ...")
+    elif closes_display and "$" not in last:
+        formula = last  # the last line of a display-math block
+    else:
+        return "", "none"
+    if "=" in formula or "\\approx" in formula:
+        value = _value_after_equals(formula)
+        if value and "$" not in value and _looks_like_expression(value, max_chars=40):
+            return value, "last_equals"
+    return "", "none"
+
+
+def _s1k_problem(index: int, question: str, solution: str, source: str, meta: dict) -> Problem:
+    gold, rule = extract_gold(solution)
+    kind = _kind_of(gold) if gold else "math"
+    if gold and rule == "answer_line" and _LETTER_ANSWER.match(gold):
+        kind = "choice"  # "Answer: C" for a question whose options are written in its text
+    meta = {**meta, "solution": solution, "gold_extracted": bool(gold), "gold_rule": rule}
+    return Problem(id=f"{source}-{index}", question=question, gold=gold, kind=kind, options=None, source=source, meta=meta)
+
+
+def answer_checkable(problems: Iterable[Problem]) -> tuple[list[Problem], list[Problem]]:
+    """Split into (problems with a gold answer, problems whose gold could not be extracted)."""
+    checkable, unextractable = [], []
+    for p in problems:
+        (checkable if p.gold.strip() and p.meta.get("gold_extracted", True) else unextractable).append(p)
+    return checkable, unextractable
+
+
+# ----------------------------------------------------------------------------------------------
+# GPQA options
+# ----------------------------------------------------------------------------------------------
+def gpqa_id(question: str) -> str:
+    """Stable id of a GPQA question (hash of its whitespace-normalised text)."""
+    return "gpqa-" + stable_hash(" ".join(question.split()))
+
+
+def shuffle_choices(problem: Problem, sample_index: int, seed: int = 0) -> Problem:
+    """A copy of a "choice" problem with its options in the order of sample ``sample_index``.
+
+    The order depends only on (problem id, sample index, seed), never on earlier shuffles: it is
+    drawn from ``meta["answer_options"]`` (correct option first, then the incorrect ones). The
+    returned problem's ``gold`` is the letter of the correct option and ``meta["sample_index"]``
+    records the sample.
+    """
+    canonical = problem.meta.get("answer_options")
+    if problem.kind != "choice" or not canonical:
+        raise ValueError(f"problem {problem.id}: shuffle_choices needs a choice problem with meta['answer_options']")
+    rng = random.Random(int(stable_hash(f"{problem.id}|{sample_index}|{seed}", 16), 16))
+    order = list(range(len(canonical)))
+    rng.shuffle(order)
+    options = [canonical[j] for j in order]
+    gold = CHOICE_LETTERS[order.index(0)]
+    return replace(problem, options=options, gold=gold, meta={**problem.meta, "sample_index": sample_index})
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-benchmark record conversion (hub rows and local rows)
+# ----------------------------------------------------------------------------------------------
+def _math500(rows: Sequence[dict]) -> list[Problem]:
+    out = []
+    for i, r in enumerate(rows):
+        gold = str(_field(r, "answer", what="answer", dataset="math500")).strip()
+        out.append(
+            Problem(
+                id="math500/" + str(r.get("unique_id", i)),
+                question=_field(r, "problem", what="question", dataset="math500"),
+                gold=gold,
+                kind=_kind_of(gold),
+                source="math500",
+                meta={"level": int(r["level"]) if r.get("level") is not None else None, "subject": r.get("subject")},
+            )
+        )
+    return out
+
+
+def _aime(name: str):
+    def convert(rows: Sequence[dict]) -> list[Problem]:
+        out = []
+        for i, r in enumerate(rows):
+            gold = _int_gold(_field(r, "answer", "Answer", what="answer", dataset=name))
+            rid = r.get("id", r.get("ID", i))
+            out.append(
+                Problem(
+                    id=f"{name}-{rid}",
+                    question=_field(r, "problem", "question", "Problem", what="question", dataset=name),
+                    gold=gold,
+                    kind=_kind_of(gold),
+                    source=name,
+                    meta={k: r[k] for k in ("url", "year") if r.get(k) is not None},
+                )
+            )
+        return out
+
+    return convert
+
+
+def _gpqa(rows: Sequence[dict], seed: int = 0) -> list[Problem]:
+    out = []
+    for r in rows:
+        question = str(_field(r, "Question", what="question", dataset="gpqa_diamond")).strip()
+        correct = str(_field(r, "Correct Answer", what="correct answer", dataset="gpqa_diamond")).strip()
+        wrong = [str(_field(r, f"Incorrect Answer {j}", what="incorrect answer", dataset="gpqa_diamond")).strip() for j in (1, 2, 3)]
+        meta = {"answer_options": [correct, *wrong], "private": True}
+        for k in ("Record ID", "Subdomain", "High-level domain"):
+            if r.get(k) is not None:
+                meta[k.lower().replace(" ", "_").replace("-", "_")] = r[k]
+        base = Problem(id=gpqa_id(question), question=question, gold="A", kind="choice", options=[correct, *wrong], source="gpqa_diamond", meta=meta)
+        out.append(shuffle_choices(base, 0, seed))
+    return out
+
+
+def _s1k(rows: Sequence[dict]) -> list[Problem]:
+    out = []
+    for i, r in enumerate(rows):
+        idx = r.get("id", i)
+        meta = {k: r[k] for k in ("source_type", "cot_type") if r.get(k)}
+        out.append(
+            _s1k_problem(
+                int(idx) if str(idx).isdigit() else i,
+                _field(r, "question", "problem", what="question", dataset="s1k"),
+                str(_field(r, "solution", what="solution", dataset="s1k")),
+                "s1k",
+                meta,
+            )
+        )
+    return out
+
+
+def _s1k_11(rows: Sequence[dict]) -> list[Problem]:
+    out = []
+    for i, r in enumerate(rows):
+        meta = {k: r[k] for k in ("source_type", "cot_type") if r.get(k)}
+        meta["trace"] = _field(r, "deepseek_thinking_trajectory", what="R1 trace", dataset="s1k-1.1")
+        meta["attempt"] = _field(r, "deepseek_attempt", what="R1 attempt", dataset="s1k-1.1")
+        out.append(
+            _s1k_problem(i, _field(r, "question", "problem", what="question", dataset="s1k-1.1"), str(_field(r, "solution", what="solution", dataset="s1k-1.1")), "s1k-1.1", meta)
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark lives: hub id(s) (with config and split) and the local file name."""
+
+    hub: tuple[tuple[str, str | None, str], ...]  # (hub id, config, split), tried in order
+    local_file: str | None  # file name in the local folder (None: hub only)
+    convert: Any  # rows -> list[Problem]
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "math500": BenchmarkSpec((("HuggingFaceH4/MATH-500", None, "test"),), "math500.jsonl", _math500),
+    "aime24": BenchmarkSpec((("simplescaling/aime24_nofigures", None, "train"),), "aime24.jsonl", _aime("aime24")),
+    "aime25": BenchmarkSpec(
+        (
+            ("simplescaling/aime25_nofigures", None, "train"),
+            ("opencompass/AIME2025", "AIME2025-I+AIME2025-II", "test"),
+        ),
+        "aime25.jsonl",
+        _aime("aime25"),
+    ),
+    "gpqa_diamond": BenchmarkSpec((("Idavidrein/gpqa", "gpqa_diamond", "train"),), "gpqa_diamond.jsonl", _gpqa),
+    "s1k": BenchmarkSpec((("simplescaling/s1K", None, "train"),), "s1k.json", _s1k),
+    "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), None, _s1k_11),
+}
+
+
+def _read_local(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return list(data.values()) if isinstance(data, dict) else list(data)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _read_hub(hub_id: str, config: str | None, split: str) -> list[dict]:
+    import datasets
+
+    configs = config.split("+") if config else [None]
+    rows: list[dict] = []
+    for cfg in configs:  # opencompass/AIME2025 keeps parts I and II in two configs
+        ds = datasets.load_dataset(hub_id, cfg, split=split) if cfg else datasets.load_dataset(hub_id, split=split)
+        rows.extend(dict(r) for r in ds)
+    return rows
+
+
+def load_benchmark(
+    name: str,
+    *,
+    local_dir: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Problem]:
+    """Problems of benchmark ``name`` (one of ``BENCHMARKS``), from a local folder or the hub.
+
+    local_dir: folder holding the benchmark's local file (default: ``$RSDLIB_DATA_DIR``); used when
+      the file is there, otherwise the hub is tried.
+    split: hub split (default: the benchmark's own, e.g. "test" for MATH-500); local files have one.
+    limit: keep the first ``limit`` problems (file order).
+    seed: salt of the GPQA option shuffle (sample 0 order); other benchmarks ignore it.
+    """
+    key = name.lower().replace("-", "_").replace(" ", "_")
+    aliases = {"s1k_1.1": "s1k-1.1", "s1k_11": "s1k-1.1", "gpqa": "gpqa_diamond", "math_500": "math500"}
+    key = aliases.get(key, key)
+    if key not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    spec = BENCHMARKS[key]
+    folder = Path(local_dir).expanduser() if local_dir is not None else data_dir()
+
+    rows: list[dict] | None = None
+    origin = None
+    failures: list[str] = []
+    if folder is not None and spec.local_file is not None:
+        path = folder / spec.local_file
+        if path.is_file():
+            rows, origin = _read_local(path), str(path)
+        else:
+            failures.append(f"no local file {path}")
+    if rows is None:
+        for hub_id, config, default_split in spec.hub:
+            try:
+                rows = _read_hub(hub_id, config, split or default_split)
+                origin = f"hub:{hub_id}"
+                break
+            except Exception as exc:  # offline, gated, missing: report all, never the data
+                failures.append(f"hub {hub_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    if rows is None:
+        hubs = " or ".join(h for h, _, _ in spec.hub)
+        gated = " (gated: accept its terms on the hub, then `huggingface-cli login`)" if key == "gpqa_diamond" else ""
+        local_hint = (
+            f"or put {spec.local_file!r} in a folder and pass local_dir=... or set {ENV_VAR}"
+            if spec.local_file
+            else "(it has no local-file option)"
+        )
+        raise DatasetUnavailableError(
+            f"benchmark {key!r} is unavailable: load the hub dataset {hubs}{gated} (network or HF cache) "
+            f"{local_hint}. Tried: {'; '.join(failures)}"
+        )
+    problems = spec.convert(rows, seed) if key == "gpqa_diamond" else spec.convert(rows)
+    for p in problems:
+        p.meta["loaded_from"] = origin
+    log.info("loaded %d %s problems from %s", len(problems), key, origin)
+    return problems[:limit] if limit is not None else problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic subsets
+# ----------------------------------------------------------------------------------------------
+def split_by_hash(problems: Sequence[Problem], fraction: float, salt: str = "") -> tuple[list[Problem], list[Problem]]:
+    """Disjoint (a, b): a problem is in ``a`` when the hash of (salt, id) falls below ``fraction``.
+
+    Membership depends only on the id and the salt, so it is stable across runs, orders and subsets
+    (used to keep trace-generation and evaluation problems apart in the demo).
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    a, b = [], []
+    for p in problems:
+        u = int(stable_hash(f"{salt}|{p.id}", 15), 16) / 16**15
+        (a if u < fraction else b).append(p)
+    return a, b
+
+
+def easiest(problems: Sequence[Problem], n: int) -> list[Problem]:
+    """The ``n`` lowest-level MATH500 problems (``meta["level"]``); ties keep file order."""
+    missing = [p.id for p in problems if p.meta.get("level") is None]
+    if missing:
+        raise ValueError(f"easiest() needs meta['level'] (MATH500); {len(missing)} problems lack it, e.g. {missing[0]}")
+    return sorted(problems, key=lambda p: p.meta["level"])[:n]

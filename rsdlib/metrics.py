@@ -1,0 +1,397 @@
+"""Evaluation estimators and trace metrics.
+
+Estimators (paper section 4, Appendix B; field notes section 6):
+
+- ``pass_at_k(n, c, k)``: unbiased pass@k = 1 - C(n-c, k) / C(n, k), computed as the stable product
+  1 - prod_{i=n-c+1..n} (1 - k/i).
+- ``avg_at_k(correct)``: mean over problems of (correct samples / k) (the paper's avg@64 and avg@8).
+- ``maj_at_k(answers, golds)``: majority-vote accuracy.
+
+Trace metrics under a scoring model, usually the student (paper section 3.2, Figures 2-3, Table 2):
+
+- surprisal s_i = -log P_s(y_i | y_<i), entropy H_i = -sum_y P_s(y | y_<i) log P_s(y | y_<i) (nats),
+  perplexity PPL = exp(mean_i s_i), sub-threshold ratio = share of tokens with P_s(y_i) < 1%;
+- ``token_logprobs_and_entropy``, ``surprisal``, ``perplexity``, ``sub_threshold_ratio``: pure tensor
+  functions;
+- ``score_traces(model, prompts, completions)``: batched teacher-forced forwards (one forward per
+  batch of traces, right padding, attention mask), completion tokens scored with the prompt as
+  context; the vocabulary projection runs in chunks of positions so 8k-token traces with a 152k
+  vocabulary fit in memory.
+- ``summarize_dataset(records)``: the columns of Table 2 (correctly solved, fallback rate, sub-1%
+  tokens) and Table 6 (average token count) for one trace dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = [
+    "pass_at_k",
+    "avg_at_k",
+    "maj_at_k",
+    "majority_answer",
+    "token_logprobs_and_entropy",
+    "surprisal",
+    "perplexity",
+    "sub_threshold_ratio",
+    "score_traces",
+    "summarize_dataset",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimators
+# ----------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``n`` samples of which ``c`` are correct (Chen et al. 2021)."""
+    if not (0 <= c <= n) or not (1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def _rows(correct: Any) -> list[list[bool]]:
+    if isinstance(correct, torch.Tensor):
+        correct = correct.tolist()
+    elif hasattr(correct, "tolist"):  # numpy arrays
+        correct = correct.tolist()
+    return [[bool(x) for x in row] for row in correct]
+
+
+def avg_at_k(correct: Any, k: int | None = None) -> float:
+    """avg@k: mean over problems of (correct samples among the first k) / k.
+
+    ``correct``: one row of per-sample booleans per problem (list of lists, or a (P, n) array).
+    ``k=None`` uses every sample of each row (rows may then differ in length); a row shorter than an
+    explicit ``k`` is an error (the estimate would silently change meaning).
+    """
+    rows = _rows(correct)
+    if not rows:
+        raise ValueError("avg_at_k: no problems")
+    fractions = []
+    for i, row in enumerate(rows):
+        kk = len(row) if k is None else k
+        if kk < 1 or len(row) < kk:
+            raise ValueError(f"avg_at_k: problem {i} has {len(row)} samples, need k={kk} >= 1")
+        fractions.append(sum(row[:kk]) / kk)
+    return sum(fractions) / len(fractions)
+
+
+def mean_pass_at_k(correct: Any, k: int) -> float:
+    """Mean over problems of the unbiased pass@k, from per-sample correctness rows."""
+    rows = _rows(correct)
+    return sum(pass_at_k(len(r), sum(r), k) for r in rows) / len(rows)
+
+
+def majority_answer(answers: Sequence[str | None]) -> str | None:
+    """Most common non-None answer (after stripping whitespace); ties go to the answer seen first."""
+    votes = [a.strip() for a in answers if a is not None and a.strip()]
+    if not votes:
+        return None
+    counts = Counter(votes)
+    best = max(counts.values())
+    return next(a for a in votes if counts[a] == best)
+
+
+def maj_at_k(
+    answers: Sequence[Sequence[str | None]],
+    golds: Sequence[str] | None = None,
+    *,
+    correct: Any = None,
+    k: int | None = None,
+    is_equivalent: Callable[[str, str], bool] | None = None,
+) -> float:
+    """maj@k: fraction of problems whose majority answer (over the first k samples) is correct.
+
+    ``answers``: per problem, the extracted answer of each sample (None = no answer; it casts no
+    vote; a problem with no vote counts as wrong). Votes group identical strings (whitespace
+    stripped); ties go to the answer that appears first in sample order.
+    The winner is judged either against ``golds`` with ``is_equivalent(answer, gold)`` (default:
+    string equality after stripping), or, when ``correct`` (per-sample booleans, same shape as
+    ``answers``) is given instead, by the correctness of the winner's first sample.
+    """
+    if (golds is None) == (correct is None):
+        raise ValueError("maj_at_k: give exactly one of golds or correct")
+    rows_correct = _rows(correct) if correct is not None else None
+    equal = is_equivalent or (lambda a, g: a.strip() == str(g).strip())
+    if not answers:
+        raise ValueError("maj_at_k: no problems")
+    hits = 0
+    for i, row in enumerate(answers):
+        kk = len(row) if k is None else k
+        if len(row) < kk:
+            raise ValueError(f"maj_at_k: problem {i} has {len(row)} samples, need k={kk}")
+        window = list(row[:kk])
+        winner = majority_answer(window)
+        if winner is None:
+            continue
+        if rows_correct is not None:
+            first = next(j for j, a in enumerate(window) if a is not None and a.strip() == winner)
+            hits += bool(rows_correct[i][first])
+        else:
+            hits += bool(equal(winner, golds[i]))
+    return hits / len(answers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token metrics (pure functions on tensors)
+# ----------------------------------------------------------------------------------------------
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, target_ids: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token and the entropy of each next-token distribution.
+
+    logits: (..., T, V) next-token logits, position t predicting ``target_ids[..., t]``;
+    target_ids: (..., T). Returns (logprobs (..., T), entropy (..., T)), float32, natural log.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (..., T, V)
+    token_logprobs = logp.gather(-1, target_ids.long().unsqueeze(-1)).squeeze(-1)  # (..., T)
+    entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)  # (..., T); 0 * log 0 = 0
+    return token_logprobs, entropy
+
+
+def surprisal(logprobs: torch.Tensor) -> torch.Tensor:
+    """s_i = -log P(y_i | y_<i), same shape as ``logprobs``."""
+    return -logprobs
+
+
+def _masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return values if mask is None else values[mask.bool()]
+
+
+def perplexity(logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PPL = exp(mean surprisal) over the (masked) tokens; NaN for zero tokens."""
+    vals = _masked(logprobs, mask).double()
+    return float(torch.exp(-vals.mean())) if vals.numel() else float("nan")
+
+
+def sub_threshold_ratio(probs: torch.Tensor, threshold: float = 0.01, mask: torch.Tensor | None = None) -> float:
+    """Share of (masked) tokens whose probability is below ``threshold``; NaN for zero tokens."""
+    vals = _masked(probs, mask)
+    return float((vals < threshold).double().mean()) if vals.numel() else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher-forced scoring of traces
+# ----------------------------------------------------------------------------------------------
+def _can_chunk(model) -> bool:
+    """True when logits = lm_head(last hidden state) exactly (no soft-capping or logit scaling)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return False
+    get_dec, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    if get_dec is None or get_head is None:
+        return False
+    try:
+        decoder, head = get_dec(), get_head()
+    except Exception:
+        return False
+    return decoder is not None and decoder is not model and isinstance(head, torch.nn.Linear)
+
+
+@torch.inference_mode()
+def score_traces(
+    model,
+    prompt_ids_list: Sequence[Sequence[int]],
+    completion_ids_list: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    threshold: float = 0.01,
+    device: str | torch.device | None = None,
+    chunk_tokens: int | None = 1024,
+    progress: bool = False,
+) -> list[dict]:
+    """Score each completion under ``model`` with its prompt as context (paper section 3.2).
+
+    One forward per batch of ``batch_size`` traces (sorted by length to limit padding; results come
+    back in input order), right-padded with an attention mask. Only completion tokens are scored:
+    the token at sequence position p is predicted by the logits at p-1, so every prompt needs at
+    least one token. The vocabulary projection runs over ``chunk_tokens`` completion positions at a
+    time (``None``: take the model's full logits, e.g. for models with logit soft-capping).
+
+    Returns, per trace: ``token_logprobs``, ``token_entropy``, ``surprisal`` (lists of floats, one per
+    completion token, nats), ``perplexity``, ``sub_threshold_ratio`` (probability < ``threshold``)
+    and ``n_tokens``. ``temperature`` divides the logits first (1.0: the model's own distribution).
+    """
+    if len(prompt_ids_list) != len(completion_ids_list):
+        raise ValueError("score_traces: as many prompts as completions are needed")
+    for i, p in enumerate(prompt_ids_list):
+        if len(p) == 0:
+            raise ValueError(f"score_traces: prompt {i} is empty; the first completion token needs a context")
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError):
+            device = torch.device("cpu")
+    device = torch.device(device)
+    chunked = chunk_tokens is not None and _can_chunk(model)
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+
+    order = sorted(range(len(prompt_ids_list)), key=lambda i: -(len(prompt_ids_list[i]) + len(completion_ids_list[i])))
+    results: list[dict | None] = [None] * len(order)
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    iterator = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="scoring traces", unit="batch", mininterval=5.0)
+    for batch in iterator:
+        seqs = [list(prompt_ids_list[i]) + list(completion_ids_list[i]) for i in batch]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, L)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, L)
+        for r, s in enumerate(seqs):
+            input_ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            attention[r, : len(s)] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        # (row, position) of each predicting logit and the token it predicts, all completions flattened
+        rows, positions, targets, owner = [], [], [], []
+        for r, i in enumerate(batch):
+            p_len, c_len = len(prompt_ids_list[i]), len(completion_ids_list[i])
+            rows += [r] * c_len
+            positions += list(range(p_len - 1, p_len + c_len - 1))
+            targets += list(completion_ids_list[i])
+            owner.append(c_len)
+        rows_t = torch.tensor(rows, dtype=torch.long, device=device)  # (N,)
+        pos_t = torch.tensor(positions, dtype=torch.long, device=device)  # (N,)
+        tgt_t = torch.tensor(targets, dtype=torch.long, device=device)  # (N,)
+        logprobs = torch.empty(len(targets), dtype=torch.float32, device=device)  # (N,)
+        entropy = torch.empty(len(targets), dtype=torch.float32, device=device)  # (N,)
+        if len(targets):
+            if chunked:
+                hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, L, H)
+                head = model.get_output_embeddings()
+                picked = hidden[rows_t, pos_t]  # (N, H)
+                for s in range(0, len(targets), chunk_tokens):
+                    logits = head(picked[s : s + chunk_tokens])  # (n, V)
+                    lp, ent = token_logprobs_and_entropy(logits, tgt_t[s : s + chunk_tokens], temperature)
+                    logprobs[s : s + chunk_tokens], entropy[s : s + chunk_tokens] = lp, ent
+            else:
+                logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, L, V)
+                lp, ent = token_logprobs_and_entropy(logits[rows_t, pos_t], tgt_t, temperature)  # (N,)
+                logprobs, entropy = lp, ent
+        start = 0
+        for i, c_len in zip(batch, owner):
+            lp, ent = logprobs[start : start + c_len].cpu(), entropy[start : start + c_len].cpu()
+            start += c_len
+            results[i] = {
+                "token_logprobs": lp.tolist(),
+                "token_entropy": ent.tolist(),
+                "surprisal": surprisal(lp).tolist(),
+                "perplexity": perplexity(lp),
+                "sub_threshold_ratio": sub_threshold_ratio(lp.exp(), threshold),
+                "n_tokens": c_len,
+            }
+    return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset summaries: Table 2 and Table 6
+# ----------------------------------------------------------------------------------------------
+def _in_dataset(records: Sequence[dict]) -> list[dict]:
+    if any("kept" in r for r in records):
+        return [r for r in records if r.get("kept")]
+    return [r for r in records if r.get("status") == "correct"]
+
+
+def _token_count(r: dict) -> int:
+    if r.get("n_tokens") is not None:
+        return int(r["n_tokens"])
+    for key in ("token_ids", "student_prob_raw", "student_prob", "fallback"):
+        if r.get(key) is not None:
+            return len(r[key])
+    raise ValueError("summarize_dataset: a record has no n_tokens, token_ids, student_prob or fallback field")
+
+
+def summarize_dataset(
+    records: Sequence[dict],
+    *,
+    name: str = "",
+    n_problems: int | None = None,
+    threshold: float = 0.01,
+    prob_field: str | None = None,
+    fallback_applicable: bool | None = None,
+) -> dict:
+    """One row of the paper's Table 2 (and Table 6) for a set of trace records.
+
+    Expected record fields (one record per sample; extra fields are ignored):
+
+    - ``problem_id`` (str) and ``status`` ("correct" | "wrong" | "no_answer");
+    - ``kept`` (bool, optional): the sample is a training trace of the dataset. When no record has
+      this field, the dataset is every record whose status is "correct";
+    - ``student_prob_raw`` or ``student_prob`` (list of float, one per token): probability of each
+      token under the student (Section 3.2 uses the student's own distribution; ``prob_field``
+      picks the field, default ``student_prob_raw`` when present, else ``student_prob``). NaN
+      entries (the student was not run) are not counted;
+    - ``fallback`` (list of bool, one per token): the token came from the fallback model;
+    - ``n_tokens`` (int, optional; else the length of the per-token lists);
+    - ``config`` (dict, optional) with ``mode``: fallback is "Not Applicable" for "teacher" and
+      "student" runs and for records without fallback lists (override: ``fallback_applicable``).
+
+    Columns: "Correctly solved" = problems with at least one correct sample / ``n_problems`` (default:
+    distinct problem ids in ``records``); "Fallback rate (%)" = fallback tokens / tokens over the
+    dataset traces; "Sub-1% tokens (%)" = tokens with probability < ``threshold`` / ALL tokens of
+    the dataset traces (pooled, not a mean of per-trace ratios); "Average token count" (Table 6) =
+    mean tokens per dataset trace. Raw counts are returned beside the display columns.
+    """
+    records = list(records)
+    problem_ids = {r.get("problem_id") for r in records}
+    solved = {r.get("problem_id") for r in records if r.get("status") == "correct"}
+    total = n_problems if n_problems is not None else len(problem_ids)
+    traces = _in_dataset(records)
+
+    if prob_field is None:
+        prob_field = "student_prob_raw" if any(r.get("student_prob_raw") for r in traces) else "student_prob"
+    n_scored = n_low = 0
+    for r in traces:
+        for p in r.get(prob_field) or []:
+            if p is None or math.isnan(p):
+                continue
+            n_scored += 1
+            n_low += p < threshold
+
+    if fallback_applicable is None:
+        modes = {(r.get("config") or {}).get("mode", r.get("mode")) for r in traces}
+        has_lists = any(r.get("fallback") for r in traces)
+        fallback_applicable = has_lists and not (modes and modes <= {"teacher", "student"})
+    n_fb_tokens = n_fallback = 0
+    if fallback_applicable:
+        for r in traces:
+            fb = r.get("fallback") or []
+            n_fb_tokens += len(fb)
+            n_fallback += sum(bool(x) for x in fb)
+
+    token_counts = [_token_count(r) for r in traces]
+    fallback_pct = 100.0 * n_fallback / n_fb_tokens if fallback_applicable and n_fb_tokens else None
+    sub_pct = 100.0 * n_low / n_scored if n_scored else None
+    avg_tokens = sum(token_counts) / len(token_counts) if token_counts else None
+    return {
+        "Datasets": name,
+        "Correctly solved": f"{len(solved)}/{total}",
+        "Fallback rate (%)": round(fallback_pct, 2) if fallback_pct is not None else "Not Applicable",
+        f"Sub-{threshold * 100:g}% tokens (%)": round(sub_pct, 2) if sub_pct is not None else "Not Available",
+        "Average token count": round(avg_tokens) if avg_tokens is not None else None,
+        # raw values
+        "n_solved": len(solved),
+        "n_problems": total,
+        "n_traces": len(traces),
+        "n_tokens": sum(token_counts),
+        "n_tokens_scored": n_scored,
+        "n_sub_threshold": n_low,
+        "fallback_rate": fallback_pct / 100.0 if fallback_pct is not None else None,
+        "sub_threshold_ratio": sub_pct / 100.0 if sub_pct is not None else None,
+        "avg_token_count": avg_tokens,
+        "prob_field": prob_field,
+        "threshold": threshold,
+    }
