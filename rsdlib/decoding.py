@@ -58,6 +58,7 @@ class DecodingConfig:
     max_new_tokens: int = 1024  # generation budget per sequence
     stop_ids: tuple[int, ...] = ()  # student ids that end a sequence (end-of-turn, eos); kept in the trace
     record_both: bool = False  # teacher/student modes: also run the other model to record its probabilities
+    draft_tokens: int = 0  # rsd only: > 0 = exact speculative RSD, the student drafts this many per teacher pass
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -74,6 +75,10 @@ class DecodingConfig:
             raise ValueError(f"trials must be >= 1, got {self.trials}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
+        if self.draft_tokens and self.mode != "rsd":
+            raise ValueError(f"draft_tokens (speculative decoding) is implemented for mode 'rsd', not {self.mode!r}")
         self.stop_ids = tuple(int(i) for i in self.stop_ids)
 
     @property
@@ -374,7 +379,7 @@ class _GrowingLayer(DynamicLayer):
             self._adopt(self.keys[:, :, n:], self.values[:, :, n:])
 
     def crop(self, max_length):
-        """Keep the first ``max_length`` positions (negative: drop that many from the end)."""
+        """Negative: drop that many positions from the end (transformers 5); positive: keep that many."""
         if max_length < 0:
             max_length = self.get_seq_length() + max_length
         if self.is_initialized and max_length < self._len:
@@ -400,8 +405,11 @@ class _ModelState:
         self.next_pos = None  # (B,) number of real tokens so far
 
     @torch.no_grad()
-    def feed(self, rows: list[list[int]]) -> torch.Tensor:
-        """Append each row's new ids (left-padded to a common width) and return last-position logits (B, V)."""
+    def feed(self, rows: list[list[int]], keep: int = 1) -> torch.Tensor:
+        """Append each row's new ids (left-padded to a common width) and return last-position logits (B, V).
+
+        With ``keep`` > 1, return the logits of the last ``keep`` positions instead, (B, keep, V).
+        """
         width = max(len(r) for r in rows)
         batch = len(rows)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -426,10 +434,27 @@ class _ModelState:
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
         self.cache = out.past_key_values
-        return out.logits[:, -1, :]
+        return out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
+
+    def forget_last(self, counts: Sequence[int]) -> None:
+        """Roll back: hide each row's last ``counts[b]`` real tokens (rejected drafts) from attention.
+
+        The hidden columns stay in the cache as padding (rows roll back by different amounts) and
+        trailing columns hidden in every row are cropped away. Positions move back with them.
+        """
+        for b, n in enumerate(counts):
+            if n:
+                real = self.mask[b].nonzero().squeeze(-1)
+                self.mask[b, real[-n:]] = 0
+        self.next_pos = self.next_pos - torch.tensor(list(counts), device=self.device)
+        live = self.mask.any(0).nonzero()
+        length = int(live[-1]) + 1 if len(live) else 0
+        if length < self.mask.shape[1]:
+            self.cache.crop(length - self.mask.shape[1])  # negative: remove that many (transformers 5)
+            self.mask = self.mask[:, :length]
 
     def extend(self, other: "_ModelState") -> None:
         """Append the rows of ``other`` (a freshly prefilled state) below ours, left-padding the shorter cache."""
@@ -537,6 +562,11 @@ class Decoder:
     def _run(self, prompts, seeds, batch_size, refill):
         """Yield (index, trace) as traces end. Each batch row is a slot holding one trace."""
         cfg, bridge = self.config, self.bridge
+        if cfg.draft_tokens:
+            from rsdlib.speculative import run_speculative
+
+            yield from run_speculative(self, prompts, seeds, batch_size, refill)
+            return
         record = cfg.to_dict()
         pending = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # pop() = shortest first
         traces: dict[int, Trace] = {}
