@@ -62,7 +62,7 @@ KINDS = ("full", "prefix")
 PAD_CANDIDATES = ("<|fim_pad|>",)  # never-used Qwen tokens, in order of preference
 FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candidates
 # Fields that may change between an interrupted run and its resumption without changing the run.
-RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit", "merge_lora")
+RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +184,10 @@ def validate_example(example: Mapping, eot_id: int) -> None:
     if len(completion) == 0:
         raise ValueError(f"example {eid!r}: empty completion_ids")
     if kind == "full" and completion[-1] != eot_id:
-        raise ValueError(f"example {eid!r}: a full example must end with the end-of-turn token id {eot_id}")
+        raise ValueError(
+            f"example {eid!r}: a full example must end with the end-of-turn token id {eot_id} "
+            f"(it ends with id {completion[-1]})"
+        )
     if kind == "prefix" and eot_id in completion:
         raise ValueError(
             f"example {eid!r}: a prefix example must not contain the end-of-turn token id {eot_id} "
@@ -443,11 +446,29 @@ def _log_callback(path: Path):
     return WriteLog()
 
 
-def _load_model(config: TrainConfig):
-    from transformers import AutoModelForCausalLM
+def model_source(name: str) -> str:
+    """Folder or hub id to read ``name`` from: ``embedded:<role>`` resolves to the embedded cache folder."""
+    if name.startswith("embedded:"):
+        from rsdlib import embedded
 
-    dtype = getattr(torch, config.model_dtype)
-    return AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        return str(embedded.prepare(embedded.EMBEDDED[name.removeprefix("embedded:")]))
+    return name
+
+
+def load_student(config: TrainConfig):
+    """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device).
+
+    Uses the project's loader (``rsdlib.models.load_model``: folders, hub ids, GGUF, ``embedded:``)
+    so training reads exactly what the decoder and the evaluator read.
+    """
+    try:
+        from rsdlib.models import load_model
+    except ImportError:  # the loader module is optional for this stage
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_source(config.model), dtype=getattr(torch, config.model_dtype))
+    model, _ = load_model(config.model, dtype=config.model_dtype, device="cpu")
+    return model.train()
 
 
 def _apply_lora(model, config: TrainConfig):
@@ -474,9 +495,10 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     if last is None:
         return None
     if not config.resume:
-        for ckpt in output_dir.glob("checkpoint-*"):
-            log.warning("resume=False: deleting %s", ckpt)
-            shutil.rmtree(ckpt)
+        if int(os.environ.get("RANK", "0")) == 0:
+            for ckpt in output_dir.glob("checkpoint-*"):
+                log.warning("resume=False: deleting %s", ckpt)
+                shutil.rmtree(ckpt)
         return None
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
     if stored_cfg.is_file():
@@ -496,27 +518,43 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     return last
 
 
+def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bool:
+    """True when output_dir/final was written by a finished run of this config on this dataset."""
+    stored_cfg, summary = output_dir / "final" / "train_config.json", output_dir / "train_summary.json"
+    if not (stored_cfg.is_file() and summary.is_file()):
+        return False
+    same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
+        config, RESUME_FREE_FIELDS
+    )
+    return same_config and json.loads(summary.read_text()).get("fingerprint") == info["fingerprint"]
+
+
 def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, model=None, callbacks=()) -> Path:
     """Fine-tune ``config.model`` (or the given ``model``/``tokenizer``); returns ``output_dir/final``.
 
     ``dataset_path_or_examples``: a JSONL path or a list of examples (format in the module docstring).
     ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run).
+    Rerunning a finished run (same config and dataset, ``resume`` on) returns its final folder at once;
+    rerunning an interrupted one resumes from its newest checkpoint.
     """
     from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     output_dir = resolve_output_dir(config)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
     eot_id = end_of_turn_id(tokenizer, config.eot_token)
     pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token)
     examples = load_examples(dataset_path_or_examples, tokenizer, config.eot_token)
     dataset, info = build_dataset(examples, pad_id, eot_id, config.block_size, config.truncate)
     info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id)
+    if config.resume and _already_trained(output_dir, config, info):
+        log.info("%s already holds a model trained with this config and dataset; skipping", output_dir / "final")
+        return output_dir / "final"
     resume_from = _check_resumable(output_dir, config, info)
 
     set_seed(config.seed)
     if model is None:
-        model = _load_model(config)
+        model = load_student(config)
     if pad_id >= model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.config.pad_token_id = pad_id

@@ -166,6 +166,10 @@ def test_loss_decreases_and_final_model_loads(tok, tmp_path):
     assert (final / "model.safetensors").is_file() and (final / "train_config.json").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(final)
     assert reloaded.config.pad_token_id == PAD
+    # rerunning the finished run does nothing (a model object that cannot train proves it)
+    assert train(cfg, make_examples(tok), tokenizer=tok, model=object()) == final
+    with pytest.raises(AttributeError):  # another dataset in the same folder is not "already trained"
+        train(cfg, make_examples(tok)[:4], tokenizer=tok, model=object())
     # the reloaded model fits the data better than the initial one
     batch = PadCollator(PAD)([build_features(make_examples(tok)[0], PAD, EOT, 64)])
     with torch.no_grad():
