@@ -196,8 +196,9 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_continues_schedule(tok, tmp_path):
-    kw = dict(epochs=3, save_strategy="steps", save_steps=1, save_total_limit=2)
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_continues_schedule(tok, tmp_path, lora):
+    kw = dict(epochs=3, save_strategy="steps", save_steps=1, save_total_limit=2, lora=lora, lora_r=4, lora_dropout=0.0)
     train(tiny_config(tmp_path, output_dir=str(tmp_path / "ref"), **kw), make_examples(tok), tokenizer=tok,
           model=tiny_model(tok))
     ref_steps, ref_losses, ref_lrs = losses_and_lrs(json.loads((tmp_path / "ref" / "train_log.json").read_text()))
