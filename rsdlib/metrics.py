@@ -339,7 +339,8 @@ def summarize_dataset(
     - ``config`` (dict, optional) with ``mode``: fallback is "Not Applicable" for "teacher" and
       "student" runs and for records without fallback lists (override: ``fallback_applicable``).
 
-    Columns: "Correctly solved" = problems with at least one correct sample / ``n_problems`` (default:
+    Columns: "Correctly solved" = problems with a dataset trace (a kept sample; without ``kept``
+    flags, at least one correct sample) / ``n_problems`` (default:
     distinct problem ids in ``records``); "Fallback rate (%)" = fallback tokens / tokens over the
     dataset traces; "Sub-1% tokens (%)" = tokens with probability < ``threshold`` / ALL tokens of
     the dataset traces (pooled, not a mean of per-trace ratios); "Average token count" (Table 6) =
@@ -347,9 +348,9 @@ def summarize_dataset(
     """
     records = list(records)
     problem_ids = {r.get("problem_id") for r in records}
-    solved = {r.get("problem_id") for r in records if r.get("status") == "correct"}
-    total = n_problems if n_problems is not None else len(problem_ids)
     traces = _in_dataset(records)
+    solved = {r.get("problem_id") for r in traces}  # with `kept` flags: problems with a kept trace
+    total = n_problems if n_problems is not None else len(problem_ids)
 
     if prob_field is None:
         prob_field = "student_prob_raw" if any(r.get("student_prob_raw") for r in traces) else "student_prob"

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import grade_many
+from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
 
 KEEP_RULES = ("shortest", "first", "random")
@@ -202,32 +203,26 @@ def summarize_run(samples: Sequence[dict], examples: Sequence[dict], cfg: TraceJ
                   sub_threshold: float = 0.01) -> dict:
     """The run's row of Table 2 (solved, fallback rate, sub-1% tokens) and Table 6 (token counts).
 
-    Fallback rate and the sub-threshold share are over all tokens of the kept (full) traces, the
-    paper's training data; the student probability is the raw one (T = 1).
+    The dataset traces are the kept (full) examples, the paper's training data; fallback rate and
+    the sub-threshold share are pooled over their tokens (rsdlib.metrics.summarize_dataset), with
+    the raw (T = 1) student probability.
     """
-    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
-    full = [by_key[(e["problem_id"], e["sample_index"])] for e in examples if e["kind"] == "full"]
-    tokens = sum(len(s["token_ids"]) for s in full)
-    fallback = sum(sum(s["fallback"]) for s in full)
-    probs = [p for s in full for p in s["student_prob_raw"]]
-    known = [p for p in probs if p == p]  # NaN where the student was not run
-    mode = cfg.decoding.mode
+    chosen = {(e["problem_id"], e["sample_index"]) for e in examples if e["kind"] == "full"}
+    records = [{**s, "kept": (s["problem_id"], s["sample_index"]) in chosen} for s in samples]
+    row = summarize_dataset(records, name=cfg.method, n_problems=n_problems, threshold=sub_threshold,
+                            fallback_applicable=cfg.decoding.mode in ("rsd", "skd"))
     statuses = [s["status"] for s in samples]
-    return {
+    row.update({
         "method": cfg.method,
-        "mode": mode,
-        "threshold": cfg.decoding.threshold if mode in ("rsd", "skd") else None,
-        "problems": n_problems,
-        "solved": len(full),
+        "mode": cfg.decoding.mode,
+        "decoding_threshold": cfg.decoding.threshold if cfg.decoding.mode in ("rsd", "skd") else None,
         "prefix_examples": sum(e["kind"] == "prefix" for e in examples),
         "samples": len(samples),
         "correct_samples": statuses.count("correct"),
         "no_answer_samples": statuses.count("no_answer"),
-        "fallback_rate": 100 * fallback / tokens if tokens and mode in ("rsd", "skd") else None,
-        "sub_threshold_tokens": 100 * sum(p < sub_threshold for p in known) / len(known) if known else None,
-        "avg_tokens": tokens / len(full) if full else None,
         "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
-    }
+    })
+    return row
 
 
 # ----------------------------------------------------------------------------------------------

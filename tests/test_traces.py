@@ -68,10 +68,12 @@ def test_summary_matches_hand_computed_table2_row():
     samples = [sample(0, 10, fallback=1), sample(1, 4, status="wrong"), sample(0, 5, pid="p2", status="wrong")]
     examples = select_examples(samples[:2], cfg, [EOT]) + select_examples(samples[2:], cfg, [EOT])
     row = summarize_run(samples, examples, cfg, n_problems=2)
-    assert row["solved"] == 1 and row["prefix_examples"] == 1
-    assert row["fallback_rate"] == pytest.approx(10.0)  # 1 of the 10 kept tokens
-    assert row["sub_threshold_tokens"] == pytest.approx(10.0)  # its last token has p = 0.001
-    assert row["avg_tokens"] == 10 and row["correct_samples"] == 1
+    assert row["Correctly solved"] == "1/2" and row["prefix_examples"] == 1
+    assert row["Fallback rate (%)"] == pytest.approx(10.0)  # 1 of the 10 kept tokens
+    assert row["Sub-1% tokens (%)"] == pytest.approx(10.0)  # its last token has p = 0.001
+    assert row["Average token count"] == 10 and row["correct_samples"] == 1
+    teacher_row = summarize_run(samples, examples, TraceJobConfig(decoding=DecodingConfig(mode="teacher")), 2)
+    assert teacher_row["Fallback rate (%)"] == "Not Applicable"
 
 
 def test_torn_last_line_is_cut_off(tmp_path):
@@ -139,9 +141,9 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     keys = [(r["problem_id"], r["sample_index"]) for r in lines]
     assert len(keys) == len(set(keys)) == 12, "lost or duplicated samples"
     assert (interrupted / "dataset.jsonl").read_text() == (tmp_path / "whole" / "dataset.jsonl").read_text()
-    for key in ("solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold"):
+    for key in ("n_solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold"):
         assert resumed[key] == whole[key]
-    assert whole["problems"] == 4 and whole["problems_without_gold"] == 1
+    assert whole["n_problems"] == 4 and whole["problems_without_gold"] == 1
     by_key = lambda path: {(r["problem_id"], r["sample_index"]): r["token_ids"]
                            for r in map(json.loads, path.read_text().splitlines())}
     assert by_key(samples) == by_key(tmp_path / "whole" / "samples.jsonl")
