@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Benchmark files: the hub by default; a local copy beside the repository when there is one
+# (this workplace's ../shared/data). An RSDLIB_DATA_DIR set by the user wins.
+SHARED_DATA := $(abspath ../shared/data)
+RSDLIB_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/PROVENANCE.md),$(SHARED_DATA),)
+export RSDLIB_DATA_DIR
 
 .PHONY: setup demo test test-fast test-slow prepare clean
 
