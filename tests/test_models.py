@@ -130,3 +130,20 @@ def test_load_pair_names_and_bridges(tmp_path):
     assert pair.teacher_tokenizer.get_vocab() == pair.student_tokenizer.get_vocab()
     assert pair.bridge is not None and pair.bridge.teacher_vocab_size == models.logit_rows(pair.teacher)
     assert not pair.bridge.student_only, "same tokenizer: identity bridge"
+
+
+def test_offline_hub_id_loads_from_the_local_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-qwen"
+    save_tiny_pair(repo / "snapshots" / commit, seed=5)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    model, tok = models.load_model("tiny-org/tiny-qwen", device="cpu")  # HF_HUB_OFFLINE=1 (conftest)
+    assert time.perf_counter() - start < 30
+    reference, _ = models.load_model(repo / "snapshots" / commit, device="cpu")
+    assert models.logit_rows(model) == models.logit_rows(reference)
+    torch.testing.assert_close(model.lm_head.weight, reference.lm_head.weight, rtol=0, atol=0)
