@@ -1,0 +1,617 @@
+"""Evaluation on AIME24, AIME25, GPQA Diamond and MATH500 (paper, Section 4 and Appendix B).
+
+Protocol (Appendix B): avg@64 on the AIMEs, avg@8 on GPQA Diamond, pass@1 on MATH500; an 8k-token
+budget (16k for GPQA Diamond); on GPQA, a sample that has not closed its thinking after 15k tokens
+gets the end-of-thinking delimiter appended and generates its answer in the rest of the budget.
+All of these are fields of ``EvalConfig`` (the demo uses small values). Budgets count GENERATED
+tokens (the delimiter included), not the prompt.
+
+``evaluate(model_or_path, cfg, out_dir)`` runs every benchmark of ``cfg`` and writes, per benchmark::
+
+    <out_dir>/config.json               the config, its hash and the model; a rerun with another is refused
+    <out_dir>/<benchmark>/problems.json the problem ids evaluated (after the subset filters)
+    <out_dir>/<benchmark>/samples.jsonl one row per (problem, sample), appended (fsynced) as it finishes
+    <out_dir>/<benchmark>/pending.jsonl samples whose thinking pass is done and whose answer pass is not
+    <out_dir>/<benchmark>/summary.json  avg@k, pass@1, pass@k, maj@k, no-answer / forced / truncated
+                                        rates, mean output length, library versions and the full config
+
+A rerun skips finished rows (and the thinking pass of pending ones): every sample's seed depends
+only on (base_seed, problem id, sample index), so an interrupted run ends as an uninterrupted one.
+``force=True`` deletes a folder's results first. GPQA rows hold the option order and the gold
+letter, never the question or option text (a model's response can quote them: results/ stays out
+of git).
+
+Budget forcing (``generate_with_budget``): pass 1 samples up to ``think_budget`` tokens, stopping at
+an end-of-turn id. A sample that hit the budget continues in pass 2 from ``prompt + pass-1 tokens``
+plus, when its thinking is still open, the delimiter's ids (``forced``); pass 2 has the remaining
+``max_tokens - tokens so far``. Both backends run the same two passes on the same token ids:
+
+- ``hf``: ``rsdlib.decoding.Decoder`` in "student" mode (batched, KV-cached, continuous batching);
+- ``vllm``: ``vllm.LLM.generate`` on the prompt token ids with one explicit ``SamplingParams`` (and
+  seed) per sample, so the model's generation_config.json defaults (top_k, repetition penalty) do
+  not apply; optional, GPU machines only. vLLM's per-request seeds do not reproduce the HF
+  sampler's streams: the two backends give equally distributed, not identical, samples.
+
+Estimators (field notes, section 6; ``rsdlib.metrics``): avg@k = mean over problems of correct / k;
+pass@k unbiased; maj@k = the majority answer's correctness, votes grouping answers equal after
+removing whitespace (integers by value; GPQA by the option chosen, since letters are shuffled per
+sample); a response that never closes its thinking, or has no \\boxed{} after it, is "no answer".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from rsdlib import data as data_mod
+from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
+from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.grading import CHOICE_LETTERS, choice_letter, grade_many
+from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
+from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
+from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable
+
+__all__ = [
+    "EvalConfig",
+    "BackendUnavailableError",
+    "RunConflictError",
+    "evaluate",
+    "generate_with_budget",
+    "summarize_rows",
+    "load_eval_model",
+    "library_versions",
+    "PAPER_SAMPLES",
+    "PAPER_MAX_TOKENS",
+    "PAPER_THINK_BUDGET",
+]
+
+BACKENDS = ("hf", "vllm")
+PAPER_SAMPLES = {"aime24": 64, "aime25": 64, "gpqa_diamond": 8, "math500": 1}  # avg@64, avg@8, pass@1
+PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math500": 8192}
+PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
+DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
+VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
+HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir")  # do not change any sample
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested generation backend is not installed or cannot run here."""
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation protocol; saved next to every result it produced."""
+
+    benchmarks: tuple[str, ...] = ("aime24", "aime25", "gpqa_diamond", "math500")  # names known to rsdlib.data
+    samples: dict[str, int] = field(default_factory=dict)  # samples per problem; unlisted: PAPER_SAMPLES, else 1
+    max_tokens: dict[str, int] = field(default_factory=dict)  # generated-token budget; unlisted: PAPER_MAX_TOKENS, else 8192
+    think_budget: dict[str, int] = field(default_factory=dict)  # force the delimiter after this many tokens; unlisted: PAPER_THINK_BUDGET, else none
+    temperature: float = 0.7  # sampling temperature (not stated in the paper; its traces use 0.7); 0 = greedy
+    top_p: float = 0.95  # nucleus filter (authors' early code: 0.95)
+    prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, think delimiters
+    force_text: str = ""  # text appended when forcing; "" = "\n" + prompt.think_close + "\n\n"
+    limit: int | None = None  # keep the first N problems of each benchmark (after the filters below)
+    math500_easiest: int | None = None  # MATH500: keep the N lowest-level problems (file order within a level)
+    split_fraction: float | None = None  # hash split (rsdlib.data.split_by_hash) to keep apart from trace problems
+    split_salt: str = ""  # salt of the hash split
+    split_part: str = "b"  # which part to evaluate: "a" (hash below split_fraction) or "b" (the others)
+    backend: str = "hf"  # hf (rsdlib Decoder, CPU/GPU) | vllm (optional, GPU)
+    batch_size: int = 16  # hf: decoder rows at once (results do not depend on it)
+    base_seed: int = 0  # seeds per (problem, sample) derive from it; also salts the GPQA option shuffle
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # hf: auto | cpu | cuda[:i]
+    grade_timeout: float = 10.0  # seconds per math-verify comparison
+    data_dir: str | None = None  # folder of local benchmark files (default: $RSDLIB_DATA_DIR, then the hub)
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, max_model_len...)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptStyle(**self.prompt)
+        if isinstance(self.benchmarks, str):
+            self.benchmarks = (self.benchmarks,)
+        self.benchmarks = tuple(self.benchmarks)
+        if not self.benchmarks:
+            raise ValueError("benchmarks must name at least one benchmark")
+        for name in ("samples", "max_tokens", "think_budget"):
+            table = dict(getattr(self, name) or {})
+            unknown = sorted(set(table) - set(data_mod.BENCHMARKS))
+            if unknown:
+                raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; known: {', '.join(data_mod.BENCHMARKS)}")
+            bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 1}
+            if bad:
+                raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
+            setattr(self, name, table)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
+        if self.math500_easiest is not None and self.math500_easiest < 1:
+            raise ValueError(f"math500_easiest must be >= 1 or None, got {self.math500_easiest}")
+        if self.split_fraction is not None and not 0.0 <= self.split_fraction <= 1.0:
+            raise ValueError(f"split_fraction must be in [0, 1] or None, got {self.split_fraction}")
+        if self.split_part not in ("a", "b"):
+            raise ValueError(f"split_part must be 'a' or 'b', got {self.split_part!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.grade_timeout <= 0:
+            raise ValueError(f"grade_timeout must be > 0, got {self.grade_timeout}")
+
+    # per-benchmark settings: the explicit entry, else the paper's value
+    def samples_for(self, benchmark: str) -> int:
+        return self.samples.get(benchmark, PAPER_SAMPLES.get(benchmark, 1))
+
+    def max_tokens_for(self, benchmark: str) -> int:
+        return self.max_tokens.get(benchmark, PAPER_MAX_TOKENS.get(benchmark, DEFAULT_MAX_TOKENS))
+
+    def think_budget_for(self, benchmark: str) -> int | None:
+        budget = self.think_budget.get(benchmark, PAPER_THINK_BUDGET.get(benchmark))
+        return budget if budget is not None and budget < self.max_tokens_for(benchmark) else None
+
+    @property
+    def forced_delimiter(self) -> str:
+        return self.force_text or f"\n{self.prompt.think_close}\n\n"
+
+    @classmethod
+    def from_yaml(cls, source, **overrides) -> "EvalConfig":
+        return load_yaml_config(cls, source, **overrides)
+
+    def hash(self) -> str:
+        return config_hash(self, exclude=HASH_FREE_FIELDS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Problems
+# ----------------------------------------------------------------------------------------------
+def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
+    """(canonical benchmark name, problems) after the split, easiest and limit filters, in that order.
+
+    Unknown names (ValueError) and missing datasets (DatasetUnavailableError) raise from rsdlib.data.
+    """
+    problems = load_benchmark(name, local_dir=cfg.data_dir, seed=cfg.base_seed)
+    canonical = problems[0].source if problems else name
+    if cfg.split_fraction is not None:
+        part_a, part_b = split_by_hash(problems, cfg.split_fraction, cfg.split_salt)
+        problems = part_a if cfg.split_part == "a" else part_b
+    if cfg.math500_easiest is not None and canonical == "math500":
+        problems = easiest(problems, cfg.math500_easiest)
+    if cfg.limit is not None:
+        problems = problems[: cfg.limit]
+    return canonical, problems
+
+
+def _option_order(shuffled) -> list[int]:
+    """Position i of a shuffled GPQA problem shows canonical option order[i] (0 = the correct one)."""
+    canonical = list(shuffled.meta["answer_options"])
+    used: set[int] = set()
+    order = []
+    for opt in shuffled.options:
+        j = next(j for j, c in enumerate(canonical) if c == opt and j not in used)
+        used.add(j)
+        order.append(j)
+    return order
+
+
+def vote_key(answer: str | None, kind: str, option_order: Sequence[int] | None = None) -> str | None:
+    """What a sample votes for in maj@k: the option chosen (choice), the integer value, or the answer."""
+    if answer is None:
+        return None
+    if kind == "choice":
+        letter = choice_letter(answer)
+        if letter is None or option_order is None or CHOICE_LETTERS.index(letter) >= len(option_order):
+            return re.sub(r"\s+", "", answer) or None
+        return f"option{option_order[CHOICE_LETTERS.index(letter)]}"
+    text = re.sub(r"\s+", "", answer)
+    if kind == "integer":
+        plain = text.replace(",", "").replace("{,}", "")
+        if re.fullmatch(r"[+-]?\d+", plain):
+            return str(int(plain))
+    return text or None
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation backends: generate(prompts, seeds, max_new_tokens, on_finish(i, token_ids, finish_reason))
+# ----------------------------------------------------------------------------------------------
+GenerateFn = Callable[[Sequence[Sequence[int]], Sequence[int], int, Callable[[int, list, str], None]], None]
+
+
+def hf_backend(model, tokenizer, cfg: EvalConfig, stop_ids: Sequence[int]) -> GenerateFn:
+    """The batched HF path: rsdlib's Decoder sampling from one model (mode "student")."""
+    from rsdlib.bridge import VocabBridge
+    from rsdlib.models import logit_rows
+
+    rows = logit_rows(model)
+    bridge = VocabBridge.from_tokenizers(tokenizer, tokenizer, rows, rows)  # masks padded logit rows
+
+    def generate(prompts, seeds, max_new_tokens, on_finish):
+        dec_cfg = DecodingConfig(mode="student", temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_new_tokens=max_new_tokens, stop_ids=tuple(stop_ids))
+        decoder = Decoder(None, model, bridge, dec_cfg)
+        decoder.generate([list(p) for p in prompts], list(seeds), batch_size=cfg.batch_size,
+                         on_finish=lambda i, tr: on_finish(i, list(tr.token_ids), tr.finish_reason))
+
+    return generate
+
+
+def _require_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise BackendUnavailableError(
+            "backend 'vllm' was asked for but vLLM is not installed (it is an optional dependency for CUDA "
+            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead."
+        ) from err
+    return vllm
+
+
+def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool) -> GenerateFn:
+    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample."""
+    vllm = _require_vllm()
+    llm = vllm.LLM(model=source, tokenizer=source, dtype=cfg.dtype, seed=cfg.base_seed, **dict(cfg.vllm_args))
+
+    def generate(prompts, seeds, max_new_tokens, on_finish):
+        for start in range(0, len(prompts), VLLM_CHUNK):
+            chunk = range(start, min(start + VLLM_CHUNK, len(prompts)))
+            params = [vllm.SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens,
+                                          seed=int(seeds[i]), stop_token_ids=list(stop_ids),
+                                          skip_special_tokens=False) for i in chunk]
+            requests = [{"prompt_token_ids": [int(t) for t in prompts[i]]} for i in chunk]
+            outputs = llm.generate(requests, params, use_tqdm=progress)
+            for i, out in zip(chunk, outputs):
+                completion = out.outputs[0]
+                on_finish(i, list(completion.token_ids), "length" if completion.finish_reason == "length" else "stop")
+
+    return generate
+
+
+# ----------------------------------------------------------------------------------------------
+# Budget forcing: two passes on token ids
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SampleJob:
+    """One (problem, sample) to generate."""
+
+    key: tuple[str, int]  # (problem id, sample index)
+    prompt_ids: list[int]
+    seed: int  # pass 1 (thinking)
+    answer_seed: int  # pass 2 (answer after the budget)
+
+
+def generate_with_budget(
+    generate: GenerateFn,
+    jobs: Sequence[SampleJob],
+    *,
+    max_tokens: int,
+    think_budget: int | None,
+    delimiter_ids: Sequence[int],
+    thinking_closed: Callable[[list[int]], bool],
+    on_done: Callable[[SampleJob, list[int], str, bool, bool], None],
+    on_pending: Callable[[SampleJob, list[int], bool], None] | None = None,
+    resumed: dict[tuple[str, int], tuple[list[int], bool]] | None = None,
+) -> None:
+    """Generate every job within ``max_tokens``, forcing the end of thinking after ``think_budget``.
+
+    ``on_done(job, output_ids, finish_reason, forced, continued)`` gets the whole output (pass 1,
+    the delimiter when forced, pass 2). ``on_pending(job, ids_so_far, forced)`` is called when a
+    sample needs an answer pass (to store it); ``resumed`` maps keys to such stored (ids, forced),
+    whose thinking pass is then skipped.
+    """
+    resumed = dict(resumed or {})
+    first_budget = think_budget if think_budget is not None and think_budget < max_tokens else max_tokens
+    second: list[tuple[SampleJob, list[int], bool]] = [(j, *resumed[j.key]) for j in jobs if j.key in resumed]
+    first = [j for j in jobs if j.key not in resumed]
+
+    def after_first(i: int, ids: list[int], finish: str) -> None:
+        job = first[i]
+        if finish == "stop" or first_budget >= max_tokens:
+            on_done(job, ids, finish, False, False)
+            return
+        forced = not thinking_closed(ids)
+        so_far = ids + (list(delimiter_ids) if forced else [])
+        if len(so_far) >= max_tokens:  # no room left for an answer
+            on_done(job, so_far, "length", forced, False)
+            return
+        if on_pending is not None:
+            on_pending(job, so_far, forced)
+        second.append((job, so_far, forced))
+
+    if first:
+        generate([j.prompt_ids for j in first], [j.seed for j in first], first_budget, after_first)
+    by_room: dict[int, list[tuple[SampleJob, list[int], bool]]] = {}
+    for item in second:
+        by_room.setdefault(max_tokens - len(item[1]), []).append(item)
+    for room, items in sorted(by_room.items()):
+        def after_second(i: int, ids: list[int], finish: str, items=items) -> None:
+            job, so_far, forced = items[i]
+            on_done(job, so_far + ids, finish, forced, True)
+
+        generate([j.prompt_ids + so_far for j, so_far, _ in items], [j.answer_seed for j, _, _ in items], room, after_second)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+# ----------------------------------------------------------------------------------------------
+def summarize_rows(rows: Sequence[dict], samples_per_problem: int) -> dict:
+    """The estimators of one benchmark from its sample rows (each problem needs samples 0..n-1).
+
+    Row fields used: problem_id, sample_index, status ("correct" | "wrong" | "no_answer"), vote
+    (str or None), forced (bool), finish_reason, n_tokens, timed_out (optional).
+    """
+    n = samples_per_problem
+    by_problem: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        slot = by_problem.setdefault(r["problem_id"], {})
+        if r["sample_index"] in slot:
+            raise ValueError(f"duplicate row for problem {r['problem_id']} sample {r['sample_index']}")
+        slot[r["sample_index"]] = r
+    if not by_problem:
+        raise ValueError("summarize_rows: no rows")
+    for pid, slot in by_problem.items():
+        if sorted(slot) != list(range(n)):
+            raise ValueError(f"problem {pid} has samples {sorted(slot)[:10]}, expected 0..{n - 1}")
+    ordered = [[slot[k] for k in range(n)] for slot in by_problem.values()]
+    flat = [r for row in ordered for r in row]
+    correct = [[r["status"] == "correct" for r in row] for row in ordered]
+    votes = [[r.get("vote") for r in row] for row in ordered]
+    return {
+        "n_problems": len(ordered),
+        "samples_per_problem": n,
+        "n_samples": len(flat),
+        "paper_metric": f"avg@{n}" if n > 1 else "pass@1",
+        "score": avg_at_k(correct, n),
+        "avg_at_k": avg_at_k(correct, n),
+        "pass_at_1": mean_pass_at_k(correct, 1),
+        "pass_at_k": mean_pass_at_k(correct, n),
+        "maj_at_k": maj_at_k(votes, correct=correct, k=n),
+        "correct_samples": sum(map(sum, correct)),
+        "no_answer_rate": sum(r["status"] == "no_answer" for r in flat) / len(flat),
+        "forced_rate": sum(bool(r.get("forced")) for r in flat) / len(flat),
+        "truncated_rate": sum(r.get("finish_reason") == "length" for r in flat) / len(flat),
+        "timed_out": sum(bool(r.get("timed_out")) for r in flat),
+        "mean_output_tokens": sum(r["n_tokens"] for r in flat) / len(flat),
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that decide the samples (None where absent)."""
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "vllm", "rsdlib", "math-verify"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+def _adapter_dir(name_or_path) -> Path | None:
+    path = Path(str(name_or_path)).expanduser()
+    return path if path.is_dir() and (path / "adapter_config.json").is_file() else None
+
+
+def load_eval_model(name_or_path, *, dtype: str = "auto", device: str = "auto", base_model: str | None = None):
+    """(model, tokenizer) of anything ``rsdlib.models.load_model`` reads, or of a LoRA adapter folder.
+
+    An adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) is applied to its
+    base model (``base_model``, else the one named in its config) and merged; its tokenizer is used
+    when the folder has one. Pickled ``adapter_model.bin`` files are refused.
+    """
+    from rsdlib.models import ModelNotFoundError, load_model
+
+    adapter = _adapter_dir(name_or_path)
+    if adapter is None:
+        return load_model(name_or_path, dtype=dtype, device=device)
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ModelNotFoundError(f"the LoRA adapter folder {adapter} has no adapter_model.safetensors "
+                                 "(rsdlib never loads pickled adapter_model.bin files)")
+    base = base_model or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"the LoRA adapter {adapter} names no base model: pass base_model=...")
+    model, tokenizer = load_model(base, dtype=dtype, device=device)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.eval()
+    if (adapter / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+    return model, tokenizer
+
+
+def _vllm_source(name_or_path, out_dir: Path, cfg: EvalConfig) -> str:
+    """A folder or hub id vLLM can load: embedded models prepared, adapters merged into out_dir."""
+    from rsdlib import embedded
+    from rsdlib.models import EMBEDDED_PREFIX
+
+    name = str(name_or_path)
+    if name.startswith(EMBEDDED_PREFIX):
+        return str(embedded.prepare(embedded.EMBEDDED[name[len(EMBEDDED_PREFIX):]]))
+    adapter = _adapter_dir(name)
+    if adapter is None:
+        return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    merged = out_dir / "merged_model"
+    if not (merged / "config.json").is_file():
+        model, tokenizer = load_eval_model(adapter, dtype=cfg.dtype, device="cpu")
+        tmp = out_dir / "merged_model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, merged)
+    return str(merged)
+
+
+def _model_label(model_or_path) -> str:
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(str(model_or_path)).expanduser()
+        return str(path.resolve()) if path.exists() else str(model_or_path)
+    return str(getattr(model_or_path, "name_or_path", "") or getattr(model_or_path.config, "_name_or_path", "")
+               or type(model_or_path).__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------
+def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    mine = {"hash": cfg.hash(), "model": model, "backend": cfg.backend, "config": config_to_dict(cfg)}
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        if theirs.get("hash") != mine["hash"] or theirs.get("model") != model:
+            what = "config" if theirs.get("hash") != mine["hash"] else f"model ({theirs.get('model')!r} there, {model!r} now)"
+            raise RunConflictError(
+                f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
+                f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them."
+            )
+        return
+    _write_json_atomic(path, mine)
+
+
+def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
+    path = bench_dir / "problems.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != problem_ids:
+            raise RunConflictError(f"{bench_dir} was evaluated on another problem list ({len(stored)} problems there, "
+                                   f"{len(problem_ids)} now): the dataset changed. Use another folder or force=True.")
+        return
+    _write_json_atomic(path, problem_ids)
+
+
+def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progress: bool = True,
+             force: bool = False, base_model: str | None = None) -> dict:
+    """Evaluate a model on every benchmark of ``cfg``; returns {benchmark: summary}.
+
+    ``model_or_path``: a loaded HF model (then ``tokenizer`` is required; hf backend only), or
+    anything ``load_eval_model`` reads (hub id, folder, .gguf, ``embedded:student``, LoRA adapter
+    folder; ``base_model`` overrides an adapter's base). ``force`` deletes the folder's previous
+    results first. Rows of finished samples are kept across reruns (see the module docstring).
+    """
+    out_dir = Path(out_dir)
+    problems_by_bench = [select_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
+    if force and out_dir.exists():
+        (out_dir / "config.json").unlink(missing_ok=True)
+        for name, _ in problems_by_bench:
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    label = _model_label(model_or_path)
+    if cfg.backend == "vllm":
+        _require_vllm()
+        if not isinstance(model_or_path, (str, Path)):
+            raise BackendUnavailableError("backend 'vllm' needs a model path or hub id, not a loaded model object")
+    _claim_folder(out_dir, cfg, label)
+
+    model = None
+    if not isinstance(model_or_path, (str, Path)):
+        if tokenizer is None:
+            raise ValueError("evaluate: pass tokenizer=... with a loaded model")
+        model = model_or_path
+    elif cfg.backend == "hf":
+        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=cfg.device, base_model=base_model)
+        tokenizer = tokenizer or loaded_tok
+    if cfg.backend == "vllm":
+        source = _vllm_source(model_or_path, out_dir, cfg)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    stop_ids = end_of_turn_ids(tokenizer)
+    generate = (hf_backend(model, tokenizer, cfg, stop_ids) if cfg.backend == "hf"
+                else vllm_backend(source, cfg, stop_ids, progress))
+
+    summaries = {}
+    for name, problems in problems_by_bench:
+        summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress)
+    return summaries
+
+
+def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenizer, generate, label, progress) -> dict:
+    bench_dir = out_dir / name
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    _check_problems(bench_dir, [p.id for p in problems])
+    samples_path, pending_path = bench_dir / "samples.jsonl", bench_dir / "pending.jsonl"
+    n = cfg.samples_for(name)
+    chash = cfg.hash()
+    done = read_jsonl_resumable(samples_path)
+    done_keys = {(r["problem_id"], r["sample_index"]) for r in done}
+    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path)}
+    close = cfg.prompt.think_close
+    delimiter_ids = list(tokenizer(cfg.forced_delimiter, add_special_tokens=False)["input_ids"])
+
+    jobs, variants = [], {}
+    for p in problems:
+        for k in range(n):
+            if (p.id, k) in done_keys:
+                continue
+            variant = shuffle_choices(p, k, seed=cfg.base_seed) if p.kind == "choice" else p
+            variants[(p.id, k)] = variant
+            jobs.append(SampleJob((p.id, k), prompt_ids(tokenizer, variant, cfg.prompt),
+                                  derive_seed(cfg.base_seed, p.id, k), derive_seed(cfg.base_seed, p.id + "/answer", k)))
+
+    bar = tqdm(total=len(problems) * n, initial=len(done_keys), desc=name, unit="sample", mininterval=5,
+               disable=not progress)
+    n_correct = [sum(r["status"] == "correct" for r in done)]
+
+    def on_done(job: SampleJob, ids: list[int], finish: str, forced: bool, continued: bool) -> None:
+        variant = variants[job.key]
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        graded = grade_many([(text, variant.gold, variant.kind)], timeout=cfg.grade_timeout, delim=close)[0]
+        order = _option_order(variant) if variant.kind == "choice" else None
+        row = {
+            "benchmark": name, "problem_id": job.key[0], "sample_index": job.key[1], "config_hash": chash,
+            "seed": job.seed, "answer_seed": job.answer_seed if continued else None,
+            "prompt_tokens": len(job.prompt_ids), "n_tokens": len(ids), "finish_reason": finish,
+            "forced": forced, "continued": continued, "closed_thinking": graded["closed_thinking"],
+            "status": graded["status"], "answer": graded["answer"], "vote": vote_key(graded["answer"], variant.kind, order),
+            "gold": variant.gold, "kind": variant.kind, "timed_out": graded.get("timed_out", False),
+            "response": text,
+        }
+        if order is not None:
+            row["option_order"] = order  # canonical option shown at each letter; 0 = the correct one
+        append_jsonl(samples_path, row)
+        done.append(row)
+        n_correct[0] += row["status"] == "correct"
+        bar.update(1)
+        bar.set_postfix(correct=f"{n_correct[0] / len(done):.1%}", refresh=False)
+
+    def on_pending(job: SampleJob, ids: list[int], forced: bool) -> None:
+        append_jsonl(pending_path, {"problem_id": job.key[0], "sample_index": job.key[1], "ids": ids, "forced": forced})
+
+    if jobs:
+        generate_with_budget(
+            generate, jobs, max_tokens=cfg.max_tokens_for(name), think_budget=cfg.think_budget_for(name),
+            delimiter_ids=delimiter_ids,
+            thinking_closed=lambda ids: close in tokenizer.decode(ids, skip_special_tokens=False),
+            on_done=on_done, on_pending=on_pending, resumed=resumed,
+        )
+    bar.close()
+    pending_path.unlink(missing_ok=True)
+
+    summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n),
+               "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
+               "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
+               "versions": library_versions(), "config": config_to_dict(cfg)}
+    _write_json_atomic(bench_dir / "summary.json", summary)
+    return summary
