@@ -55,6 +55,20 @@ def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int
     return list(tokenizer(prompt_text(tokenizer, problem, style), add_special_tokens=False)["input_ids"])
 
 
+def turn_end_id(tokenizer) -> int:
+    """The id that closes an assistant turn: ``<|im_end|>`` / ``<|eot_id|>`` when present, else eos.
+
+    A full training example must end with it (rsdlib.train supervises it so the student learns to stop).
+    """
+    for token in ("<|im_end|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == token:
+            return tid
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no end-of-turn or eos token")
+    return int(tokenizer.eos_token_id)
+
+
 def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
     """Ids that end an assistant turn: ``<|im_end|>`` when the vocabulary has it, and eos."""
     ids = set()

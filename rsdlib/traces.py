@@ -36,7 +36,7 @@ from rsdlib.config import config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import grade_many
 from rsdlib.metrics import summarize_dataset
-from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
+from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
 
 KEEP_RULES = ("shortest", "first", "random")
 PREFIX_RULES = ("first", "longest", "random")
@@ -154,10 +154,14 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) ->
 # Selection: kept samples, full and prefix examples
 # ----------------------------------------------------------------------------------------------
 def is_kept(sample: dict, cfg: TraceJobConfig) -> bool:
-    """The paper's filter: one closed thinking, an end of turn, fallback <= limit, correct."""
+    """The paper's filter: one closed thinking, an end of turn, fallback <= limit, correct.
+
+    "Ends its turn" means the last token is the turn-end token (``<|im_end|>`` for Qwen), the one
+    training supervises; another stop id (e.g. ``<|endoftext|>``) ends the sample but is not kept.
+    """
     return (
         sample["think_closes"] == 1
-        and sample["finish_reason"] == "stop"
+        and sample["ended_turn"]
         and sample["fallback_rate"] <= cfg.max_fallback_rate
         and sample["status"] == "correct"
     )
@@ -247,6 +251,7 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
         problems = [p for p in problems if p.id in solved]
     tok = pair.student_tokenizer
     stop_ids = cfg.decoding.stop_ids or end_of_turn_ids(tok)
+    turn_end = turn_end_id(tok)
     dec_cfg = DecodingConfig(**{**cfg.decoding.to_dict(), "stop_ids": tuple(stop_ids),
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
     _claim_folder(out_dir, cfg, [p.id for p in problems])
@@ -274,6 +279,7 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
             "problem_id": problem.id, "sample_index": k, "config_hash": cfg.hash(), "text": text,
             "status": graded["status"], "answer": graded["answer"],
             "think_closes": text.count(cfg.prompt.think_close),
+            "ended_turn": bool(trace.token_ids) and trace.token_ids[-1] == turn_end,
             "fallback_rate": trace.fallback_rate, "n_tokens": len(trace.token_ids), **trace.to_dict(),
         }
         append_jsonl(samples_path, record)

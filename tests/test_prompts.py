@@ -3,7 +3,8 @@
 from _tiny import tiny_tokenizer
 
 from rsdlib.data import Problem
-from rsdlib.prompts import QWEN_SYSTEM_PROMPT, WORDS_ONLY, PromptStyle, end_of_turn_ids, prompt_ids, prompt_text
+from rsdlib.prompts import (QWEN_SYSTEM_PROMPT, WORDS_ONLY, PromptStyle, end_of_turn_ids, prompt_ids, prompt_text,
+                            turn_end_id)
 
 
 def test_math_prompt_has_system_instruction_and_open_thinking():
@@ -26,3 +27,10 @@ def test_choice_prompt_letters_options_and_eot_ids():
     text = prompt_text(tok, p)
     assert "A) w\nB) x\nC) y\nD) z" in text and "letter of the correct option" in text
     assert end_of_turn_ids(tok) == (tok.convert_tokens_to_ids("<|im_end|>"),)
+
+
+def test_turn_end_is_im_end_even_when_eos_differs():
+    tok = tiny_tokenizer()
+    tok.eos_token = "<|endoftext|>"  # as the Qwen2.5 GGUF tokenizer has it
+    assert turn_end_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
+    assert set(end_of_turn_ids(tok)) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}

@@ -25,16 +25,16 @@ HERE = Path(__file__).resolve().parent
 EOT = 7
 
 
-def sample(k, n_tokens, status="correct", closes=1, finish="stop", fallback=0, pid="p1"):
-    tokens = list(range(100, 100 + n_tokens - 1)) + ([EOT] if finish == "stop" else [101])
+def sample(k, n_tokens, status="correct", closes=1, finish="stop", fallback=0, pid="p1", last=EOT):
+    tokens = list(range(100, 100 + n_tokens - 1)) + ([last] if finish == "stop" else [101])
     fb = [True] * fallback + [False] * (n_tokens - fallback)
     return {"problem_id": pid, "sample_index": k, "prompt_ids": [1, 2, 3], "token_ids": tokens, "status": status,
-            "think_closes": closes, "finish_reason": finish, "fallback_rate": fallback / n_tokens, "fallback": fb,
+            "think_closes": closes, "finish_reason": finish, "ended_turn": tokens[-1] == EOT, "fallback_rate": fallback / n_tokens, "fallback": fb,
             "student_prob_raw": [0.5] * (n_tokens - 1) + [0.001]}
 
 
 def test_selection_keeps_shortest_correct_and_applies_the_filter():
-    cfg = TraceJobConfig(samples_per_problem=6, max_fallback_rate=0.5)
+    cfg = TraceJobConfig(samples_per_problem=7, max_fallback_rate=0.5)
     samples = [
         sample(0, 30),
         sample(1, 5, closes=2),  # closes its thinking twice: not kept
@@ -42,6 +42,7 @@ def test_selection_keeps_shortest_correct_and_applies_the_filter():
         sample(3, 7, fallback=4),  # fallback 4/7 > 50%
         sample(4, 8, status="wrong"),
         sample(5, 12),
+        sample(6, 9, last=8),  # stopped on another stop id (say <|endoftext|>): not an end of turn
     ]
     [ex] = select_examples(samples, cfg, stop_ids=[EOT])
     assert ex["kind"] == "full" and ex["sample_index"] == 5 and ex["completion_ids"][-1] == EOT
