@@ -116,6 +116,9 @@ def add_demo(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdlib", description="Reverse Speculative Decoding (arXiv 2509.22230)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); on a machine shared with other "
+                             "busy processes, 1 thread can decode several times faster")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_prepare(subparsers)
     add_demo(subparsers)
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from rsdlib.models import ModelNotFoundError
 
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ModelNotFoundError, ChecksumError, DownloadError) as err:
