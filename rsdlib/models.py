@@ -165,7 +165,9 @@ def load_model(
             )
         else:
             kwargs["use_safetensors"] = True
-    elif _looks_like_path(name) or path.exists():
+    elif path.exists():
+        raise ModelNotFoundError(f"{path} is neither a model folder nor a .gguf file.\n" + _how_to_provide(name))
+    elif _looks_like_path(name):
         raise ModelNotFoundError(f"no such model file or folder: {path}.\n" + _how_to_provide(name))
     else:
         source = name

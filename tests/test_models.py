@@ -76,6 +76,12 @@ def test_missing_local_path(name):
     assert_helpful(str(info.value), name)
 
 
+def test_existing_file_that_is_not_a_model(tmp_path):
+    (tmp_path / "weights.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelNotFoundError, match="neither a model folder nor a .gguf file"):
+        models.load_model(tmp_path / "weights.pt")
+
+
 def test_unknown_embedded_role():
     with pytest.raises(ModelNotFoundError, match="embedded:teacher"):
         models.load_model("embedded:mentor")
