@@ -2,9 +2,9 @@
 
 - `rsdlib prepare`: fetch, verify, convert and cache the embedded model pair (see `rsdlib.embedded`)
   so later runs work offline; prints the cache paths and timings.
-- `rsdlib demo`: the main job on the embedded pair. For now each model answers one small math
-  problem with the paper's Qwen system prompt (Section 4 / Figure 7) and a step-by-step, \\boxed{}
-  instruction; `run_demo` is the function to replace once the RSD decoder drives it.
+- `rsdlib demo`: a short RSD demo on the embedded pair: a few easy MATH500 problems, a few samples
+  each, with each answer, its fallback rate and its share of sub-1% tokens, beside plain teacher
+  sampling of the same problems.
 
 Subcommands are argparse subparsers; add one by writing `add_<name>(subparsers)` and calling it in
 `build_parser`. Known failures (model not found, checksum mismatch, download error) end with one
@@ -17,14 +17,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-DEMO_PROBLEM = "If $2x + 3 = 17$, what is the value of $x$?"
-DEMO_INSTRUCTION = (
-    "Please reason step by step in words (do not write any code), "
-    "and put your final answer within \\boxed{}."
-)
-
 
 def _gib(num_bytes: int) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
@@ -56,40 +48,55 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _answer(model, tokenizer, problem: str, args: argparse.Namespace) -> tuple[str, int, int, float]:
-    """Generate one answer; returns (text, prompt tokens, new tokens, seconds)."""
-    import torch
-
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"{problem}\n\n{DEMO_INSTRUCTION}"},
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    enc = tokenizer(text, return_tensors="pt").to(model.device)
-    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.sample else {"do_sample": False}
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-    seconds = time.perf_counter() - start
-    new = out[0, enc["input_ids"].shape[1]:]
-    return tokenizer.decode(new, skip_special_tokens=True), enc["input_ids"].shape[1], len(new), seconds
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    """Each model of the embedded pair answers one small math problem (placeholder main job)."""
-    from rsdlib import models
+    """A short RSD demo on the embedded pair: a few easy MATH500 problems, a few samples each.
+
+    Prints each sample's answer and grade, its fallback rate (tokens sampled by the student because
+    the teacher's proposal was below the threshold) and the share of its tokens below 1% raw student
+    probability, then the same sub-1% share for plain teacher sampling of the same problems.
+    """
+    from rsdlib import data, grading, models, prompts
+    from rsdlib.decoding import DecodingConfig, Decoder
 
     start = time.perf_counter()
     pair = models.load_demo_pair(dtype=args.dtype, device=args.device)
     print(f"loaded {pair.name} in {time.perf_counter() - start:.1f} s "
-          f"(dtype {pair.teacher.dtype}, device {pair.teacher.device})")
-    print(f"problem: {args.problem}\nmode: " + (f"sampled (T={args.temperature}, top_p={args.top_p}, seed {args.seed})" if args.sample else "greedy"))
-    for role, model, tokenizer in (("teacher", pair.teacher, pair.teacher_tokenizer),
-                                   ("student", pair.student, pair.student_tokenizer)):
-        text, n_prompt, n_new, seconds = _answer(model, tokenizer, args.problem, args)
-        print(f"\n=== {role}: {Path(model.name_or_path).name} ===\n{text.strip()}")
-        print(f"--- {n_new} new tokens (prompt {n_prompt}) in {seconds:.1f} s = {n_new / seconds:.2f} tokens/s")
+          f"(dtype {pair.teacher.dtype}, device {pair.teacher.device}, bridge identity: {pair.bridge.is_identity})")
+    tok = pair.student_tokenizer
+    problems = data.easiest(data.load_benchmark("math500"), args.problems)
+    style = prompts.PromptStyle(extra_instruction=prompts.WORDS_ONLY)
+    prompt_ids = [prompts.prompt_ids(tok, p, style) for p in problems for _ in range(args.samples)]
+    seeds = [args.seed + i for i in range(len(prompt_ids))]
+    summary = {}
+    for mode in ("rsd", "teacher"):
+        cfg = DecodingConfig(mode=mode, temperature=args.temperature, threshold=args.threshold,
+                             max_new_tokens=args.max_new_tokens, stop_ids=prompts.end_of_turn_ids(tok),
+                             record_both=(mode == "teacher"))
+        print(f"\n=== {mode}: {len(problems)} problems x {args.samples} samples, T={cfg.temperature}, "
+              f"threshold {cfg.threshold:g}, up to {cfg.max_new_tokens} new tokens ===")
+        start = time.perf_counter()
+        traces = Decoder(pair.teacher, pair.student, pair.bridge, cfg).generate(
+            prompt_ids, seeds, batch_size=args.batch_size, progress=mode)
+        seconds = time.perf_counter() - start
+        n_tokens = sum(len(t.token_ids) for t in traces)
+        sub = sum(p < 0.01 for t in traces for p in t.student_prob_raw)
+        fb = sum(sum(t.fallback) for t in traces)
+        summary[mode] = (n_tokens, sub, fb, seconds)
+        for i, trace in enumerate(traces):
+            problem = problems[i // args.samples]
+            text = tok.decode(trace.token_ids, skip_special_tokens=True)
+            graded = grading.grade(text, problem, delim=style.think_close)
+            if mode == "rsd" or args.verbose:
+                print(f"\n--- problem {problem.id} (gold {problem.gold}), sample {i % args.samples}, seed {trace.seed}")
+                print(text.strip()[-args.show_chars:] if args.show_chars else "")
+            print(f"    [{mode}] answer {graded['answer']!r} -> {graded['status']}; {len(trace.token_ids)} tokens "
+                  f"({trace.finish_reason}); fallback {trace.fallback_rate:.1%}; "
+                  f"sub-1% tokens {trace.sub_threshold_ratio():.1%}")
+    print("\n=== summary (all samples) ===")
+    for mode, (n_tokens, sub, fb, seconds) in summary.items():
+        fallback = f"{fb / max(n_tokens, 1):.1%}" if mode == "rsd" else "n/a"
+        print(f"{mode:>8}: {n_tokens} tokens in {seconds:.0f} s ({n_tokens / seconds:.2f} tokens/s); "
+              f"fallback {fallback}; sub-1% tokens {sub / max(n_tokens, 1):.2%}")
     return 0
 
 
@@ -102,13 +109,16 @@ def add_prepare(subparsers) -> None:
 
 
 def add_demo(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the main job on the embedded pair (for now: each model answers a problem)")
-    p.add_argument("--problem", default=DEMO_PROBLEM, help="the math problem to answer")
-    p.add_argument("--max-new-tokens", type=int, default=384, help="generation budget per model")
-    p.add_argument("--sample", action="store_true", help="sample (temperature/top-p) instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (with --sample)")
-    p.add_argument("--seed", type=int, default=0, help="torch seed for sampling")
+    p = subparsers.add_parser("demo", help="a short RSD demo on the embedded pair (RSD vs teacher sampling)")
+    p.add_argument("--problems", type=int, default=3, help="how many of the easiest MATH500 problems")
+    p.add_argument("--samples", type=int, default=2, help="samples per problem")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="generation budget per sample")
+    p.add_argument("--threshold", type=float, default=0.01, help="RSD acceptance threshold p_th")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (paper: 0.7)")
+    p.add_argument("--batch-size", type=int, default=8, help="decoder rows at once")
+    p.add_argument("--seed", type=int, default=0, help="first seed (one per sample)")
+    p.add_argument("--show-chars", type=int, default=400, help="print the last N characters of each RSD answer")
+    p.add_argument("--verbose", action="store_true", help="also print the teacher-mode answers")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run_demo)
