@@ -1,9 +1,11 @@
-"""Decoder throughput: teacher-only, student-only and lockstep RSD on one model pair, side by side.
+"""Decoder throughput: teacher-only, student-only, lockstep RSD and speculative RSD, side by side.
 
 Prints, for each batch size, generated tokens/s of each mode (equal prompt, every row forced to the
 same length: no stop ids), the ratio rsd/teacher, and the lockstep limit of that ratio,
 1 / (1 + student step time / teacher step time), computed from the single-model runs of the same
-batch size: lockstep RSD pays one teacher step plus one student step per token.
+batch size: lockstep RSD pays one teacher step plus one student step per token. A second table gives
+speculative RSD (``--draft-tokens``, exact, rsdlib.speculative) against teacher-only sampling, with
+the draft acceptance rate.
 
     python benchmarks/bench_decoding.py                      # embedded pair, batch 1 4 16
     python benchmarks/bench_decoding.py --dtype bfloat16     # also reports peak memory
@@ -50,15 +52,18 @@ def load(args):
     return pair.teacher, pair.student, pair.bridge, list(prompt)
 
 
-def tokens_per_second(teacher, student, bridge, prompt, mode, batch, new_tokens, threshold):
-    cfg = DecodingConfig(mode=mode, temperature=0.7, threshold=threshold, max_new_tokens=new_tokens)
+def tokens_per_second(teacher, student, bridge, prompt, mode, batch, new_tokens, threshold, draft_tokens=0):
+    """(tokens/s, fallback share, draft acceptance rate or None) of one timed generate call."""
+    cfg = DecodingConfig(mode=mode, temperature=0.7, threshold=threshold, max_new_tokens=new_tokens,
+                         draft_tokens=draft_tokens)
     dec = Decoder(teacher, student, bridge, cfg)
     start = time.perf_counter()
     traces = dec.generate([prompt] * batch, list(range(batch)), batch_size=batch)
     elapsed = time.perf_counter() - start
     generated = sum(len(t.token_ids) for t in traces)
     fallback = sum(sum(t.fallback) for t in traces) / max(generated, 1)
-    return generated / elapsed, fallback
+    acceptance = dec.stats["accepted"] / dec.stats["drafted"] if draft_tokens else None
+    return generated / elapsed, fallback, acceptance
 
 
 def main(argv=None):
@@ -69,6 +74,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--tiny", action="store_true", help="tiny random models instead of the embedded pair")
+    ap.add_argument("--draft-tokens", type=int, nargs="*", default=[2, 4, 8],
+                    help="speculative RSD draft lengths k to measure (none: skip the speculative table)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,21 +85,31 @@ def main(argv=None):
           f"prompt={len(prompt)} tokens, new={args.new_tokens}, threshold={args.threshold}")
     # warm-up (allocator, kernels)
     tokens_per_second(teacher, student, bridge, prompt, "rsd", 1, 4, args.threshold)
-    rows = []
+    rows, spec_rows = [], []
     for b in args.batch_sizes:
         tps = {}
         for mode in ("teacher", "student", "rsd"):
-            tps[mode], fb = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens, args.threshold)
+            tps[mode], fb, _ = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens, args.threshold)
             if mode == "rsd":
                 fallback = fb
         limit = 1 / (1 + tps["teacher"] / tps["student"])  # student step / teacher step = tps_t / tps_s
         ratio = tps["rsd"] / tps["teacher"]
         rows.append((b, tps["teacher"], tps["student"], tps["rsd"], ratio, limit, ratio / limit, fallback))
+        for k in args.draft_tokens:
+            spec, fb, acc = tokens_per_second(teacher, student, bridge, prompt, "rsd", b, args.new_tokens,
+                                              args.threshold, draft_tokens=k)
+            spec_rows.append((b, k, tps["teacher"], tps["rsd"], spec, spec / tps["teacher"], acc, fb))
     print()
     print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit | rsd fallback |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for b, t, s, r, ratio, limit, frac, fb in rows:
         print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% | {100 * fb:.1f}% |")
+    if spec_rows:
+        print()
+        print("| batch | k | teacher tok/s | lockstep rsd tok/s | speculative rsd tok/s | speculative/teacher | acceptance | fallback |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for b, k, t, r, sp, ratio, acc, fb in spec_rows:
+            print(f"| {b} | {k} | {t:.2f} | {r:.2f} | {sp:.2f} | {ratio:.2f}x | {100 * acc:.0f}% | {100 * fb:.1f}% |")
     if len(rows) > 1:
         print(f"\nrsd throughput, batch {rows[-1][0]} / batch {rows[0][0]}: {rows[-1][3] / rows[0][3]:.2f}x")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
