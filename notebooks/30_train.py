@@ -1,0 +1,118 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 30 · Train one student per trace dataset
+#
+# **Paper:** Sections 3.3 and 4.1: the hybrid recipe (full traces of solved problems + 128-token UPFT
+# prefixes of unsolved ones) with the s1 training setup (batch 16, lr 1e-5, 5% warmup + cosine,
+# AdamW (0.9, 0.95), weight decay 1e-4, 15 epochs). Each trained student is a row of Table 1
+# ("+ Teacher-generated", "+ Self-distill", "+ SKD-inspired", "+ RSD-generated"...), and "+ s1K-1.1"
+# is the student trained on the reference traces.
+#
+# **Reads:** `results/<profile>/traces/<pair>/<method>/dataset.jsonl` (notebook 10).
+#
+# **Writes:** `results/<profile>/models/<pair>-<method>/` (rsdlib.train: `train_config.json`,
+# `train_log.json`, `train_summary.json`, the model in `final/`) and `results/<profile>/models/manifest.json`
+# (which model came from which dataset, for the evaluation notebook). A finished run with the same
+# config and dataset is not redone; `force: true` retrains.
+#
+# **Time:** smoke about 20 s; demo (LoRA on the 0.5B student, a few steps per method) about 5-10 min
+# on CPU; paper (full fine-tuning of Qwen3-0.6B, 15 epochs on ~1,000 examples of up to 8k tokens)
+# about 1-2 GPU-hours per method on one H100 (not measured here).
+
+# %%
+import json
+import shutil
+import time
+
+import pandas as pd
+
+from rsdlib import paths
+from rsdlib.config import load_yaml_config
+from rsdlib.reproduce import model_location
+from rsdlib.train import TrainConfig, train
+
+# %% tags=["parameters"]
+profile: str = "demo"  # results/<profile>
+methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # trace datasets to train on (pair "main")
+extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
+training: dict = {"epochs": 1, "global_batch_size": 4, "micro_batch_size": 1, "block_size": 1024, "lora": True, "learning_rate": 1e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
+force: bool = False  # retrain even if a finished run with the same config exists
+
+# %%
+results = paths.results_dir(profile)
+manifest_path = results / "traces" / "manifest.json"
+if not manifest_path.is_file():
+    raise FileNotFoundError(f"{manifest_path} is missing: run notebook 10_generate_traces for profile {profile!r} first")
+manifest = json.loads(manifest_path.read_text())
+for bad in ("model", "output_dir"):
+    if bad in training:
+        raise ValueError(f"training.{bad} is set by this notebook (the pair's student / results/<profile>/models/...)")
+load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+runs = [("main", m) for m in methods] + [(run, m) for run, ms in extra_runs.items() for m in ms]
+for run, method in runs:
+    if method not in manifest["methods"].get(run, []):
+        raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
+models_dir = results / "models"
+models_dir.mkdir(parents=True, exist_ok=True)
+
+# %%
+trained = {}
+for run, method in runs:
+    dataset = results / "traces" / run / method / "dataset.jsonl"
+    examples = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
+    name = f"{run}-{method}"
+    out = models_dir / name
+    if not examples:
+        print(f"{name}: no training examples (nothing solved and no prefixes): not trained")
+        trained[name] = {"run": run, "method": method, "final": None, "examples": 0}
+        continue
+    if force and out.exists():
+        shutil.rmtree(out)
+    cfg = load_yaml_config(TrainConfig, {**training, "model": model_location(manifest["pairs"][run]["student"]),
+                                         "output_dir": str(out)})
+    start = time.perf_counter()
+    final = train(cfg, dataset)
+    seconds = time.perf_counter() - start
+    summary_path = out / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    kinds = pd.Series([e["kind"] for e in examples]).value_counts().to_dict()
+    trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
+                     "final": str(final) if final.is_dir() else None, "examples": len(examples),
+                     "full": kinds.get("full", 0), "prefix": kinds.get("prefix", 0),
+                     "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
+                     "seconds": round(seconds, 1)}
+    print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
+(models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+pd.DataFrame(trained.values())
+
+# %% [markdown]
+# ## Loss curves (a check, not a paper figure)
+
+# %%
+import matplotlib.pyplot as plt
+
+from rsdlib.plots import method_color, set_style
+
+set_style()
+fig, ax = plt.subplots()
+for i, (name, info) in enumerate(trained.items()):
+    log_path = models_dir / name / "train_log.json"
+    if info["final"] and log_path.is_file():
+        points = [(r["step"], r["loss"]) for r in json.loads(log_path.read_text()) if "loss" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name, color=method_color(info["method"], i))
+ax.set(xlabel="optimizer step", ylabel="training loss", title=f"Training loss per dataset ({profile})")
+ax.legend()
+plt.show()

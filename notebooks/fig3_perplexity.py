@@ -1,0 +1,72 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Figure 3 · Trace perplexity under the student, per method
+#
+# **Paper:** Figure 3 / Section 3.2: PPL = exp(mean surprisal) of each training trace under the
+# student. RSD traces cluster at low perplexity with small spread; teacher-written traces do not.
+#
+# **Reads:** `results/<profile>/analysis/scores.jsonl` (notebook 20).
+#
+# **Writes:** `figures/<profile>/fig3_perplexity.{pdf,png}`.
+#
+# **Time:** seconds.
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from rsdlib import paths
+from rsdlib.plots import method_color, profile_note, save_figure, set_style
+
+# %% tags=["parameters"]
+profile: str = "demo"  # results/<profile> and figures/<profile>
+run: str = "main"  # which pair's traces
+methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # left to right
+log_scale: bool = True  # perplexity axis in log scale
+
+# %%
+path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
+if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+scores = pd.read_json(path, lines=True)
+scores = scores[(scores["run"] == run) & scores["method"].isin(methods)].copy()
+order = [m for m in methods if m in set(scores["method"])]
+scores["traces"] = np.where(scores["kept"], "kept (training) traces", "samples (no kept trace)")
+scores.groupby("method")["perplexity"].describe().reindex(order)
+
+# %%
+set_style()
+fig, ax = plt.subplots(figsize=(max(4.5, 1.0 * len(order) + 1.5), 3.6))
+palette = {m: method_color(m, i) for i, m in enumerate(order)}
+sns.boxplot(data=scores, x="method", y="perplexity", hue="method", order=order, palette=palette, ax=ax,
+            showfliers=False, width=0.55, boxprops={"alpha": 0.35}, legend=False)
+sns.stripplot(data=scores, x="method", y="perplexity", hue="method", order=order, palette=palette, ax=ax,
+              size=4, jitter=0.18, legend=False, edgecolor="white", linewidth=0.4)
+for i, m in enumerate(order):
+    mine = scores[scores["method"] == m]
+    label = f"n={len(mine)}" + ("" if mine["kept"].all() else "*")
+    ax.annotate(label, (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+if log_scale:
+    ax.set_yscale("log")
+ax.set(xlabel="", ylabel="trace perplexity under the student")
+ax.set_title("Trace-level perplexity per method", pad=16)
+ax.tick_params(axis="x", rotation=20)
+note = "* no kept trace: its samples are shown instead" if not scores["kept"].all() else ""
+profile_note(profile, fig, extra="; ".join(x for x in (f"pair {run}", note) if x))
+fig.tight_layout()
+save_figure(fig, "fig3_perplexity", profile)
+plt.show()

@@ -1,0 +1,110 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Figures 5 and 7 · A teacher-written trace beside the RSD trace of the same problem
+#
+# **Paper:** Figure 5 (Section 5.5) and Figure 7 (Appendix H): excerpts of an s1K-1.1 trace with its
+# sub-1% tokens under the student highlighted in red, beside the RSD trace of the same question:
+# similar reasoning, no low-probability tokens.
+#
+# **Reads:** `results/<profile>/analysis/scores.jsonl` (notebook 20: token texts and log-probabilities).
+# Traces of GPQA problems are never drawn.
+#
+# **Writes:** `figures/<profile>/fig5_excerpts.{pdf,png}` (short excerpts) and
+# `figures/<profile>/fig7_comparison.{pdf,png}` (longer excerpts).
+#
+# **Time:** seconds.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from rsdlib import paths
+from rsdlib.plots import draw_tokens, profile_note, save_figure, set_style, token_block_height
+
+# %% tags=["parameters"]
+profile: str = "demo"  # results/<profile> and figures/<profile>
+run: str = "main"  # which pair's traces
+left: list = ["teacher", "reference"]  # left trace: the first of these methods with a trace of the chosen problem
+right: str = "rsd-p1"  # right trace: the RSD method
+threshold: float = 0.01  # tokens below this student probability are highlighted
+excerpt_tokens: int = 160  # Figure 5: tokens shown per side
+comparison_tokens: int = 600  # Figure 7: tokens shown per side
+
+# %%
+path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
+if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+scores = pd.read_json(path, lines=True)
+scores = scores[(scores["run"] == run) & ~scores["problem_id"].astype(str).str.lower().str.startswith("gpqa")]
+if not 0 < threshold < 1 or excerpt_tokens < 10 or comparison_tokens < 10:
+    raise ValueError("threshold must be in (0, 1) and the token counts >= 10")
+if right not in set(scores["method"]):
+    raise ValueError(f"no scored trace of {right!r}; methods: {sorted(set(scores['method']))}")
+
+
+def pick_pair():
+    """(left row, right row): same problem, kept traces preferred, left methods in the given order."""
+    rights = scores[scores["method"] == right].sort_values("kept", ascending=False)
+    for want_kept in (True, False):
+        for _, r in rights.iterrows():
+            if want_kept and not r["kept"]:
+                continue
+            for m in left:
+                cand = scores[(scores["method"] == m) & (scores["problem_id"] == r["problem_id"])]
+                cand = cand.sort_values("kept", ascending=False)
+                if len(cand) and (cand.iloc[0]["kept"] or not want_kept):
+                    return cand.iloc[0], r
+    for m in left:  # no common problem: any left trace
+        cand = scores[scores["method"] == m]
+        if len(cand):
+            return cand.sort_values("kept", ascending=False).iloc[0], rights.iloc[0]
+    raise ValueError(f"no scored trace of any of {left}")
+
+
+left_row, right_row = pick_pair()
+log_th = math.log(threshold)
+for side, row in (("left", left_row), ("right", right_row)):
+    low = sum(lp < log_th for lp in row["token_logprobs"])
+    print(f"{side}: {row['method']} {row['problem_id']} sample {row['sample_index']} kept={row['kept']}: "
+          f"{low}/{row['n_tokens']} tokens below {threshold:g}")
+
+# %%
+def side_title(row, n):
+    low = sum(lp < log_th for lp in row["token_logprobs"][:n])
+    kept = "" if row["kept"] else ", not a kept trace"
+    return f"{row['method']} (sample {row['sample_index']}{kept}): {low} of {min(n, row['n_tokens'])} tokens < {threshold:g}"
+
+
+def render(n_tokens, name, fontsize, title, width=12.0):
+    set_style()
+    need = max(token_block_height(list(r["tokens"][:n_tokens]), width * 0.46, fontsize) for r in (left_row, right_row))
+    fig, axes = plt.subplots(1, 2, figsize=(width, min(24.0, need + 0.9)))
+    same = left_row["problem_id"] == right_row["problem_id"]
+    problem = left_row["problem_id"] if same else f"{left_row['problem_id']} / {right_row['problem_id']}"
+    fig.suptitle(f"{title}: {problem} (red: probability < {threshold:g} under the student)", fontsize=10)
+    fig.tight_layout()  # before drawing: the token layout follows the final axes size
+    for ax, row in zip(axes, (left_row, right_row)):
+        toks = list(row["tokens"][:n_tokens])
+        hl = [lp < log_th for lp in row["token_logprobs"][:n_tokens]]
+        draw_tokens(ax, toks, hl, fontsize=fontsize, title=side_title(row, n_tokens))
+    profile_note(profile, fig, extra=f"pair {run}")
+    save_figure(fig, name, profile)
+    plt.show()
+
+
+render(excerpt_tokens, "fig5_excerpts", 7.5, "Trace excerpts of the same problem")
+render(comparison_tokens, "fig7_comparison", 6.5, "Detailed trace comparison")

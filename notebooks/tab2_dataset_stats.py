@@ -1,0 +1,95 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Table 2 · Dataset characteristics of each trace generator
+#
+# **Paper:** Table 2: problems correctly solved during trace generation (the teacher over all
+# problems, the other methods over the problems the teacher solved: the paper's "/234"), the
+# fallback rate (share of tokens where the proposal was rejected; RSD and SKD only) and the share of
+# tokens below 1% probability under the student, over the training traces.
+#
+# **Reads:** `results/<profile>/analysis/summary.json` (notebook 20) and the trace manifest
+# (notebook 10). Nothing is recomputed.
+#
+# **Writes:** `figures/<profile>/tab2_dataset_stats.{md,csv}`: our value beside the paper's.
+#
+# **Time:** seconds (CPU or GPU alike).
+
+# %%
+import json
+
+import pandas as pd
+
+from rsdlib import paths, reference
+from rsdlib.plots import comparison_rows, write_table
+from rsdlib.reproduce import display_name
+
+# %% tags=["parameters"]
+profile: str = "demo"  # results/<profile> and figures/<profile>
+run: str = "main"  # which pair's traces (notebook 10's run name)
+
+# %%
+analysis_path = paths.results_dir(profile) / "analysis" / "summary.json"
+if not analysis_path.is_file():
+    raise FileNotFoundError(f"{analysis_path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+analysis = json.loads(analysis_path.read_text())
+manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+if run not in analysis["runs"]:
+    raise ValueError(f"no run {run!r}; runs: {', '.join(analysis['runs'])}")
+threshold = analysis["threshold"]
+
+# %%
+NOT_APPLICABLE = "Not Applicable"
+KEY = {"reference": "s1k-1.1"}  # our method name -> the paper's row key
+REFERENCE_LABEL = {"s1k-1.1": "s1K-1.1", "math500_solutions": "s1K-1.1 stand-in: MATH500 worked solutions"}
+ours = []
+for method, row in analysis["runs"][run].items():
+    key = KEY.get(method, method)
+    solved = f"{row['solved']}/{row['problems']}"
+    fallback = row["fallback_rate"] if row["mode"] in ("rsd", "skd") else NOT_APPLICABLE
+    if row["mode"] in ("rsd", "skd") and row["kept_traces"] == 0:
+        fallback = None  # no training trace: nothing to measure
+    label = REFERENCE_LABEL.get(manifest.get("reference"), "s1K-1.1") if method == "reference" else None
+    ours.append({"key": key, "label": label or method, "Correctly solved": solved, "Fallback rate (%)": fallback,
+                 "Sub-1% tokens (%)": row["sub_threshold_tokens"], "kept traces": row["kept_traces"]})
+paper = [dict(r, **{"Fallback rate (%)": r["Fallback rate (%)"] if r["Fallback rate (%)"] is not None else NOT_APPLICABLE})
+         for r in reference.TABLE2]
+rows = comparison_rows(ours, paper, ["Correctly solved", "Fallback rate (%)", "Sub-1% tokens (%)"])
+by_key = {r["key"]: r for r in ours}
+for r in rows:  # our labels for rows the paper lacks, and the reference stand-in's name
+    if r["key"] in by_key and (r["key"] == "s1k-1.1" or r["label"] == r["key"]):
+        r["label"] = by_key[r["key"]]["label"]
+rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in rows]  # the paper's header
+columns = [c for c in rows[0] if c != "key"]
+table = pd.DataFrame(rows)[columns]
+table
+
+# %%
+trace_cfg = manifest["job"] | {"max_new_tokens": manifest["decoding"].get("max_new_tokens")}
+notes = [
+    f"Ours: {display_name(manifest['pairs'][run]['teacher'])} teaching {display_name(manifest['pairs'][run]['student'])}, "
+    f"{len(manifest['problems'])} {manifest['benchmark']} problems, {trace_cfg.get('samples_per_problem')} samples "
+    f"per problem, at most {trace_cfg.get('max_new_tokens')} new tokens. Paper: s1.1-7B teaching Qwen3-0.6B, "
+    "1,000 s1K problems, 16 samples, 8k context.",
+    "Correctly solved: the teacher over all problems; the other methods over the problems the teacher solved"
+    + ("" if manifest["restrict_to_teacher_solved"] else " (not restricted in this profile: over all problems)") + ".",
+    f"Sub-1% tokens: tokens of the kept (training) traces with probability below {threshold:g} under the "
+    "student, teacher-forced, pooled over all tokens. Fallback rate: over the same traces.",
+    "— : not produced (the method kept no trace, or the paper has no such row).",
+]
+if manifest.get("reference") == "math500_solutions":
+    notes.append("s1K-1.1 (DeepSeek-R1 traces) needs the Hugging Face hub; offline, the problems' worked "
+                 "MATH500 solutions stand in as pre-existing traces the student did not write.")
+write_table(rows, "tab2_dataset_stats", profile, columns=columns, notes=notes,
+            title="Table 2: dataset characteristics of each trace generator (ours beside the paper)")

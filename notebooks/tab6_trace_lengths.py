@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Table 6 · Average token count of RSD traces, per threshold and per student
+#
+# **Paper:** Appendix F, Table 6: RSD traces tailored for Qwen3-0.6B average over 4,000 tokens at every
+# threshold, those tailored for Llama-3.2-1B-Instruct only 1,081: RSD keeps each student's own style.
+#
+# **Reads:** `results/<profile>/analysis/summary.json` (notebook 20: per pair and method, the kept
+# traces' lengths, computed from the trace files of notebook 10).
+#
+# **Writes:** `figures/<profile>/tab6_trace_lengths.{md,csv}`: our value beside the paper's.
+#
+# **Time:** seconds.
+
+# %%
+import json
+
+import pandas as pd
+
+from rsdlib import paths, reference
+from rsdlib.plots import comparison_rows, write_table
+from rsdlib.reproduce import display_name
+
+# %% tags=["parameters"]
+profile: str = "demo"  # results/<profile> and figures/<profile>
+pair_keys: dict = {"main": ""}  # pair run -> suffix of the paper row keys: "" for the Qwen3-0.6B rows, "-llama" for the Llama row
+
+# %%
+analysis_path = paths.results_dir(profile) / "analysis" / "summary.json"
+if not analysis_path.is_file():
+    raise FileNotFoundError(f"{analysis_path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+analysis = json.loads(analysis_path.read_text())
+manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+unknown = set(pair_keys) - set(analysis["runs"])
+if unknown:
+    raise ValueError(f"pair_keys names runs notebook 10 did not make: {sorted(unknown)}; runs: {list(analysis['runs'])}")
+
+# %%
+ours = []
+for run, methods in analysis["runs"].items():
+    suffix = pair_keys.get(run, f"-{run}")
+    student = display_name(analysis["pairs"][run]["student"])
+    for method, summary in methods.items():
+        if summary.get("mode") != "rsd":
+            continue
+        pct = f"{100 * summary['threshold']:g}%"
+        ours.append({"key": method + suffix, "label": f"RSD-generated (p_th={pct}, tailored for {student})",
+                     "Average token count": summary.get("avg_tokens"),
+                     "kept traces": summary.get("solved"),
+                     "mean tokens, all samples": summary.get("avg_sample_tokens")})
+rows = comparison_rows(ours, reference.TABLE6, ["Average token count"])
+extra = {r["key"]: r for r in ours}
+for r in rows:
+    mine = extra.get(r["key"], {})
+    r["kept traces (ours)"] = mine.get("kept traces")
+    r["mean tokens, all samples (ours)"] = mine.get("mean tokens, all samples")
+    if mine and r["label"] == r["key"]:
+        r["label"] = mine["label"]
+rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in rows]  # the paper's header
+columns = [c for c in rows[0] if c != "key"] if rows else []
+pd.DataFrame(rows)[columns]
+
+# %%
+budget = manifest["decoding"].get("max_new_tokens")
+notes = [
+    "Average token count: mean length (student tokens, end-of-turn included) of the kept RSD traces. "
+    f"Ours are capped by this profile's budget of {budget} new tokens; the paper's context was 8,192.",
+    "Ours: " + "; ".join(f"{run}: {display_name(p['teacher'])} -> {display_name(p['student'])}"
+                         for run, p in manifest["pairs"].items()) + ".",
+    "— : not produced (no kept trace, or the pair/threshold was not run in this profile).",
+]
+write_table(rows, "tab6_trace_lengths", profile, columns=columns, notes=notes, digits=0,
+            title="Table 6: average token count of RSD-generated traces (ours beside the paper)")

@@ -1,0 +1,294 @@
+"""House style for figures and tables: one look, PDF+PNG figures, tables with the paper's value beside ours.
+
+- ``set_style()``: the one matplotlib style every figure notebook uses (white grid, readable sizes)
+  and ``METHOD_COLORS``/``method_color``: a fixed colour per trace generator across all figures.
+- ``save_figure(fig, name, profile)``: ``<figures>/<name>.pdf`` and ``.png`` (no timestamps in the
+  files, so a rerun with the same data gives the same bytes), returns both paths.
+- ``comparison_rows(ours, paper, columns)``: joins our rows to the paper's by ``key``: one output row
+  per method (paper order first, then ours the paper lacks), and for each column ``<col> (ours)``
+  beside ``<col> (paper)``.
+- ``write_table(rows, name, profile, title=..., notes=...)``: the same rows as Markdown (title line
+  naming the profile, the table, notes) and CSV. ``markdown_table`` renders without extra packages.
+
+Where ``<figures>`` is ``rsdlib.paths.figures_dir(profile)`` (``<repo>/figures/<profile>``), or
+``$RSDLIB_FIGURES/<profile>`` when that variable is set (the tests write their smoke run elsewhere).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from rsdlib import paths
+
+MISSING = "—"  # shown where a value does not exist (the paper does not report it, or we did not run it)
+
+METHOD_COLORS = {
+    "base": "#7f7f7f",
+    "s1k-1.1": "#d62728",
+    "reference": "#d62728",
+    "teacher": "#ff7f0e",
+    "self-distill": "#2ca02c",
+    "student": "#2ca02c",
+    "skd": "#9467bd",
+    "rsd-p10": "#9ecae1",
+    "rsd-p3": "#4292c6",
+    "rsd-p1": "#08519c",
+    "rsd-p0.3": "#08306b",
+}
+PAPER_COLOR = "#bdbdbd"  # bars/markers that show the paper's number
+
+
+def method_color(method: str, index: int = 0) -> str:
+    """Fixed colour of a method; RSD variants not listed get a blue, others a tab10 colour."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    if method.startswith("rsd"):
+        return "#2171b5"
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](index % 10)
+
+
+def set_style() -> None:
+    """The house style (call once per notebook, before plotting)."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 3.6),
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "legend.frameon": False,
+            "legend.fontsize": 9,
+            "pdf.fonttype": 42,  # TrueType in PDFs (editable text)
+            "svg.hashsalt": "rsdlib",
+        }
+    )
+
+
+def figures_dir(profile: str) -> Path:
+    """Folder for a profile's figures and tables (``$RSDLIB_FIGURES/<profile>`` overrides it)."""
+    env = os.environ.get("RSDLIB_FIGURES")
+    folder = Path(env).expanduser() / profile if env else paths.figures_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_figure(fig, name: str, profile: str, *, close: bool = False) -> list[Path]:
+    """Save ``fig`` as ``<name>.pdf`` and ``<name>.png`` in the profile's figures folder."""
+    folder = figures_dir(profile)
+    out = []
+    for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None, "Creator": "rsdlib"}),
+                      ("png", {"Software": "rsdlib"})):
+        path = folder / f"{name}.{ext}"
+        fig.savefig(path, metadata=meta)
+        out.append(path)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out
+
+
+def profile_note(profile: str, fig, *, extra: str = "") -> None:
+    """A small grey footer naming the profile that produced ``fig`` (every figure carries one)."""
+    text = f"rsdlib reproduction, profile: {profile}" + (f" — {extra}" if extra else "")
+    fig.text(0.995, -0.005, text, ha="right", va="top", fontsize=7, color="#777777")  # below the axes
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_value(value: Any, digits: int = 2) -> str:
+    """Display form: floats with ``digits`` decimals, missing as an em dash, the rest as text."""
+    if _is_missing(value):
+        return MISSING
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_rows(
+    ours: Sequence[Mapping],
+    paper: Sequence[Mapping],
+    columns: Sequence[str],
+    *,
+    key: str = "key",
+    label: str = "label",
+    include_paper_only: bool = True,
+    label_as: str | None = None,
+) -> list[dict]:
+    """Rows with ``<col> (ours)`` beside ``<col> (paper)`` for each of ``columns``, joined on ``key``.
+
+    Row order: the paper's rows (those we did not produce keep a missing "ours"), then our rows the
+    paper has no counterpart for (missing "paper"). The label is the paper's where it has the row;
+    ``label_as`` renames the label column (e.g. "Datasets" or "Models", as in the paper's tables).
+    """
+    out = _comparison(ours, paper, columns, key, label, include_paper_only)
+    if label_as and label_as != label:
+        out = [{(label_as if k == label else k): v for k, v in r.items()} for r in out]
+    return out
+
+
+def _comparison(ours, paper, columns, key, label, include_paper_only) -> list[dict]:
+    ours_by_key = {r[key]: r for r in ours}
+    paper_keys = [r[key] for r in paper]
+    out = []
+    for p in paper:
+        mine = ours_by_key.get(p[key])
+        if mine is None and not include_paper_only:
+            continue
+        entry = {"key": p[key], label: p.get(label, p[key])}
+        for col in columns:
+            entry[f"{col} (ours)"] = None if mine is None else mine.get(col)
+            entry[f"{col} (paper)"] = p.get(col)
+        out.append(entry)
+    for r in ours:
+        if r[key] in paper_keys:
+            continue
+        entry = {"key": r[key], label: r.get(label, r[key])}
+        for col in columns:
+            entry[f"{col} (ours)"] = r.get(col)
+            entry[f"{col} (paper)"] = None
+        out.append(entry)
+    return out
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 2) -> str:
+    """A GitHub Markdown table of ``rows`` (``columns`` default: the keys of the first row)."""
+    if not rows:
+        return "_(no rows)_\n"
+    columns = list(columns or rows[0].keys())
+    cells = [[format_value(r.get(c), digits).replace("|", "\\|") for c in columns] for r in rows]
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(
+    rows: Sequence[Mapping],
+    name: str,
+    profile: str,
+    *,
+    title: str,
+    columns: Sequence[str] | None = None,
+    notes: Iterable[str] = (),
+    digits: int = 2,
+) -> list[Path]:
+    """Write ``<name>.md`` (title naming the profile, table, notes) and ``<name>.csv``; returns both paths."""
+    folder = figures_dir(profile)
+    rows = list(rows)
+    columns = list(columns or (rows[0].keys() if rows else []))
+    md = [f"# {title}", "", f"Ours: rsdlib reproduction, profile **{profile}**. Paper: arXiv 2509.22230.", ""]
+    md.append(markdown_table(rows, columns, digits))
+    notes = [n for n in notes if n]
+    if notes:
+        md += [""] + [f"- {n}" for n in notes]
+    md_path = folder / f"{name}.md"
+    md_path.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
+    csv_path = folder / f"{name}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["profile", *columns])
+        for r in rows:
+            writer.writerow([profile, *("" if _is_missing(r.get(c)) else r.get(c) for c in columns)])
+    return [md_path, csv_path]
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace text rendered as an image (Figures 5 and 7)
+# ----------------------------------------------------------------------------------------------
+MONO_ADVANCE = 0.602  # advance width of DejaVu Sans Mono, in em
+
+
+def token_lines(tokens: Sequence[str], width: int) -> list[list[tuple[int, str]]]:
+    """Lay out token texts on lines of ``width`` characters: [(token index, shown text), ...] per line.
+
+    A newline inside a token is shown as a literal ``\\n`` (as in the paper's excerpts) and ends the
+    line; tabs become spaces; a token that does not fit starts a new line.
+    """
+    lines: list[list[tuple[int, str]]] = [[]]
+    col = 0
+    for i, tok in enumerate(tokens):
+        parts = tok.replace("\t", " ").replace("\r", "").split("\n")
+        for k, part in enumerate(parts):
+            shown = part + ("\\n" if k < len(parts) - 1 else "")
+            if not shown:
+                continue
+            if col + len(shown) > width and col > 0:
+                lines.append([])
+                col = 0
+                shown = shown.lstrip(" ") or shown
+            lines[-1].append((i, shown))
+            col += len(shown)
+            if k < len(parts) - 1:
+                lines.append([])
+                col = 0
+    return [ln for ln in lines if ln] or [[]]
+
+
+def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsize: float = 7.0,
+                max_lines: int | None = None, color: str = "#d62728", title: str | None = None) -> int:
+    """Draw a trace's tokens in monospace on ``ax``, highlighted ones on a coloured background.
+
+    The line width follows the axes width; returns the number of lines drawn (cut at ``max_lines``).
+    """
+    fig = ax.figure
+    fig.canvas.draw_idle()
+    bbox = ax.get_window_extent()
+    width_pt = bbox.width / fig.dpi * 72
+    height_pt = bbox.height / fig.dpi * 72
+    char_pt = MONO_ADVANCE * fontsize
+    line_pt = 1.45 * fontsize
+    width = max(10, int(width_pt / char_pt) - 1)
+    lines = token_lines(tokens, width)
+    fit = max(1, int(height_pt / line_pt) - (1 if title else 0))
+    limit = min(len(lines), fit, max_lines or len(lines))
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    top = 1.0
+    if title:
+        ax.text(0, 1, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=ax.transAxes)
+        top -= line_pt * 1.3 / height_pt
+    for n, line in enumerate(lines[:limit]):
+        y = top - n * line_pt / height_pt
+        col = 0
+        for i, shown in line:
+            x = col * char_pt / width_pt
+            kw = {}
+            if highlight[i]:
+                kw["bbox"] = {"facecolor": color, "alpha": 0.35, "edgecolor": "none", "pad": 0.4}
+            ax.text(x, y, shown, fontsize=fontsize, family="DejaVu Sans Mono", va="top", ha="left",
+                    transform=ax.transAxes, **kw)
+            col += len(shown)
+    if limit < len(lines):
+        ax.text(0, top - limit * line_pt / height_pt, "[...]", fontsize=fontsize, family="DejaVu Sans Mono",
+                va="top", ha="left", transform=ax.transAxes, color="#777777")
+    return limit
+
+
+def token_block_height(tokens: Sequence[str], axes_width_in: float, fontsize: float = 7.0, title: bool = True) -> float:
+    """Inches of axes height that ``draw_tokens`` needs to show ``tokens`` in an axes this wide."""
+    width = max(10, int(axes_width_in * 72 / (MONO_ADVANCE * fontsize)) - 1)
+    n_lines = len(token_lines(tokens, width)) + (1.3 if title else 0) + 0.5
+    return n_lines * 1.45 * fontsize / 72

@@ -1,0 +1,608 @@
+"""The reproduction driver: runs a profile's notebooks with papermill, in dependency order (issue 7).
+
+    rsdlib reproduce --profile demo                 # every notebook of the demo profile
+    rsdlib reproduce --profile smoke --only 20_trace_analysis fig3_perplexity
+    rsdlib reproduce --profile demo --force         # redo cached stages too
+    python -m rsdlib.reproduce --profile smoke      # the same without the rsdlib CLI
+
+For each notebook ``notebooks/<name>.py`` (jupytext percent format) the driver
+
+1. reads its one ``parameters`` cell (``name: type = literal  # help`` lines) and the profile's
+   ``params/<profile>/<name>.yaml``; a key the notebook does not declare, or a value of the wrong
+   type, is refused before anything runs (papermill itself would only warn);
+2. converts it to ``results/<profile>/notebooks/src/<name>.ipynb`` and executes it with
+   ``papermill.execute_notebook`` (kernel ``python3``, absolute paths, working directory = the
+   repository root, a per-cell timeout, ``MPLBACKEND=Agg``, quiet progress bars), writing the executed
+   copy to ``results/<profile>/notebooks/<name>.ipynb`` and its output to ``<name>.log``;
+3. prints one progress line per notebook with its wall time, skips notebooks whose dependency failed,
+   and ends with a report of what failed where and a listing of the figures and tables written.
+
+The profile name is passed to every notebook as its ``profile`` parameter; ``--force`` sets the
+``force`` parameter of the notebooks that declare one (the expensive stages).
+
+Also here, because several notebooks need them: ``make_pair`` (a teacher/student pair from two
+model specs, including ``tiny:teacher`` / ``tiny:student``, the random tiny pair of the smoke
+profile) and ``select_problems`` (the benchmark subset of a profile, disjoint trace / evaluation
+halves by ``rsdlib.data.split_by_hash``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rsdlib import paths
+
+NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
+PARAMS_DIR = paths.REPO_ROOT / "params"
+PROFILES = ("smoke", "demo", "paper")
+DEFAULT_TIMEOUT = {"smoke": 900, "demo": 3600, "paper": None}  # seconds per cell (None: no limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class NotebookSpec:
+    """One notebook of the reproduction: its name, what it needs first, the figure/table files it writes."""
+
+    name: str  # notebooks/<name>.py
+    depends: tuple[str, ...] = ()  # notebooks whose results it reads
+    figures: tuple[str, ...] = ()  # <figures>/<stem>.pdf + .png
+    tables: tuple[str, ...] = ()  # <figures>/<stem>.md + .csv
+
+
+# Run order. 40_evaluate and tab1/tab3/tab4/tab5/fig4 join once rsdlib.evaluate exists.
+NOTEBOOKS: tuple[NotebookSpec, ...] = (
+    NotebookSpec("00_walkthrough", figures=("walkthrough",), tables=("walkthrough",)),
+    NotebookSpec("10_generate_traces"),
+    NotebookSpec("20_trace_analysis", depends=("10_generate_traces",)),
+    NotebookSpec("30_train", depends=("10_generate_traces",)),
+    NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
+    NotebookSpec("tab6_trace_lengths", depends=("20_trace_analysis",), tables=("tab6_trace_lengths",)),
+    NotebookSpec("fig2_surprisal", depends=("20_trace_analysis",), figures=("fig2_surprisal",)),
+    NotebookSpec("fig3_perplexity", depends=("20_trace_analysis",), figures=("fig3_perplexity",)),
+    NotebookSpec("fig5_fig7_excerpts", depends=("20_trace_analysis",), figures=("fig5_excerpts", "fig7_comparison")),
+    NotebookSpec("fig6_wordcloud", depends=("20_trace_analysis",), figures=("fig6_wordcloud",)),
+    NotebookSpec("fig1_overview", figures=("fig1_overview",)),
+)
+BY_NAME = {nb.name: nb for nb in NOTEBOOKS}
+
+
+class ParameterError(ValueError):
+    """A parameter file (or override) that does not fit the notebook's parameters cell."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The parameters cell
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str  # the annotation as written: "str", "int", "float", "bool", "list", "dict", "str | None"
+    default: Any
+    help: str
+
+
+def notebook_path(name: str) -> Path:
+    return NOTEBOOKS_DIR / f"{name}.py"
+
+
+def read_notebook(name_or_path: str | Path):
+    """The notebook (nbformat) of ``notebooks/<name>.py`` or of a path."""
+    import jupytext
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = notebook_path(str(name_or_path))
+    return jupytext.read(path)
+
+
+def parameters_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+
+
+def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, Parameter]:
+    """Declared parameters of a parameters cell; refuses anything but ``name: type = literal  # help``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ParameterError(f"{where}: not valid Python ({err})") from None
+    lines = source.splitlines()
+    out: dict[str, Parameter] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            raise ParameterError(
+                f"{where}, line {node.lineno}: only `name: type = literal  # help` lines are allowed, got "
+                f"{ast.get_source_segment(source, node)!r}"
+            )
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError:
+            raise ParameterError(f"{where}, line {node.lineno}: the value of {node.target.id!r} is not a literal") from None
+        line = lines[node.end_lineno - 1]
+        help_text = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
+        out[node.target.id] = Parameter(node.target.id, ast.unparse(node.annotation), default, help_text)
+    return out
+
+
+def notebook_parameters(name_or_path: str | Path) -> dict[str, Parameter]:
+    """The parameters a notebook declares (exactly one cell tagged ``parameters`` is required)."""
+    nb = read_notebook(name_or_path)
+    cells = parameters_cells(nb)
+    label = Path(name_or_path).stem
+    if len(cells) != 1:
+        raise ParameterError(f"notebook {label}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    return parse_parameters(cells[0].source, f"notebook {label}, parameters cell")
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,), "dict": (dict,),
+}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    options = [a.strip() for a in annotation.split("|")]
+    for opt in options:
+        base = opt.split("[", 1)[0]
+        if base == "None" and value is None:
+            return True
+        allowed = _TYPES.get(base)
+        if allowed is None:
+            return True  # an annotation we do not check
+        if isinstance(value, bool) and bool not in allowed:
+            continue
+        if isinstance(value, allowed):
+            return True
+    return False
+
+
+def params_file(profile: str, name: str, params_dir: Path | None = None) -> Path:
+    return (params_dir or PARAMS_DIR) / profile / f"{name}.yaml"
+
+
+def load_params(profile: str, name: str, params_dir: Path | None = None, *, declared: dict | None = None) -> dict:
+    """The checked parameters of notebook ``name`` under ``profile`` (``profile`` itself added)."""
+    import yaml
+
+    path = params_file(profile, name, params_dir)
+    if not path.is_file():
+        raise ParameterError(f"{name}: no parameter file {path} for profile {profile!r}")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ParameterError(f"{path}: expected a mapping of parameter names to values")
+    declared = declared if declared is not None else notebook_parameters(name)
+    check_parameters(name, values, declared, source=str(path))
+    if "profile" in values and values["profile"] != profile:
+        raise ParameterError(f"{path}: says profile {values['profile']!r} but is in the {profile!r} folder")
+    if "profile" in declared:
+        values["profile"] = profile
+    return values
+
+
+def check_parameters(name: str, values: dict, declared: dict[str, Parameter], source: str = "parameters") -> None:
+    """Refuse keys the notebook does not declare and values of the wrong type, naming them all."""
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ParameterError(
+            f"{source}: unknown parameter(s) {', '.join(unknown)} for notebook {name}; "
+            f"it declares: {', '.join(declared)}"
+        )
+    wrong = [f"{k} (expected {declared[k].type}, got {type(v).__name__} {v!r})"
+             for k, v in values.items() if not _type_ok(declared[k].type, v)]
+    if wrong:
+        raise ParameterError(f"{source}: wrong type for {'; '.join(wrong)} in notebook {name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class NotebookResult:
+    name: str
+    status: str  # "ok" | "failed" | "skipped"
+    seconds: float = 0.0
+    output: Path | None = None
+    log: Path | None = None
+    error: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+    profile: str
+    results: list[NotebookResult]
+    outputs: list[Path]  # figure and table files written during the run
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.results)
+
+    def failed(self) -> list[NotebookResult]:
+        return [r for r in self.results if r.status != "ok"]
+
+
+def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
+    """Notebooks to run: all, or those named (exact names, or unique prefixes such as ``20`` or ``fig3``)."""
+    if not only:
+        return list(NOTEBOOKS)
+    chosen = []
+    for item in only:
+        item = Path(item).stem
+        matches = [nb for nb in NOTEBOOKS if nb.name == item] or [nb for nb in NOTEBOOKS if nb.name.startswith(item)]
+        if len(matches) != 1:
+            known = ", ".join(nb.name for nb in NOTEBOOKS)
+            what = "matches no notebook" if not matches else f"is ambiguous ({', '.join(m.name for m in matches)})"
+            raise ParameterError(f"--only {item!r} {what}; notebooks: {known}")
+        chosen.append(matches[0])
+    return [nb for nb in NOTEBOOKS if nb in chosen]  # always in dependency order
+
+
+def _environment(profile: str) -> dict[str, str]:
+    """Environment of the kernels: headless matplotlib, quiet progress bars, local data when beside us."""
+    env = {"MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
+    shared = paths.REPO_ROOT.parent / "shared" / "data"
+    if "RSDLIB_DATA_DIR" not in os.environ and shared.is_dir():
+        env["RSDLIB_DATA_DIR"] = str(shared)
+    return env
+
+
+def _error_summary(err: BaseException) -> str:
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename is not None:
+        where = getattr(err, "exec_count", None)
+        cell = f"cell In[{where}]" if where is not None else f"cell #{getattr(err, 'cell_index', '?')}"
+        return f"{cell}: {ename}: {str(evalue).splitlines()[0][:400] if evalue else ''}"
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}"
+
+
+def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Path, timeout: float | None) -> NotebookResult:
+    """Convert and execute one notebook; never raises for a failure inside the notebook."""
+    import jupytext
+    import papermill as pm
+
+    src_dir = out_dir / "src"
+    src_dir.mkdir(parents=True, exist_ok=True)
+    src = src_dir / f"{spec.name}.ipynb"
+    output = out_dir / f"{spec.name}.ipynb"
+    log = out_dir / f"{spec.name}.log"
+    nb = jupytext.read(notebook_path(spec.name))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(nb, src, fmt="ipynb")
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write(f"# {spec.name} (profile {profile}) parameters: {params}\n")
+        fh.flush()
+        try:
+            pm.execute_notebook(
+                str(src.resolve()), str(output.resolve()), parameters=params, kernel_name="python3",
+                cwd=str(paths.REPO_ROOT), execution_timeout=timeout, progress_bar=False, log_output=False,
+                stdout_file=fh, stderr_file=fh, request_save_on_cell_execute=True,
+            )
+        except Exception as err:  # PapermillExecutionError, timeouts, dead kernels
+            fh.write("\n" + "".join(traceback.format_exception_only(type(err), err)))
+            return NotebookResult(spec.name, "failed", time.perf_counter() - start, output, log, _error_summary(err))
+    return NotebookResult(spec.name, "ok", time.perf_counter() - start, output, log)
+
+
+def reproduce(
+    profile: str = "demo",
+    *,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    timeout: float | None | str = "default",
+    params_dir: str | Path | None = None,
+    overrides: dict[str, dict] | None = None,
+    echo: Callable[[str], None] = print,
+) -> Report:
+    """Run the notebooks of ``profile`` (all, or ``only``) and return a report (see the module docstring).
+
+    ``overrides``: {notebook: {parameter: value}} applied over the parameter files (checked the same way).
+    All parameter files are checked before the first notebook starts.
+    """
+    from rsdlib.plots import figures_dir
+
+    params_dir = Path(params_dir) if params_dir else PARAMS_DIR
+    if not (params_dir / profile).is_dir():
+        known = sorted(p.name for p in params_dir.iterdir() if p.is_dir()) if params_dir.is_dir() else []
+        raise ParameterError(f"unknown profile {profile!r}: no folder {params_dir / profile} (profiles: {', '.join(known)})")
+    specs = resolve_only(only)
+    timeout = DEFAULT_TIMEOUT.get(profile, 3600) if timeout == "default" else timeout
+    # check everything first: a typo in the last file must not cost the first hour
+    plan = []
+    for spec in specs:
+        declared = notebook_parameters(spec.name)
+        params = load_params(profile, spec.name, params_dir, declared=declared)
+        extra = dict((overrides or {}).get(spec.name, {}))
+        check_parameters(spec.name, extra, declared, source="override")
+        params.update(extra)
+        if force and "force" in declared:
+            params["force"] = True
+        plan.append((spec, params))
+    unknown_overrides = sorted(set(overrides or {}) - {s.name for s in specs})
+    if unknown_overrides:
+        raise ParameterError(f"overrides for notebooks not run: {', '.join(unknown_overrides)}")
+
+    out_dir = paths.results_dir(profile) / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = _environment(profile)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fig_dir = figures_dir(profile)
+    before = {p: p.stat().st_mtime_ns for p in fig_dir.glob("*") if p.is_file()}
+    echo(f"rsdlib reproduce: profile {profile}, {len(plan)} notebook(s); executed copies and logs in {out_dir}")
+    if "RSDLIB_DATA_DIR" in env:
+        echo(f"  benchmark files from {env['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR)")
+    started = time.perf_counter()
+    results: list[NotebookResult] = []
+    broken: set[str] = set()
+    try:
+        for i, (spec, params) in enumerate(plan, 1):
+            blocked = [d for d in spec.depends if d in broken]
+            if blocked:
+                res = NotebookResult(spec.name, "skipped", error=f"needs {', '.join(blocked)}, which did not succeed")
+            else:
+                res = run_notebook(spec, profile, params, out_dir=out_dir, timeout=timeout)
+            results.append(res)
+            if res.status != "ok":
+                broken.add(spec.name)
+            mark = {"ok": "ok     ", "failed": "FAILED ", "skipped": "skipped"}[res.status]
+            line = f"[{i:2d}/{len(plan)}] {mark} {spec.name:<22} {res.seconds:7.1f} s"
+            if res.error:
+                line += f"  {res.error}"
+            echo(line)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    written = sorted(p for p in fig_dir.glob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns
+                     and not p.name.startswith("."))
+    report = Report(profile, results, written, time.perf_counter() - started)
+    echo(format_report(report))
+    return report
+
+
+def format_report(report: Report) -> str:
+    """The closing text: failures (where, log), then the figures and tables written."""
+    lines = [f"\nprofile {report.profile}: {sum(r.status == 'ok' for r in report.results)}/{len(report.results)} "
+             f"notebooks ok in {report.seconds:.0f} s"]
+    for r in report.failed():
+        lines.append(f"  {r.status.upper()}: {r.name}: {r.error}")
+        if r.status == "failed":
+            lines.append(f"      executed notebook: {r.output}\n      log: {r.log}")
+    if report.outputs:
+        lines.append(f"figures and tables written ({len(report.outputs)} files):")
+        lines += [f"  {p}" for p in report.outputs]
+    else:
+        lines.append("no figure or table files were written")
+    return "\n".join(lines)
+
+
+def expected_outputs(specs: Sequence[NotebookSpec] = NOTEBOOKS) -> list[str]:
+    """File names the given notebooks write into the figures folder."""
+    names = []
+    for spec in specs:
+        names += [f"{s}.{ext}" for s in spec.figures for ext in ("pdf", "png")]
+        names += [f"{s}.{ext}" for s in spec.tables for ext in ("md", "csv")]
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (wired into `rsdlib` by rsdlib.cli: add_reproduce_parser / main_reproduce)
+# ----------------------------------------------------------------------------------------------
+def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``reproduce`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser("reproduce", help="run a profile's notebooks (tables and figures) with papermill",
+                              description="Run the reproduction notebooks of one profile in dependency order.")
+    _add_arguments(p)
+    p.set_defaults(func=main_reproduce)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="demo", help="params/<profile>: smoke, demo (default) or paper")
+    p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (names or unique prefixes)")
+    p.add_argument("--force", action="store_true", help="redo cached stages (sets force: true where declared)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per notebook cell (default: smoke 900, demo 3600, paper none; 0 = none)")
+    p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
+
+
+def main_reproduce(args: argparse.Namespace) -> int:
+    """Entry point of ``rsdlib reproduce``: 0 when every notebook succeeded, 1 otherwise, 2 for bad parameters."""
+    if getattr(args, "list", False):
+        for spec in NOTEBOOKS:
+            params = notebook_parameters(spec.name)
+            print(f"{spec.name}: " + ", ".join(f"{p.name}: {p.type}" for p in params.values()))
+        return 0
+    timeout: float | None | str = "default" if args.timeout is None else (args.timeout or None)
+    try:
+        report = reproduce(args.profile, only=args.only, force=args.force, timeout=timeout)
+    except ParameterError as err:
+        print(f"rsdlib reproduce: error: {err}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rsdlib.reproduce", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    return main_reproduce(parser.parse_args(argv))
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the notebooks: model pairs and problem subsets
+# ----------------------------------------------------------------------------------------------
+TINY_PREFIX = "tiny:"
+TINY_SPECS = {"teacher": {"seed": 1, "layers": 3, "hidden": 48}, "student": {"seed": 2, "layers": 2, "hidden": 32}}
+
+
+def tiny_tokenizer():
+    """Byte-level tokenizer with Qwen's special tokens and ChatML (smoke profile; mirrors tests/_tiny.py)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]  # GPT-2's byte -> unicode table
+    table = {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
+    alphabet = [table[b] for b in range(256)]
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_pad|>")])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+    template = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+                "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=template)
+
+
+def tiny_model_folder(role: str, root: Path | None = None) -> Path:
+    """A random tiny Qwen2 model + tokenizer saved once (safetensors) under ``<results>/tiny-models/<role>``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if role not in TINY_SPECS:
+        raise ValueError(f"unknown tiny model {role!r}; use {', '.join(TINY_PREFIX + r for r in TINY_SPECS)}")
+    folder = (root or paths.results_dir()) / "tiny-models" / role
+    if (folder / "model.safetensors").is_file():
+        return folder
+    spec = TINY_SPECS[role]
+    tok = tiny_tokenizer()
+    torch.manual_seed(spec["seed"])
+    cfg = Qwen2Config(vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=spec["hidden"],
+                      intermediate_size=2 * spec["hidden"], num_hidden_layers=spec["layers"], num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), bos_token_id=None)
+    model = Qwen2ForCausalLM(cfg).float().eval()
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process made it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def model_location(spec: str) -> str:
+    """What ``rsdlib.models.load_model`` (and training) should read for a model spec."""
+    if spec.startswith(TINY_PREFIX):
+        return str(tiny_model_folder(spec[len(TINY_PREFIX):]))
+    return spec
+
+
+def display_name(spec: str) -> str:
+    """Short model name for labels: the embedded model's name, the last part of a path or hub id."""
+    if spec.startswith("embedded:"):
+        from rsdlib import embedded
+
+        role = spec.split(":", 1)[1]
+        return embedded.EMBEDDED[role].name if role in embedded.EMBEDDED else spec
+    if spec.startswith(TINY_PREFIX):
+        return "tiny-" + spec[len(TINY_PREFIX):]
+    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
+
+
+def make_pair(teacher: str, student: str, *, dtype: str = "auto", device: str = "auto"):
+    """A ``rsdlib.models.ModelPair`` with its vocabulary bridge, from two model specs.
+
+    Specs: ``tiny:teacher`` / ``tiny:student`` (random tiny models, smoke profile), ``embedded:teacher`` /
+    ``embedded:student`` (the embedded pair), a local folder, a .gguf file or a hub id.
+    """
+    from rsdlib.bridge import VocabBridge
+    from rsdlib.models import ModelPair, load_model, logit_rows
+
+    t_model, t_tok = load_model(model_location(teacher), dtype=dtype, device=device)
+    s_model, s_tok = load_model(model_location(student), dtype=dtype, device=device)
+    bridge = VocabBridge.from_tokenizers(t_tok, s_tok, logit_rows(t_model), logit_rows(s_model))
+    name = f"{display_name(teacher)}->{display_name(student)}"
+    return ModelPair(teacher=t_model, student=s_model, teacher_tokenizer=t_tok, student_tokenizer=s_tok,
+                     name=name, bridge=bridge)
+
+
+def load_student(student: str, *, dtype: str = "auto", device: str = "auto"):
+    """(model, tokenizer) of one model spec (used to score traces under the student)."""
+    from rsdlib.models import load_model
+
+    return load_model(model_location(student), dtype=dtype, device=device)
+
+
+def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: str = "all",
+                    split_fraction: float = 0.5, split_salt: str = "rsdlib", require_gold: bool = True,
+                    skip_diagrams: bool = False) -> list:
+    """A profile's problems: ``split`` "trace" / "eval" are the two disjoint halves of ``split_by_hash``
+    (trace generation and evaluation never share a problem), "all" the whole benchmark; then ``pick``
+    "first" (file order) or "easiest" (lowest MATH500 level) ``n`` problems (0 = all).
+    ``skip_diagrams`` leaves out problems drawn with Asymptote code (``[asy]``), hard for text models.
+    """
+    from rsdlib.data import answer_checkable, easiest, load_benchmark, split_by_hash
+
+    if pick not in ("first", "easiest"):
+        raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
+    if split not in ("all", "trace", "eval"):
+        raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
+    problems = load_benchmark(benchmark)
+    if require_gold:
+        problems, _ = answer_checkable(problems)
+    if split != "all":
+        trace_part, eval_part = split_by_hash(problems, split_fraction, salt=split_salt)
+        problems = trace_part if split == "trace" else eval_part
+    if skip_diagrams:
+        problems = [p for p in problems if "[asy]" not in p.question]
+    if n:
+        problems = easiest(problems, n) if pick == "easiest" else problems[:n]
+    return problems
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def trace_run_stats(folder: str | Path) -> dict:
+    """Table 2 / Table 6 numbers of one trace folder, computed from its files (not its summary.json).
+
+    Reads ``config.json`` (mode, threshold, the problems attempted), ``dataset.jsonl`` (kept full
+    traces and prefixes) and ``samples.jsonl`` (per-token fallback flags). Fallback rate (%) is over
+    the tokens of the kept traces, for rsd/skd runs only; a folder of pre-existing traces (no decoding
+    config) has mode "reference".
+    """
+    import json
+
+    from rsdlib.traces import read_jsonl_resumable
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    decoding = (config.get("config") or {}).get("decoding") or {}
+    mode = decoding.get("mode", "reference")
+    dataset = read_jsonl_resumable(folder / "dataset.jsonl")
+    samples = read_jsonl_resumable(folder / "samples.jsonl")
+    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
+    full = [e for e in dataset if e["kind"] == "full"]
+    kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
+    tokens = sum(len(e["completion_ids"]) for e in full)
+    fallback = sum(sum(bool(x) for x in (s.get("fallback") or [])) for s in kept)
+    return {
+        "mode": mode,
+        "threshold": decoding.get("threshold") if mode in ("rsd", "skd") else None,
+        "problems": len(config.get("problems", [])),
+        "solved": len(full),
+        "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
+        "samples": len(samples),
+        "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
+        "avg_tokens": tokens / len(full) if full else None,
+        "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
+    }

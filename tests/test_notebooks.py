@@ -1,0 +1,183 @@
+"""The reproduction notebooks: conventions, parameter files, and a full smoke run through papermill.
+
+The smoke run (random tiny models, three MATH500 problems) executes every notebook of the driver's
+order once per test session, writing results and figures under a temporary folder
+(``RSDLIB_RESULTS`` / ``RSDLIB_FIGURES``), never into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rsdlib import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_FILES = sorted((REPO / "notebooks").glob("*.py"))
+PROFILES = ("smoke", "demo", "paper")
+
+
+def test_every_notebook_file_is_in_the_driver_order():
+    names = {p.stem for p in NOTEBOOK_FILES}
+    assert names == {nb.name for nb in reproduce.NOTEBOOKS}
+    order = [nb.name for nb in reproduce.NOTEBOOKS]
+    for i, nb in enumerate(reproduce.NOTEBOOKS):  # dependencies run first
+        assert all(order.index(d) < i for d in nb.depends), nb.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_conventions(path, tmp_path):
+    import jupytext
+    import papermill as pm
+
+    nb = jupytext.read(path)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# ")
+    for word in ("Reads", "Writes", "Time"):
+        assert word in first.source, f"{path.name}: the title cell must say what it {word.lower()}"
+    cells = reproduce.parameters_cells(nb)
+    assert len(cells) == 1, f"{path.name}: exactly one parameters cell"
+    index = nb.cells.index(cells[0])
+    assert nb.cells[index + 1].cell_type == "code", "a validation cell follows the parameters"
+    assert any("import" in c.source for c in nb.cells[1:index]), "imports come before the parameters"
+    params = reproduce.parse_parameters(cells[0].source)
+    assert "profile" in params
+    for p in params.values():
+        assert p.help, f"{path.name}: parameter {p.name} has no help comment"
+        assert p.type.split("|")[0].strip().split("[")[0] in ("str", "int", "float", "bool", "list", "dict")
+    # papermill must see the same parameters (it parses the cell with its own rules)
+    ipynb = tmp_path / f"{path.stem}.ipynb"
+    jupytext.write(nb, ipynb, fmt="ipynb")
+    assert set(pm.inspect_notebook(str(ipynb))) == set(params)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("spec", reproduce.NOTEBOOKS, ids=lambda s: s.name)
+def test_parameter_files_match_the_notebooks(profile, spec):
+    declared = reproduce.notebook_parameters(spec.name)
+    values = reproduce.load_params(profile, spec.name, declared=declared)  # refuses unknown keys and types
+    assert values["profile"] == profile
+    if "force" in declared:
+        assert values.get("force", False) is False, "force belongs on the command line, not in a profile"
+
+
+def test_paper_profile_uses_the_papers_setup():
+    traces = reproduce.load_params("paper", "10_generate_traces")
+    assert traces["teacher"] == "simplescaling/s1.1-7B" and traces["student"] == "Qwen/Qwen3-0.6B"
+    assert traces["benchmark"] == "s1k" and traces["job"]["samples_per_problem"] == 16
+    assert traces["decoding"]["temperature"] == 0.7 and traces["reference"] == "s1k-1.1"
+    thresholds = sorted(m["threshold"] for m in traces["methods"].values() if m["mode"] == "rsd")
+    assert thresholds == [0.003, 0.01, 0.03, 0.1]
+    assert traces["extra_pairs"]["llama"]["student"] == "meta-llama/Llama-3.2-1B-Instruct"
+    training = reproduce.load_params("paper", "30_train")["training"]
+    assert training["epochs"] == 15 and training["global_batch_size"] == 16 and training["block_size"] == 8192
+
+
+def test_demo_traces_never_use_the_evaluation_half():
+    traces = reproduce.load_params("demo", "10_generate_traces")
+    assert traces["split"] == "trace" and traces["benchmark"] == "math500"
+
+
+# ----------------------------------------------------------------------------------------------
+# The smoke reproduction (every notebook, through the driver and papermill)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    if not os.environ.get("RSDLIB_DATA_DIR"):
+        pytest.skip("the smoke profile needs MATH500: set RSDLIB_DATA_DIR (or keep ../shared/data beside the repo)")
+    root = tmp_path_factory.mktemp("smoke")
+    saved = {k: os.environ.get(k) for k in ("RSDLIB_RESULTS", "RSDLIB_FIGURES")}
+    os.environ["RSDLIB_RESULTS"] = str(root / "results")
+    os.environ["RSDLIB_FIGURES"] = str(root / "figures")
+    lines = []
+    try:
+        report = reproduce.reproduce("smoke", echo=lines.append)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    print("\n".join(lines))
+    return report, root, "\n".join(lines)
+
+
+def test_smoke_every_notebook_runs(smoke_run):
+    report, _, text = smoke_run
+    assert [r.name for r in report.results] == [nb.name for nb in reproduce.NOTEBOOKS]
+    assert report.ok, text
+    for r in report.results:
+        assert r.output.is_file() and r.log.is_file()
+        executed = json.loads(r.output.read_text())
+        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{r.name}: {errors[:1]}"
+    assert "figures and tables written" in text
+
+
+def test_smoke_writes_every_table_and_figure(smoke_run):
+    report, root, _ = smoke_run
+    folder = root / "figures" / "smoke"
+    expected = reproduce.expected_outputs()
+    missing = [name for name in expected if not (folder / name).is_file() or (folder / name).stat().st_size == 0]
+    assert not missing
+    assert {p.name for p in report.outputs} >= set(expected)
+    for name in expected:
+        if name.endswith(".md") and name.startswith("tab"):
+            text = (folder / name).read_text()
+            assert "profile **smoke**" in text and "(paper)" in text and "(ours)" in text
+        if name.endswith(".png"):
+            assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_stages_pass_results_through_files(smoke_run):
+    _, root, _ = smoke_run
+    results = root / "results" / "smoke"
+    manifest = json.loads((results / "traces" / "manifest.json").read_text())
+    for run, methods in manifest["methods"].items():
+        for method in methods:
+            assert (results / "traces" / run / method / "summary.json").is_file()
+    summary = json.loads((results / "analysis" / "summary.json").read_text())
+    assert set(summary["runs"]) == set(manifest["methods"])
+    models = json.loads((results / "models" / "manifest.json").read_text())["models"]
+    assert any(m["final"] for m in models.values())
+
+
+def test_smoke_rerun_skips_finished_stages(smoke_run):
+    """A second run of the expensive stages finds their stored configs and does not redo the work."""
+    report, root, _ = smoke_run
+    results = root / "results" / "smoke"
+    samples = results / "traces" / "main" / "rsd-p1" / "samples.jsonl"
+    before = samples.read_bytes()
+    saved = {k: os.environ.get(k) for k in ("RSDLIB_RESULTS", "RSDLIB_FIGURES")}
+    os.environ["RSDLIB_RESULTS"] = str(root / "results")
+    os.environ["RSDLIB_FIGURES"] = str(root / "figures")
+    try:
+        again = reproduce.reproduce("smoke", only=["10_generate_traces", "20_trace_analysis"], echo=lambda s: None)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert again.ok
+    assert samples.read_bytes() == before
+    log = (results / "notebooks" / "20_trace_analysis.log").read_text()
+    executed = (results / "notebooks" / "20_trace_analysis.ipynb").read_text()
+    assert "skipping the scoring" in executed or "skipping the scoring" in log
+
+
+def test_no_gpqa_text_in_smoke_outputs(smoke_run):
+    """GPQA questions must never reach logs, executed notebooks, tables or figures."""
+    _, root, _ = smoke_run
+    data = Path(os.environ["RSDLIB_DATA_DIR"]) / "gpqa_diamond.jsonl"
+    if not data.is_file():
+        pytest.skip("no local GPQA file to check against")
+    questions = [json.loads(line)["Question"].strip() for line in data.read_text().splitlines() if line.strip()]
+    snippets = [q[:60] for q in questions if len(q) >= 60]
+    texts = [p.read_text(errors="ignore") for p in root.rglob("*")
+             if p.is_file() and p.suffix in (".md", ".csv", ".log", ".ipynb", ".json", ".jsonl")]
+    leaked = [s for s in snippets if any(s in t for t in texts)]
+    assert not leaked

@@ -1,0 +1,131 @@
+"""The papermill driver: parameter checking (unknown keys refused before anything runs), --only,
+failure reports and dependency skipping, the CLI entry point."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rsdlib import reproduce
+from rsdlib.reproduce import NotebookSpec, ParameterError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_params(tmp_path: Path, profile: str = "smoke") -> Path:
+    target = tmp_path / "params"
+    shutil.copytree(REPO / "params" / profile, target / profile)
+    return target
+
+
+def test_unknown_parameter_is_refused_with_a_clear_message(tmp_path):
+    params = copy_params(tmp_path)
+    path = params / "smoke" / "fig3_perplexity.yaml"
+    path.write_text(path.read_text() + "log_scael: true\n")  # a typo
+    with pytest.raises(ParameterError) as err:
+        reproduce.reproduce("smoke", params_dir=params, echo=lambda s: None)
+    msg = str(err.value)
+    assert "unknown parameter(s) log_scael" in msg and "fig3_perplexity" in msg and str(path) in msg
+    assert "it declares: profile, run, methods, log_scale" in msg
+
+
+def test_unknown_parameter_is_refused_before_any_notebook_runs(tmp_path, monkeypatch):
+    params = copy_params(tmp_path)
+    (params / "smoke" / "fig1_overview.yaml").write_text("rsd_method: rsd-p1\ncolour: red\n")
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebook", lambda *a, **k: ran.append(a))
+    with pytest.raises(ParameterError, match="colour"):
+        reproduce.reproduce("smoke", params_dir=params, echo=lambda s: None)
+    assert ran == []  # the last notebook's typo stopped the run before the first notebook
+
+
+def test_cli_reports_an_unknown_parameter_and_exits_2(tmp_path, monkeypatch, capsys):
+    params = copy_params(tmp_path)
+    (params / "smoke" / "tab2_dataset_stats.yaml").write_text("run: main\nbogus: 1\n")
+    monkeypatch.setattr(reproduce, "PARAMS_DIR", params)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    reproduce.add_reproduce_parser(sub)
+    args = parser.parse_args(["reproduce", "--profile", "smoke", "--only", "tab2"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "rsdlib reproduce: error:" in err and "unknown parameter(s) bogus" in err
+
+
+def test_wrong_type_and_override_checks():
+    declared = reproduce.notebook_parameters("fig3_perplexity")
+    with pytest.raises(ParameterError, match=r"log_scale \(expected bool, got str"):
+        reproduce.check_parameters("fig3_perplexity", {"log_scale": "yes"}, declared)
+    reproduce.check_parameters("fig3_perplexity", {"log_scale": False, "methods": ["rsd-p1"]}, declared)
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        reproduce.reproduce("smoke", only=["fig3"], overrides={"fig3_perplexity": {"nope": 1}}, echo=lambda s: None)
+
+
+def test_parameters_cell_must_hold_only_annotated_literals():
+    good = reproduce.parse_parameters('a: int = 3  # three\nb: dict = {"x": [1, 2]}  # nested\n')
+    assert good["a"].default == 3 and good["a"].help == "three" and good["b"].default == {"x": [1, 2]}
+    with pytest.raises(ParameterError, match="only `name: type = literal"):
+        reproduce.parse_parameters("import os\n")
+    with pytest.raises(ParameterError, match="not a literal"):
+        reproduce.parse_parameters("a: int = len([1])\n")
+
+
+def test_only_accepts_names_and_unique_prefixes():
+    assert [s.name for s in reproduce.resolve_only(["fig3", "20_trace_analysis"])] == ["20_trace_analysis", "fig3_perplexity"]
+    with pytest.raises(ParameterError, match="ambiguous"):
+        reproduce.resolve_only(["fig"])
+    with pytest.raises(ParameterError, match="matches no notebook"):
+        reproduce.resolve_only(["fig99"])
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(ParameterError, match="unknown profile 'nope'"):
+        reproduce.reproduce("nope", echo=lambda s: None)
+
+
+NOTEBOOK = '''\
+# %% [markdown]
+# # {name}
+# Reads nothing. Writes nothing. Time: instant.
+
+# %%
+import os
+
+# %% tags=["parameters"]
+profile: str = "x"  # profile
+fail: bool = False  # raise on purpose
+
+# %%
+assert os.environ["MPLBACKEND"] == "Agg"
+if fail:
+    raise RuntimeError("failing on purpose")
+print("ran", profile)
+'''
+
+
+def test_failures_are_reported_and_dependents_skipped(tmp_path, monkeypatch):
+    nbs, params = tmp_path / "notebooks", tmp_path / "params" / "t"
+    nbs.mkdir()
+    params.mkdir(parents=True)
+    for name, fail in (("a_fails", True), ("b_needs_a", False), ("c_independent", False)):
+        (nbs / f"{name}.py").write_text(NOTEBOOK.format(name=name))
+        (params / f"{name}.yaml").write_text(f"fail: {str(fail).lower()}\n")
+    specs = (NotebookSpec("a_fails"), NotebookSpec("b_needs_a", depends=("a_fails",)), NotebookSpec("c_independent"))
+    monkeypatch.setattr(reproduce, "NOTEBOOKS_DIR", nbs)
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", specs)
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RSDLIB_FIGURES", str(tmp_path / "figures"))
+    lines = []
+    report = reproduce.reproduce("t", params_dir=tmp_path / "params", timeout=120, echo=lines.append)
+    status = {r.name: r.status for r in report.results}
+    assert status == {"a_fails": "failed", "b_needs_a": "skipped", "c_independent": "ok"}
+    text = "\n".join(lines)
+    assert "FAILED " in text and "RuntimeError: failing on purpose" in text and "cell In[" in text
+    assert "needs a_fails, which did not succeed" in text
+    assert str(tmp_path / "results" / "t" / "notebooks" / "a_fails.log") in text
+    assert "ran t" in (tmp_path / "results" / "t" / "notebooks" / "c_independent.log").read_text()
+    assert not report.ok
