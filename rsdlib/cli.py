@@ -5,6 +5,7 @@
 - `rsdlib demo`: a short RSD demo on the embedded pair: a few easy MATH500 problems, a few samples
   each, with each answer, its fallback rate and its share of sub-1% tokens, beside plain teacher
   sampling of the same problems.
+- `rsdlib reproduce --profile demo`: run a profile's notebooks with papermill (`rsdlib.reproduce`).
 
 Subcommands are argparse subparsers; add one by writing `add_<name>(subparsers)` and calling it in
 `build_parser`. Known failures (model not found, checksum mismatch, download error) end with one
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_prepare(subparsers)
     add_demo(subparsers)
+    from rsdlib.reproduce import add_reproduce_parser
+
+    add_reproduce_parser(subparsers)
     return parser
 
 
