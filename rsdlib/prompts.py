@@ -17,6 +17,12 @@ CHOICE_INSTRUCTION = (
     "Please reason step by step, and put the letter of the correct option (A, B, C or D) within \\boxed{}."
 )
 WORDS_ONLY = "Reason in words and equations only; do not write code."
+# A worked example that shows small non-thinking models (the embedded pair) where the delimiters go.
+FORMAT_SHOT = (
+    "What is $2 + 3 \\cdot 4$?",
+    "Multiplication comes before addition: $3 \\cdot 4 = 12$, and $2 + 12 = 14$.\n</think>\n"
+    "The answer is $\\boxed{14}$.",
+)
 LETTERS = "ABCD"
 
 
@@ -30,6 +36,7 @@ class PromptStyle:
     extra_instruction: str = ""  # e.g. WORDS_ONLY for the embedded coder pair (field notes s.8)
     think_open: str = "<think>"  # opens the assistant turn
     think_close: str = "</think>"  # ends the thinking part; grading reads the text after the last one
+    shots: tuple = ()  # worked examples shown as earlier chat turns: ((question, response), ...)
 
     def user_message(self, problem) -> str:
         if problem.kind == "choice":
@@ -43,9 +50,11 @@ class PromptStyle:
 def prompt_text(tokenizer, problem, style: PromptStyle | None = None) -> str:
     """The full prompt as text: chat template + opened thinking (do not log it for GPQA)."""
     style = style or PromptStyle()
-    messages = ([{"role": "system", "content": style.system}] if style.system else []) + [
-        {"role": "user", "content": style.user_message(problem)}
-    ]
+    messages = [{"role": "system", "content": style.system}] if style.system else []
+    for question, response in style.shots:  # few-shot turns teach the output format
+        messages += [{"role": "user", "content": f"{question}\n\n{style.math_instruction} {style.extra_instruction}".rstrip()},
+                     {"role": "assistant", "content": f"{style.think_open}\n{response}"}]
+    messages.append({"role": "user", "content": style.user_message(problem)})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return f"{text}{style.think_open}\n"
 

@@ -34,3 +34,14 @@ def test_turn_end_is_im_end_even_when_eos_differs():
     tok.eos_token = "<|endoftext|>"  # as the Qwen2.5 GGUF tokenizer has it
     assert turn_end_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
     assert set(end_of_turn_ids(tok)) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+
+
+def test_few_shot_turns_come_before_the_question():
+    from rsdlib.prompts import FORMAT_SHOT
+
+    tok = tiny_tokenizer()
+    p = Problem(id="x", question="Q?", gold="1", kind="integer")
+    text = prompt_text(tok, p, PromptStyle(shots=(FORMAT_SHOT,)))
+    shot_q, shot_a = FORMAT_SHOT
+    assert text.index(shot_q) < text.index(f"<think>\n{shot_a}<|im_end|>") < text.index("Q?")
+    assert text.endswith("<|im_start|>assistant\n<think>\n") and text.count("</think>") == 1
