@@ -58,7 +58,7 @@ from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import CHOICE_LETTERS, choice_letter, grade_many
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable
+from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable, run_lock, unique_samples
 
 __all__ = [
     "EvalConfig",
@@ -543,7 +543,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
 
     summaries = {}
     for name, problems in problems_by_bench:
-        summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress)
+        with run_lock(out_dir / name):  # one writer per benchmark folder
+            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress)
     return summaries
 
 
@@ -554,7 +555,7 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     samples_path, pending_path = bench_dir / "samples.jsonl", bench_dir / "pending.jsonl"
     n = cfg.samples_for(name)
     chash = cfg.hash()
-    done = read_jsonl_resumable(samples_path)
+    done = unique_samples(read_jsonl_resumable(samples_path))
     done_keys = {(r["problem_id"], r["sample_index"]) for r in done}
     resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path)}
     close = cfg.prompt.think_close

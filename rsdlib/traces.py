@@ -26,10 +26,12 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config
@@ -109,6 +111,38 @@ def read_jsonl_resumable(path: Path) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return records
+
+
+def unique_samples(records: Sequence[dict]) -> list[dict]:
+    """Drop repeated (problem_id, sample_index) records, keeping the first (defends older folders)."""
+    seen, out = set(), []
+    for r in records:
+        key = (r["problem_id"], r["sample_index"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+@contextmanager
+def run_lock(out_dir: Path):
+    """Hold an exclusive lock on a run folder; a second process writing the same run is refused.
+
+    Two processes appending to one ``samples.jsonl`` would duplicate samples, so the second one
+    fails at once with RunConflictError instead of waiting.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out_dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunConflictError(
+            f"{out_dir} is being written by another process (lock {out_dir / '.lock'} is held). "
+            "Wait for it to finish or stop it; two writers would duplicate samples.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -238,9 +272,16 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
 
     ``restrict_to``: the folder of another run (the teacher's, as the paper's "/234"): only the
     problems it solved are attempted. Problems without a gold answer are left out and counted.
-    Returns the summary (also written to ``summary.json``).
+    Returns the summary (also written to ``summary.json``). Only one process may write a run folder
+    at a time (RunConflictError otherwise).
     """
     out_dir = Path(out_dir)
+    with run_lock(out_dir):
+        return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force)
+
+
+def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progress: bool,
+                   restrict_to, force: bool) -> dict:
     if force and out_dir.exists():
         for name in ("config.json", "samples.jsonl", "dataset.jsonl", "summary.json"):
             (out_dir / name).unlink(missing_ok=True)
@@ -256,7 +297,7 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
     _claim_folder(out_dir, cfg, [p.id for p in problems])
     samples_path = out_dir / "samples.jsonl"
-    done = read_jsonl_resumable(samples_path)
+    done = unique_samples(read_jsonl_resumable(samples_path))
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
     started = time.perf_counter()
 

@@ -155,3 +155,26 @@ def test_rerun_with_another_config_is_refused(tmp_path):
     proc = run_job(tmp_path / "run", max_new=7, wait=False)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and "RunConflictError" in err and "different config" in err
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
+    from filelock import FileLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with FileLock(str(run_dir / ".lock")):  # stands for a job still running in another process
+        proc = run_job(run_dir, max_new=6, wait=False)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "RunConflictError" in err and "another process" in err
+    assert not (run_dir / "samples.jsonl").exists()
+    run_job(run_dir, max_new=6)  # once the lock is free the job runs
+
+
+def test_duplicated_sample_lines_are_counted_once(tmp_path):
+    first = run_job(tmp_path / "run", max_new=6)
+    samples = tmp_path / "run" / "samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    samples.write_text("".join(lines + lines[:5]))  # as an older, unlocked double run left it
+    again = run_job(tmp_path / "run", max_new=6)
+    assert again["samples"] == first["samples"] == 12
+    assert again["n_solved"] == first["n_solved"]
