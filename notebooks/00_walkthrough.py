@@ -36,8 +36,8 @@ import torch
 
 from rsdlib.decoding import DecodingConfig, Decoder, draw_uniforms, sample_inverse_cdf, step_probs
 from rsdlib.plots import profile_note, save_figure, set_style, write_table
-from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.reproduce import make_pair, select_problems
+from rsdlib.prompts import end_of_turn_ids, prompt_ids
+from rsdlib.reproduce import make_pair, prompt_style, select_problems
 
 # %% tags=["parameters"]
 profile: str = "demo"  # figures/<profile>
@@ -51,7 +51,7 @@ threshold: float = 0.01  # p_th
 temperature: float = 0.7  # sampling temperature of both models (paper: 0.7)
 n_steps: int = 40  # tokens to generate
 seed: int = 0  # seed of the step randomness
-prompt: dict = {"extra_instruction": "Reason briefly in words (no code). When you are done reasoning, write </think> on its own line and then the final answer in \\boxed{}, like this:\n...your reasoning...\n</think>\nThe answer is \\boxed{42}."}  # PromptStyle keys (the embedded coder pair needs the format spelled out)
+prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
 
 # %%
 if benchmark.lower().startswith("gpqa"):
@@ -61,7 +61,7 @@ if not 0 <= threshold <= 1 or n_steps < 1 or temperature <= 0:
 pair = make_pair(teacher, student, dtype=dtype, device=device)
 tok = pair.student_tokenizer
 problem = select_problems(benchmark, 1, pick="easiest", split="trace", split_salt=split_salt, skip_diagrams=True)[0]
-style = PromptStyle(**prompt)
+style = prompt_style(prompt)
 prompt_student = prompt_ids(tok, problem, style)
 stop = set(end_of_turn_ids(tok))
 print(f"pair {pair.name}\nproblem {problem.id} (gold {problem.gold}):\n{problem.question}")
@@ -128,8 +128,8 @@ ax.axhline(threshold, ls="--", color="#444444", lw=0.8)
 ax.text(steps["step"].max(), threshold, f" p_th = {threshold:g}", va="bottom", ha="right", fontsize=8)
 ax.set_yscale("log")
 ax.set_ylabel("P_s(teacher's proposal)")
-ax.legend(loc="lower left")
-ax.set_title(f"RSD step by step on {problem.id}")
+ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+fig.suptitle(f"RSD step by step on {problem.id}")
 ax2.bar(steps["step"], steps["P(fallback)"], color="#9e9ac8")
 ax2.set_ylabel("P(fallback)")
 ax2.set_xlabel("step")

@@ -42,8 +42,8 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import config_to_dict
 from rsdlib.decoding import DecodingConfig
-from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.reproduce import make_pair, select_problems, trace_run_stats
+from rsdlib.prompts import end_of_turn_ids, prompt_ids
+from rsdlib.reproduce import make_pair, prompt_style, select_problems, trace_run_stats
 from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, run_trace_job
 
 # %% tags=["parameters"]
@@ -61,8 +61,8 @@ split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebo
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
 decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
 job: dict = {"samples_per_problem": 2, "prefix_tokens": 64, "batch_size": 8}  # TraceJobConfig keys shared by all methods
-prompt: dict = {"extra_instruction": "Reason briefly in words (no code). When you are done reasoning, write </think> on its own line and then the final answer in \\boxed{}, like this:\n...your reasoning...\n</think>\nThe answer is \\boxed{42}."}  # PromptStyle keys (the embedded coder pair needs the format spelled out)
-methods: dict = {"teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"}, "skd": {"mode": "skd", "threshold": 0.01}, "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01}}  # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key
+prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
+methods: dict = {"teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"}, "self-distill-ce": {"mode": "student", "samples_per_problem": 8}, "skd": {"mode": "skd", "threshold": 0.01}, "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01}}  # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper, hub) | math500_solutions (offline stand-in) | "" (none)
 extra_pairs: dict = {}  # run name -> {"teacher", "student", "methods": [names]}: Table 4/6 tailored pairs
@@ -92,10 +92,10 @@ def job_config(method: str, spec: dict, teacher_name: str, student_name: str) ->
     dec = {**decoding, **{k: v for k, v in spec.items() if k in decoding_fields}}
     jb = {**job, **{k: v for k, v in spec.items() if k in job_fields}}
     return TraceJobConfig(method=method, teacher=teacher_name, student=student_name,
-                          decoding=DecodingConfig(**dec), prompt=PromptStyle(**prompt), **jb)
+                          decoding=DecodingConfig(**dec), prompt=style, **jb)
 
 
-style = PromptStyle(**prompt)
+style = prompt_style(prompt)
 for name, spec in methods.items():  # validate every config before the first model loads
     job_config(name, spec, teacher, student)
 for run, extra in extra_pairs.items():

@@ -45,9 +45,9 @@ from rsdlib.train import TrainConfig, train
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
-methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # trace datasets to train on (pair "main")
+methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1"]  # trace datasets to train on (pair "main")
 extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
-training: dict = {"epochs": 1, "global_batch_size": 4, "micro_batch_size": 1, "block_size": 1024, "lora": True, "learning_rate": 1e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
+training: dict = {"epochs": 3, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
 force: bool = False  # retrain even if a finished run with the same config exists
 
 # %%

@@ -67,7 +67,7 @@ for m in shown:
     chosen[m] = pick.iloc[0]
 
 set_style()
-fig, axes = plt.subplots(len(shown), 1, figsize=(7.2, 1.25 * len(shown) + 0.8), sharex=True, squeeze=False)
+fig, axes = plt.subplots(len(shown), 1, figsize=(7.2, 1.25 * len(shown) + 0.8), sharex=True, sharey=True, squeeze=False)
 load = -math.log(threshold)
 for ax, m, i in zip(axes[:, 0], shown, range(len(shown))):
     row = chosen[m]

@@ -36,7 +36,7 @@ from rsdlib.plots import method_color, profile_note, save_figure, set_style
 profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces
 methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # left to right
-log_scale: bool = True  # perplexity axis in log scale
+log_scale: bool = False  # perplexity axis in log scale
 
 # %%
 path = paths.results_dir(profile) / "analysis" / "scores.jsonl"

@@ -52,8 +52,13 @@ scores = pd.read_json(path, lines=True)
 scores = scores[(scores["run"] == run) & ~scores["problem_id"].astype(str).str.lower().str.startswith("gpqa")]
 if not 0 < threshold < 1 or excerpt_tokens < 10 or comparison_tokens < 10:
     raise ValueError("threshold must be in (0, 1) and the token counts >= 10")
-if right not in set(scores["method"]):
-    raise ValueError(f"no scored trace of {right!r}; methods: {sorted(set(scores['method']))}")
+available = sorted(set(scores["method"]))
+if right not in available:  # e.g. the teacher solved nothing, so the restricted RSD run had no problem
+    fallback = [m for m in available if m.startswith("rsd")] or [m for m in available if m not in left]
+    if not fallback:
+        raise ValueError(f"no scored trace of {right!r} nor of any other method; methods: {available}")
+    print(f"no scored trace of {right!r}: showing {fallback[0]!r} instead")
+    right = fallback[0]
 
 
 def pick_pair():

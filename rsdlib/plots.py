@@ -179,7 +179,9 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     columns = list(columns or rows[0].keys())
     cells = [[format_value(r.get(c), digits).replace("|", "\\|") for c in columns] for r in rows]
     header = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+                   for r in rows if not _is_missing(r.get(c))) for c in columns]
+    rule = "|" + "|".join("---:" if num and i > 0 else "---" for i, num in enumerate(numeric)) + "|"
     body = ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join([header, rule, *body]) + "\n"
 
@@ -270,17 +272,20 @@ def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsiz
     if title:
         ax.text(0, 1, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=ax.transAxes)
         top -= line_pt * 1.3 / height_pt
+    from matplotlib.patches import Rectangle
+
     for n, line in enumerate(lines[:limit]):
         y = top - n * line_pt / height_pt
         col = 0
-        for i, shown in line:
-            x = col * char_pt / width_pt
-            kw = {}
+        for i, shown in line:  # highlights behind the text, one box per highlighted token
             if highlight[i]:
-                kw["bbox"] = {"facecolor": color, "alpha": 0.35, "edgecolor": "none", "pad": 0.4}
-            ax.text(x, y, shown, fontsize=fontsize, family="DejaVu Sans Mono", va="top", ha="left",
-                    transform=ax.transAxes, **kw)
+                ax.add_patch(Rectangle((col * char_pt / width_pt, y - 1.2 * fontsize / height_pt),
+                                       len(shown) * char_pt / width_pt, 1.3 * fontsize / height_pt,
+                                       transform=ax.transAxes, facecolor=color, alpha=0.35, edgecolor="none"))
             col += len(shown)
+        # the whole line in one call: the font's own advance widths, no drift between tokens
+        ax.text(0, y, "".join(shown for _, shown in line), fontsize=fontsize, family="DejaVu Sans Mono",
+                va="top", ha="left", transform=ax.transAxes)
     if limit < len(lines):
         ax.text(0, top - limit * line_pt / height_pt, "[...]", fontsize=fontsize, family="DejaVu Sans Mono",
                 va="top", ha="left", transform=ax.transAxes, color="#777777")

@@ -3,6 +3,7 @@
     rsdlib reproduce --profile demo                 # every notebook of the demo profile
     rsdlib reproduce --profile smoke --only 20_trace_analysis fig3_perplexity
     rsdlib reproduce --profile demo --force         # redo cached stages too
+    rsdlib --threads 1 reproduce --profile demo     # 1 torch thread per kernel (a busy shared CPU)
     python -m rsdlib.reproduce --profile smoke      # the same without the rsdlib CLI
 
 For each notebook ``notebooks/<name>.py`` (jupytext percent format) the driver
@@ -56,14 +57,20 @@ class NotebookSpec:
     tables: tuple[str, ...] = ()  # <figures>/<stem>.md + .csv
 
 
-# Run order. 40_evaluate and tab1/tab3/tab4/tab5/fig4 join once rsdlib.evaluate exists.
+# Run order (a notebook runs after everything it reads).
 NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("00_walkthrough", figures=("walkthrough",), tables=("walkthrough",)),
     NotebookSpec("10_generate_traces"),
     NotebookSpec("20_trace_analysis", depends=("10_generate_traces",)),
     NotebookSpec("30_train", depends=("10_generate_traces",)),
+    NotebookSpec("40_evaluate", depends=("30_train",)),
+    NotebookSpec("tab1_main_results", depends=("40_evaluate",), tables=("tab1_main_results",)),
     NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
+    NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"), tables=("tab3_compute_equivalent",)),
+    NotebookSpec("tab4_cross_model", depends=("40_evaluate",), tables=("tab4_cross_model",)),
+    NotebookSpec("tab5_multistep", depends=("40_evaluate",), tables=("tab5_multistep",)),
     NotebookSpec("tab6_trace_lengths", depends=("20_trace_analysis",), tables=("tab6_trace_lengths",)),
+    NotebookSpec("fig4_cross_model", depends=("40_evaluate",), figures=("fig4_cross_model",)),
     NotebookSpec("fig2_surprisal", depends=("20_trace_analysis",), figures=("fig2_surprisal",)),
     NotebookSpec("fig3_perplexity", depends=("20_trace_analysis",), figures=("fig3_perplexity",)),
     NotebookSpec("fig5_fig7_excerpts", depends=("20_trace_analysis",), figures=("fig5_excerpts", "fig7_comparison")),
@@ -242,10 +249,13 @@ def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
     return [nb for nb in NOTEBOOKS if nb in chosen]  # always in dependency order
 
 
-def _environment(profile: str) -> dict[str, str]:
-    """Environment of the kernels: headless matplotlib, quiet progress bars, local data when beside us."""
+def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
+    """Environment of the kernels: headless matplotlib, quiet progress bars, local data when beside us,
+    and ``threads`` CPU threads for torch (OMP/MKL) when given."""
     env = {"MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
+    if threads:
+        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     shared = paths.REPO_ROOT.parent / "shared" / "data"
     if "RSDLIB_DATA_DIR" not in os.environ and shared.is_dir():
         env["RSDLIB_DATA_DIR"] = str(shared)
@@ -298,12 +308,14 @@ def reproduce(
     timeout: float | None | str = "default",
     params_dir: str | Path | None = None,
     overrides: dict[str, dict] | None = None,
+    threads: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> Report:
     """Run the notebooks of ``profile`` (all, or ``only``) and return a report (see the module docstring).
 
     ``overrides``: {notebook: {parameter: value}} applied over the parameter files (checked the same way).
-    All parameter files are checked before the first notebook starts.
+    ``threads``: torch CPU threads in the kernels (on a CPU shared with other busy processes, 1 thread
+    decodes several times faster than 2). All parameter files are checked before the first notebook starts.
     """
     from rsdlib.plots import figures_dir
 
@@ -330,7 +342,7 @@ def reproduce(
 
     out_dir = paths.results_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(profile)
+    env = _environment(profile, threads)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     fig_dir = figures_dir(profile)
@@ -338,6 +350,8 @@ def reproduce(
     echo(f"rsdlib reproduce: profile {profile}, {len(plan)} notebook(s); executed copies and logs in {out_dir}")
     if "RSDLIB_DATA_DIR" in env:
         echo(f"  benchmark files from {env['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR)")
+    if threads:
+        echo(f"  {threads} CPU thread(s) per kernel")
     started = time.perf_counter()
     results: list[NotebookResult] = []
     broken: set[str] = set()
@@ -423,8 +437,9 @@ def main_reproduce(args: argparse.Namespace) -> int:
             print(f"{spec.name}: " + ", ".join(f"{p.name}: {p.type}" for p in params.values()))
         return 0
     timeout: float | None | str = "default" if args.timeout is None else (args.timeout or None)
+    threads = getattr(args, "threads", None)  # `rsdlib --threads N reproduce ...` (global option of rsdlib.cli)
     try:
-        report = reproduce(args.profile, only=args.only, force=args.force, timeout=timeout)
+        report = reproduce(args.profile, only=args.only, force=args.force, timeout=timeout, threads=threads)
     except ParameterError as err:
         print(f"rsdlib reproduce: error: {err}", file=sys.stderr)
         return 2
@@ -434,6 +449,7 @@ def main_reproduce(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rsdlib.reproduce", description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per notebook kernel")
     return main_reproduce(parser.parse_args(argv))
 
 
@@ -606,3 +622,20 @@ def trace_run_stats(folder: str | Path) -> dict:
         "avg_tokens": tokens / len(full) if full else None,
         "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
     }
+
+
+def prompt_style(values: dict):
+    """A ``rsdlib.prompts.PromptStyle`` from a parameter dict; a shot may be given by the name of a
+    constant of ``rsdlib.prompts`` (e.g. ``shots: [FORMAT_SHOT]``) instead of its (question, response)."""
+    from rsdlib import prompts
+
+    values = dict(values)
+    shots = []
+    for shot in values.pop("shots", ()) or ():
+        if isinstance(shot, str):
+            if not shot.isupper() or not isinstance(getattr(prompts, shot, None), tuple):
+                raise ValueError(f"unknown shot {shot!r}: name a (question, response) constant of rsdlib.prompts")
+            shot = getattr(prompts, shot)
+        question, response = shot
+        shots.append((question, response))
+    return prompts.PromptStyle(**values, shots=tuple(shots))
