@@ -18,7 +18,8 @@
 # `</think>` forced at 15k) and MATH500 (pass@1), 8k tokens elsewhere. These are the accuracy cells of
 # Tables 1, 3, 4, 5 and the bars of Figures 1 and 4.
 #
-# **Reads:** `results/<profile>/models/manifest.json` (notebook 30) and the benchmark files. In the
+# **Reads:** `results/<profile>/models/manifest.json` (notebook 30), `results/<profile>/multistep/manifest.json`
+# (notebook 35, when it ran) and the benchmark files. In the
 # demo, MATH500 problems come from the hash half that trace generation never saw (same salt as
 # notebook 10, the other part).
 #
@@ -56,6 +57,9 @@ traces_manifest = json.loads((results / "traces" / "manifest.json").read_text())
 cfg = load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})  # unknown keys refused
 models_path = results / "models" / "manifest.json"
 trained = json.loads(models_path.read_text())["models"] if models_path.is_file() else {}
+multistep_path = results / "multistep" / "manifest.json"  # notebook 35: <method>-<n>step models
+if multistep_path.is_file():
+    trained.update(json.loads(multistep_path.read_text())["models"])
 
 
 def resolve(name: str) -> str | None:

@@ -17,7 +17,8 @@
 # **Paper:** Appendix E, Table 5: three cycles of (RSD traces with the current student, 5 epochs of
 # training, the trained model becomes the student) end below both single-step RSD and the base model.
 #
-# **Reads:** `results/<profile>/eval/summary.json` (notebook 40).
+# **Reads:** `results/<profile>/eval/summary.json` (notebook 40, which evaluated the models of notebook 35)
+# and `results/<profile>/multistep/manifest.json` (notebook 35: cycles and epochs).
 #
 # **Writes:** `figures/<profile>/tab5_multistep.{md,csv}`: our value beside the paper's.
 #
@@ -59,11 +60,14 @@ pd.DataFrame(table)[shown]
 
 # %%
 multi = rows.get("rsd-p1-3step")
+ms_path = paths.results_dir(profile) / "multistep" / "manifest.json"
+ms = json.loads(ms_path.read_text()) if ms_path.is_file() else None
 notes = [
-    "Accuracy in %. Our single-step row is the student trained once on its RSD (p_th = 1%) traces.",
-    f"The three-step row needs a model named {multi!r} in the evaluation (three generate-train cycles); "
-    "the driver does not run multi-step cycles yet, so it is shown as — unless such a model was evaluated."
-    if multi not in evaluation["models"] else f"Three-step row: model {multi!r}.",
+    "Accuracy in %. Our single-step row is the student trained once on its RSD (p_th = 1%) traces (notebook 30).",
+    (f"Multi-step row: model {multi!r}, {ms['cycles']} cycle(s) of {ms['method']} with "
+     f"{ms['training'].get('epochs')} epoch(s) each (notebook 35; paper: 3 cycles of 5 epochs)."
+     if ms and multi in evaluation["models"] else
+     f"Multi-step row: no evaluated model {multi!r} (run notebooks 35_multistep and 40_evaluate)."),
     "— : not produced in this profile.",
 ]
 write_table(table, "tab5_multistep", profile, columns=shown, notes=notes,

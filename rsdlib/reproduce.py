@@ -63,7 +63,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("10_generate_traces"),
     NotebookSpec("20_trace_analysis", depends=("10_generate_traces",)),
     NotebookSpec("30_train", depends=("10_generate_traces",)),
-    NotebookSpec("40_evaluate", depends=("30_train",)),
+    NotebookSpec("35_multistep", depends=("10_generate_traces",)),
+    NotebookSpec("40_evaluate", depends=("30_train",)),  # after 35_multistep, whose models it also evaluates when present
     NotebookSpec("tab1_main_results", depends=("40_evaluate",), tables=("tab1_main_results",)),
     NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
     NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"), tables=("tab3_compute_equivalent",)),
@@ -584,8 +585,6 @@ def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: s
     return problems
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def trace_run_stats(folder: str | Path) -> dict:
@@ -639,3 +638,7 @@ def prompt_style(values: dict):
         question, response = shot
         shots.append((question, response))
     return prompts.PromptStyle(**values, shots=tuple(shots))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
