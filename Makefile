@@ -9,7 +9,7 @@ SHARED_DATA := $(abspath ../shared/data)
 RSDLIB_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/PROVENANCE.md),$(SHARED_DATA),)
 export RSDLIB_DATA_DIR
 
-.PHONY: setup demo test test-fast test-slow prepare clean
+.PHONY: setup demo rsd-demo test test-fast test-slow prepare clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -25,7 +25,10 @@ setup: $(STAMP)
 prepare: setup      ## download, verify and cache the embedded model pair
 	$(BIN)/rsdlib prepare
 
-demo: setup         ## the main job on the embedded default pair
+demo: prepare       ## the main job: the demo reproduction (every table and figure) on the embedded pair
+	$(BIN)/rsdlib reproduce --profile demo
+
+rsd-demo: prepare   ## a one-minute RSD demo: a few problems, answers, fallback rate, sub-1% share
 	$(BIN)/rsdlib demo
 
 test-fast: setup    ## default suite: tiny models, no network

@@ -50,7 +50,7 @@ from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, run_tr
 profile: str = "demo"  # results/<profile> and figures/<profile>
 teacher: str = "embedded:teacher"  # teacher model: embedded:teacher, tiny:teacher, a folder, a .gguf or a hub id
 student: str = "embedded:student"  # student model (same kinds of spec)
-dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
+dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16, float16
 device: str = "auto"  # auto, cpu, cuda, cuda:1
 benchmark: str = "math500"  # problems to generate traces for (paper: s1k)
 n_problems: int = 4  # how many problems; 0 means all

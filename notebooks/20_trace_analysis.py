@@ -52,7 +52,7 @@ from rsdlib.traces import read_jsonl_resumable
 profile: str = "demo"  # results/<profile>
 threshold: float = 0.01  # sub-threshold probability under the student (paper: 1%)
 batch_size: int = 4  # traces per scoring forward pass
-dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16
+dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
 device: str = "auto"  # auto, cpu, cuda
 unkept_samples: int = 4  # a method with no kept trace: score this many of its samples instead; 0 scores none
 force: bool = False  # rescore even if the stored scores match the traces

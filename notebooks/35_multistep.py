@@ -55,7 +55,7 @@ profile: str = "demo"  # results/<profile>
 method: str = "rsd-p1"  # the trace method of notebook 10 applied in every cycle (paper: RSD with a 1 percent threshold)
 cycles: int = 3  # generate -> train cycles (paper: 3)
 training: dict = {"epochs": 1, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": True, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys of each cycle (paper: 5 epochs); a LoRA run must merge, its model is the next student
-dtype: str = "auto"  # model dtype for trace generation: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16
+dtype: str = "auto"  # model dtype for trace generation: auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
 force: bool = False  # redo traces and training even if finished cycles exist
 
 # %%

@@ -120,7 +120,7 @@ def add_demo(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed (one per sample)")
     p.add_argument("--show-chars", type=int, default=400, help="print the last N characters of each RSD answer")
     p.add_argument("--verbose", action="store_true", help="also print the teacher-mode answers")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run_demo)
 

@@ -113,7 +113,7 @@ class EvalConfig:
     backend: str = "hf"  # hf (rsdlib Decoder, CPU/GPU) | vllm (optional, GPU)
     batch_size: int = 16  # hf: decoder rows at once (results do not depend on it)
     base_seed: int = 0  # seeds per (problem, sample) derive from it; also salts the GPQA option shuffle
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32) | float32 | bfloat16 | float16
     device: str = "auto"  # hf: auto | cpu | cuda[:i]
     grade_timeout: float = 10.0  # seconds per math-verify comparison
     data_dir: str | None = None  # folder of local benchmark files (default: $RSDLIB_DATA_DIR, then the hub)

@@ -4,6 +4,7 @@ The hub is never contacted: tests/conftest.py sets HF_HUB_OFFLINE=1, and the "on
 the one hub probe with a stub that fails the way an unreachable or unknown hub id does.
 """
 
+import os
 import time
 
 import httpx2
@@ -117,10 +118,22 @@ def test_gguf_name_in_a_folder_must_exist(tmp_path):
         models.load_model(folder, gguf_file="missing.gguf")
 
 
+def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setenv("RSDLIB_CPU_BF16", "0")
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("RSDLIB_CPU_BF16", "1")
+    assert models.resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.delenv("RSDLIB_CPU_BF16")
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert models.cpu_has_fast_bf16() == native
+    assert models.resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+
+
 def test_dtype_and_device_choice():
     assert models.resolve_device("cpu") == torch.device("cpu")
     assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert models.resolve_dtype("bfloat16") == torch.bfloat16
     assert models.resolve_dtype("bfloat16") == torch.bfloat16
     assert models.resolve_dtype(torch.float16) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
