@@ -270,7 +270,8 @@ def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsiz
     ax.set_ylim(0, 1)
     top = 1.0
     if title:
-        ax.text(0, 1, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=ax.transAxes)
+        ax.text(0, 1, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=ax.transAxes,
+                parse_math=False)
         top -= line_pt * 1.3 / height_pt
     from matplotlib.patches import Rectangle
 
@@ -284,7 +285,7 @@ def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsiz
                                        transform=ax.transAxes, facecolor=color, alpha=0.35, edgecolor="none"))
             col += len(shown)
         # the whole line in one call: the font's own advance widths, no drift between tokens
-        ax.text(0, y, "".join(shown for _, shown in line), fontsize=fontsize, family="DejaVu Sans Mono",
+        ax.text(0, y, "".join(shown for _, shown in line), fontsize=fontsize, family="DejaVu Sans Mono", parse_math=False,
                 va="top", ha="left", transform=ax.transAxes)
     if limit < len(lines):
         ax.text(0, top - limit * line_pt / height_pt, "[...]", fontsize=fontsize, family="DejaVu Sans Mono",

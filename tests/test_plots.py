@@ -104,3 +104,17 @@ def test_reference_values_spot_checks():
         ("Qwen3-0.6B", 27.21), ("Qwen3-1.7B", 41.80), ("Llama-3.2-1B-Instruct", 8.59)]
     # Table 4's first rows repeat Table 1
     assert reference.row(reference.TABLE4, "Qwen3-0.6B/tailored")["Average"] == reference.row(reference.TABLE1, "rsd-p1")["Average"]
+
+
+def test_draw_tokens_renders_tex_that_mathtext_cannot_parse(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = ["We", " get", " $2^3", "\\cdot3^x", "=72", " \\implies", " 8", " \\cdot", " 3^x", " =", " 72$", "."]
+    fig, ax = plt.subplots(figsize=(6, 2))
+    lines = plots.draw_tokens(ax, tokens, [t == " \\implies" for t in tokens], title="a $x \\implies y$ title")
+    fig.savefig(tmp_path / "tokens.png")  # mathtext would raise ValueError on \implies
+    plt.close(fig)
+    assert lines >= 1 and (tmp_path / "tokens.png").stat().st_size > 0
