@@ -105,7 +105,7 @@ class EvalConfig:
     top_p: float = 0.95  # nucleus filter (authors' early code: 0.95)
     prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, think delimiters
     force_text: str = ""  # text appended when forcing; "" = "\n" + prompt.think_close + "\n\n"
-    limit: int | None = None  # keep the first N problems of each benchmark (after the filters below)
+    limit: int | dict[str, int] | None = None  # keep the first N problems of each benchmark (after the filters below); a dict sets N per benchmark (unlisted: all)
     math500_easiest: int | None = None  # MATH500: keep the N lowest-level problems (file order within a level)
     split_fraction: float | None = None  # hash split (rsdlib.data.split_by_hash) to keep apart from trace problems
     split_salt: str = ""  # salt of the hash split
@@ -140,8 +140,9 @@ class EvalConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {self.limit}")
+        limits = self.limit.values() if isinstance(self.limit, dict) else [self.limit]
+        if any(n is not None and (not isinstance(n, int) or n < 1) for n in limits):
+            raise ValueError(f"limit must be >= 1, None, or a dict benchmark -> N >= 1; got {self.limit}")
         if self.math500_easiest is not None and self.math500_easiest < 1:
             raise ValueError(f"math500_easiest must be >= 1 or None, got {self.math500_easiest}")
         if self.split_fraction is not None and not 0.0 <= self.split_fraction <= 1.0:
@@ -158,6 +159,9 @@ class EvalConfig:
     # per-benchmark settings: the explicit entry, else the paper's value
     def samples_for(self, benchmark: str) -> int:
         return self.samples.get(benchmark, PAPER_SAMPLES.get(benchmark, 1))
+
+    def limit_for(self, benchmark: str) -> int | None:
+        return self.limit.get(benchmark) if isinstance(self.limit, dict) else self.limit
 
     def max_tokens_for(self, benchmark: str) -> int:
         return self.max_tokens.get(benchmark, PAPER_MAX_TOKENS.get(benchmark, DEFAULT_MAX_TOKENS))
@@ -193,8 +197,9 @@ def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
         problems = part_a if cfg.split_part == "a" else part_b
     if cfg.math500_easiest is not None and canonical == "math500":
         problems = easiest(problems, cfg.math500_easiest)
-    if cfg.limit is not None:
-        problems = problems[: cfg.limit]
+    limit = cfg.limit_for(canonical)
+    if limit is not None:
+        problems = problems[:limit]
     return canonical, problems
 
 

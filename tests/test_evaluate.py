@@ -364,3 +364,15 @@ def test_lora_adapter_folder_loads_merged(tok, tmp_path):
     (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
     with pytest.raises(Exception, match="adapter_model.safetensors"):
         ev.load_eval_model(tmp_path / "adapter", base_model=str(tmp_path / "base"), device="cpu")
+
+
+def test_limit_per_benchmark(data_dir):
+    from rsdlib.evaluate import select_problems
+
+    cfg = EvalConfig(benchmarks=("math500", "gpqa_diamond"), limit={"math500": 2}, data_dir=str(data_dir))
+    assert len(select_problems("math500", cfg)[1]) == 2
+    assert len(select_problems("gpqa_diamond", cfg)[1]) == 2  # unlisted: all (the file has 2)
+    cfg = EvalConfig(benchmarks=("math500",), limit=1, data_dir=str(data_dir))
+    assert len(select_problems("math500", cfg)[1]) == 1
+    with pytest.raises(ValueError, match="limit"):
+        EvalConfig(limit={"math500": 0})
