@@ -61,6 +61,9 @@ def set_style() -> None:
         {
             "figure.figsize": (6.4, 3.6),
             "figure.dpi": 110,
+            # unhinted glyph advances: monospace text is exactly MONO_ADVANCE em wide at every size and
+            # dpi, so draw_tokens' highlights sit under their tokens (hinting rounds advances to pixels)
+            "text.hinting": "none",
             "savefig.dpi": 150,
             "savefig.bbox": "tight",
             "font.size": 10,
@@ -253,6 +256,7 @@ def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsiz
     """Draw a trace's tokens in monospace on ``ax``, highlighted ones on a coloured background.
 
     The line width follows the axes width; returns the number of lines drawn (cut at ``max_lines``).
+    Use it under ``set_style()`` (unhinted text), or the highlights drift at some font sizes.
     """
     fig = ax.figure
     fig.canvas.draw_idle()
@@ -268,28 +272,32 @@ def draw_tokens(ax, tokens: Sequence[str], highlight: Sequence[bool], *, fontsiz
     ax.set_axis_off()
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    top = 1.0
-    if title:
-        ax.text(0, 1, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=ax.transAxes,
-                parse_math=False)
-        top -= line_pt * 1.3 / height_pt
     from matplotlib.patches import Rectangle
+    from matplotlib.transforms import ScaledTranslation
 
+    # Everything is placed in inches from the axes' top-left corner (not in axes fractions), so the
+    # highlights stay under their tokens even if a later layout step resizes the axes.
+    at = fig.dpi_scale_trans + ScaledTranslation(0, 1, ax.transAxes)
+    mono = {"fontsize": fontsize, "family": "DejaVu Sans Mono", "parse_math": False, "va": "top", "ha": "left",
+            "transform": at}
+    top_pt = 0.0
+    if title:
+        ax.text(0, 0, title, fontsize=fontsize + 1.5, fontweight="bold", va="top", ha="left", transform=at,
+                parse_math=False)
+        top_pt = line_pt * 1.3
     for n, line in enumerate(lines[:limit]):
-        y = top - n * line_pt / height_pt
+        y_pt = top_pt + n * line_pt
         col = 0
         for i, shown in line:  # highlights behind the text, one box per highlighted token
             if highlight[i]:
-                ax.add_patch(Rectangle((col * char_pt / width_pt, y - 1.2 * fontsize / height_pt),
-                                       len(shown) * char_pt / width_pt, 1.3 * fontsize / height_pt,
-                                       transform=ax.transAxes, facecolor=color, alpha=0.35, edgecolor="none"))
+                ax.add_patch(Rectangle((col * char_pt / 72, -(y_pt + 1.2 * fontsize) / 72),
+                                       len(shown) * char_pt / 72, 1.3 * fontsize / 72,
+                                       transform=at, facecolor=color, alpha=0.35, edgecolor="none"))
             col += len(shown)
         # the whole line in one call: the font's own advance widths, no drift between tokens
-        ax.text(0, y, "".join(shown for _, shown in line), fontsize=fontsize, family="DejaVu Sans Mono", parse_math=False,
-                va="top", ha="left", transform=ax.transAxes)
+        ax.text(0, -y_pt / 72, "".join(shown for _, shown in line), **mono)
     if limit < len(lines):
-        ax.text(0, top - limit * line_pt / height_pt, "[...]", fontsize=fontsize, family="DejaVu Sans Mono",
-                va="top", ha="left", transform=ax.transAxes, color="#777777")
+        ax.text(0, -(top_pt + limit * line_pt) / 72, "[...]", color="#777777", **mono)
     return limit
 
 

@@ -118,3 +118,19 @@ def test_draw_tokens_renders_tex_that_mathtext_cannot_parse(tmp_path):
     fig.savefig(tmp_path / "tokens.png")  # mathtext would raise ValueError on \implies
     plt.close(fig)
     assert lines >= 1 and (tmp_path / "tokens.png").stat().st_size > 0
+
+
+def test_house_style_monospace_advance_matches_the_layout_constant():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots.set_style()
+    for fontsize in (6.5, 7.5, 9.0):
+        fig = plt.figure(dpi=150)
+        text = fig.text(0, 0, "x" * 100, fontsize=fontsize, family="DejaVu Sans Mono")
+        fig.canvas.draw()
+        advance = text.get_window_extent().width / 150 * 72 / 100 / fontsize
+        plt.close(fig)
+        assert abs(advance - plots.MONO_ADVANCE) < 0.005, (fontsize, advance)
