@@ -20,16 +20,18 @@ the main interpreter (not in worker threads, and not reliably in notebooks). rsd
 here works in any thread, and ``grade_many`` enforces its time limit from outside: each item runs in
 a persistent worker process (started with "spawn", so it is safe from threaded parents and Jupyter
 kernels) that is killed and replaced when an item overruns; the item is then graded "wrong" with
-``timed_out=True``. Scripts that call ``grade_many`` with a timeout need the usual
-``if __name__ == "__main__":`` guard of any spawn-based multiprocessing.
+``timed_out=True``. The worker is started without re-importing the caller's main script, so scripts
+need no ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import re
+import sys
 import threading
 from typing import Any, Iterable, Sequence
 
@@ -249,6 +251,36 @@ def _worker_loop(conn) -> None:  # runs in the worker process
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _hidden_main():
+    """Start a spawn child without re-running the parent's ``__main__`` script in it.
+
+    "spawn" normally re-imports the main script in the child (so a script without an
+    ``if __name__ == "__main__":`` guard would run again there: load its models, start its own
+    job...). The grading worker needs nothing from ``__main__`` (its target lives in this module), so
+    the main module's ``__spec__`` and ``__file__`` are hidden while the child starts.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _MAIN_LOCK:
+        missing = object()
+        saved = {name: getattr(main, name, missing) for name in ("__spec__", "__file__")}
+        try:
+            main.__spec__ = None
+            if saved["__file__"] is not missing:
+                del main.__file__
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is not missing:
+                    setattr(main, name, value)
+
+
 class _Worker:
     """One grading process and the parent's end of its pipe."""
 
@@ -256,7 +288,8 @@ class _Worker:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_loop, args=(child,), daemon=True, name="rsdlib-grader")
-        self.proc.start()
+        with _hidden_main():
+            self.proc.start()
         child.close()
 
     def run(self, payload, timeout: float):

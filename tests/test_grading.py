@@ -189,3 +189,22 @@ def test_grade_many_times_out_and_replaces_the_worker():
     assert time.monotonic() - t0 < 60
     assert out[0]["status"] == "wrong" and out[0]["timed_out"] and out[0]["error"] == "timed out"
     assert out[1]["status"] == "correct" and not out[1]["timed_out"]
+
+
+def test_a_script_without_a_main_guard_is_not_rerun_by_the_grading_worker(tmp_path):
+    """A spawn worker used to re-run the caller's script (and with it, a whole trace job)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from rsdlib.grading import grade_many\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "rows = grade_many([('</think> \\\\boxed{1/2}', '0.5', 'math'), ('</think> \\\\boxed{3}', '4', 'integer')],"
+        " timeout=60)\n"
+        "print([r['status'] for r in rows])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['correct', 'wrong']"
+    assert marker.read_text() == "ran\n", "the worker ran the script's top level again"
