@@ -31,34 +31,21 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
-from rsdlib.reproduce import display_name
+from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p3": "rsd-p3", "rsd-p1": "rsd-p1", "rsd-p0.3": "rsd-p0.3"}  # paper row key -> our evaluated model
 
 # %%
-eval_path = paths.results_dir(profile) / "eval" / "summary.json"
-if not eval_path.is_file():
-    raise FileNotFoundError(f"{eval_path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-evaluation = json.loads(eval_path.read_text())
-unknown = set(rows) - {r["key"] for r in reference.TABLE1}
-if unknown:
-    raise ValueError(f"rows: unknown Table 1 keys {sorted(unknown)}")
+evaluation = load_evaluation(profile)
+check_row_keys(rows, reference.TABLE1, "Table 1")
 manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-ours = []
-for key, model in rows.items():
-    scores = evaluation["models"].get(model)
-    if scores is not None:
-        ours.append({"key": key, **{c: scores.get(c) for c in columns}})
-table = comparison_rows(ours, reference.TABLE1, columns, label_as="Models")
-our_student = display_name(json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())["pairs"]["main"]["student"])
-for r in table:  # the paper's student is not ours: name both
-    if r["key"] == "base":
-        r["Models"] = f"{r['Models']} (ours: {our_student})"
+table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE1, columns, label_as="Models")
+name_our_student(table, "base", manifest["pairs"]["main"]["student"])
 shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
 pd.DataFrame(table)[shown]
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
-from rsdlib.reproduce import display_name
+from rsdlib.reproduce import check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -42,15 +42,10 @@ rows: dict = {"base": "base", "self-distill": "self-distill", "self-distill-203"
 
 # %%
 results = paths.results_dir(profile)
-eval_path = results / "eval" / "summary.json"
-if not eval_path.is_file():
-    raise FileNotFoundError(f"{eval_path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-evaluation = json.loads(eval_path.read_text())
+evaluation = load_evaluation(profile)
 analysis = json.loads((results / "analysis" / "summary.json").read_text())["runs"]["main"]
 manifest = json.loads((results / "traces" / "manifest.json").read_text())
-unknown = set(rows) - {r["key"] for r in reference.TABLE3}
-if unknown:
-    raise ValueError(f"rows: unknown Table 3 keys {sorted(unknown)}")
+check_row_keys(rows, reference.TABLE3, "Table 3")
 columns = [*reference.BENCHMARKS, "Average", "Correctly solved", "attempts"]
 
 # %%
@@ -73,10 +68,7 @@ for r in paper:
         r["Correctly solved"] = f"{solved}/{of}"
     r["attempts"] = {"self-distill": 16, "self-distill-203": 203, "rsd-p1": 16}.get(r["key"])
 table = comparison_rows(ours, paper, columns, label_as="Models")
-our_student = display_name(json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())["pairs"]["main"]["student"])
-for r in table:  # the paper's student is not ours: name both
-    if r["key"] == "base":
-        r["Models"] = f"{r['Models']} (ours: {our_student})"
+name_our_student(table, "base", manifest["pairs"]["main"]["student"])
 shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
 pd.DataFrame(table)[shown]
 

@@ -31,32 +31,23 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
-from rsdlib.reproduce import display_name
+from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 rows: dict = {"Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwen3-0.6B/tailored": "rsd-p1"}  # paper row key (student/setting) -> our evaluated model
 
 # %%
-eval_path = paths.results_dir(profile) / "eval" / "summary.json"
-if not eval_path.is_file():
-    raise FileNotFoundError(f"{eval_path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-evaluation = json.loads(eval_path.read_text())
+evaluation = load_evaluation(profile)
 manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
-unknown = set(rows) - {r["key"] for r in reference.TABLE4}
-if unknown:
-    raise ValueError(f"rows: unknown Table 4 keys {sorted(unknown)}; known: {[r['key'] for r in reference.TABLE4]}")
+check_row_keys(rows, reference.TABLE4, "Table 4")
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-ours = [{"key": key, **{c: evaluation["models"][m].get(c) for c in columns}}
-        for key, m in rows.items() if m in evaluation["models"]]
+ours = accuracy_rows(rows, evaluation, columns)
 paper = [dict(r, label=r["label"] if r["setting"] != "base" else r["student"]) for r in reference.TABLE4]
 table = comparison_rows(ours, paper, columns, label_as="Models")
-our_student = display_name(json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())["pairs"]["main"]["student"])
-for r in table:  # the paper's student is not ours: name both
-    if r["key"] == "Qwen3-0.6B/base":
-        r["Models"] = f"{r['Models']} (ours: {our_student})"
+name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
 shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
 pd.DataFrame(table)[shown]
 

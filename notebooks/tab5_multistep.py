@@ -31,30 +31,21 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
-from rsdlib.reproduce import display_name
+from rsdlib.reproduce import accuracy_rows, check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 rows: dict = {"base": "base", "rsd-p1": "rsd-p1", "rsd-p1-3step": "rsd-p1-3step"}  # paper row key -> our evaluated model
 
 # %%
-eval_path = paths.results_dir(profile) / "eval" / "summary.json"
-if not eval_path.is_file():
-    raise FileNotFoundError(f"{eval_path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-evaluation = json.loads(eval_path.read_text())
-unknown = set(rows) - {r["key"] for r in reference.TABLE5}
-if unknown:
-    raise ValueError(f"rows: unknown Table 5 keys {sorted(unknown)}")
+evaluation = load_evaluation(profile)
+check_row_keys(rows, reference.TABLE5, "Table 5")
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-ours = [{"key": key, **{c: evaluation["models"][m].get(c) for c in columns}}
-        for key, m in rows.items() if m in evaluation["models"]]
-table = comparison_rows(ours, reference.TABLE5, columns, label_as="Models")
-our_student = display_name(json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())["pairs"]["main"]["student"])
-for r in table:  # the paper's student is not ours: name both
-    if r["key"] == "base":
-        r["Models"] = f"{r['Models']} (ours: {our_student})"
+table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE5, columns, label_as="Models")
+manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+name_our_student(table, "base", manifest["pairs"]["main"]["student"])
 shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
 pd.DataFrame(table)[shown]
 

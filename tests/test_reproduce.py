@@ -129,3 +129,22 @@ def test_failures_are_reported_and_dependents_skipped(tmp_path, monkeypatch):
     assert str(tmp_path / "results" / "t" / "notebooks" / "a_fails.log") in text
     assert "ran t" in (tmp_path / "results" / "t" / "notebooks" / "c_independent.log").read_text()
     assert not report.ok
+
+
+def test_accuracy_table_helpers(tmp_path, monkeypatch):
+    from rsdlib import paths as rpaths
+
+    monkeypatch.setattr(rpaths, "results_dir", lambda profile: tmp_path / profile)
+    with pytest.raises(FileNotFoundError, match="run notebook 40_evaluate for profile 'x'"):
+        reproduce.load_evaluation("x")
+    (tmp_path / "x" / "eval").mkdir(parents=True)
+    (tmp_path / "x" / "eval" / "summary.json").write_text('{"models": {"m1": {"A": 1.0, "B": 2.0}}}')
+    evaluation = reproduce.load_evaluation("x")
+    assert reproduce.accuracy_rows({"k1": "m1", "k2": "missing"}, evaluation, ["A", "B"]) == [
+        {"key": "k1", "A": 1.0, "B": 2.0}]
+    with pytest.raises(ValueError, match=r"unknown Table 9 keys \['nope'\]; known: \['base'\]"):
+        reproduce.check_row_keys({"nope": "m1"}, [{"key": "base"}], "Table 9")
+    reproduce.check_row_keys({"base": "m1"}, [{"key": "base"}], "Table 9")
+    table = [{"key": "base", "Models": "Qwen3-0.6B"}, {"key": "other", "Models": "+ RSD"}]
+    reproduce.name_our_student(table, "base", "/models/my-student")
+    assert [r["Models"] for r in table] == ["Qwen3-0.6B (ours: my-student)", "+ RSD"]
