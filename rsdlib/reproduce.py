@@ -597,14 +597,14 @@ def trace_run_stats(folder: str | Path) -> dict:
     """
     import json
 
-    from rsdlib.traces import read_jsonl_resumable
+    from rsdlib.traces import read_jsonl_resumable, unique_samples
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     decoding = (config.get("config") or {}).get("decoding") or {}
     mode = decoding.get("mode", "reference")
     dataset = read_jsonl_resumable(folder / "dataset.jsonl")
-    samples = read_jsonl_resumable(folder / "samples.jsonl")
+    samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
     by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
     full = [e for e in dataset if e["kind"] == "full"]
     kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
