@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
-from rsdlib.decoding import DecodingConfig, Decoder  # noqa: E402
+from rsdlib.decoding import DecodingConfig, Decoder, _ModelState, _pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The paper's shapes
@@ -120,6 +120,9 @@ class Plan:
 
     batches: tuple[int, ...] = (1, 16, 64)  # decoding batch sizes (halved on out-of-memory)
     context: int = 4_000  # prompt tokens: decoding runs at a context of context .. context + steps
+    long_context: int = 8_000  # one more lockstep RSD row near the paper's 8,192-token context (0 = none)
+    long_batch: int = 64  # its batch (the paper profile's trace batch), halved until it fits
+    prefill_chunk: int = 1_024  # lockstep rows feed the prompt in chunks of this many tokens (see ChunkedPrefillDecoder)
     warmup: int = 3  # decode steps after the prefill that are not timed
     steps: int = 32  # timed decode steps (or speculative rounds) per row
     row_seconds: float = 30.0  # time box of the timed steps of one row
@@ -136,6 +139,8 @@ class Plan:
             raise ValueError(f"batch sizes must be >= 1: {self.batches}, {self.spec_batches}")
         if self.context < 2 or self.steps < 1 or self.warmup < 0 or self.row_seconds <= 0:
             raise ValueError("need context >= 2, steps >= 1, warmup >= 0, row_seconds > 0")
+        if self.long_context < 0 or self.long_batch < 1 or self.prefill_chunk < 1:
+            raise ValueError("need long_context >= 0, long_batch >= 1, prefill_chunk >= 1")
         if any(k < 1 for k in self.draft_tokens):
             raise ValueError(f"draft_tokens must be >= 1: {self.draft_tokens}")
         if self.train_block < 130 or self.train_steps < 1:
@@ -143,8 +148,8 @@ class Plan:
 
     @classmethod
     def tiny(cls) -> "Plan":
-        return cls(batches=(1, 2, 4), context=48, warmup=1, steps=4, row_seconds=10.0, spec_batches=(1, 4),
-                   train_block=160, train_steps=1, budget_s=300.0)
+        return cls(batches=(1, 2, 4), context=48, long_context=96, long_batch=4, prefill_chunk=32, warmup=1, steps=4,
+                   row_seconds=10.0, spec_batches=(1, 4), train_block=160, train_steps=1, budget_s=300.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,12 +180,15 @@ class StepClock:
     """Times every forward of ``models`` and the steps between forwards of the ``boundary`` model.
 
     A step (or speculative round) starts with a forward of the boundary model (the teacher, or the
-    student in student-only mode); that model's first forward is the prefill and starts nothing.
-    After ``warmup`` steps, ``steps`` steps are timed, then the next boundary forward raises StopRow.
+    student in student-only mode); that model's first ``prefill_calls`` forwards are the prefill and
+    start nothing. After ``warmup`` steps, ``steps`` steps are timed, then the next boundary forward
+    raises StopRow.
     """
 
-    def __init__(self, models: dict, boundary: str, warmup: int, steps: int, max_seconds: float):
+    def __init__(self, models: dict, boundary: str, warmup: int, steps: int, max_seconds: float,
+                 prefill_calls: int = 1):
         self.boundary, self.warmup, self.steps, self.max_seconds = boundary, warmup, steps, max_seconds
+        self.prefill_calls = prefill_calls
         self.forwards: list[list] = []  # [model name, start, end] per forward, in call order
         self.step_starts: list[float] = []  # start of each decode forward of the boundary model
         self.calls = {name: 0 for name in models}
@@ -198,7 +206,7 @@ class StepClock:
     def _pre(self, name, module, args):
         now = self._now()
         self.calls[name] += 1
-        if name == self.boundary and self.calls[name] > 1:  # a decode step begins
+        if name == self.boundary and self.calls[name] > self.prefill_calls:  # a decode step begins
             timed = len(self.step_starts) - self.warmup - 1  # timed steps complete before this one
             if timed >= self.steps or (timed >= 2 and now - self.step_starts[self.warmup] > self.max_seconds):
                 raise StopRow
@@ -241,6 +249,10 @@ def peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 def largest_fitting(measure, batch: int):
     """Run ``measure(batch)``, halving the batch on CUDA out-of-memory: (result, batch used, batches that failed).
 
@@ -251,7 +263,9 @@ def largest_fitting(measure, batch: int):
         oom = False
         try:
             return measure(batch), batch, failed
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate
+            if not is_oom(err):
+                raise
             oom = True  # clean up outside the except block, once the traceback's frames are gone
         if oom:
             failed.append(batch)
@@ -263,8 +277,51 @@ def largest_fitting(measure, batch: int):
 # ----------------------------------------------------------------------------------------------
 # Decoding rows: rsdlib.decoding.Decoder (lockstep) and rsdlib.speculative (draft_tokens > 0)
 # ----------------------------------------------------------------------------------------------
-def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0):
-    """Time ``plan.steps`` steps (rounds, for speculative RSD) of the Decoder at a ``plan.context`` prompt."""
+class ChunkedPrefillDecoder(Decoder):
+    """rsdlib's Decoder, its prefill fed in chunks of ``chunk`` prompt tokens (equal-length prompts).
+
+    Each chunk goes through the engine's own cached ``_ModelState.feed``, so the state after the
+    prefill (cache, mask, positions, logits) is the one a single prefill forward gives, and the
+    decoding steps that follow are the engine's, unchanged. A long prompt then costs the memory of
+    decoding at that context, as in trace generation (short prompts, long traces), instead of the
+    activations of one forward over batch x context tokens.
+    """
+
+    chunk = 1024
+
+    def _prefill(self, prompts):
+        t_state = s_state = t_logits = s_logits = None
+        if self.config.needs_teacher:
+            t_state = _ModelState(self.teacher, _pad_id(self.teacher))
+            t_logits = _feed_chunked(t_state, [self.bridge.student_to_teacher(list(p)) for p in prompts], self.chunk)
+        if self.config.needs_student:
+            s_state = _ModelState(self.student, _pad_id(self.student))
+            s_logits = _feed_chunked(s_state, [list(p) for p in prompts], self.chunk)
+        return t_state, s_state, t_logits, s_logits
+
+
+def _feed_chunked(state, rows: list[list[int]], chunk: int):
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        raise ValueError("chunked prefill needs prompts of one length (no padding in the middle of a row)")
+    logits = None
+    for i in range(0, width, chunk):
+        logits = state.feed([r[i : i + chunk] for r in rows])
+    return logits
+
+
+def prefill_forwards(context: int, chunk: int) -> int:
+    return -(-context // chunk)
+
+
+def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,
+               context: int | None = None):
+    """Time ``plan.steps`` steps (rounds, for speculative RSD) of the Decoder at a ``context``-token prompt.
+
+    Lockstep rows use ChunkedPrefillDecoder; speculative rows the plain Decoder (rsdlib.speculative
+    prefills in one forward per model).
+    """
+    context = plan.context if context is None else context
     cfg = DecodingConfig(mode=mode, temperature=plan.temperature, top_p=1.0, threshold=plan.threshold,
                          max_new_tokens=10**6, draft_tokens=draft_tokens)  # no stop ids: rows never end
     models = {}
@@ -274,12 +331,17 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
         models["student"] = student
     gen = torch.Generator().manual_seed(batch)
     shared = int(bridge.shared_mask.sum())  # VocabBridge.shared_prefix: ids 0..shared-1
-    prompts = torch.randint(0, shared, (batch, plan.context), generator=gen).tolist()  # ids both models read
-    decoder = Decoder(models.get("teacher"), models.get("student"), bridge, cfg)
+    prompts = torch.randint(0, shared, (batch, context), generator=gen).tolist()  # ids both models read
+    if draft_tokens:
+        decoder, prefill_calls = Decoder(models.get("teacher"), models.get("student"), bridge, cfg), 1
+    else:
+        decoder = ChunkedPrefillDecoder(models.get("teacher"), models.get("student"), bridge, cfg)
+        decoder.chunk = plan.prefill_chunk
+        prefill_calls = prefill_forwards(context, plan.prefill_chunk)
     free_memory()
     reset_peak(device)
     clock = StepClock(models, "student" if mode == "student" else "teacher", plan.warmup, plan.steps,
-                      plan.row_seconds)
+                      plan.row_seconds, prefill_calls)
     start = time.perf_counter()
     try:
         decoder.generate(prompts, list(range(batch)), batch_size=batch)
@@ -566,6 +628,22 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                       tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
                       detail=f"{res['steps']} timed steps; forward per step: {fwd}")
 
+    # 1b. lockstep RSD near the paper's context limit, at the paper profile's trace batch (memory sizing)
+    if plan.long_context and not over_budget("decode: lockstep RSD, long context"):
+        name = "decode: lockstep RSD, long context"
+        res, used, failed = largest_fitting(
+            lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, context=plan.long_context),
+            plan.long_batch)
+        if res is None:
+            table.row(name, batch=_batch_note(plan.long_batch, used, failed), detail="out of memory at every batch size")
+        else:
+            fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
+            table.row(name, batch=_batch_note(plan.long_batch, used, failed),
+                      context=f"{plan.long_context:,}-{plan.long_context + plan.warmup + res['steps']:,}",
+                      tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
+                      detail=f"{res['steps']} timed steps; forward per step: {fwd}; the largest batch that fits "
+                             "(KV caches grow by doubling their buffers)")
+
     # 2. speculative RSD rounds against teacher-only steps of the same batch
     for batch in plan.spec_batches:
         for k in plan.draft_tokens:
@@ -604,7 +682,9 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     if not over_budget("train: student, full fine-tuning"):
         try:
             trained = train_row(s_shape, plan, device, eot_id, pad_id)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as err:
+            if not is_oom(err):
+                raise
             trained = None
             table.row("train: student, full fine-tuning", context=f"{plan.train_block:,}", detail="out of memory")
         if trained is not None:

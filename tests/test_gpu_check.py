@@ -98,6 +98,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     names = [r.split(" | ")[0].removeprefix("| ") for r in rows]
     plan = gc_mod.Plan.tiny()
     expected = (["decode: lockstep RSD", "decode: teacher only", "decode: student only"] * len(plan.batches)
+                + ["decode: lockstep RSD, long context"]
                 + [f"speculative RSD k={k}" for _ in plan.spec_batches for k in plan.draft_tokens]
                 + ["train: student, full fine-tuning", "GPU-hours: traces (10)", "GPU-hours: traces, README's counts",
                    "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)", "GPU-hours: multi-step RSD (35)",
@@ -106,7 +107,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     assert "skipped" not in text and "OOM" not in text and "out of memory" not in text
     batches = [r.split(" | ")[1] for r in rows[: 3 * len(plan.batches)]]
     assert batches == [str(b) for b in plan.batches for _ in range(3)]
-    for r in rows[: 3 * len(plan.batches) + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
+    for r in rows[: 3 * len(plan.batches) + 1 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
         cells = r.split(" | ")
         assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0, r  # tok/s, ms/step
     assert "speed-up vs teacher at a = 0.6/0.7/0.8" in text and "Assumptions of the GPU-hours rows" in text
@@ -124,9 +125,10 @@ def test_step_clock_times_steps_and_the_share_outside_forwards():
             return x
 
     teacher, student = Sleepy(0.02), Sleepy(0.02)
-    clock = gc_mod.StepClock({"teacher": teacher, "student": student}, "teacher", warmup=1, steps=3, max_seconds=60)
+    clock = gc_mod.StepClock({"teacher": teacher, "student": student}, "teacher", warmup=1, steps=3, max_seconds=60,
+                             prefill_calls=2)
     x = torch.zeros(1)
-    teacher(x), student(x)  # prefill
+    teacher(x), teacher(x), student(x), student(x)  # a prefill in two chunks
     calls = 0
     with pytest.raises(gc_mod.StopRow):
         while True:
@@ -210,3 +212,25 @@ def test_shapes_build_the_paper_architectures_on_the_meta_device():
     assert n_s == pytest.approx(0.596e9, rel=0.01)  # Qwen3-0.6B: 0.6B with tied embeddings
     assert teacher.lm_head.weight.shape == (152_064, 3_584) and student.config.tie_word_embeddings
     assert teacher.config.num_key_value_heads == 4 and student.config.head_dim == 128
+
+
+def test_chunked_prefill_decoder_matches_the_decoder():
+    """Feeding the prompt in chunks leaves the state one prefill gives: same first logits, same traces."""
+    from rsdlib.bridge import VocabBridge
+    from rsdlib.decoding import DecodingConfig, Decoder, _ModelState
+
+    teacher = gc_mod.build_model(gc_mod.TINY_TEACHER, torch.float32, "cpu")
+    student = gc_mod.build_model(gc_mod.TINY_STUDENT, torch.float32, "cpu")
+    bridge = VocabBridge.shared_prefix(640, 576, gc_mod.TINY_SHARED, gc_mod.TINY_STUDENT_ONLY)
+    prompts = torch.randint(0, gc_mod.TINY_SHARED, (3, 37), generator=torch.Generator().manual_seed(1)).tolist()
+    whole = _ModelState(teacher, 0).feed(prompts)
+    chunked = gc_mod._feed_chunked(_ModelState(teacher, 0), prompts, 8)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert gc_mod.prefill_forwards(37, 8) == 5
+    cfg = DecodingConfig(mode="rsd", threshold=0.01, max_new_tokens=12)
+    plain = Decoder(teacher, student, bridge, cfg).generate(prompts, [0, 1, 2], batch_size=3)
+    dec = gc_mod.ChunkedPrefillDecoder(teacher, student, bridge, cfg)
+    dec.chunk = 8
+    assert [t.token_ids for t in dec.generate(prompts, [0, 1, 2], batch_size=3)] == [t.token_ids for t in plain]
+    with pytest.raises(ValueError, match="one length"):
+        gc_mod._feed_chunked(_ModelState(teacher, 0), [[1, 2, 3], [1, 2]], 2)
