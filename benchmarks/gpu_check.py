@@ -253,12 +253,16 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def largest_fitting(measure, batch: int):
+def largest_fitting(measure, batch: int, fits=None):
     """Run ``measure(batch)``, halving the batch on CUDA out-of-memory: (result, batch used, batches that failed).
 
-    The result is None when even batch 1 does not fit.
+    ``fits(batch)``, when given, is a memory sizing checked first: a batch it rejects is halved without
+    being run. The result is None when even batch 1 does not fit.
     """
     failed = []
+    while batch >= 1 and fits is not None and not fits(batch):
+        failed.append(batch)
+        batch //= 2
     while batch >= 1:
         oom = False
         try:
@@ -312,6 +316,26 @@ def _feed_chunked(state, rows: list[list[int]], chunk: int):
 
 def prefill_forwards(context: int, chunk: int) -> int:
     return -(-context // chunk)
+
+
+def kv_bytes_per_token(shape: dict, bytes_per_value: int = 2) -> int:
+    """Keys and values of one token in every layer (bf16: s1.1-7B 57,344 B, Qwen3-0.6B 114,688 B; field notes s.9)."""
+    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
+    return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim * bytes_per_value
+
+
+def kv_buffer_positions(context: int, chunk: int, steps: int) -> int:
+    """Positions the engine's KV buffer holds after a chunked prefill and ``steps`` one-token steps.
+
+    Mirrors rsdlib.decoding._GrowingLayer: an append that overflows the buffer reallocates it at
+    max(64, 2 x (length + new)), so a buffer holds up to twice the live context.
+    """
+    capacity = length = 0
+    for n in [chunk] * (context // chunk) + ([context % chunk] if context % chunk else []) + [1] * steps:
+        if length + n > capacity:
+            capacity = max(64, 2 * (length + n))
+        length += n
+    return capacity
 
 
 def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,
@@ -611,6 +635,17 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     for mode in ("rsd", "student"):
         decode_row(teacher, student, bridge, mode, 1, Plan(**{**asdict(plan), "context": 16, "warmup": 0, "steps": 2}), device)
 
+    weights = sum(p.numel() * p.element_size() for m in (teacher, student) for p in m.parameters())
+    total = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
+
+    def sizing(mode: str, context: int, chunk: int, new_tokens: int):
+        """(KV buffer positions, bytes of one row's caches, fits(batch)): the memory sizing of a row."""
+        positions = kv_buffer_positions(context, chunk, new_tokens)
+        per_token = ((kv_bytes_per_token(t_shape) if mode != "student" else 0)
+                     + (kv_bytes_per_token(s_shape) if mode != "teacher" else 0))
+        row_bytes = positions * per_token
+        return positions, row_bytes, ((lambda b: weights + b * row_bytes < 0.95 * total) if total else None)
+
     # 1. lockstep RSD, teacher-only, student-only
     decoded: dict[tuple[str, int], dict] = {}
     for batch in plan.batches:
@@ -618,7 +653,9 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
             name = {"rsd": "decode: lockstep RSD", "teacher": "decode: teacher only", "student": "decode: student only"}[mode]
             if over_budget(name):
                 continue
-            res, used, failed = largest_fitting(lambda b: decode_row(teacher, student, bridge, mode, b, plan, device), batch)
+            fits = sizing(mode, plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
+            res, used, failed = largest_fitting(lambda b: decode_row(teacher, student, bridge, mode, b, plan, device),
+                                                batch, fits)
             if res is None:
                 table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
                 continue
@@ -631,9 +668,10 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     # 1b. lockstep RSD near the paper's context limit, at the paper profile's trace batch (memory sizing)
     if plan.long_context and not over_budget("decode: lockstep RSD, long context"):
         name = "decode: lockstep RSD, long context"
+        positions, row_bytes, fits = sizing("rsd", plan.long_context, plan.prefill_chunk, plan.warmup + plan.steps + 1)
         res, used, failed = largest_fitting(
             lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, context=plan.long_context),
-            plan.long_batch)
+            plan.long_batch, fits)
         if res is None:
             table.row(name, batch=_batch_note(plan.long_batch, used, failed), detail="out of memory at every batch size")
         else:
@@ -641,8 +679,10 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
             table.row(name, batch=_batch_note(plan.long_batch, used, failed),
                       context=f"{plan.long_context:,}-{plan.long_context + plan.warmup + res['steps']:,}",
                       tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
-                      detail=f"{res['steps']} timed steps; forward per step: {fwd}; the largest batch that fits "
-                             "(KV caches grow by doubling their buffers)")
+                      detail=f"{res['steps']} timed steps; forward per step: {fwd}; KV buffers hold {positions:,} "
+                             f"positions per row (the engine doubles them when full): {row_bytes / 2**30:.2f} GiB per "
+                             f"row, {plan.long_batch * row_bytes / 2**30:.1f} GiB for {plan.long_batch} rows, "
+                             f"plus {weights / 2**30:.1f} GiB of weights")
 
     # 2. speculative RSD rounds against teacher-only steps of the same batch
     for batch in plan.spec_batches:
@@ -650,8 +690,10 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
             name = f"speculative RSD k={k}"
             if over_budget(name, reserve=plan.budget_s / 8):  # keep time for the training row
                 continue
+            # speculative prefill: prompt[:-1] in one forward; then up to k+1 tokens a round
+            fits = sizing("rsd", plan.context - 1, plan.context - 1, (plan.warmup + plan.steps + 1) * (k + 1))[2]
             res, used, failed = largest_fitting(
-                lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, draft_tokens=k), batch)
+                lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, draft_tokens=k), batch, fits)
             if res is None:
                 table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
                 continue

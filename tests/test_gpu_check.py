@@ -234,3 +234,22 @@ def test_chunked_prefill_decoder_matches_the_decoder():
     assert [t.token_ids for t in dec.generate(prompts, [0, 1, 2], batch_size=3)] == [t.token_ids for t in plain]
     with pytest.raises(ValueError, match="one length"):
         gc_mod._feed_chunked(_ModelState(teacher, 0), [[1, 2, 3], [1, 2]], 2)
+
+
+def test_kv_sizing_matches_the_engine_and_the_field_notes():
+    """KV bytes per token as the field notes give them, and the buffer length rsdlib's cache really allocates."""
+    from rsdlib.decoding import _ModelState
+
+    assert gc_mod.kv_bytes_per_token(gc_mod.TEACHER_SHAPE) == 57_344  # ~57 KB
+    assert gc_mod.kv_bytes_per_token(gc_mod.STUDENT_SHAPE) == 114_688  # ~115 KB
+    model = gc_mod.build_model(gc_mod.TINY_STUDENT, torch.float32, "cpu")
+    state = _ModelState(model, 0)
+    gc_mod._feed_chunked(state, [list(range(1, 101))], 32)
+    for _ in range(40):
+        state.feed([[5]])
+    buffer = state.cache.layers[0]._kbuf.shape[-2]
+    assert gc_mod.kv_buffer_positions(100, 32, 40) == buffer == 2 * 96  # chunks 32, 64 (buffer 64), 96 -> 192
+    assert gc_mod.kv_buffer_positions(8_000, 1_024, 35) == 14_336
+    tried = []
+    assert gc_mod.largest_fitting(lambda b: tried.append(b) or b, 64, fits=lambda b: b <= 16) == (16, 16, [64, 32])
+    assert tried == [16]  # batches the sizing rejects are never run
