@@ -587,7 +587,8 @@ def _num(x) -> str:
 def _batch_note(requested: int, used: int | None, failed: list[int]) -> str:
     if not failed:
         return str(used)
-    return f"{used} (OOM at {', '.join(map(str, failed))})" if used else f"none fits (OOM at {', '.join(map(str, failed))})"
+    tried = ", ".join(map(str, failed))  # out of memory, or rejected by the memory sizing
+    return f"{used} ({tried} did not fit)" if used else f"none ({tried} did not fit)"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
                    "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)", "GPU-hours: multi-step RSD (35)",
                    "GPU-hours: total"])
     assert names == expected
-    assert "skipped" not in text and "OOM" not in text and "out of memory" not in text
+    assert "skipped" not in text and "did not fit" not in text and "out of memory" not in text
     batches = [r.split(" | ")[1] for r in rows[: 3 * len(plan.batches)]]
     assert batches == [str(b) for b in plan.batches for _ in range(3)]
     for r in rows[: 3 * len(plan.batches) + 1 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
@@ -162,7 +162,7 @@ def test_largest_fitting_halves_the_batch_on_out_of_memory():
         raise torch.cuda.OutOfMemoryError("simulated")
 
     assert gc_mod.largest_fitting(never, 4) == (None, None, [4, 2, 1])
-    assert gc_mod._batch_note(64, 16, [64, 32]) == "16 (OOM at 64, 32)"
+    assert gc_mod._batch_note(64, 16, [64, 32]) == "16 (64, 32 did not fit)"
 
 
 def test_tokens_per_round_matches_rsdlib_speculative_rounds():
