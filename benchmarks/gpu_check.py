@@ -781,8 +781,9 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                f"of {plan.context:,} tokens (a trace's context grows from the prompt to ~7k); prefills and refills "
                "not counted. The teacher-only trace job runs the student too (it records P_s: record_both), so it "
                "is counted at the lockstep rate; the extra pairs (Llama 8B/1B, s1.1-7B/Qwen3-1.7B) at the main "
-               "pair's rate. Training: micro-batch 1 at the full block (every example padded to it would cost "
-               "the same per token).")
+               "pair's rate (their students are larger). Training: tokens/s of micro-batch 1 at the full "
+               f"{plan.train_block:,}-token block with an optimizer step per example (the paper's accumulation over 16 "
+               "examples steps less often; shorter examples cost slightly less per token).")
     table.line(f"Total wall time {time.perf_counter() - started:.0f} s.")
     return table
 
