@@ -218,6 +218,37 @@ class VocabBridge:
         none = torch.zeros(vocab_size, dtype=torch.bool)
         return cls(vocab_size, vocab_size, none, none.clone())
 
+    @classmethod
+    def shared_prefix(
+        cls,
+        teacher_vocab_size: int,
+        student_vocab_size: int,
+        n_shared: int,
+        student_only: dict[int, Sequence[int]] | None = None,
+    ) -> "VocabBridge":
+        """A bridge from id counts alone (no tokenizers): ids 0..n_shared-1 are shared, the rest masked.
+
+        The shape of the paper's pair (field notes, section 1): s1.1-7B has 152,064 logit rows, Qwen3-0.6B
+        151,936, ids 0..151,664 mean the same token in both (``n_shared=151_665``); every teacher row
+        >= n_shared is masked and every student row >= n_shared is a padding row, except the
+        ``student_only`` ids (student id -> teacher spelling), e.g. ``{151668: [522, 26865, 29]}`` for
+        ``</think>``. Used where the architecture matters but the vocabulary does not (random-weight
+        throughput checks at the paper's shapes, ``benchmarks/gpu_check.py``).
+        """
+        v_t, v_s, n = int(teacher_vocab_size), int(student_vocab_size), int(n_shared)
+        if not 1 <= n <= min(v_t, v_s):
+            raise ValueError(f"n_shared must be in 1..{min(v_t, v_s)} (the smaller vocabulary), got {n}")
+        teacher_mask = torch.ones(v_t, dtype=torch.bool)  # (V_t,)
+        teacher_mask[:n] = False
+        student_mask = torch.ones(v_s, dtype=torch.bool)  # (V_s,)
+        student_mask[:n] = False
+        only = {int(k): [int(t) for t in v] for k, v in (student_only or {}).items()}
+        for sid in only:
+            if not n <= sid < v_s:
+                raise ValueError(f"student-only id {sid} must lie in {n}..{v_s - 1} (beyond the shared ids)")
+            student_mask[sid] = False
+        return cls(v_t, v_s, teacher_mask, student_mask, only)
+
     # ------------------------------------------------------------------ facts
     @property
     def shared_mask(self) -> torch.Tensor:

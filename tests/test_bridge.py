@@ -215,3 +215,24 @@ def test_paper_pair_with_the_qwen25_tokenizer_carried_by_the_gguf(qwen25, qwen3,
     assert gguf.encode(text, add_special_tokens=False) == qwen25.encode(text, add_special_tokens=False)
     bridge = VocabBridge.from_tokenizers(gguf, qwen3, TEACHER_ROWS, STUDENT_ROWS)
     assert bridge == paper_bridge
+
+
+# ---------------------------------------------------------------------------- from id counts alone
+def test_shared_prefix_reproduces_the_paper_pair_bridge(paper_bridge):
+    """The tokenizer-free constructor (gpu_check's random-weight pair) equals the bridge built from the real tokenizers."""
+    b = VocabBridge.shared_prefix(TEACHER_ROWS, STUDENT_ROWS, QWEN25_LEN, paper_bridge.student_only)
+    assert b == paper_bridge and not b.is_identity
+    assert b.student_to_teacher([5, THINK_CLOSE]) == [5, 522, 26865, 29]
+
+
+def test_shared_prefix_masks_everything_beyond_the_shared_ids():
+    b = VocabBridge.shared_prefix(10, 8, 6, {7: [1, 2]})
+    assert b.teacher_mask.tolist() == [False] * 6 + [True] * 4
+    assert b.student_mask.tolist() == [False] * 6 + [True, False]  # id 6: padding row; 7: student-only
+    assert b.shared_mask.tolist() == [True] * 6 + [False, False]
+    probs = torch.softmax(b.mask_teacher_logits(torch.zeros(1, 10)), -1)
+    assert torch.allclose(b.teacher_to_student(probs), torch.tensor([[1 / 6] * 6 + [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="n_shared must be in 1..8"):
+        VocabBridge.shared_prefix(10, 8, 9)
+    with pytest.raises(ValueError, match="student-only id 3 must lie in 6..7"):
+        VocabBridge.shared_prefix(10, 8, 6, {3: [1]})
