@@ -560,9 +560,9 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     samples_path, pending_path = bench_dir / "samples.jsonl", bench_dir / "pending.jsonl"
     n = cfg.samples_for(name)
     chash = cfg.hash()
-    done = unique_samples(read_jsonl_resumable(samples_path))
+    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under run_lock
     done_keys = {(r["problem_id"], r["sample_index"]) for r in done}
-    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path)}
+    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path, repair=True)}
     close = cfg.prompt.think_close
     delimiter_ids = list(tokenizer(cfg.forced_delimiter, add_special_tokens=False)["input_ids"])
 

@@ -15,7 +15,8 @@ Storage (one folder per run)::
     dataset.jsonl   the training examples (format: rsdlib.train), written when every sample is done
     summary.json    the run's row of Tables 2 and 6
 
-Interrupting the job (even kill -9) and rerunning it resumes: a torn last line is cut off, finished
+Interrupting the job (even kill -9) and rerunning it resumes: a torn last line is cut off (by the
+writer only; readers never modify the files, and a bad line elsewhere is an error naming it), finished
 samples are skipped, and the final dataset equals that of an uninterrupted run (every sample's seed
 depends only on (base_seed, problem id, sample index)).
 """
@@ -93,21 +94,39 @@ class TraceJobConfig:
 # ----------------------------------------------------------------------------------------------
 # The append-only store
 # ----------------------------------------------------------------------------------------------
-def read_jsonl_resumable(path: Path) -> list[dict]:
-    """Read a JSONL file written by appends; cut off a torn last line (from a kill) in place."""
+class JsonlLineError(ValueError):
+    """A line of a JSONL file that is not one JSON object (names the file and the 1-based line)."""
+
+
+def read_jsonl_resumable(path: Path, *, repair: bool = False) -> list[dict]:
+    """Records of a JSONL file written by appends (``append_jsonl``), for readers and for its writer.
+
+    Only a torn FINAL line (no trailing newline: an append cut by a kill, or one still being
+    written) is left out. A bad line anywhere else raises ``JsonlLineError`` naming the file and the
+    line: records after it are never dropped silently. ``repair=True`` is for the one writer, under
+    its ``run_lock``: it cuts the torn final line off the file so the next append starts a new line.
+    Readers (the default) never modify the file.
+    """
+    path = Path(path)
     if not path.exists():
         return []
     records, good_bytes = [], 0
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                break  # the torn final line
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise JsonlLineError(
+                        f"{path}, line {number}: not valid JSON ({getattr(err, 'msg', err)}); the records after it "
+                        "are intact. Fix or delete that line (or delete the file to redo the run).") from None
+                if not isinstance(record, dict):
+                    raise JsonlLineError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+                records.append(record)
             good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
+    if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return records
@@ -297,7 +316,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
     _claim_folder(out_dir, cfg, [p.id for p in problems])
     samples_path = out_dir / "samples.jsonl"
-    done = unique_samples(read_jsonl_resumable(samples_path))
+    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under the lock
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
     started = time.perf_counter()
 
@@ -360,5 +379,4 @@ def solved_problem_ids(run_dir: str | Path) -> set[str]:
     path = Path(run_dir) / "dataset.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"restrict_to: {path} does not exist (run that trace job first)")
-    return {json.loads(line)["problem_id"] for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["kind"] == "full"}
+    return {e["problem_id"] for e in read_jsonl_resumable(path) if e["kind"] == "full"}
