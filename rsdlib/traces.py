@@ -144,11 +144,12 @@ def unique_samples(records: Sequence[dict]) -> list[dict]:
 
 
 @contextmanager
-def run_lock(out_dir: Path):
+def run_lock(out_dir: Path, reason: str = "two writers would duplicate samples"):
     """Hold an exclusive lock on a run folder; a second process writing the same run is refused.
 
     Two processes appending to one ``samples.jsonl`` would duplicate samples, so the second one
-    fails at once with RunConflictError instead of waiting.
+    fails at once with RunConflictError instead of waiting (``reason`` says why in the message).
+    Used by trace, evaluation and training runs.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out_dir / ".lock"))
@@ -157,7 +158,7 @@ def run_lock(out_dir: Path):
     except Timeout:
         raise RunConflictError(
             f"{out_dir} is being written by another process (lock {out_dir / '.lock'} is held). "
-            "Wait for it to finish or stop it; two writers would duplicate samples.") from None
+            f"Wait for it to finish or stop it; {reason}.") from None
     try:
         yield
     finally:
