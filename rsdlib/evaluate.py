@@ -517,6 +517,10 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     """
     out_dir = Path(out_dir)
     problems_by_bench = [select_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
+    empty = [name for name, problems in problems_by_bench if not problems]
+    if empty:
+        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
+                         f"{cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); nothing to evaluate")
     if force and out_dir.exists():
         (out_dir / "config.json").unlink(missing_ok=True)
         for name, _ in problems_by_bench:

@@ -194,12 +194,17 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) ->
     mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids}
     if path.exists():
         theirs = json.loads(path.read_text())
-        if theirs.get("hash") != mine["hash"] or theirs.get("problems") != problem_ids:
-            what = "config" if theirs.get("hash") != mine["hash"] else "problem list"
-            raise RunConflictError(
-                f"{out_dir} holds a trace run with a different {what} (stored hash {theirs.get('hash')}, "
-                f"this run {mine['hash']}). Use another folder, or delete it (or pass force=True) to redo it."
-            )
+        if theirs.get("hash") != mine["hash"]:
+            what = f"config (stored hash {theirs.get('hash')}, this run {mine['hash']})"
+        elif theirs.get("problems") != problem_ids:
+            stored = theirs.get("problems") or []
+            what = (f"problem list ({len(stored)} problems stored, {len(problem_ids)} in this run, "
+                    f"{len(set(stored) ^ set(problem_ids))} differing ids)")
+        else:
+            return
+        raise RunConflictError(
+            f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
+            "(or pass force=True) to redo it.")
         return
     _write_json_atomic(path, mine)
 
@@ -296,6 +301,9 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
     at a time (RunConflictError otherwise).
     """
     out_dir = Path(out_dir)
+    if not problems:
+        raise ValueError(f"run_trace_job: no problems given for {out_dir} (an empty selection: check the "
+                         "benchmark, n_problems and split_fraction); refusing to write an empty run")
     with run_lock(out_dir):
         return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force)
 

@@ -376,3 +376,14 @@ def test_limit_per_benchmark(data_dir):
     assert len(select_problems("math500", cfg)[1]) == 1
     with pytest.raises(ValueError, match="limit"):
         EvalConfig(limit={"math500": 0})
+
+
+def test_empty_selection_is_refused_before_any_model_loads(data_dir, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ev, "load_eval_model", no_loading)
+    cfg = cfg_for(data_dir, split_fraction=0.0, split_part="a")
+    with pytest.raises(ValueError, match="no problems selected for math500"):
+        evaluate("some/model", cfg, tmp_path / "out", progress=False, force=True)
+    assert not (tmp_path / "out").exists()

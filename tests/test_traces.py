@@ -209,3 +209,23 @@ def test_duplicated_sample_lines_are_counted_once(tmp_path):
     again = run_job(tmp_path / "run", max_new=6)
     assert again["samples"] == first["samples"] == 12
     assert again["n_solved"] == first["n_solved"]
+
+
+def test_empty_problem_list_is_refused_before_anything_runs(tmp_path):
+    cfg = TraceJobConfig(method="rsd")
+    with pytest.raises(ValueError, match="no problems given"):
+        run_trace_job(None, [], cfg, tmp_path / "run", force=True)  # pair=None: refused before any use of it
+    assert not (tmp_path / "run").exists()
+
+
+def test_changed_problem_list_message_is_about_the_problems(tmp_path):
+    from rsdlib.traces import _claim_folder
+
+    cfg = TraceJobConfig(method="rsd")
+    _claim_folder(tmp_path, cfg, ["p1", "p2"])
+    _claim_folder(tmp_path, cfg, ["p1", "p2"])  # same run: accepted
+    with pytest.raises(RunConflictError) as info:
+        _claim_folder(tmp_path, cfg, ["p1"])
+    message = str(info.value)
+    assert "different problem list (2 problems stored, 1 in this run, 1 differing ids)" in message
+    assert "hash" not in message  # the hashes are equal: naming them said nothing
