@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from rsdlib import data as data_mod
-from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import CHOICE_LETTERS, choice_letter, grade_many
@@ -136,10 +136,8 @@ class EvalConfig:
             if bad:
                 raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
             setattr(self, name, table)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_number("EvalConfig", "temperature", self.temperature, minimum=0)  # 0 = greedy
+        check_number("EvalConfig", "top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)
         limits = self.limit.values() if isinstance(self.limit, dict) else [self.limit]
         if any(n is not None and (not isinstance(n, int) or n < 1) for n in limits):
             raise ValueError(f"limit must be >= 1, None, or a dict benchmark -> N >= 1; got {self.limit}")

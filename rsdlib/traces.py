@@ -35,7 +35,7 @@ from typing import Sequence
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import grade_many
 from rsdlib.metrics import summarize_dataset
@@ -72,10 +72,13 @@ class TraceJobConfig:
             self.decoding = DecodingConfig(**self.decoding)
         if isinstance(self.prompt, dict):
             self.prompt = PromptStyle(**self.prompt)
-        if self.samples_per_problem < 1:
-            raise ValueError("samples_per_problem must be >= 1")
-        if not 0 <= self.max_fallback_rate <= 1:
-            raise ValueError("max_fallback_rate must be in [0, 1]")
+        if not isinstance(self.decoding, DecodingConfig):
+            raise ValueError(f"TraceJobConfig.decoding must be a mapping of DecodingConfig keys, got {self.decoding!r}")
+        check_number("TraceJobConfig", "samples_per_problem", self.samples_per_problem, minimum=1, integer=True)
+        check_number("TraceJobConfig", "max_fallback_rate", self.max_fallback_rate, minimum=0, maximum=1)
+        check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
+        check_number("TraceJobConfig", "base_seed", self.base_seed, integer=True)
+        check_number("TraceJobConfig", "batch_size", self.batch_size, minimum=1, integer=True)
         if self.keep not in KEEP_RULES:
             raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
         if self.prefix_sample not in PREFIX_RULES:
