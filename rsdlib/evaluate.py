@@ -18,8 +18,11 @@ tokens (the delimiter included), not the prompt.
 A rerun skips finished rows (and the thinking pass of pending ones): every sample's seed depends
 only on (base_seed, problem id, sample index), so an interrupted run ends as an uninterrupted one.
 ``force=True`` deletes a folder's results first. GPQA rows hold the option order and the gold
-letter, never the question or option text (a model's response can quote them: results/ stays out
-of git).
+letter, never the question or option text. A model's response can quote them, so a GPQA row keeps
+its response only in protected form (``response_protected``: zlib + a keystream derived from the
+GPQA data password, base64; ``reveal_response(row)`` gives the text back), its answer only as the
+option letter, and a non-letter vote only as a hash. Like the password zip of the data, this keeps
+the text out of plain-text storage and search, not away from someone who reads this code.
 
 Budget forcing (``generate_with_budget``): pass 1 samples up to ``think_budget`` tokens, stopping at
 an end-of-turn id. A sample that hit the budget continues in pass 2 from ``prompt + pass-1 tokens``
@@ -199,6 +202,54 @@ def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
     if limit is not None:
         problems = problems[:limit]
     return canonical, problems
+
+
+GPQA_PASSWORD = b"deserted-untie-orchid"  # the GPQA data's zip password; keys the response keystream
+PROTECTED_FORMAT = "zlib+sha256-ctr-xor+b64:v1"
+
+
+def _keystream_xor(data: bytes) -> bytes:
+    import hashlib
+
+    out = bytearray(len(data))
+    for block in range(0, len(data), 32):
+        key = hashlib.sha256(GPQA_PASSWORD + block.to_bytes(8, "little")).digest()
+        for j, byte in enumerate(data[block:block + 32]):
+            out[block + j] = byte ^ key[j]
+    return bytes(out)
+
+
+def protect_text(text: str) -> str:
+    """Text kept out of plain-text storage (GPQA responses): reversible with ``reveal_text``."""
+    import base64
+    import zlib
+
+    return base64.b64encode(_keystream_xor(zlib.compress(text.encode("utf-8")))).decode("ascii")
+
+
+def reveal_text(blob: str) -> str:
+    import base64
+    import zlib
+
+    return zlib.decompress(_keystream_xor(base64.b64decode(blob))).decode("utf-8")
+
+
+def reveal_response(row: dict) -> str:
+    """The response text of a sample row, plain or protected (GPQA)."""
+    return reveal_text(row["response_protected"]) if "response_protected" in row else row["response"]
+
+
+def _protect_row(row: dict) -> dict:
+    """A private (GPQA) row without question or option text: response protected, answer a letter, vote hashed."""
+    import hashlib
+
+    text, answer = row.pop("response"), row["answer"]
+    row["response_protected"], row["response_format"] = protect_text(text), PROTECTED_FORMAT
+    row["answer"] = choice_letter(answer) if answer is not None else None  # "C: 124°" keeps only "C"
+    vote = row.get("vote")
+    if vote is not None and not re.fullmatch(r"option\d+", vote):  # a free-text vote: its hash still groups equal ones
+        row["vote"] = "text:" + hashlib.sha256(vote.encode("utf-8")).hexdigest()[:16]
+    return row
 
 
 def _option_order(shuffled) -> list[int]:
@@ -598,6 +649,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
         }
         if order is not None:
             row["option_order"] = order  # canonical option shown at each letter; 0 = the correct one
+        if variant.private:
+            _protect_row(row)
         append_jsonl(samples_path, row)
         done.append(row)
         n_correct[0] += row["status"] == "correct"
