@@ -50,7 +50,7 @@ class DecodingConfig:
     """Everything that decides the sampled distribution; recorded with every trace."""
 
     mode: str = "rsd"  # rsd | skd | teacher | student
-    temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax of each distribution)
+    temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax), teacher/student modes (or threshold_on "raw") only
     top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code: 0.95)
     threshold: float = 0.01  # p_th: minimum verifier probability of a proposed token
     threshold_on: str = "tempered"  # "tempered": test the distribution actually sampled from; "raw": T=1, no top-p
