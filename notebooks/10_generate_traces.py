@@ -97,7 +97,11 @@ def job_config(method: str, spec: dict, teacher_name: str, student_name: str) ->
 
 style = prompt_style(prompt)
 for name, spec in methods.items():  # validate every config before the first model loads
-    job_config(name, spec, teacher, student)
+    try:
+        job_config(name, spec, teacher, student)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"methods[{name!r}] with decoding/job (parameters of 10_generate_traces, "
+                         f"params/{profile}/10_generate_traces.yaml unless overridden): {err}") from None
 for run, extra in extra_pairs.items():
     missing = {"teacher", "student", "methods"} - set(extra)
     if missing or not set(extra["methods"]) <= set(methods):

@@ -41,7 +41,7 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.reproduce import model_location
-from rsdlib.train import TrainConfig, train
+from rsdlib.train import TrainConfig, load_examples, train
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
@@ -71,7 +71,7 @@ models_dir.mkdir(parents=True, exist_ok=True)
 trained = {}
 for run, method in runs:
     dataset = results / "traces" / run / method / "dataset.jsonl"
-    examples = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
+    examples = load_examples(dataset)  # a malformed line is named by file and line
     name = f"{run}-{method}"
     out = models_dir / name
     if not examples:

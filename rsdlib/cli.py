@@ -1,7 +1,8 @@
 """The `rsdlib` command line.
 
 - `rsdlib prepare`: fetch, verify, convert and cache the embedded model pair (see `rsdlib.embedded`)
-  so later runs work offline; prints the cache paths and timings.
+  so later runs work offline; prints the cache paths and timings. An existing cache is re-hashed
+  against the checksums recorded when it was written; `--force` rebuilds it from the GGUF.
 - `rsdlib demo`: a short RSD demo on the embedded pair: a few easy MATH500 problems, a few samples
   each, with each answer, its fallback rate and its share of sub-1% tokens, beside plain teacher
   sampling of the same problems.
@@ -32,14 +33,15 @@ def run_prepare(args: argparse.Namespace) -> int:
         spec = embedded.EMBEDDED[role]
         was_cached = embedded._cache_complete(embedded.model_dir(spec), spec) and not args.force
         start = time.perf_counter()
-        folder = embedded.prepare(spec, force=args.force)
+        folder = embedded.prepare(spec, force=args.force, verify="full")
         elapsed = time.perf_counter() - start
         weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
         gguf = embedded.gguf_path(spec)
         print(f"{role}: {spec.name}")
         print(f"  safetensors: {folder} ({_gib(weights)}, float32)")
         print(f"  gguf:        {gguf}" + (f" ({_gib(gguf.stat().st_size)}, sha256 checked at assembly)" if gguf.exists() else ""))
-        print(f"  {'already cached' if was_cached else 'fetched + verified + converted'} in {elapsed:.1f} s")
+        print(f"  {'already cached, every file re-hashed' if was_cached else 'fetched + verified + converted'} "
+              f"in {elapsed:.1f} s")
         if args.check:
             start = time.perf_counter()
             model, tokenizer = models.load_model(folder, dtype="float32", device="cpu")
@@ -104,7 +106,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_prepare(subparsers) -> None:
     p = subparsers.add_parser("prepare", help="fetch, verify, convert and cache the embedded model pair")
     p.add_argument("--only", choices=["teacher", "student"], help="prepare only one of the two models")
-    p.add_argument("--force", action="store_true", help="rebuild the safetensors cache even if present")
+    p.add_argument("--force", action="store_true", help="rebuild the safetensors cache from the GGUF even if present "
+                   "(the fix for a damaged cache)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the timed load from the cache")
     p.set_defaults(func=run_prepare)
 

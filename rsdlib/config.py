@@ -40,6 +40,7 @@ __all__ = [
     "save_config",
     "read_config_file",
     "stored_config_matches",
+    "check_number",
 ]
 
 
@@ -53,6 +54,32 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return dict(data)
+
+
+def check_number(owner: str, key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+                 exclusive_minimum: bool = False, integer: bool = False) -> Any:
+    """``value`` when it is a finite number (an int when ``integer``) in range, else ValueError naming ``owner.key``.
+
+    Booleans and strings are refused (YAML's ``.nan``, ``"abc"`` and ``true`` are not thresholds).
+    """
+    import math
+    import numbers
+
+    kind = "an integer" if integer else "a finite number"
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    ok = ok_type and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
+        if maximum is not None:
+            bounds.append(f"<= {maximum:g}")
+        raise ValueError(f"{owner}.{key} must be {kind}{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}")
+    return value
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -145,6 +172,11 @@ def load_yaml_config(cls: type[T], path_or_dict: str | Path | Mapping | None = N
     else:
         values = read_config_file(path_or_dict)
     values.update(overrides)
+    if isinstance(path_or_dict, (str, Path)):
+        try:
+            return _build(cls, values)
+        except (ValueError, TypeError) as err:  # name the file the bad key came from
+            raise ValueError(f"{path_or_dict}: {err}") from None
     return _build(cls, values)
 
 

@@ -417,11 +417,22 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 
 
 def _read_local(path: Path) -> list[dict]:
+    """Rows of a local benchmark file; a malformed one names the file and line (never its text: GPQA)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
         return list(data.values()) if isinstance(data, dict) else list(data)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+    return rows
 
 
 def _read_hub(hub_id: str, config: str | None, split: str) -> list[dict]:

@@ -50,7 +50,7 @@ class DecodingConfig:
     """Everything that decides the sampled distribution; recorded with every trace."""
 
     mode: str = "rsd"  # rsd | skd | teacher | student
-    temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax of each distribution)
+    temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax), teacher/student modes (or threshold_on "raw") only
     top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code: 0.95)
     threshold: float = 0.01  # p_th: minimum verifier probability of a proposed token
     threshold_on: str = "tempered"  # "tempered": test the distribution actually sampled from; "raw": T=1, no top-p
@@ -61,22 +61,26 @@ class DecodingConfig:
     draft_tokens: int = 0  # rsd only: > 0 = exact speculative RSD, the student drafts this many per teacher pass
 
     def __post_init__(self) -> None:
+        from rsdlib.config import check_number
+
         if self.mode not in MODES:
             raise ValueError(f"unknown decoding mode {self.mode!r}; choose one of {MODES}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        check_number("DecodingConfig", "temperature", self.temperature, minimum=0)
+        check_number("DecodingConfig", "top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)
+        # tau in [0, 1] in the paper; tau > 1 is allowed and reproduces student sampling (field notes, section 5)
+        check_number("DecodingConfig", "threshold", self.threshold, minimum=0)
         if self.threshold_on not in ("tempered", "raw"):
             raise ValueError(f"threshold_on must be 'tempered' or 'raw', got {self.threshold_on!r}")
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be >= 0, got {self.draft_tokens}")
+        if self.temperature == 0 and self.mode in ("rsd", "skd") and self.threshold_on == "tempered":
+            raise ValueError(
+                f"DecodingConfig.temperature 0 (greedy) is refused in mode {self.mode!r}: the verifier's tempered "
+                "distribution is then one-hot, so every proposal but its argmax falls back (greedy student decoding "
+                "with ~100% fallback). Use a temperature > 0 (paper: 0.7), or threshold_on: raw.")
+        check_number("DecodingConfig", "trials", self.trials, minimum=1, integer=True)
+        check_number("DecodingConfig", "max_new_tokens", self.max_new_tokens, minimum=1, integer=True)
+        check_number("DecodingConfig", "draft_tokens", self.draft_tokens, minimum=0, integer=True)
+        if not isinstance(self.record_both, bool):
+            raise ValueError(f"DecodingConfig.record_both must be true or false, got {self.record_both!r}")
         if self.draft_tokens and self.mode != "rsd":
             raise ValueError(f"draft_tokens (speculative decoding) is implemented for mode 'rsd', not {self.mode!r}")
         self.stop_ids = tuple(int(i) for i in self.stop_ids)

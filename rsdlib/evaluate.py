@@ -18,8 +18,11 @@ tokens (the delimiter included), not the prompt.
 A rerun skips finished rows (and the thinking pass of pending ones): every sample's seed depends
 only on (base_seed, problem id, sample index), so an interrupted run ends as an uninterrupted one.
 ``force=True`` deletes a folder's results first. GPQA rows hold the option order and the gold
-letter, never the question or option text (a model's response can quote them: results/ stays out
-of git).
+letter, never the question or option text. A model's response can quote them, so a GPQA row keeps
+its response only in protected form (``response_protected``: zlib + a keystream derived from the
+GPQA data password, base64; ``reveal_response(row)`` gives the text back), its answer only as the
+option letter, and a non-letter vote only as a hash. Like the password zip of the data, this keeps
+the text out of plain-text storage and search, not away from someone who reads this code.
 
 Budget forcing (``generate_with_budget``): pass 1 samples up to ``think_budget`` tokens, stopping at
 an end-of-turn id. A sample that hit the budget continues in pass 2 from ``prompt + pass-1 tokens``
@@ -52,7 +55,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from rsdlib import data as data_mod
-from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import CHOICE_LETTERS, choice_letter, grade_many
@@ -136,10 +139,8 @@ class EvalConfig:
             if bad:
                 raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
             setattr(self, name, table)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_number("EvalConfig", "temperature", self.temperature, minimum=0)  # 0 = greedy
+        check_number("EvalConfig", "top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)
         limits = self.limit.values() if isinstance(self.limit, dict) else [self.limit]
         if any(n is not None and (not isinstance(n, int) or n < 1) for n in limits):
             raise ValueError(f"limit must be >= 1, None, or a dict benchmark -> N >= 1; got {self.limit}")
@@ -201,6 +202,54 @@ def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
     if limit is not None:
         problems = problems[:limit]
     return canonical, problems
+
+
+GPQA_PASSWORD = b"deserted-untie-orchid"  # the GPQA data's zip password; keys the response keystream
+PROTECTED_FORMAT = "zlib+sha256-ctr-xor+b64:v1"
+
+
+def _keystream_xor(data: bytes) -> bytes:
+    import hashlib
+
+    out = bytearray(len(data))
+    for block in range(0, len(data), 32):
+        key = hashlib.sha256(GPQA_PASSWORD + block.to_bytes(8, "little")).digest()
+        for j, byte in enumerate(data[block:block + 32]):
+            out[block + j] = byte ^ key[j]
+    return bytes(out)
+
+
+def protect_text(text: str) -> str:
+    """Text kept out of plain-text storage (GPQA responses): reversible with ``reveal_text``."""
+    import base64
+    import zlib
+
+    return base64.b64encode(_keystream_xor(zlib.compress(text.encode("utf-8")))).decode("ascii")
+
+
+def reveal_text(blob: str) -> str:
+    import base64
+    import zlib
+
+    return zlib.decompress(_keystream_xor(base64.b64decode(blob))).decode("utf-8")
+
+
+def reveal_response(row: dict) -> str:
+    """The response text of a sample row, plain or protected (GPQA)."""
+    return reveal_text(row["response_protected"]) if "response_protected" in row else row["response"]
+
+
+def _protect_row(row: dict) -> dict:
+    """A private (GPQA) row without question or option text: response protected, answer a letter, vote hashed."""
+    import hashlib
+
+    text, answer = row.pop("response"), row["answer"]
+    row["response_protected"], row["response_format"] = protect_text(text), PROTECTED_FORMAT
+    row["answer"] = choice_letter(answer) if answer is not None else None  # "C: 124°" keeps only "C"
+    vote = row.get("vote")
+    if vote is not None and not re.fullmatch(r"option\d+", vote):  # a free-text vote: its hash still groups equal ones
+        row["vote"] = "text:" + hashlib.sha256(vote.encode("utf-8")).hexdigest()[:16]
+    return row
 
 
 def _option_order(shuffled) -> list[int]:
@@ -517,6 +566,10 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     """
     out_dir = Path(out_dir)
     problems_by_bench = [select_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
+    empty = [name for name, problems in problems_by_bench if not problems]
+    if empty:
+        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
+                         f"{cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); nothing to evaluate")
     if force and out_dir.exists():
         (out_dir / "config.json").unlink(missing_ok=True)
         for name, _ in problems_by_bench:
@@ -560,9 +613,9 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     samples_path, pending_path = bench_dir / "samples.jsonl", bench_dir / "pending.jsonl"
     n = cfg.samples_for(name)
     chash = cfg.hash()
-    done = unique_samples(read_jsonl_resumable(samples_path))
+    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under run_lock
     done_keys = {(r["problem_id"], r["sample_index"]) for r in done}
-    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path)}
+    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path, repair=True)}
     close = cfg.prompt.think_close
     delimiter_ids = list(tokenizer(cfg.forced_delimiter, add_special_tokens=False)["input_ids"])
 
@@ -596,6 +649,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
         }
         if order is not None:
             row["option_order"] = order  # canonical option shown at each letter; 0 = the correct one
+        if variant.private:
+            _protect_row(row)
         append_jsonl(samples_path, row)
         done.append(row)
         n_correct[0] += row["status"] == "correct"

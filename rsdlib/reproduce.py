@@ -582,6 +582,10 @@ def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: s
         problems = [p for p in problems if "[asy]" not in p.question]
     if n:
         problems = easiest(problems, n) if pick == "easiest" else problems[:n]
+    if not problems:
+        raise ValueError(f"no {benchmark} problems selected (split {split!r}, split_fraction {split_fraction}, "
+                         f"split_salt {split_salt!r}, n {n}, skip_diagrams {skip_diagrams}): nothing to run. "
+                         "Check split_fraction (0 leaves the trace half empty, 1 the eval half) and n_problems.")
     return problems
 
 

@@ -15,7 +15,8 @@ Storage (one folder per run)::
     dataset.jsonl   the training examples (format: rsdlib.train), written when every sample is done
     summary.json    the run's row of Tables 2 and 6
 
-Interrupting the job (even kill -9) and rerunning it resumes: a torn last line is cut off, finished
+Interrupting the job (even kill -9) and rerunning it resumes: a torn last line is cut off (by the
+writer only; readers never modify the files, and a bad line elsewhere is an error naming it), finished
 samples are skipped, and the final dataset equals that of an uninterrupted run (every sample's seed
 depends only on (base_seed, problem id, sample index)).
 """
@@ -34,7 +35,7 @@ from typing import Sequence
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from rsdlib.config import config_hash, config_to_dict, load_yaml_config
+from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import grade_many
 from rsdlib.metrics import summarize_dataset
@@ -71,10 +72,13 @@ class TraceJobConfig:
             self.decoding = DecodingConfig(**self.decoding)
         if isinstance(self.prompt, dict):
             self.prompt = PromptStyle(**self.prompt)
-        if self.samples_per_problem < 1:
-            raise ValueError("samples_per_problem must be >= 1")
-        if not 0 <= self.max_fallback_rate <= 1:
-            raise ValueError("max_fallback_rate must be in [0, 1]")
+        if not isinstance(self.decoding, DecodingConfig):
+            raise ValueError(f"TraceJobConfig.decoding must be a mapping of DecodingConfig keys, got {self.decoding!r}")
+        check_number("TraceJobConfig", "samples_per_problem", self.samples_per_problem, minimum=1, integer=True)
+        check_number("TraceJobConfig", "max_fallback_rate", self.max_fallback_rate, minimum=0, maximum=1)
+        check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
+        check_number("TraceJobConfig", "base_seed", self.base_seed, integer=True)
+        check_number("TraceJobConfig", "batch_size", self.batch_size, minimum=1, integer=True)
         if self.keep not in KEEP_RULES:
             raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
         if self.prefix_sample not in PREFIX_RULES:
@@ -93,21 +97,39 @@ class TraceJobConfig:
 # ----------------------------------------------------------------------------------------------
 # The append-only store
 # ----------------------------------------------------------------------------------------------
-def read_jsonl_resumable(path: Path) -> list[dict]:
-    """Read a JSONL file written by appends; cut off a torn last line (from a kill) in place."""
+class JsonlLineError(ValueError):
+    """A line of a JSONL file that is not one JSON object (names the file and the 1-based line)."""
+
+
+def read_jsonl_resumable(path: Path, *, repair: bool = False) -> list[dict]:
+    """Records of a JSONL file written by appends (``append_jsonl``), for readers and for its writer.
+
+    Only a torn FINAL line (no trailing newline: an append cut by a kill, or one still being
+    written) is left out. A bad line anywhere else raises ``JsonlLineError`` naming the file and the
+    line: records after it are never dropped silently. ``repair=True`` is for the one writer, under
+    its ``run_lock``: it cuts the torn final line off the file so the next append starts a new line.
+    Readers (the default) never modify the file.
+    """
+    path = Path(path)
     if not path.exists():
         return []
     records, good_bytes = [], 0
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                break  # the torn final line
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise JsonlLineError(
+                        f"{path}, line {number}: not valid JSON ({getattr(err, 'msg', err)}); the records after it "
+                        "are intact. Fix or delete that line (or delete the file to redo the run).") from None
+                if not isinstance(record, dict):
+                    raise JsonlLineError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+                records.append(record)
             good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
+    if repair and good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return records
@@ -125,11 +147,12 @@ def unique_samples(records: Sequence[dict]) -> list[dict]:
 
 
 @contextmanager
-def run_lock(out_dir: Path):
+def run_lock(out_dir: Path, reason: str = "two writers would duplicate samples"):
     """Hold an exclusive lock on a run folder; a second process writing the same run is refused.
 
     Two processes appending to one ``samples.jsonl`` would duplicate samples, so the second one
-    fails at once with RunConflictError instead of waiting.
+    fails at once with RunConflictError instead of waiting (``reason`` says why in the message).
+    Used by trace, evaluation and training runs.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out_dir / ".lock"))
@@ -138,7 +161,7 @@ def run_lock(out_dir: Path):
     except Timeout:
         raise RunConflictError(
             f"{out_dir} is being written by another process (lock {out_dir / '.lock'} is held). "
-            "Wait for it to finish or stop it; two writers would duplicate samples.") from None
+            f"Wait for it to finish or stop it; {reason}.") from None
     try:
         yield
     finally:
@@ -174,12 +197,17 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) ->
     mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids}
     if path.exists():
         theirs = json.loads(path.read_text())
-        if theirs.get("hash") != mine["hash"] or theirs.get("problems") != problem_ids:
-            what = "config" if theirs.get("hash") != mine["hash"] else "problem list"
-            raise RunConflictError(
-                f"{out_dir} holds a trace run with a different {what} (stored hash {theirs.get('hash')}, "
-                f"this run {mine['hash']}). Use another folder, or delete it (or pass force=True) to redo it."
-            )
+        if theirs.get("hash") != mine["hash"]:
+            what = f"config (stored hash {theirs.get('hash')}, this run {mine['hash']})"
+        elif theirs.get("problems") != problem_ids:
+            stored = theirs.get("problems") or []
+            what = (f"problem list ({len(stored)} problems stored, {len(problem_ids)} in this run, "
+                    f"{len(set(stored) ^ set(problem_ids))} differing ids)")
+        else:
+            return
+        raise RunConflictError(
+            f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
+            "(or pass force=True) to redo it.")
         return
     _write_json_atomic(path, mine)
 
@@ -276,6 +304,9 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
     at a time (RunConflictError otherwise).
     """
     out_dir = Path(out_dir)
+    if not problems:
+        raise ValueError(f"run_trace_job: no problems given for {out_dir} (an empty selection: check the "
+                         "benchmark, n_problems and split_fraction); refusing to write an empty run")
     with run_lock(out_dir):
         return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force)
 
@@ -297,7 +328,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
     _claim_folder(out_dir, cfg, [p.id for p in problems])
     samples_path = out_dir / "samples.jsonl"
-    done = unique_samples(read_jsonl_resumable(samples_path))
+    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under the lock
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
     started = time.perf_counter()
 
@@ -360,5 +391,4 @@ def solved_problem_ids(run_dir: str | Path) -> set[str]:
     path = Path(run_dir) / "dataset.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"restrict_to: {path} does not exist (run that trace job first)")
-    return {json.loads(line)["problem_id"] for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["kind"] == "full"}
+    return {e["problem_id"] for e in read_jsonl_resumable(path) if e["kind"] == "full"}

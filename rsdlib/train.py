@@ -31,8 +31,14 @@ silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no
     torchrun --nproc-per-node 8 -m rsdlib.train --config params/paper/train.yaml --data dataset.jsonl
 
 Gradient accumulation = global_batch_size / (micro_batch_size * world size). Checkpoints go to
-``output_dir/checkpoint-*`` beside ``train_config.json``; rerunning the same command resumes from the
-latest one. ``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
+``output_dir/checkpoint-*`` beside ``train_config.json``, atomically: each is written complete into
+``output_dir/.checkpoint-staging/``, sealed with ``rsdlib-checkpoint.json`` (every file and its size),
+then renamed into place, so a kill during a save never leaves a half checkpoint where resumption looks.
+Rerunning the same command resumes from the newest complete one and says which; a damaged or partial
+``checkpoint-*`` folder (no seal, a file missing or of another size: a kill under an older rsdlib, a
+full disk) is moved to ``output_dir/incomplete/`` with a message and never blocks. One process writes
+a run folder at a time: a second run of the same folder is refused at once, naming it (the lock
+``output_dir/.lock``, as for trace and evaluation runs; under torchrun the rank-0 process holds it). ``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
 (safetensors + tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads (LoRA: merged by default,
 the adapter alone in ``output_dir/final_adapter``), so it can be evaluated or serve as the next
 student of multi-step RSD (Table 5).
@@ -63,6 +69,9 @@ PAD_CANDIDATES = ("<|fim_pad|>",)  # never-used Qwen tokens, in order of prefere
 FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candidates
 # Fields that may change between an interrupted run and its resumption without changing the run.
 RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
+CHECKPOINT_SEAL = "rsdlib-checkpoint.json"  # written last into a checkpoint: its files and their sizes
+STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into output_dir
+INCOMPLETE_DIR = "incomplete"  # damaged / partial checkpoint folders are moved here, never resumed from
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,15 +342,23 @@ def end_of_turn_id(tokenizer, eot_token: str = "<|im_end|>") -> int:
     return int(tid)
 
 
-def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>") -> tuple[str, int, bool]:
+def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
+                     avoid_ids: Iterable[int] = ()) -> tuple[str, int, bool]:
     """Pick a never-used pad token distinct from end-of-turn and set it on the tokenizer.
 
     Order: ``preferred`` (``<|fim_pad|>``), then Qwen's other candidates, then a new special token
     ``<|rsd_pad|>`` (the caller resizes the embeddings when its id is past them). Returns
-    (token, id, added). Refuses a result equal to the end-of-turn or eos id.
+    (token, id, added). Refuses a result equal to the end-of-turn or eos id. ``avoid_ids``: ids the
+    training examples contain; a candidate among them is skipped (a sampled trace can hold
+    ``<|fim_pad|>``: a real row of the vocabulary the model may emit), so padding never collides
+    with a supervised token and no dataset is refused for it.
     """
+    avoid = set(avoid_ids)
     for token in (preferred, *PAD_CANDIDATES):
         tid = token_id(tokenizer, token)
+        if tid is not None and tid in avoid:
+            log.warning("pad token %r (id %d) occurs in the training examples; using another pad token", token, tid)
+            continue
         if tid is not None and tid not in (eot_id, tokenizer.eos_token_id):
             tokenizer.pad_token = token
             return token, tid, False
@@ -350,8 +367,9 @@ def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>") -> 
         tokenizer.add_special_tokens({"additional_special_tokens": [FALLBACK_PAD]})
     tokenizer.pad_token = FALLBACK_PAD
     tid = token_id(tokenizer, FALLBACK_PAD)
-    if tid is None or tid == eot_id:
-        raise ValueError("could not set a pad token distinct from the end-of-turn token")
+    if tid is None or tid == eot_id or tid in avoid:
+        raise ValueError("could not set a pad token distinct from the end-of-turn token and from every token "
+                         "of the training examples")
     return FALLBACK_PAD, tid, added
 
 
@@ -400,8 +418,17 @@ def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|
 def load_examples(source: str | Path | Iterable[Mapping], tokenizer=None, eot_token: str = "<|im_end|>") -> list[dict]:
     """Read a JSONL file (or take a list) of examples; text examples are tokenized here."""
     if isinstance(source, (str, Path)):
+        raw = []
         with open(source, encoding="utf-8") as fh:
-            raw = [json.loads(line) for line in fh if line.strip()]
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{source}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                if not isinstance(raw[-1], dict):
+                    raise ValueError(f"{source}, line {number}: expected a JSON object per line")
     else:
         raw = list(source)
     out = []
@@ -487,18 +514,121 @@ def _apply_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> str | None:
-    """Newest checkpoint to resume from, after checking the stored config and dataset match."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if last is None:
-        return None
+
+def _say(message: str) -> None:
+    """A line the user must see (resumption, ignored checkpoints) whether or not logging is set up."""
+    log.info(message)
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete checkpoint (None when it is): its seal lists every file and size."""
+    seal = folder / CHECKPOINT_SEAL
+    if not seal.is_file():
+        return (f"it has no {CHECKPOINT_SEAL} (its save was cut short, e.g. by a kill, or an older rsdlib wrote it); "
+                f"{sum(1 for p in folder.rglob('*') if p.is_file())} file(s) in it")
+    try:
+        files = json.loads(seal.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {CHECKPOINT_SEAL} is unreadable"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def checkpoints_newest_first(output_dir: Path) -> list[Path]:
+    """``output_dir/checkpoint-<step>`` folders, highest step first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: -int(p.name.split("-", 1)[1]))
+
+
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint; damaged / partial ones are moved to ``incomplete/``, saying so."""
+    for folder in checkpoints_newest_first(output_dir) if output_dir.is_dir() else []:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if _is_main_process():
+            aside = output_dir / INCOMPLETE_DIR / folder.name
+            aside.parent.mkdir(exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(folder, aside)
+            _say(f"ignoring the checkpoint {folder}: {problem}. Moved to {aside}.")
+    return None
+
+
+def _seal_and_publish(staged: Path, target: Path) -> None:
+    """Record the staged checkpoint's files and sizes (fsynced), then rename it to ``target`` atomically."""
+    files = {}
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        files[str(path.relative_to(staged))] = path.stat().st_size
+    with open(staged / CHECKPOINT_SEAL, "w") as fh:
+        fh.write(json.dumps({"files": files}, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    if target.exists():  # a damaged leftover of the same step: swap it out
+        old = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _atomic_trainer(**kwargs):
+    """A transformers ``Trainer`` whose checkpoints appear only complete (see the module docstring)."""
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+    class AtomicCheckpointTrainer(Trainer):
+        def _save_checkpoint(self, model, trial):
+            run_dir = Path(self.args.output_dir)
+            staging = run_dir / STAGING_DIR
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if self.args.should_save:
+                shutil.rmtree(staging / name, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._get_output_dir = lambda trial=None: str(staging)  # the Trainer writes into staging/<name>
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                del self._get_output_dir
+            self.accelerator.wait_for_everyone()  # every rank's shards are written
+            if self.args.should_save:
+                _seal_and_publish(staging / name, run_dir / name)
+                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint)
+            self.accelerator.wait_for_everyone()
+
+    return AtomicCheckpointTrainer(**kwargs)
+
+
+def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> str | None:
+    """Newest complete checkpoint to resume from, after checking the stored config and dataset match."""
     if not config.resume:
-        if int(os.environ.get("RANK", "0")) == 0:
-            for ckpt in output_dir.glob("checkpoint-*"):
-                log.warning("resume=False: deleting %s", ckpt)
-                shutil.rmtree(ckpt)
+        if _is_main_process() and output_dir.is_dir():
+            for ckpt in [*output_dir.glob("checkpoint-*"), output_dir / INCOMPLETE_DIR, output_dir / STAGING_DIR]:
+                if ckpt.exists():
+                    log.warning("resume=False: deleting %s", ckpt)
+                    shutil.rmtree(ckpt)
+        return None
+    if _is_main_process():
+        shutil.rmtree(output_dir / STAGING_DIR, ignore_errors=True)  # a save cut by a kill
+    last = latest_complete_checkpoint(output_dir)
+    if last is None:
         return None
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
     if stored_cfg.is_file():
@@ -515,7 +645,7 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
             f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
             "or resume: false to start over there"
         )
-    return last
+    return str(last)
 
 
 def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bool:
@@ -535,22 +665,38 @@ def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, mode
     ``dataset_path_or_examples``: a JSONL path or a list of examples (format in the module docstring).
     ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run).
     Rerunning a finished run (same config and dataset, ``resume`` on) returns its final folder at once;
-    rerunning an interrupted one resumes from its newest checkpoint.
+    rerunning an interrupted one resumes from its newest complete checkpoint. One process per
+    ``output_dir`` (RunConflictError for a second one).
     """
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from contextlib import nullcontext
+
+    from rsdlib.traces import run_lock
 
     output_dir = resolve_output_dir(config)
+    # One writer per run folder (rank 0 holds the lock for a torchrun / accelerate job).
+    lock = run_lock(output_dir, reason="two trainings in one folder would resume from and delete each "
+                    "other's checkpoints") if _is_main_process() else nullcontext()
+    with lock:
+        return _train(config, output_dir, dataset_path_or_examples, tokenizer=tokenizer, model=model, callbacks=callbacks)
+
+
+def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, tokenizer, model, callbacks) -> Path:
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
+
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
     eot_id = end_of_turn_id(tokenizer, config.eot_token)
-    pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token)
     examples = load_examples(dataset_path_or_examples, tokenizer, config.eot_token)
+    used_ids = {int(t) for ex in examples for key in ("prompt_ids", "completion_ids") for t in ex.get(key, ())}
+    pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token, avoid_ids=used_ids)
     dataset, info = build_dataset(examples, pad_id, eot_id, config.block_size, config.truncate)
     info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id)
     if config.resume and _already_trained(output_dir, config, info):
         log.info("%s already holds a model trained with this config and dataset; skipping", output_dir / "final")
         return output_dir / "final"
     resume_from = _check_resumable(output_dir, config, info)
+    if resume_from is not None:
+        _say(f"resuming training from {resume_from}")
 
     set_seed(config.seed)
     if model is None:
@@ -592,7 +738,7 @@ def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, mode
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
     )
-    trainer = Trainer(
+    trainer = _atomic_trainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -100,3 +100,46 @@ def test_save_roundtrip_and_match(tmp_path, suffix):
     assert stored_config_matches(cfg, path)
     assert not stored_config_matches(Example(), path)
     assert not stored_config_matches(cfg, tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------------------ sampling settings (issue 17)
+@pytest.mark.parametrize("key, value", [
+    ("threshold", float("nan")), ("threshold", "abc"), ("threshold", -0.1), ("threshold", float("inf")),
+    ("temperature", float("nan")), ("temperature", -1.0), ("temperature", "0.7"), ("top_p", 0.0),
+    ("top_p", float("nan")), ("max_new_tokens", 2.5), ("trials", True),
+])
+def test_bad_sampling_settings_are_refused_naming_the_key(key, value):
+    from rsdlib.decoding import DecodingConfig
+
+    with pytest.raises(ValueError, match=rf"DecodingConfig\.{key} must be"):
+        DecodingConfig(**{key: value})
+
+
+def test_temperature_zero_is_greedy_for_one_model_only():
+    from rsdlib.decoding import DecodingConfig
+
+    for mode in ("rsd", "skd"):
+        with pytest.raises(ValueError, match="temperature 0 .greedy. is refused"):
+            DecodingConfig(mode=mode, temperature=0.0)
+    DecodingConfig(mode="student", temperature=0.0)  # greedy single-model sampling stays available
+    DecodingConfig(mode="rsd", temperature=0.0, threshold_on="raw")
+    assert DecodingConfig(mode="rsd", threshold=1.5).threshold == 1.5  # tau > 1: student sampling (field notes s.5)
+
+
+def test_bad_setting_in_a_file_names_the_file_and_key(tmp_path):
+    from rsdlib.evaluate import EvalConfig
+    from rsdlib.traces import TraceJobConfig
+
+    path = tmp_path / "job.yaml"
+    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: .nan}\n")
+    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold must be a finite number >= 0, got nan"):
+        TraceJobConfig.from_yaml(path)
+    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: abc}\n")
+    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold.*'abc'"):
+        TraceJobConfig.from_yaml(path)
+    path.write_text("samples_per_problem: 0\n")
+    with pytest.raises(ValueError, match=rf"{path}: TraceJobConfig\.samples_per_problem must be an integer >= 1"):
+        TraceJobConfig.from_yaml(path)
+    path.write_text("temperature: .nan\n")
+    with pytest.raises(ValueError, match=rf"{path}: EvalConfig\.temperature must be a finite number"):
+        EvalConfig.from_yaml(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import logging
 
 import pytest
@@ -237,3 +238,12 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
     assert calls[-1] == ("Idavidrein/gpqa", "gpqa_diamond", "train")
     assert g[0].options[CHOICE_LETTERS.index(g[0].gold)] == "right" and g[0].meta["record_id"] == "rec1"
     assert "Synthetic" not in repr(g[0])
+
+
+@pytest.mark.parametrize("file_name", ["math500.jsonl", "s1k.json"])
+def test_malformed_local_file_names_file_and_line(tmp_path, file_name):
+    good = json.dumps({"problem": "What is 1+1?", "answer": "2", "level": 1, "unique_id": "test/a/1.json"})
+    text = f"{good}\n{good}\n{{\"problem\": \"x\", \"answer\": }}\n" if file_name.endswith("jsonl") else "[\n{\"a\": 1},\n{\"a\": }\n]"
+    (tmp_path / file_name).write_text(text)
+    with pytest.raises(ValueError, match=rf"{tmp_path / file_name}, line 3: not valid JSON"):
+        load_benchmark(file_name.split(".")[0], local_dir=tmp_path)

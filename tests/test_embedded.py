@@ -367,3 +367,71 @@ def test_cli_prepare_reports_a_checksum_error_in_one_message(tmp_path, monkeypat
     err = capsys.readouterr().err.split("\r")[-1]  # after the progress bars
     assert "\nrsdlib prepare: error: Tiny-Test: the assembled GGUF does not have the pinned bytes" in err
     assert "Traceback" not in err and "0" * 64 in err
+
+
+# ---- the converted cache is verified (issue 17) ----
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch):
+    """A tiny model prepared into a fresh cache, registered as the embedded student."""
+    write_tiny_gguf(tmp_path / "source.gguf")
+    cache = tmp_path / "cache"
+    spec = fake_model(cache, (tmp_path / "source.gguf").read_bytes(), 2)
+    folder = embedded.prepare(spec, cache)
+    monkeypatch.setenv("RSDLIB_CACHE", str(cache))
+    monkeypatch.setitem(embedded.EMBEDDED, "student", spec)
+    return spec, cache, folder
+
+
+def test_cache_records_checksums_of_the_converted_files(prepared):
+    spec, cache, folder = prepared
+    files = json.loads((folder / "rsdlib-embedded.json").read_text())["files"]
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    for name, record in files.items():
+        assert record["size"] == (folder / name).stat().st_size
+        assert record["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    assert embedded.cache_problems(folder) == []
+
+
+def test_truncated_cache_file_is_refused_at_load_saying_how_to_rebuild(prepared, capsys):
+    from rsdlib import cli
+
+    spec, cache, folder = prepared
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(size // 2)
+    with pytest.raises(embedded.CacheCorruptError, match=rf"model.safetensors has {size // 2:,} bytes, {size:,} were "
+                       r"written .*rsdlib prepare --force"):
+        models.load_model("embedded:student", device="cpu")
+    assert cli.main(["prepare", "--only", "student", "--no-check"]) == 1
+    err = capsys.readouterr().err
+    assert "rsdlib prepare: error: the cached Tiny-Test model" in err and "Traceback" not in err
+    assert cli.main(["prepare", "--only", "student", "--force"]) == 0  # rebuilt from the kept GGUF
+    assert embedded.cache_problems(folder) == [] and weights.stat().st_size == size
+    models.load_model("embedded:student", device="cpu")
+
+
+def test_overwritten_bytes_are_caught(prepared):
+    spec, cache, folder = prepared
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    with open(weights, "r+b") as fh:  # same size, bytes changed inside (the issue's NaN-logit case)
+        fh.seek(stat.st_size // 2)
+        fh.write(b"\xff" * 1024)
+    with pytest.raises(embedded.CacheCorruptError, match="model.safetensors does not have the bytes that were written"):
+        embedded.prepare(spec, cache)  # the quick check re-hashes a file whose mtime changed
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime restored...
+    with pytest.raises(embedded.CacheCorruptError, match="rsdlib prepare --force"):
+        embedded.prepare(spec, cache, verify="full")  # ...`rsdlib prepare` (full) re-hashes everything
+
+
+def test_cache_without_checksums_is_rebuilt_from_the_gguf(prepared):
+    spec, cache, folder = prepared
+    meta_path = folder / "rsdlib-embedded.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]  # as written by an older rsdlib
+    meta_path.write_text(json.dumps(meta))
+    assert embedded.prepare(spec, cache) == folder
+    assert "files" in json.loads(meta_path.read_text()) and embedded.cache_problems(folder) == []

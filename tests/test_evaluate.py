@@ -376,3 +376,43 @@ def test_limit_per_benchmark(data_dir):
     assert len(select_problems("math500", cfg)[1]) == 1
     with pytest.raises(ValueError, match="limit"):
         EvalConfig(limit={"math500": 0})
+
+
+def test_empty_selection_is_refused_before_any_model_loads(data_dir, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ev, "load_eval_model", no_loading)
+    cfg = cfg_for(data_dir, split_fraction=0.0, split_part="a")
+    with pytest.raises(ValueError, match="no problems selected for math500"):
+        evaluate("some/model", cfg, tmp_path / "out", progress=False, force=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpqa_response_quoting_the_question_is_not_stored_in_plain_text(tok, data_dir, tmp_path, monkeypatch):
+    """A student restating the question (and boxing an option's text) must not put GPQA text in results/."""
+    responses = [f"</think>The question asks: {SECRET} question 0? So \\boxed{{B}}",
+                 f"</think>It is {SECRET} right 1, so \\boxed{{{SECRET} right 1}}"]
+
+    def fake_backend(model, tokenizer, cfg, stop_ids):
+        def generate(prompts, seeds, max_new_tokens, on_finish):
+            for i, _ in enumerate(prompts):
+                on_finish(i, tokenizer(responses[i % 2], add_special_tokens=False)["input_ids"] + [stop_ids[0]], "stop")
+        return generate
+
+    monkeypatch.setattr(ev, "hf_backend", fake_backend)
+    cfg = EvalConfig(benchmarks=("gpqa_diamond",), samples={"gpqa_diamond": 2}, max_tokens={"gpqa_diamond": 400},
+                     data_dir=str(data_dir))
+    evaluate(tiny_model(tok), cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(), path
+    rows = rows_of(tmp_path / "out", "gpqa_diamond")
+    assert len(rows) == 4 and all("response" not in r for r in rows)
+    texts = [ev.reveal_response(r) for r in rows]
+    assert sum(f"{SECRET} question 0?" in t for t in texts) == 2  # the stored form gives the response back
+    quoted = [r for r in rows if r["sample_index"] == 1]
+    assert all(r["answer"] is None and r["vote"].startswith("text:") and r["status"] == "wrong" for r in quoted)
+    assert len({r["vote"] for r in quoted}) == 1  # equal free-text answers still vote together
+    letters = [r for r in rows if r["sample_index"] == 0]
+    assert all(r["answer"] == "B" and r["vote"].startswith("option") for r in letters)

@@ -148,3 +148,15 @@ def test_accuracy_table_helpers(tmp_path, monkeypatch):
     table = [{"key": "base", "Models": "Qwen3-0.6B"}, {"key": "other", "Models": "+ RSD"}]
     reproduce.name_our_student(table, "base", "/models/my-student")
     assert [r["Models"] for r in table] == ["Qwen3-0.6B (ours: my-student)", "+ RSD"]
+
+
+def test_empty_problem_selection_is_refused(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps(
+        {"problem": f"What is {i}+{i}?", "answer": str(2 * i), "level": 1, "unique_id": f"test/a/{i}.json"}) + "\n"
+        for i in range(4)))
+    monkeypatch.setenv("RSDLIB_DATA_DIR", str(tmp_path))
+    assert len(reproduce.select_problems("math500", 0, split="trace", split_fraction=1.0)) == 4
+    with pytest.raises(ValueError, match=r"no math500 problems selected \(split 'trace', split_fraction 0.0"):
+        reproduce.select_problems("math500", 0, split="trace", split_fraction=0.0)

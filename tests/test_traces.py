@@ -13,6 +13,7 @@ import pytest
 
 from rsdlib.decoding import DecodingConfig
 from rsdlib.traces import (
+    JsonlLineError,
     RunConflictError,
     TraceJobConfig,
     read_jsonl_resumable,
@@ -77,11 +78,41 @@ def test_summary_matches_hand_computed_table2_row():
     assert teacher_row["Fallback rate (%)"] == "Not Applicable"
 
 
-def test_torn_last_line_is_cut_off(tmp_path):
+def test_torn_last_line_is_cut_off_by_the_writer_only(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
     assert read_jsonl_resumable(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n{"a": ', "a reader never modifies the file"
+    assert read_jsonl_resumable(path, repair=True) == [{"a": 1}, {"a": 2}]
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_bad_line_before_the_end_is_an_error_naming_file_and_line(tmp_path):
+    """Damaging line 3 of 48 used to cut the file there, silently losing 45 good records."""
+    path = tmp_path / "samples.jsonl"
+    lines = [json.dumps({"i": i}) + "\n" for i in range(48)]
+    lines[2] = '{"i": 2, "trunc\n'
+    path.write_text("".join(lines))
+    before = path.read_bytes()
+    for repair in (False, True):
+        with pytest.raises(JsonlLineError, match=rf"{path}, line 3: not valid JSON"):
+            read_jsonl_resumable(path, repair=repair)
+        assert path.read_bytes() == before
+
+
+def test_trace_run_stats_never_modifies_a_live_run(tmp_path):
+    """A reader beside a writer (notebook 20, trace_run_stats) must leave a torn last line alone."""
+    from rsdlib.reproduce import trace_run_stats
+
+    cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", threshold=0.01))
+    (tmp_path / "config.json").write_text(json.dumps({"hash": cfg.hash(), "config": {"decoding": {"mode": "rsd"}},
+                                                      "problems": ["p1"]}))
+    (tmp_path / "dataset.jsonl").write_text("")
+    records = [json.dumps(sample(k, 4, status="wrong")) + "\n" for k in range(3)]
+    (tmp_path / "samples.jsonl").write_text("".join(records) + records[0][:20])  # the writer is mid-append
+    before = (tmp_path / "samples.jsonl").read_bytes()
+    assert trace_run_stats(tmp_path)["samples"] == 3
+    assert (tmp_path / "samples.jsonl").read_bytes() == before
 
 
 JOB_SCRIPT = r"""
@@ -178,3 +209,23 @@ def test_duplicated_sample_lines_are_counted_once(tmp_path):
     again = run_job(tmp_path / "run", max_new=6)
     assert again["samples"] == first["samples"] == 12
     assert again["n_solved"] == first["n_solved"]
+
+
+def test_empty_problem_list_is_refused_before_anything_runs(tmp_path):
+    cfg = TraceJobConfig(method="rsd")
+    with pytest.raises(ValueError, match="no problems given"):
+        run_trace_job(None, [], cfg, tmp_path / "run", force=True)  # pair=None: refused before any use of it
+    assert not (tmp_path / "run").exists()
+
+
+def test_changed_problem_list_message_is_about_the_problems(tmp_path):
+    from rsdlib.traces import _claim_folder
+
+    cfg = TraceJobConfig(method="rsd")
+    _claim_folder(tmp_path, cfg, ["p1", "p2"])
+    _claim_folder(tmp_path, cfg, ["p1", "p2"])  # same run: accepted
+    with pytest.raises(RunConflictError) as info:
+        _claim_folder(tmp_path, cfg, ["p1"])
+    message = str(info.value)
+    assert "different problem list (2 problems stored, 1 in this run, 1 differing ids)" in message
+    assert "hash" not in message  # the hashes are equal: naming them said nothing

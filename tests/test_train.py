@@ -250,3 +250,76 @@ def test_cli_with_yaml_config(tok, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").config.pad_token_id == PAD
     with pytest.raises(ValueError, match="unknown TrainConfig key"):
         main(["--config", str(cfg_path), "--data", str(data), "epoch=2"])
+
+
+# ------------------------------------------------------------------------------ robustness (issue 17)
+class Killed(BaseException):
+    """Stands in for kill -9 in the middle of a checkpoint save."""
+
+
+def test_kill_during_a_checkpoint_save_never_blocks_resumption(tok, tmp_path, monkeypatch, capsys):
+    from transformers import Trainer
+
+    kw = dict(epochs=3, save_strategy="steps", save_steps=2, save_total_limit=None)
+    train(tiny_config(tmp_path, output_dir=str(tmp_path / "ref"), **kw), make_examples(tok), tokenizer=tok,
+          model=tiny_model(tok))
+    ref = losses_and_lrs(json.loads((tmp_path / "ref" / "train_log.json").read_text()))
+
+    real_save_rng = Trainer._save_rng_state
+
+    def killed_at_step_4(self, output_dir):  # model and optimizer of checkpoint-4 written, the rest not
+        if self.state.global_step == 4:
+            raise Killed()
+        return real_save_rng(self, output_dir)
+
+    cfg = tiny_config(tmp_path, output_dir=str(tmp_path / "cut"), **kw)
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_at_step_4)
+    with pytest.raises(Killed):
+        train(cfg, make_examples(tok), tokenizer=tok, model=tiny_model(tok))
+    monkeypatch.undo()
+    run = tmp_path / "cut"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"], "the cut save is not in place"
+    damaged = run / "checkpoint-5"  # what a kill under the old code left: a folder with 2 files
+    damaged.mkdir()
+    (damaged / "config.json").write_text("{}")
+    (damaged / "model.safetensors").write_bytes(b"\0" * 10)
+    capsys.readouterr()
+
+    train(cfg, make_examples(tok), tokenizer=tok, model=tiny_model(tok))  # the same command: resumes
+    err = capsys.readouterr().err
+    assert f"ignoring the checkpoint {damaged}" in err and "rsdlib-checkpoint.json" in err
+    assert f"resuming training from {run / 'checkpoint-2'}" in err
+    assert (run / "incomplete" / "checkpoint-5" / "config.json").is_file()
+    steps, losses, lrs = losses_and_lrs(json.loads((run / "train_log.json").read_text()))
+    assert steps == ref[0] == list(range(1, 7))
+    assert lrs == pytest.approx(ref[2], rel=1e-12) and losses == pytest.approx(ref[1], rel=1e-4)
+    assert not any((run / ".checkpoint-staging").iterdir())
+
+
+def test_a_second_training_of_one_folder_is_refused(tok, tmp_path):
+    from rsdlib.traces import RunConflictError, run_lock
+
+    cfg = tiny_config(tmp_path, max_steps=1)
+    with run_lock(tmp_path / "run"):  # another process training in this folder
+        with pytest.raises(RunConflictError, match=rf"{tmp_path / 'run'} is being written by another process"):
+            train(cfg, make_examples(tok), tokenizer=tok, model=tiny_model(tok))
+    train(cfg, make_examples(tok), tokenizer=tok, model=tiny_model(tok))  # free again
+
+
+def test_a_pad_token_inside_a_trace_does_not_refuse_the_dataset(tok, tmp_path):
+    """The tiny tokenizer's <|fim_pad|> is a real vocabulary row: a sampled trace can contain it."""
+    examples = make_examples(tok)
+    examples[0]["completion_ids"] = [PAD] + examples[0]["completion_ids"]
+    final = train(tiny_config(tmp_path, max_steps=2), examples, tokenizer=tiny_tokenizer(), model=tiny_model(tok))
+    info = json.loads((tmp_path / "run" / "dataset_info.json").read_text())
+    assert info["pad_id"] != PAD and info["pad_id"] not in {t for e in examples for t in e["completion_ids"] + e["prompt_ids"]}
+    assert info["pad_token"] == "<|rsd_pad|>"
+    assert AutoModelForCausalLM.from_pretrained(final).config.pad_token_id == info["pad_id"]
+
+
+def test_malformed_dataset_line_names_file_and_line(tok, tmp_path):
+    data = tmp_path / "data.jsonl"
+    good = [json.dumps(e) + "\n" for e in make_examples(tok, n=4)]
+    data.write_text(good[0] + good[1] + '{"id": "x", "prompt_ids": [1,\n' + good[2])
+    with pytest.raises(ValueError, match=rf"{data}, line 3: not valid JSON"):
+        train(tiny_config(tmp_path, max_steps=1), data, tokenizer=tok, model=tiny_model(tok))
