@@ -774,3 +774,29 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
                "versions": library_versions(), "config": config_to_dict(cfg)}
     _write_json_atomic(bench_dir / "summary.json", summary)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# `rsdlib regrade FOLDER`
+# ----------------------------------------------------------------------------------------------
+def run_regrade(args) -> int:
+    """CLI: re-grade stored evaluation folders and print what moved, per model and benchmark."""
+    import sys
+
+    try:
+        report = regrade(args.folder, answer_format=args.answer_format, answer_from=args.answer_from,
+                         timeout=args.timeout)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rsdlib regrade: error: {err}", file=sys.stderr)
+        return 1
+    if report and all("rows" in v for v in report.values()):  # one model folder
+        report = {Path(args.folder).name: report}
+    for model, benches in report.items():
+        for bench, entry in benches.items():
+            before, after = entry.get("score_before"), entry.get("score_after")
+            score = (f"{100 * before:.1f}% -> {100 * after:.1f}%" if before is not None and after is not None
+                     else "no summary (unfinished)")
+            found = ", ".join(f"{k} {100 * v:.0f}%" for k, v in entry["answers_found"].items() if v)
+            moved = ", ".join(f"{k}: {v}" for k, v in entry["moved"].items()) or "none"
+            print(f"{model}/{bench}: {score}; {entry['rows']} rows; moved {moved}; answers found {found}")
+    return 0

@@ -493,3 +493,23 @@ def test_regrade_a_stored_evaluation_folder(tmp_path):
     assert again["math500"]["moved"] == {"no_answer -> correct": 1} and again["math500"]["score_after"] == 0.75
     with pytest.raises(FileNotFoundError, match="evaluation folder"):
         ev.regrade(tmp_path / "eval" / "student" / "math500")
+
+
+def test_regrade_command_line(tmp_path, capsys):
+    from rsdlib.cli import main
+    from rsdlib.config import config_to_dict
+
+    cfg = EvalConfig(benchmarks=("math500",), samples={"math500": 1})
+    model_dir = tmp_path / "eval" / "base"
+    (model_dir / "math500").mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}))
+    rows = [_old_row("m1", 0, "x</think> The final answer is 7", "7", "math", "no_answer", None),
+            _old_row("m2", 0, "x</think> \\boxed{3}", "3", "math", "correct", "3")]
+    for r in rows:
+        append_jsonl(model_dir / "math500" / "samples.jsonl", r)
+    (model_dir / "math500" / "summary.json").write_text(json.dumps(summarize_rows(rows, 1)))
+    assert main(["regrade", str(tmp_path / "eval"), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "base/math500: 50.0% -> 100.0%; 2 rows; moved no_answer -> correct: 1; answers found boxed 50%, stated 50%" in out
+    assert main(["regrade", str(tmp_path / "nowhere")]) == 1
+    assert "rsdlib regrade: error" in capsys.readouterr().err
