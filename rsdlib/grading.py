@@ -19,9 +19,10 @@ How the answer is read (``answer_format``; ``extract``):
 
 - ``"standard"`` (default). For "math" and "integer": math-verify's ``parse`` extraction with
   ``LatexExtractionConfig(boxed_match_priority=0)`` and ``ExprExtractionConfig()``: boxed answers
-  first (adjacent boxes ``\\boxed{(1,2)}, \\boxed{(2,1)}`` read together as one answer), then the
-  anchored forms ("final answer is ...", "Answer: ...", "the answer is ..."), then the last LaTeX or
-  plain expression. For "choice" (GPQA letters), in this order, the first rule that finds a letter
+  first, then the anchored forms ("final answer is ...", "Answer: ...", "the answer is ..."), then
+  the last LaTeX or plain expression. Like math-verify, the last box is read together with the
+  boxes just before it (less than 10 characters apart, or less than 70 across a comma, "and", "or"
+  or ";"): ``\\boxed{(1,2)}, \\boxed{(2,1)}`` is one answer, judged whole. For "choice" (GPQA letters), in this order, the first rule that finds a letter
   deciding (within a rule, the last occurrence in the text):
     1. ``\\boxed{X}`` (also ``\\boxed{(X)}``, ``\\boxed{\\text{Option X}}``, ``\\boxed{X) ...}``);
     2. "Answer: X" / "Answer: (X)" (also "Final Answer:", "**Answer:** X");
