@@ -35,6 +35,10 @@ How the answer is read (``answer_format``; ``extract``):
   ``\\boxed{A}, \\boxed{B}``) is refused: read as that text, matched to no letter ("wrong").
 - ``"boxed"``: strict reading: only the content of the last complete ``\\boxed{}``/``\\fbox{}``.
 
+The tiers reuse math-verify's own regex tables (``math_verify.parser``, tested with 0.9.0), so each
+tier reads exactly as ``parse`` does; should those internals move, rsdlib falls back to ``parse``
+itself and infers the tier from the text (a box present, else an "answer" anchor).
+
 ``extract`` also says how the answer was found (``FOUND``): "boxed", "stated" (an anchored form,
 rules 2-4 for letters), "last_expression" (the last expression; rule 5 for letters) or "none".
 Evaluation summaries count these per model and benchmark, so a model that stops boxing shows.
@@ -297,8 +301,16 @@ def _extract_math(region: str) -> tuple[str | None, str, list]:
     nothing matched). ``\\fbox`` is read as ``\\boxed``.
     """
     text = re.sub(r"\\fbox\s*\{", r"\\boxed{", region)
+    try:
+        tiers = _mv_tiers()
+    except (ImportError, AttributeError):  # math-verify's internals moved: its public parse, tier guessed
+        parsed = _mv_parse(text)
+        if not parsed:
+            return None, "none", []
+        found = "boxed" if _boxes(text) else "stated" if re.search(r"(?i)answer", text) else "last_expression"
+        return str(parsed[-1]), found, parsed
     fallback: tuple[str, str] | None = None
-    for found, target_res in _mv_tiers().items():
+    for found, target_res in tiers.items():
         parsed, as_string = _mv_extract_tier(text, target_res)
         if parsed is not None:
             return as_string, found, [parsed, as_string]
@@ -469,7 +481,7 @@ def extract(response_text: str, kind: str = "math", *, answer_format: str = "sta
     """
     _check(kind, answer_format)
     region = answer_region(response_text, answer_from, delim)
-    closed = True if (answer_from == "whole" or delim is None) else closed_thinking(response_text, delim)
+    closed = True if delim is None else closed_thinking(response_text, delim)
     answer, found, parsed, letter = _extract_region(region, kind, answer_format, _letters_for(gold))
     return Extraction(answer=answer, found=found, closed_thinking=closed, parsed=parsed, letter=letter)
 
@@ -643,7 +655,7 @@ def grade(response_text: str, problem: Any, delim: str | None = THINK_END, *, an
     gold, kind = (problem["gold"], problem["kind"]) if isinstance(problem, dict) else (problem.gold, problem.kind)
     _check(kind, answer_format)
     region = answer_region(response_text, answer_from, delim)
-    closed = True if (answer_from == "whole" or delim is None) else closed_thinking(response_text, delim)
+    closed = True if delim is None else closed_thinking(response_text, delim)
     return {**_grade_region(region, str(gold), kind, answer_format), "closed_thinking": closed}
 
 
@@ -804,7 +816,7 @@ def grade_many(
         if kind not in KINDS:
             raise ValueError(f"item {i}: unknown answer kind {kind!r}; expected one of {KINDS}")
         region = answer_region(text, answer_from, delim)
-        closed = True if (answer_from == "whole" or delim is None) else closed_thinking(text, delim)
+        closed = True if delim is None else closed_thinking(text, delim)
         base = {"closed_thinking": closed, "timed_out": False, "error": None}
         if timeout is None or _decided_here(region, gold, kind, answer_format):
             try:

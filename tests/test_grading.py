@@ -237,7 +237,8 @@ def test_issue_19_unboxed_answers_are_read(answer, gold, kind, status, found):
     assert (g["status"], g["found"]) == (status, found)
     # the strict mode keeps the old reading: no box after </think> is no answer
     strict = grade(T + answer, {"gold": gold, "kind": kind}, answer_format="boxed")
-    assert strict["status"] == ("no_answer" if found != "boxed" else strict["status"])
+    if found != "boxed":
+        assert strict["status"] == "no_answer"
 
 
 # issue 12 item 7: false positives that must stay wrong, in both formats
@@ -385,6 +386,7 @@ def test_answer_from_modes():
     p = {"gold": "4", "kind": "integer"}
     assert grade(base_model, p)["status"] == "no_answer"  # after_thinking is the strict default
     assert grade(base_model, p, answer_from="whole")["status"] == "correct"
+    assert grade(base_model, p, answer_from="whole")["closed_thinking"] is False  # a fact, whatever is read
     # a thinking model that never closes its thinking stays "no answer", whatever its text holds
     looping = "Hmm \\boxed{4} wait, let me recheck ... recheck ..."
     assert grade(looping, p, answer_from="after_thinking")["status"] == "no_answer"
@@ -431,3 +433,17 @@ def test_grade_many_reads_per_answer_from_and_format():
     assert [g["found"] for g in whole] == ["boxed", "stated", "stated"]
     boxed = grade_many(items, timeout=60, answer_from="whole", answer_format="boxed")
     assert [g["status"] for g in boxed] == ["correct", "no_answer", "no_answer"]
+
+
+def test_math_reading_falls_back_to_public_parse_when_internals_move(monkeypatch):
+    import rsdlib.grading as grading
+
+    def moved():
+        raise ImportError("math_verify.parser.get_extraction_regexes moved")
+
+    monkeypatch.setattr(grading, "_mv_tiers", moved)
+    assert grade(T + "So \\boxed{4}.", {"gold": "4", "kind": "integer"})["found"] == "boxed"
+    assert grade(T + "The final answer is 4", {"gold": "4", "kind": "integer"})["status"] == "correct"
+    assert grade(T + "we get 3 then 4", {"gold": "4", "kind": "integer"})["found"] == "last_expression"
+    assert grade(T + "\\boxed{1,2}", {"gold": "12", "kind": "integer"})["status"] == "wrong"
+    assert grade(T + "nothing here", {"gold": "4", "kind": "integer"})["status"] == "no_answer"
