@@ -25,7 +25,14 @@
 #
 # **Writes:** `results/<profile>/eval/<model>/` (rsdlib.evaluate: per-sample rows and a summary per
 # benchmark) and `results/<profile>/eval/summary.json` (accuracy in % per model and benchmark, and
-# their average). GPQA rows never hold question text, and this notebook never prints responses.
+# their average, and how answers were found: boxed / stated / last expression / none). GPQA rows never
+# hold question text, and this notebook never prints responses.
+#
+# **Grading** (rsdlib.grading): answers are read as math-verify reads them (boxed first, then "the
+# final answer is ...", then the last expression; GPQA letters by a documented priority of forms),
+# from the text after the thinking, or from the whole response for a model that does not think
+# (`answer_from`, per model: Table 4's base Llama-3.2-1B-Instruct). Rows graded another way before
+# are re-graded from their stored responses, without generating again.
 # Finished samples are kept across reruns; `force: true` redoes them.
 #
 # **Time:** smoke about 30 s; demo (0.5B student, a few short problems per benchmark, per model) about
@@ -33,6 +40,7 @@
 # tokens) hours per model on one GPU with vLLM (not measured here).
 
 # %%
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,6 +57,7 @@ models: list = ["base", "reference", "teacher", "self-distill", "self-distill-ce
 extra_models: dict = {}  # name -> model spec or "<pair>-<method>" of notebook 30, for Tables 3-5
 evaluation: dict = {"benchmarks": ["aime24", "aime25", "gpqa_diamond", "math500"], "samples": {"aime24": 1, "aime25": 1, "gpqa_diamond": 1, "math500": 1}, "limit": 2, "max_tokens": {"aime24": 192, "aime25": 192, "gpqa_diamond": 192, "math500": 192}, "think_budget": {"gpqa_diamond": 160}}  # EvalConfig keys
 force: bool = False  # redo the evaluation even if finished samples exist
+answer_from: dict = {}  # model name -> auto | after_thinking | whole (where answers are read; unlisted: evaluation's answer_from, default auto)
 
 # %%
 results = paths.results_dir(profile)
@@ -77,6 +86,9 @@ def resolve(name: str) -> str | None:
 
 
 plan = {name: resolve(name) for name in [*models, *extra_models]}
+unknown = sorted(set(answer_from) - set(plan))
+if unknown:
+    raise ValueError(f"answer_from: unknown model name(s) {unknown}; models: {sorted(plan)}")
 print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
       f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
 for name, where in plan.items():
@@ -105,7 +117,8 @@ for name, where in plan.items():
         stale = (out / "config.json").is_file()
     if stale:
         print(f"{name}: the model changed since its last evaluation: redoing it")
-    summaries = evaluate(where, cfg, out, force=force or stale)
+    model_cfg = dataclasses.replace(cfg, answer_from=answer_from.get(name, cfg.answer_from))  # validated again
+    summaries = evaluate(where, model_cfg, out, force=force or stale)
     (out / "model_stamp.json").write_text(json.dumps(stamp))
     row = {NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
     row["Average"] = sum(row.values()) / len(row) if len(row) == len(cfg.benchmarks) else None
@@ -113,9 +126,15 @@ for name, where in plan.items():
         max(1, sum(s["n_samples"] for s in summaries.values()))
     row["problems"] = {b: s["n_problems"] for b, s in summaries.items()}
     row["metric"] = {b: s["paper_metric"] for b, s in summaries.items()}
+    row["answers_found"] = {b: s["answers_found"] for b, s in summaries.items()}  # boxed / stated / last_expression / none
     scores[name] = row
 doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
        "paper_metrics": reference.METRICS}
 (results / "eval").mkdir(parents=True, exist_ok=True)
 (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
-pd.DataFrame({k: {c: v for c, v in r.items() if c not in ("problems", "metric")} for k, r in scores.items()}).T
+found = pd.DataFrame({(k, NAMES.get(b, b)): {f: round(100 * v, 1) for f, v in per.items()}
+                      for k, r in scores.items() for b, per in r["answers_found"].items()}).T
+print("how answers were found (% of samples):")
+print(found.to_string())
+pd.DataFrame({k: {c: v for c, v in r.items() if c not in ("problems", "metric", "answers_found")}
+              for k, r in scores.items()}).T

@@ -7,6 +7,8 @@
   each, with each answer, its fallback rate and its share of sub-1% tokens, beside plain teacher
   sampling of the same problems.
 - `rsdlib reproduce --profile demo`: run a profile's notebooks with papermill (`rsdlib.reproduce`).
+- `rsdlib regrade results/demo/eval`: re-grade stored evaluations with the current answer reading
+  (`rsdlib.evaluate.regrade`) and print which scores moved.
 
 Subcommands are argparse subparsers; add one by writing `add_<name>(subparsers)` and calling it in
 `build_parser`. Known failures (model not found, checksum mismatch, download error) end with one
@@ -128,6 +130,26 @@ def add_demo(subparsers) -> None:
     p.set_defaults(func=run_demo)
 
 
+def run_regrade(args: argparse.Namespace) -> int:
+    from rsdlib.evaluate import run_regrade as run
+
+    return run(args)
+
+
+def add_regrade(subparsers) -> None:
+    from rsdlib.grading import ANSWER_FORMATS, ANSWER_FROM
+
+    p = subparsers.add_parser("regrade", help="re-grade stored evaluation folders (no model needed) and "
+                                              "print which scores moved")
+    p.add_argument("folder", help="an evaluation folder (config.json + <benchmark>/samples.jsonl) or a folder "
+                                  "of them, e.g. results/demo/eval")
+    p.add_argument("--answer-format", choices=ANSWER_FORMATS, default=None, help="default: the stored config's")
+    p.add_argument("--answer-from", choices=ANSWER_FROM, default=None, help="default: the stored config's")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per math-verify item (default: the stored config's)")
+    p.set_defaults(func=run_regrade)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdlib", description="Reverse Speculative Decoding (arXiv 2509.22230)")
     parser.add_argument("--threads", type=int, default=None,
@@ -139,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rsdlib.reproduce import add_reproduce_parser
 
     add_reproduce_parser(subparsers)
+    add_regrade(subparsers)
     return parser
 
 

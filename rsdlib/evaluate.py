@@ -37,8 +37,19 @@ plus, when its thinking is still open, the delimiter's ids (``forced``); pass 2 
 
 Estimators (field notes, section 6; ``rsdlib.metrics``): avg@k = mean over problems of correct / k;
 pass@k unbiased; maj@k = the majority answer's correctness, votes grouping answers equal after
-removing whitespace (integers by value; GPQA by the option chosen, since letters are shuffled per
-sample); a response that never closes its thinking, or has no \\boxed{} after it, is "no answer".
+normalising spaces and LaTeX wrappers (``rsdlib.grading.answer_key``: integers by value, separate
+numbers never joined; GPQA by the option chosen, since letters are shuffled per sample).
+
+Grading (``rsdlib.grading``): ``answer_format`` "standard" (math-verify's extraction: boxed, then
+stated, then the last expression; GPQA letters by a priority of forms) or "boxed" (strict);
+``answer_from`` "after_thinking" (a response that never closes its thinking is "no answer"),
+"whole" (a model that does not think), or "auto" (per model: after the thinking when the prompt
+opens one or the tokenizer has the delimiter as a token, else the whole response). Neither changes
+a sample, so neither is part of the config hash: rows record how they were graded (``found``:
+boxed / stated / last_expression / none, ``answer_format``, ``answer_from``, ``grading_version``),
+rows graded otherwise are re-graded from their stored response when the benchmark is summarised,
+and ``regrade(folder)`` re-grades a stored evaluation folder without a model. Summaries count how
+answers were found (``answers_found``), so a model that stops boxing shows.
 """
 
 from __future__ import annotations
@@ -58,7 +69,17 @@ from rsdlib import data as data_mod
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
-from rsdlib.grading import CHOICE_LETTERS, choice_letter, grade_many
+from rsdlib.grading import (
+    ANSWER_FORMATS,
+    ANSWER_FROM,
+    CHOICE_LETTERS,
+    FOUND,
+    GRADING_VERSION,
+    answer_key,
+    choice_letter,
+    grade_many,
+    resolve_answer_from,
+)
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
 from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable, run_lock, unique_samples
@@ -70,6 +91,8 @@ __all__ = [
     "evaluate",
     "generate_with_budget",
     "summarize_rows",
+    "regrade",
+    "regrade_rows",
     "load_eval_model",
     "library_versions",
     "PAPER_SAMPLES",
@@ -83,7 +106,7 @@ PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
-HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir")  # do not change any sample
+HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "answer_format", "answer_from")  # do not change any sample
 
 
 class BackendUnavailableError(RuntimeError):
@@ -118,7 +141,9 @@ class EvalConfig:
     base_seed: int = 0  # seeds per (problem, sample) derive from it; also salts the GPQA option shuffle
     dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32) | float32 | bfloat16 | float16
     device: str = "auto"  # hf: auto | cpu | cuda[:i]
-    grade_timeout: float = 10.0  # seconds per math-verify comparison
+    grade_timeout: float = 10.0  # seconds per math-verify extraction + comparison
+    answer_format: str = "standard"  # standard (math-verify's extraction; GPQA letter forms) | boxed (only \boxed{})
+    answer_from: str = "auto"  # where answers are read: after_thinking | whole (a model that does not think) | auto (rsdlib.grading.resolve_answer_from)
     data_dir: str | None = None  # folder of local benchmark files (default: $RSDLIB_DATA_DIR, then the hub)
     vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, max_model_len...)
 
@@ -156,6 +181,10 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.grade_timeout <= 0:
             raise ValueError(f"grade_timeout must be > 0, got {self.grade_timeout}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        if self.answer_from not in ANSWER_FROM:
+            raise ValueError(f"answer_from must be one of {ANSWER_FROM}, got {self.answer_from!r}")
 
     # per-benchmark settings: the explicit entry, else the paper's value
     def samples_for(self, benchmark: str) -> int:
@@ -265,20 +294,18 @@ def _option_order(shuffled) -> list[int]:
 
 
 def vote_key(answer: str | None, kind: str, option_order: Sequence[int] | None = None) -> str | None:
-    """What a sample votes for in maj@k: the option chosen (choice), the integer value, or the answer."""
+    """What a sample votes for in maj@k: the option chosen (choice), else ``rsdlib.grading.answer_key``.
+
+    Separate numbers are never joined: "1,2", "3, 4" and "1 2" do not vote with 12 or 34.
+    """
     if answer is None:
         return None
     if kind == "choice":
         letter = choice_letter(answer)
         if letter is None or option_order is None or CHOICE_LETTERS.index(letter) >= len(option_order):
-            return re.sub(r"\s+", "", answer) or None
+            return answer_key(answer, kind)
         return f"option{option_order[CHOICE_LETTERS.index(letter)]}"
-    text = re.sub(r"\s+", "", answer)
-    if kind == "integer":
-        plain = text.replace(",", "").replace("{,}", "")
-        if re.fullmatch(r"[+-]?\d+", plain):
-            return str(int(plain))
-    return text or None
+    return answer_key(answer, kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +434,9 @@ def summarize_rows(rows: Sequence[dict], samples_per_problem: int) -> dict:
     """The estimators of one benchmark from its sample rows (each problem needs samples 0..n-1).
 
     Row fields used: problem_id, sample_index, status ("correct" | "wrong" | "no_answer"), vote
-    (str or None), forced (bool), finish_reason, n_tokens, timed_out (optional).
+    (str or None), forced (bool), finish_reason, n_tokens, timed_out and found (optional).
+    ``answers_found``: the fraction of samples whose answer was found boxed / stated / as the last
+    expression / not at all (``rsdlib.grading.FOUND``; "unknown" for rows graded before it existed).
     """
     n = samples_per_problem
     by_problem: dict[str, dict[int, dict]] = {}
@@ -441,7 +470,130 @@ def summarize_rows(rows: Sequence[dict], samples_per_problem: int) -> dict:
         "truncated_rate": sum(r.get("finish_reason") == "length" for r in flat) / len(flat),
         "timed_out": sum(bool(r.get("timed_out")) for r in flat),
         "mean_output_tokens": sum(r["n_tokens"] for r in flat) / len(flat),
+        "answers_found": _found_rates(flat),
     }
+
+
+def _found_rates(rows: Sequence[dict]) -> dict[str, float]:
+    counts = {f: sum(r.get("found") == f for r in rows) for f in FOUND}
+    unknown = len(rows) - sum(counts.values())
+    if unknown:
+        counts["unknown"] = unknown
+    return {f: c / len(rows) for f, c in counts.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Re-grading stored rows (a new extraction, another answer_format / answer_from)
+# ----------------------------------------------------------------------------------------------
+def _reading(cfg: EvalConfig, tokenizer=None) -> dict[str, str]:
+    """How this model's answers are read: answer_format and the resolved answer_from."""
+    return {"answer_format": cfg.answer_format,
+            "answer_from": resolve_answer_from(cfg.answer_from, think_open=cfg.prompt.think_open,
+                                               think_close=cfg.prompt.think_close, tokenizer=tokenizer)}
+
+
+def regrade_rows(rows: list[dict], *, answer_format: str = "standard", answer_from: str = "after_thinking",
+                 delim: str | None = "</think>", timeout: float | None = 10.0, force: bool = False) -> int:
+    """Re-grade, in place, the rows graded another way (or every row: ``force``); returns how many changed.
+
+    A row is re-graded from its stored ``response`` when its ``answer_format``, ``answer_from`` or
+    ``grading_version`` differ from these; its status, answer, found, vote, closed_thinking and
+    timed_out are replaced. Rows without a stored response keep their grades; a protected (GPQA) response
+    is read back for grading and its row protected again.
+    """
+    if answer_from == "auto":
+        raise ValueError("regrade_rows: resolve answer_from='auto' for the model first (rsdlib.grading.resolve_answer_from)")
+    stale = [r for r in rows if (r.get("response") is not None or "response_protected" in r) and (force or (
+        r.get("answer_format"), r.get("answer_from"), r.get("grading_version"))
+        != (answer_format, answer_from, GRADING_VERSION))]
+    if not stale:
+        return 0
+    graded = grade_many([(reveal_response(r), r["gold"], r["kind"]) for r in stale], timeout=timeout, delim=delim,
+                        answer_format=answer_format, answer_from=answer_from)
+    for r, g in zip(stale, graded):
+        r.update(status=g["status"], answer=g["answer"], found=g["found"], closed_thinking=g["closed_thinking"],
+                 timed_out=g.get("timed_out", False), answer_format=answer_format, answer_from=answer_from,
+                 grading_version=GRADING_VERSION,
+                 vote=vote_key(g["answer"], r["kind"], r.get("option_order")))
+        if "response_protected" in r:  # a private (GPQA) row: its new answer and vote protected as when written
+            r["response"] = reveal_response(r)
+            _protect_row(r)
+    return len(stale)
+
+
+def _write_jsonl_atomic(path: Path, rows: Sequence[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _stored_config(folder: Path) -> EvalConfig:
+    """The EvalConfig stored in an evaluation folder's config.json (keys this version lacks are ignored)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not an evaluation folder (no config.json)")
+    stored = json.loads(path.read_text()).get("config", {})
+    known = set(EvalConfig.__dataclass_fields__)
+    return EvalConfig(**{k: v for k, v in stored.items() if k in known})
+
+
+def regrade(folder, *, answer_format: str | None = None, answer_from: str | None = None,
+            timeout: float | None = None, tokenizer=None) -> dict:
+    """Re-grade a stored evaluation folder (or a folder of them) with the current extraction; no model needed.
+
+    ``folder``: an ``evaluate`` output folder (config.json + <benchmark>/samples.jsonl), or a folder
+    whose subfolders are (``results/<profile>/eval``). ``answer_format`` / ``answer_from`` default to
+    the stored config's; ``answer_from="auto"`` needs the model's ``tokenizer`` only when the prompt
+    opens no thinking section. Every row with a stored response is re-graded; samples.jsonl and
+    summary.json are rewritten (atomically). Returns, per model folder and benchmark: the score
+    before and after, ``moved`` (counts of "old -> new" status changes) and ``answers_found``.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        subs = sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+        if not subs:
+            raise FileNotFoundError(f"{folder}: neither an evaluation folder (config.json) nor a folder of them")
+        return {p.name: regrade(p, answer_format=answer_format, answer_from=answer_from, timeout=timeout,
+                                tokenizer=tokenizer) for p in subs}
+    cfg = _stored_config(folder)
+    if answer_format is not None:
+        cfg.answer_format = answer_format
+    if answer_from is not None:
+        cfg.answer_from = answer_from
+    cfg.__post_init__()
+    reading = _reading(cfg, tokenizer)
+    report = {}
+    for bench_dir in sorted(p for p in folder.iterdir() if (p / "samples.jsonl").is_file()):
+        with run_lock(bench_dir):
+            samples_path = bench_dir / "samples.jsonl"
+            rows = unique_samples(read_jsonl_resumable(samples_path))
+            before = [r["status"] for r in rows]
+            regrade_rows(rows, **reading, delim=cfg.prompt.think_close,
+                         timeout=cfg.grade_timeout if timeout is None else timeout, force=True)
+            _write_jsonl_atomic(samples_path, rows)
+            moved: dict[str, int] = {}
+            for old, r in zip(before, rows):
+                if old != r["status"]:
+                    moved[f"{old} -> {r['status']}"] = moved.get(f"{old} -> {r['status']}", 0) + 1
+            entry = {"rows": len(rows), "moved": moved, "answers_found": _found_rates(rows) if rows else {}}
+            summary_path = bench_dir / "summary.json"
+            if summary_path.is_file():
+                summary = json.loads(summary_path.read_text())
+                entry["score_before"] = summary.get("score")
+                try:
+                    summary.update(summarize_rows(rows, summary["samples_per_problem"]))
+                except ValueError as err:  # an unfinished benchmark: no summary to update
+                    entry["error"] = str(err)
+                else:
+                    summary.update(reading, grading_version=GRADING_VERSION)
+                    _write_json_atomic(summary_path, summary)
+                    entry["score_after"] = summary["score"]
+            report[bench_dir.name] = entry
+    return report
 
 
 def library_versions() -> dict[str, str | None]:
@@ -618,6 +770,7 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path, repair=True)}
     close = cfg.prompt.think_close
     delimiter_ids = list(tokenizer(cfg.forced_delimiter, add_special_tokens=False)["input_ids"])
+    reading = _reading(cfg, tokenizer)
 
     jobs, variants = [], {}
     for p in problems:
@@ -636,7 +789,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     def on_done(job: SampleJob, ids: list[int], finish: str, forced: bool, continued: bool) -> None:
         variant = variants[job.key]
         text = tokenizer.decode(ids, skip_special_tokens=False)
-        graded = grade_many([(text, variant.gold, variant.kind)], timeout=cfg.grade_timeout, delim=close)[0]
+        graded = grade_many([(text, variant.gold, variant.kind)], timeout=cfg.grade_timeout, delim=close,
+                            answer_format=reading["answer_format"], answer_from=reading["answer_from"])[0]
         order = _option_order(variant) if variant.kind == "choice" else None
         row = {
             "benchmark": name, "problem_id": job.key[0], "sample_index": job.key[1], "config_hash": chash,
@@ -645,7 +799,7 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
             "forced": forced, "continued": continued, "closed_thinking": graded["closed_thinking"],
             "status": graded["status"], "answer": graded["answer"], "vote": vote_key(graded["answer"], variant.kind, order),
             "gold": variant.gold, "kind": variant.kind, "timed_out": graded.get("timed_out", False),
-            "response": text,
+            "found": graded["found"], **reading, "grading_version": GRADING_VERSION, "response": text,
         }
         if order is not None:
             row["option_order"] = order  # canonical option shown at each letter; 0 = the correct one
@@ -669,10 +823,39 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
         )
     bar.close()
     pending_path.unlink(missing_ok=True)
+    if regrade_rows(done, **reading, delim=close, timeout=cfg.grade_timeout):  # rows graded another way before
+        _write_jsonl_atomic(samples_path, done)
 
-    summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n),
+    summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n), **reading,
+               "grading_version": GRADING_VERSION,
                "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
                "versions": library_versions(), "config": config_to_dict(cfg)}
     _write_json_atomic(bench_dir / "summary.json", summary)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# `rsdlib regrade FOLDER`
+# ----------------------------------------------------------------------------------------------
+def run_regrade(args) -> int:
+    """CLI: re-grade stored evaluation folders and print what moved, per model and benchmark."""
+    import sys
+
+    try:
+        report = regrade(args.folder, answer_format=args.answer_format, answer_from=args.answer_from,
+                         timeout=args.timeout)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rsdlib regrade: error: {err}", file=sys.stderr)
+        return 1
+    if report and all("rows" in v for v in report.values()):  # one model folder
+        report = {Path(args.folder).name: report}
+    for model, benches in report.items():
+        for bench, entry in benches.items():
+            before, after = entry.get("score_before"), entry.get("score_after")
+            score = (f"{100 * before:.1f}% -> {100 * after:.1f}%" if before is not None and after is not None
+                     else "no summary (unfinished)")
+            found = ", ".join(f"{k} {100 * v:.0f}%" for k, v in entry["answers_found"].items() if v)
+            moved = ", ".join(f"{k}: {v}" for k, v in entry["moved"].items()) or "none"
+            print(f"{model}/{bench}: {score}; {entry['rows']} rows; moved {moved}; answers found {found}")
+    return 0

@@ -416,3 +416,150 @@ def test_gpqa_response_quoting_the_question_is_not_stored_in_plain_text(tok, dat
     assert len({r["vote"] for r in quoted}) == 1  # equal free-text answers still vote together
     letters = [r for r in rows if r["sample_index"] == 0]
     assert all(r["answer"] == "B" and r["vote"].startswith("option") for r in letters)
+
+# ----------------------------------------------------------------------------------------------
+# Grading in evaluation (issue 19; issue 12 items 7 and 8)
+# ----------------------------------------------------------------------------------------------
+def test_vote_key_never_joins_separate_numbers():
+    assert ev.vote_key("1,2", "integer") != ev.vote_key("12", "integer")
+    assert ev.vote_key("3, 4", "integer") != ev.vote_key("34", "integer")
+    assert ev.vote_key("1 2", "integer") != ev.vote_key("12", "integer")
+    assert ev.vote_key("1 2", "math") != ev.vote_key("12", "math")
+    assert ev.vote_key("1,000", "integer") == ev.vote_key("1000", "integer") == "1000"
+    assert ev.vote_key("x + 1", "math") == ev.vote_key("x+1", "math")
+    # two letters are not a vote for either option
+    assert ev.vote_key("A and B", "choice", [0, 1, 2, 3]) not in ("option0", "option1")
+
+
+def fake_backend(monkeypatch, tok, text: str, calls: list):
+    """Replace the HF backend by one that answers every prompt with ``text`` and ends the turn."""
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+
+    def backend(model, tokenizer, cfg, stop_ids):
+        def generate(prompts, seeds, max_new_tokens, on_finish):
+            calls.append(len(prompts))
+            for i in range(len(prompts)):
+                on_finish(i, list(ids), "stop")
+        return generate
+
+    monkeypatch.setattr(ev, "hf_backend", backend)
+
+
+def test_unboxed_answers_count_and_a_rerun_regrades_without_generating(tok, data_dir, tmp_path, monkeypatch):
+    calls: list = []
+    fake_backend(monkeypatch, tok, "Let me see. 1+1 = 2.</think>\nThe final answer is 2.", calls)
+    model = scripted_model(tok, "a")
+    strict = evaluate(model, cfg_for(data_dir, answer_format="boxed"), tmp_path / "out", tokenizer=tok,
+                      progress=False)["math500"]
+    [row] = rows_of(tmp_path / "out")
+    assert (row["status"], row["found"], row["answer_format"], row["answer_from"]) == \
+        ("no_answer", "none", "boxed", "after_thinking")
+    assert strict["score"] == 0.0 and strict["answers_found"]["none"] == 1.0 and calls == [1]
+    # the standard reading is not part of the config hash: the same folder is re-graded, nothing regenerated
+    standard = evaluate(model, cfg_for(data_dir), tmp_path / "out", tokenizer=tok, progress=False)["math500"]
+    assert calls == [1]
+    [row] = rows_of(tmp_path / "out")
+    assert (row["status"], row["found"], row["answer"], row["vote"]) == ("correct", "stated", "2", "2")
+    assert standard["score"] == 1.0 and standard["answers_found"]["stated"] == 1.0
+    assert standard["answer_format"] == "standard" and standard["grading_version"] == ev.GRADING_VERSION
+
+
+def test_a_model_that_does_not_think_is_read_whole(tok, data_dir, tmp_path, monkeypatch):
+    calls: list = []
+    fake_backend(monkeypatch, tok, "1+1 = 2, so the answer is $\\boxed{2}$.", calls)  # never writes </think>
+    model = scripted_model(tok, "a")
+    # auto, with a prompt that opens thinking: a thinking model that never closed its thinking
+    auto = evaluate(model, cfg_for(data_dir), tmp_path / "auto", tokenizer=tok, progress=False)["math500"]
+    assert auto["answer_from"] == "after_thinking" and auto["score"] == 0.0 and auto["no_answer_rate"] == 1.0
+    whole = evaluate(model, cfg_for(data_dir, answer_from="whole"), tmp_path / "whole", tokenizer=tok,
+                     progress=False)["math500"]
+    assert whole["answer_from"] == "whole" and whole["score"] == 1.0 and whole["answers_found"]["boxed"] == 1.0
+    # auto with a prompt that opens no thinking section, and a tokenizer with </think> as one token: thinking
+    style = {"think_open": ""}
+    assert ev._reading(cfg_for(data_dir, prompt=style), tok)["answer_from"] == "after_thinking"
+    with pytest.raises(ValueError, match="answer_from"):
+        cfg_for(data_dir, answer_from="all")
+    with pytest.raises(ValueError, match="answer_format"):
+        cfg_for(data_dir, answer_format="loose")
+
+
+def _old_row(pid, k, response, gold, kind, status, answer, **extra):
+    """A row as the boxed-only grader (grading version 1) wrote it: no found / answer_format / answer_from."""
+    return {"benchmark": "b", "problem_id": pid, "sample_index": k, "n_tokens": 10, "finish_reason": "stop",
+            "forced": False, "status": status, "answer": answer, "vote": answer, "gold": gold, "kind": kind,
+            "timed_out": False, "response": response, **extra}
+
+
+def test_regrade_a_stored_evaluation_folder(tmp_path):
+    from rsdlib.config import config_to_dict
+
+    cfg = EvalConfig(benchmarks=("math500", "gpqa_diamond"), samples={"math500": 1, "gpqa_diamond": 2})
+    model_dir = tmp_path / "eval" / "student"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}))
+    math_rows = [
+        _old_row("m1", 0, "x</think> So \\boxed{4}.", "4", "math", "correct", "4"),
+        _old_row("m2", 0, "x</think> The final answer is 7", "7", "math", "no_answer", None),
+        _old_row("m3", 0, "x</think> So \\boxed{1,2}.", "12", "integer", "correct", "1,2"),  # the old false positive
+        _old_row("m4", 0, "never closes \\boxed{5}", "5", "integer", "no_answer", None),
+    ]
+    gpqa_rows = [
+        _old_row("g1", 0, "x</think> Answer: C", "C", "choice", "no_answer", None, option_order=[1, 2, 0, 3]),
+        _old_row("g1", 1, "x</think> \\boxed{A and B}", "A", "choice", "correct", "A and B", option_order=[0, 1, 2, 3]),
+    ]
+    for bench, rows, n in (("math500", math_rows, 1), ("gpqa_diamond", gpqa_rows, 2)):
+        (model_dir / bench).mkdir()
+        for r in rows:
+            append_jsonl(model_dir / bench / "samples.jsonl", r)
+        (model_dir / bench / "summary.json").write_text(json.dumps({"benchmark": bench, **summarize_rows(rows, n)}))
+
+    report = ev.regrade(tmp_path / "eval", timeout=60)  # a folder of model folders
+    math, gpqa = report["student"]["math500"], report["student"]["gpqa_diamond"]
+    assert math["score_before"] == 0.5 and math["score_after"] == 0.5
+    assert math["moved"] == {"no_answer -> correct": 1, "correct -> wrong": 1}
+    assert gpqa["score_before"] == 0.5 and gpqa["score_after"] == 0.5
+    assert gpqa["moved"] == {"no_answer -> correct": 1, "correct -> wrong": 1}
+    rows = rows_of(model_dir, "math500")
+    assert [r["found"] for r in rows] == ["boxed", "stated", "boxed", "none"]
+    assert all(r["grading_version"] == ev.GRADING_VERSION and r["answer_from"] == "after_thinking" for r in rows)
+    summary = json.loads((model_dir / "math500" / "summary.json").read_text())
+    assert summary["answers_found"] == {"boxed": 0.5, "stated": 0.25, "last_expression": 0.0, "none": 0.25}
+    g_rows = rows_of(model_dir, "gpqa_diamond")
+    assert g_rows[0]["vote"] == "option0" and g_rows[1]["status"] == "wrong"
+
+    # per model: the same folder read whole (a model that does not think) finds the box in m4
+    again = ev.regrade(model_dir, answer_from="whole", timeout=60)
+    assert again["math500"]["moved"] == {"no_answer -> correct": 1} and again["math500"]["score_after"] == 0.75
+    with pytest.raises(FileNotFoundError, match="evaluation folder"):
+        ev.regrade(tmp_path / "eval" / "student" / "math500")
+
+
+def test_regrade_command_line(tmp_path, capsys):
+    from rsdlib.cli import main
+    from rsdlib.config import config_to_dict
+
+    cfg = EvalConfig(benchmarks=("math500",), samples={"math500": 1})
+    model_dir = tmp_path / "eval" / "base"
+    (model_dir / "math500").mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}))
+    rows = [_old_row("m1", 0, "x</think> The final answer is 7", "7", "math", "no_answer", None),
+            _old_row("m2", 0, "x</think> \\boxed{3}", "3", "math", "correct", "3")]
+    for r in rows:
+        append_jsonl(model_dir / "math500" / "samples.jsonl", r)
+    (model_dir / "math500" / "summary.json").write_text(json.dumps(summarize_rows(rows, 1)))
+    assert main(["regrade", str(tmp_path / "eval"), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "base/math500: 50.0% -> 100.0%; 2 rows; moved no_answer -> correct: 1; answers found boxed 50%, stated 50%" in out
+    assert main(["regrade", str(tmp_path / "nowhere")]) == 1
+    assert "rsdlib regrade: error" in capsys.readouterr().err
+
+
+def test_regrade_reads_a_protected_gpqa_response_and_keeps_it_protected():
+    row = _old_row("g1", 0, f"x</think> {SECRET} quoted. Answer: C", "C", "choice", "no_answer", None,
+                   option_order=[1, 2, 0, 3])
+    ev._protect_row(row)
+    assert "response" not in row and SECRET not in json.dumps(row)
+    assert ev.regrade_rows([row], timeout=60) == 1
+    assert row["status"] == "correct" and row["answer"] == "C" and row["vote"] == "option0"
+    assert "response" not in row and SECRET not in json.dumps(row)
+    assert SECRET in ev.reveal_response(row)
