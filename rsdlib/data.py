@@ -173,7 +173,7 @@ def _int_gold(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # s1K gold extraction
 # ----------------------------------------------------------------------------------------------
-SHORT_SOLUTION_CHARS = 20  # PROVENANCE.md: 373 of the 1000 s1K solutions are shorter (final answers)
+SHORT_SOLUTION_CHARS = 20  # DATA.md: 373 of the 1000 s1K solutions are shorter (final answers)
 _PROOF_END = re.compile(r"(\\blacksquare|\\square|\\Box\b|\\qed|\bQ\.?E\.?D\.?)\s*\$*\\?\)?\s*$", re.IGNORECASE)
 _ANSWER_LINE = re.compile(
     r"(?:final answer|the answer is|answer\s*:|answer is)\s*:?\s*(?:is\s*)?(.+?)\s*\.?\s*$", re.IGNORECASE

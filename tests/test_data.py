@@ -162,7 +162,7 @@ def test_s1k_gold_extraction_counts(loaded, capsys):
     with capsys.disabled():
         print(f"\ns1K gold extraction: {len(checkable)} checkable, {len(unextractable)} unextractable; {dict(rules)}")
     assert len(checkable) + len(unextractable) == 1000
-    assert rules["short"] == 373  # PROVENANCE.md: 373 short final answers
+    assert rules["short"] == 373  # DATA.md: 373 short final answers
     assert rules["boxed"] >= 250
     assert 780 <= len(checkable) <= 860
     assert all(p.gold == "" and p.meta["gold_extracted"] is False for p in unextractable)
