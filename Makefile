@@ -3,11 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Benchmark files: the hub by default; a local copy beside the repository when there is one
-# (this workplace's ../shared/data). An RSDLIB_DATA_DIR set by the user wins.
-SHARED_DATA := $(abspath ../shared/data)
-RSDLIB_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/PROVENANCE.md),$(SHARED_DATA),)
-export RSDLIB_DATA_DIR
+# Benchmark files come with the package (rsdlib/benchmark_data, DATA.md): nothing outside the
+# repository is read. An RSDLIB_DATA_DIR set by the user still wins (a folder of their own files).
 
 .PHONY: setup demo rsd-demo test test-fast test-slow prepare clean
 

@@ -24,8 +24,9 @@
 # what happens at each step, then checks that rsdlib's batched `Decoder` emits the same tokens under
 # the same seed.
 #
-# **Reads:** one benchmark problem, the model pair. **Writes:** `figures/<profile>/walkthrough.{pdf,png}`
-# and `figures/<profile>/walkthrough.{md,csv}` (a teaching figure and table, not in the paper).
+# **Reads:** one benchmark problem (the copy shipped in rsdlib, or the hub with `source: hub`), the
+# model pair. **Writes:** `figures/<profile>/walkthrough.{pdf,png}` and
+# `figures/<profile>/walkthrough.{md,csv}` (a teaching figure and table, not in the paper).
 #
 # **Time:** smoke a few seconds; demo (embedded pair, CPU) about 1 min; paper pair on a GPU under a minute.
 
@@ -46,6 +47,7 @@ student: str = "embedded:student"  # student model spec
 dtype: str = "auto"  # auto, float32, bfloat16
 device: str = "auto"  # auto, cpu, cuda
 benchmark: str = "math500"  # where the problem comes from (never GPQA)
+source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub (the hub dataset the paper used)
 split_salt: str = "rsdlib-demo"  # the problem is the easiest of the trace half of this hash split
 threshold: float = 0.01  # p_th
 temperature: float = 0.7  # sampling temperature of both models (paper: 0.7)
@@ -60,7 +62,8 @@ if not 0 <= threshold <= 1 or n_steps < 1 or temperature <= 0:
     raise ValueError("need 0 <= threshold <= 1, n_steps >= 1 and temperature > 0")
 pair = make_pair(teacher, student, dtype=dtype, device=device)
 tok = pair.student_tokenizer
-problem = select_problems(benchmark, 1, pick="easiest", split="trace", split_salt=split_salt, skip_diagrams=True)[0]
+problem = select_problems(benchmark, 1, pick="easiest", split="trace", split_salt=split_salt, skip_diagrams=True,
+                          source=source)[0]
 style = prompt_style(prompt)
 prompt_student = prompt_ids(tok, problem, style)
 stop = set(end_of_turn_ids(tok))

@@ -22,8 +22,9 @@
 # offline, the benchmark's own worked solutions stand in for them). Tables 2 and 6 and Figures 2, 3,
 # 5-7 read what this writes.
 #
-# **Reads:** the benchmark problems (`benchmark`; trace problems are the `split_by_hash` half never
-# used for evaluation when `split: trace`), the model pair.
+# **Reads:** the benchmark problems (`benchmark`, from the copy shipped in rsdlib or, with `source: hub`,
+# the hub; trace problems are the `split_by_hash` half never used for evaluation when `split: trace`),
+# the model pair.
 #
 # **Writes:** `results/<profile>/traces/<pair>/<method>/` with `config.json`, `samples.jsonl`,
 # `dataset.jsonl`, `summary.json` (rsdlib.traces), and `results/<profile>/traces/manifest.json`.
@@ -41,6 +42,7 @@ import pandas as pd
 
 from rsdlib import paths
 from rsdlib.config import config_to_dict
+from rsdlib.data import SOURCES
 from rsdlib.decoding import DecodingConfig
 from rsdlib.prompts import end_of_turn_ids, prompt_ids
 from rsdlib.reproduce import make_pair, prompt_style, select_problems, trace_run_stats
@@ -53,6 +55,7 @@ student: str = "embedded:student"  # student model (same kinds of spec)
 dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16, float16
 device: str = "auto"  # auto, cpu, cuda, cuda:1
 benchmark: str = "math500"  # problems to generate traces for (paper: s1k)
+source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub (the hub dataset the paper used)
 n_problems: int = 4  # how many problems; 0 means all
 pick: str = "easiest"  # first (file order) | easiest (lowest MATH500 level)
 split: str = "trace"  # trace: the hash half kept apart from evaluation | all
@@ -75,6 +78,8 @@ if "teacher" not in methods or methods["teacher"].get("mode") != "teacher":
 for name, spec in methods.items():
     if spec.get("mode") not in MODES:
         raise ValueError(f"method {name!r}: mode must be one of {MODES}, got {spec.get('mode')!r}")
+if source not in SOURCES:
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
 if benchmark.lower().startswith("gpqa"):
     raise ValueError("traces are generated for s1K / MATH500 problems; GPQA Diamond is evaluation-only (and must stay unpublished)")
 if reference not in ("", "s1k-1.1", "math500_solutions"):
@@ -109,8 +114,8 @@ for run, extra in extra_pairs.items():
 
 trace_root = paths.results_dir(profile) / "traces"
 trace_root.mkdir(parents=True, exist_ok=True)
-problems = select_problems(benchmark, n_problems, pick=pick, split=split, split_fraction=split_fraction,
-                           split_salt=split_salt, require_gold=False, skip_diagrams=skip_diagrams)  # the trace job counts gold-less ones
+problems = select_problems(benchmark, n_problems, pick=pick, split=split, split_fraction=split_fraction, split_salt=split_salt,
+                           require_gold=False, skip_diagrams=skip_diagrams, source=source)  # the trace job counts gold-less ones
 print(f"{len(problems)} {benchmark} problems ({pick}, split {split}); methods: {', '.join(methods)}")
 
 # %% [markdown]
@@ -156,17 +161,9 @@ def reference_records(tok, problems):
 
         rows = load_benchmark("s1k-1.1", limit=n_problems or None)  # the paper's 1,000 R1 traces
         return [(p, f"{p.meta['trace'].strip()}\n{close}\n\n{p.meta['attempt'].strip()}") for p in rows]
-    from rsdlib.data import BENCHMARKS, data_dir
-
-    solutions = {}
-    folder = data_dir()
-    if folder is not None and (folder / BENCHMARKS["math500"].local_file).is_file():
-        for line in (folder / BENCHMARKS["math500"].local_file).read_text().splitlines():
-            row = json.loads(line)
-            solutions["math500/" + str(row.get("unique_id"))] = row.get("solution", "")
     out = []
     for p in problems:
-        text = p.meta.get("solution") or solutions.get(p.id, "")
+        text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution
         if text:
             out.append((p, f"{text.strip()}\n{close}\n\nThe final answer is $\\boxed{{{p.gold}}}$."))
     return out
@@ -208,7 +205,7 @@ for run, extra in extra_pairs.items():
 
 # %%
 manifest = {
-    "profile": profile, "benchmark": benchmark, "problems": [p.id for p in problems],
+    "profile": profile, "benchmark": benchmark, "source": source, "problems": [p.id for p in problems],
     "pairs": {run: {"teacher": teacher_spec[run], "student": student_spec[run]} for run in summaries},
     "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
     "reference": reference, "restrict_to_teacher_solved": restrict_to_teacher_solved,

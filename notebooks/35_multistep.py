@@ -81,7 +81,7 @@ base_job = load_yaml_config(TraceJobConfig, stored["config"])
 if base_job.decoding.mode not in ("rsd", "skd"):
     raise ValueError(f"method {method!r} is a {base_job.decoding.mode!r} run; multi-step RSD needs an rsd (or skd) method")
 wanted = set(stored["problems"])  # the problems notebook 10 attempted for this method (teacher-solved when restricted)
-problems = [p for p in load_benchmark(manifest["benchmark"]) if p.id in wanted]
+problems = [p for p in load_benchmark(manifest["benchmark"], source=manifest.get("source", "shipped")) if p.id in wanted]
 teacher = manifest["pairs"]["main"]["teacher"]
 student = manifest["pairs"]["main"]["student"]
 root = results / "multistep"

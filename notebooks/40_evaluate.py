@@ -19,7 +19,8 @@
 # Tables 1, 3, 4, 5 and the bars of Figures 1 and 4.
 #
 # **Reads:** `results/<profile>/models/manifest.json` (notebook 30), `results/<profile>/multistep/manifest.json`
-# (notebook 35, when it ran) and the benchmark files. In the
+# (notebook 35, when it ran) and the benchmarks (the copies shipped in rsdlib; `evaluation.source: hub`
+# reads the hub datasets instead). In the
 # demo, MATH500 problems come from the hash half that trace generation never saw (same salt as
 # notebook 10, the other part).
 #

@@ -8,11 +8,17 @@ kind "math" (a LaTeX expression checked by math-verify), "integer" (AIME) or "ch
 is the letter of the correct option among ``options``). ``load_benchmark(name)`` reads, in order:
 
 1. a local folder (the ``local_dir`` argument, else the ``RSDLIB_DATA_DIR`` environment variable)
-   holding the file named in ``BENCHMARKS`` (field names per file: ../shared/data/PROVENANCE.md);
-2. the Hugging Face hub through ``datasets.load_dataset``;
+   holding the file named in ``BENCHMARKS`` (field names per file: DATA.md), when the file is there;
+2. ``source="shipped"`` (the default, every profile): the pinned copy inside the package,
+   ``rsdlib/benchmark_data/`` (MATH500, AIME24, AIME25, s1K gzip-compressed; GPQA Diamond only as
+   its authors' password zip), whose sha256 over the ORIGINAL bytes is checked at every load;
+   ``source="hub"``: the Hugging Face hub through ``datasets.load_dataset``. s1K-1.1 (the R1 traces)
+   is hub-only whatever the source;
 
 and raises ``DatasetUnavailableError`` with one message naming the dataset, the hub id, the local
-file expected and the environment variable when neither works.
+file expected and the environment variable when nothing works, ``ShippedDataError`` when a shipped
+copy fails its checksum. DATA.md (repository root) is the data card: sources, licences, counts,
+fields, both checksums of every shipped file, the hub dataset each one mirrors.
 
 s1K: many reference solutions are worked solutions. ``extract_gold`` takes the last ``\\boxed{}``,
 else a short solution as-is, else a clearly marked final answer ("Answer: C", "the answer is 7",
@@ -20,22 +26,30 @@ or a short expression after the last "=" of the last line); proofs and prose get
 ``meta["gold_extracted"] = False``. ``answer_checkable`` splits a list into (checkable,
 unextractable) so callers count and report the second part instead of dropping it silently.
 
-GPQA: the questions must not be published (PROVENANCE.md). A GPQA problem's id is a hash of its
-question, ``repr`` shows no question or option text, and errors raised here never include it.
+GPQA: the questions must not be published in plain text (its authors' request). The package ships
+them only inside ``gpqa_diamond.zip``, encrypted (ZipCrypto) with the password of the official GPQA
+release, ``GPQA_ZIP_PASSWORD``, and decrypts them in memory at load: the plain text is never written
+to a file. A GPQA problem's id is a hash of its question, ``repr`` shows no question or option text,
+and errors and log lines raised here never include it.
 Options are shuffled by ``shuffle_choices(problem, sample_index)`` with a seed fixed per
 (question id, sample index); ``load_benchmark`` returns the sample-0 order.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import logging
 import random
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from zlib import error as zlib_error
 
 from rsdlib.grading import CHOICE_LETTERS, last_boxed
 from rsdlib.paths import data_dir
@@ -44,6 +58,8 @@ __all__ = [
     "Problem",
     "BENCHMARKS",
     "DatasetUnavailableError",
+    "ShippedDataError",
+    "SOURCES",
     "load_benchmark",
     "extract_gold",
     "answer_checkable",
@@ -57,6 +73,11 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "RSDLIB_DATA_DIR"
 PRIVATE_SOURCES = ("gpqa_diamond",)  # question text never shown in reprs, logs or errors
+SOURCES = ("shipped", "hub")  # where load_benchmark reads a benchmark when no local folder has it
+SHIPPED_ROOT = resources.files("rsdlib") / "benchmark_data"  # package data (pyproject.toml: package-data)
+# The password of the official GPQA release (github.com/idavidrein/gpqa, dataset.zip). It is public:
+# the zip keeps the questions out of plain text online (and out of web crawls), as the authors ask.
+GPQA_ZIP_PASSWORD = "deserted-untie-orchid"
 
 
 @dataclass
@@ -113,7 +134,11 @@ class Problem:
 
 
 class DatasetUnavailableError(RuntimeError):
-    """Neither the local folder nor the hub could provide a benchmark."""
+    """Neither the local folder nor the requested source could provide a benchmark."""
+
+
+class ShippedDataError(DatasetUnavailableError):
+    """A shipped copy is missing, cannot be decompressed or decrypted, or fails its sha256."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +173,7 @@ def _int_gold(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # s1K gold extraction
 # ----------------------------------------------------------------------------------------------
-SHORT_SOLUTION_CHARS = 20  # PROVENANCE.md: 373 of the 1000 s1K solutions are shorter (final answers)
+SHORT_SOLUTION_CHARS = 20  # DATA.md: 373 of the 1000 s1K solutions are shorter (final answers)
 _PROOF_END = re.compile(r"(\\blacksquare|\\square|\\Box\b|\\qed|\bQ\.?E\.?D\.?)\s*\$*\\?\)?\s*$", re.IGNORECASE)
 _ANSWER_LINE = re.compile(
     r"(?:final answer|the answer is|answer\s*:|answer is)\s*:?\s*(?:is\s*)?(.+?)\s*\.?\s*$", re.IGNORECASE
@@ -312,6 +337,9 @@ def _math500(rows: Sequence[dict]) -> list[Problem]:
     out = []
     for i, r in enumerate(rows):
         gold = str(_field(r, "answer", what="answer", dataset="math500")).strip()
+        meta = {"level": int(r["level"]) if r.get("level") is not None else None, "subject": r.get("subject")}
+        if r.get("solution"):
+            meta["solution"] = r["solution"]  # the worked solution (the offline stand-in for s1K-1.1 traces)
         out.append(
             Problem(
                 id="math500/" + str(r.get("unique_id", i)),
@@ -319,7 +347,7 @@ def _math500(rows: Sequence[dict]) -> list[Problem]:
                 gold=gold,
                 kind=_kind_of(gold),
                 source="math500",
-                meta={"level": int(r["level"]) if r.get("level") is not None else None, "subject": r.get("subject")},
+                meta=meta,
             )
         )
     return out
@@ -391,17 +419,43 @@ def _s1k_11(rows: Sequence[dict]) -> list[Problem]:
 
 
 @dataclass(frozen=True)
+class ShippedFile:
+    """A pinned copy of a benchmark file inside the package (``rsdlib/benchmark_data/``)."""
+
+    name: str  # file in rsdlib/benchmark_data: "<local_file>.gz", or a password zip holding <local_file>
+    sha256: str  # of the ORIGINAL bytes (the uncompressed local_file), checked at every load
+    archive_sha256: str  # of the shipped .gz / .zip itself (DATA.md; tests check it)
+    password: str | None = None  # zip password (GPQA); None: a gzip file
+
+    def __post_init__(self) -> None:
+        for what in ("sha256", "archive_sha256"):
+            if not re.fullmatch(r"[0-9a-f]{64}", getattr(self, what)):
+                raise ValueError(f"shipped file {self.name}: {what} must be 64 lowercase hex digits")
+        if self.password is None and not self.name.endswith(".gz"):
+            raise ValueError(f"shipped file {self.name}: a file without a password must be a .gz")
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
-    """Where a benchmark lives: hub id(s) (with config and split) and the local file name."""
+    """Where a benchmark lives: hub id(s) (with config and split), the local file name, the shipped copy."""
 
     hub: tuple[tuple[str, str | None, str], ...]  # (hub id, config, split), tried in order
     local_file: str | None  # file name in the local folder (None: hub only)
     convert: Any  # rows -> list[Problem]
+    shipped: ShippedFile | None = None  # pinned copy in the package (None: hub only, s1K-1.1)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "math500": BenchmarkSpec((("HuggingFaceH4/MATH-500", None, "test"),), "math500.jsonl", _math500),
-    "aime24": BenchmarkSpec((("simplescaling/aime24_nofigures", None, "train"),), "aime24.jsonl", _aime("aime24")),
+    "math500": BenchmarkSpec(
+        (("HuggingFaceH4/MATH-500", None, "test"),), "math500.jsonl", _math500,
+        ShippedFile("math500.jsonl.gz", "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+                    "a189eda6d3efdafb3d8654f086b0b964480be73b9fd29b48b057d4d4043f254c"),
+    ),
+    "aime24": BenchmarkSpec(
+        (("simplescaling/aime24_nofigures", None, "train"),), "aime24.jsonl", _aime("aime24"),
+        ShippedFile("aime24.jsonl.gz", "66ccede21ab71f1170c8d0d575603d6f82989a5d8e26952f9d1d4324b2e526d8",
+                    "84c5f4e27a994d5e1cb48a3a26a3e3d7c3735a2004afe5f82da167d5e3909711"),
+    ),
     "aime25": BenchmarkSpec(
         (
             ("simplescaling/aime25_nofigures", None, "train"),
@@ -409,21 +463,33 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         ),
         "aime25.jsonl",
         _aime("aime25"),
+        ShippedFile("aime25.jsonl.gz", "d8538a5a10c511a03558a2d6cef8d5a0e3012d0505a45c06f9caab715c966ca3",
+                    "488b7f05af3f6c50a75ef468c4e3f92382c41ed2805c834ceec2c0152a8fa97d"),
     ),
-    "gpqa_diamond": BenchmarkSpec((("Idavidrein/gpqa", "gpqa_diamond", "train"),), "gpqa_diamond.jsonl", _gpqa),
-    "s1k": BenchmarkSpec((("simplescaling/s1K", None, "train"),), "s1k.json", _s1k),
+    "gpqa_diamond": BenchmarkSpec(
+        (("Idavidrein/gpqa", "gpqa_diamond", "train"),), "gpqa_diamond.jsonl", _gpqa,
+        ShippedFile("gpqa_diamond.zip", "a783322254b5ab9c436a286e2cd964d9848c77eabeab8afb813edc7478ce1f51",
+                    "d7a55f12fcf972e4bb669dfa54919be9aa3e69d0875a75e77aac2a5043b2c2fc", password=GPQA_ZIP_PASSWORD),
+    ),
+    "s1k": BenchmarkSpec(
+        (("simplescaling/s1K", None, "train"),), "s1k.json", _s1k,
+        ShippedFile("s1k.json.gz", "1edd685af28743cab508e891d6abe22f174edec61dc3a66895673b2a41b51cf5",
+                    "83736a57791236dd5eff5a8b8c2e3fe0e50f4629256aea5b2ee80f81e441cd60"),
+    ),
     "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), None, _s1k_11),
 }
 
 
-def _read_local(path: Path) -> list[dict]:
-    """Rows of a local benchmark file; a malformed one names the file and line (never its text: GPQA)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+def _parse_rows(text: str, where: str) -> list[dict]:
+    """Rows of a benchmark file: a JSON list/dict (``.json``) or one JSON object per line.
+
+    A malformed file names ``where`` (the file) and the line, never its text (GPQA).
+    """
+    if where.endswith(".json"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+            raise ValueError(f"{where}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
         return list(data.values()) if isinstance(data, dict) else list(data)
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -431,8 +497,53 @@ def _read_local(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                raise ValueError(f"{where}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
     return rows
+
+
+def _read_local(path: Path) -> list[dict]:
+    """Rows of a local benchmark file; a malformed one names the file and line."""
+    return _parse_rows(path.read_text(encoding="utf-8"), str(path))
+
+
+def shipped_bytes(name: str) -> bytes:
+    """The original bytes of benchmark ``name``'s shipped copy, decompressed (or decrypted) in memory.
+
+    Raises ``ShippedDataError`` (naming the file and both checksums, never its content) when the copy
+    is missing, unreadable or its sha256 differs from the one pinned in ``BENCHMARKS``. For GPQA the
+    returned bytes are the plain questions: keep them in memory, never write or log them.
+    """
+    spec = BENCHMARKS[name]
+    shipped = spec.shipped
+    if shipped is None:
+        raise ShippedDataError(f"benchmark {name!r} has no shipped copy (hub only)")
+    where = SHIPPED_ROOT / shipped.name
+    try:
+        blob = where.read_bytes()
+    except OSError as exc:
+        raise ShippedDataError(f"shipped copy {where} of {name!r} is missing ({type(exc).__name__}): "
+                               f"reinstall rsdlib, or load it with source='hub' or local_dir=...") from None
+    try:
+        if shipped.password is not None:
+            with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+                raw = archive.read(spec.local_file, pwd=shipped.password.encode("ascii"))
+        else:
+            raw = gzip.decompress(blob)
+    except (OSError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, zlib_error) as exc:
+        raise ShippedDataError(f"shipped copy {where} of {name!r} cannot be read: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != shipped.sha256:
+        raise ShippedDataError(
+            f"shipped copy {where} of {name!r}: sha256 of the original {spec.local_file} is {digest}, expected "
+            f"{shipped.sha256} (DATA.md; archive sha256 {shipped.archive_sha256}): the file was altered. "
+            f"Reinstall rsdlib, or load it with source='hub' or local_dir=..."
+        )
+    return raw
+
+
+def _read_shipped(name: str) -> list[dict]:
+    return _parse_rows(shipped_bytes(name).decode("utf-8"), BENCHMARKS[name].local_file)
 
 
 def _read_hub(hub_id: str, config: str | None, split: str) -> list[dict]:
@@ -449,16 +560,19 @@ def _read_hub(hub_id: str, config: str | None, split: str) -> list[dict]:
 def load_benchmark(
     name: str,
     *,
+    source: str = "shipped",
     local_dir: str | Path | None = None,
     split: str | None = None,
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Problem]:
-    """Problems of benchmark ``name`` (one of ``BENCHMARKS``), from a local folder or the hub.
+    """Problems of benchmark ``name`` (one of ``BENCHMARKS``): local folder, else ``source``.
 
-    local_dir: folder holding the benchmark's local file (default: ``$RSDLIB_DATA_DIR``); used when
-      the file is there, otherwise the hub is tried.
-    split: hub split (default: the benchmark's own, e.g. "test" for MATH-500); local files have one.
+    source: "shipped" (default): the pinned, sha256-checked copy inside the package (s1K-1.1 has
+      none and is read from the hub); "hub": the Hugging Face dataset the paper used.
+    local_dir: folder holding the benchmark's local file (default: ``$RSDLIB_DATA_DIR``); it wins
+      over ``source`` when the file is there.
+    split: hub split (default: the benchmark's own, e.g. "test" for MATH-500); files have one.
     limit: keep the first ``limit`` problems (file order).
     seed: salt of the GPQA option shuffle (sample 0 order); other benchmarks ignore it.
     """
@@ -467,6 +581,8 @@ def load_benchmark(
     key = aliases.get(key, key)
     if key not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES} (the copy shipped in rsdlib, or the hub), got {source!r}")
     spec = BENCHMARKS[key]
     folder = Path(local_dir).expanduser() if local_dir is not None else data_dir()
 
@@ -479,6 +595,8 @@ def load_benchmark(
             rows, origin = _read_local(path), str(path)
         else:
             failures.append(f"no local file {path}")
+    if rows is None and source == "shipped" and spec.shipped is not None:
+        rows, origin = _read_shipped(key), f"shipped:{spec.local_file}"  # ShippedDataError when altered
     if rows is None:
         for hub_id, config, default_split in spec.hub:
             try:
@@ -495,10 +613,13 @@ def load_benchmark(
             if spec.local_file
             else "(it has no local-file option)"
         )
+        shipped_hint = " or load the copy shipped in rsdlib (source='shipped', the default)" if spec.shipped else ""
         raise DatasetUnavailableError(
             f"benchmark {key!r} is unavailable: load the hub dataset {hubs}{gated} (network or HF cache) "
-            f"{local_hint}. Tried: {'; '.join(failures)}"
+            f"{local_hint}{shipped_hint}. Tried: {'; '.join(failures)}"
         )
+    if failures:
+        log.info("%s: %s; read %s instead", key, "; ".join(failures), origin)
     problems = spec.convert(rows, seed) if key == "gpqa_diamond" else spec.convert(rows)
     for p in problems:
         p.meta["loaded_from"] = origin

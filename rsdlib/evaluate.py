@@ -106,7 +106,7 @@ PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
-HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "answer_format", "answer_from")  # do not change any sample
+HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")  # do not change any sample
 
 
 class BackendUnavailableError(RuntimeError):
@@ -144,7 +144,8 @@ class EvalConfig:
     grade_timeout: float = 10.0  # seconds per math-verify extraction + comparison
     answer_format: str = "standard"  # standard (math-verify's extraction; GPQA letter forms) | boxed (only \boxed{})
     answer_from: str = "auto"  # where answers are read: after_thinking | whole (a model that does not think) | auto (rsdlib.grading.resolve_answer_from)
-    data_dir: str | None = None  # folder of local benchmark files (default: $RSDLIB_DATA_DIR, then the hub)
+    source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub
+    data_dir: str | None = None  # folder of local benchmark files; wins over source (default: $RSDLIB_DATA_DIR)
     vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, max_model_len...)
 
     def __post_init__(self) -> None:
@@ -175,6 +176,8 @@ class EvalConfig:
             raise ValueError(f"split_fraction must be in [0, 1] or None, got {self.split_fraction}")
         if self.split_part not in ("a", "b"):
             raise ValueError(f"split_part must be 'a' or 'b', got {self.split_part!r}")
+        if self.source not in data_mod.SOURCES:
+            raise ValueError(f"source must be one of {data_mod.SOURCES}, got {self.source!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.batch_size < 1:
@@ -220,7 +223,7 @@ def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
 
     Unknown names (ValueError) and missing datasets (DatasetUnavailableError) raise from rsdlib.data.
     """
-    problems = load_benchmark(name, local_dir=cfg.data_dir, seed=cfg.base_seed)
+    problems = load_benchmark(name, source=cfg.source, local_dir=cfg.data_dir, seed=cfg.base_seed)
     canonical = problems[0].source if problems else name
     if cfg.split_fraction is not None:
         part_a, part_b = split_by_hash(problems, cfg.split_fraction, cfg.split_salt)

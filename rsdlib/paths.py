@@ -2,7 +2,8 @@
 
 - repository root: found from the package location (notebooks never rely on the working dir)
 - `RSDLIB_CACHE`: cache for the embedded model pair (default: the per-user cache dir)
-- `RSDLIB_DATA_DIR`: a local folder of benchmark files (MATH500, AIME, GPQA, s1K) used instead of the hub
+- `RSDLIB_DATA_DIR`: a local folder of benchmark files (MATH500, AIME, GPQA, s1K) used instead of the
+  copies shipped in `rsdlib/benchmark_data` (or the hub)
 - `RSDLIB_RESULTS`: where stages write their results (default: `<repo>/results`)
 """
 
@@ -26,7 +27,7 @@ def cache_dir() -> Path:
 
 
 def data_dir() -> Path | None:
-    """Local benchmark folder from `RSDLIB_DATA_DIR`, or None (then loaders use the hub)."""
+    """Local benchmark folder from `RSDLIB_DATA_DIR`, or None (then loaders use the shipped copies or the hub)."""
     env = os.environ.get("RSDLIB_DATA_DIR")
     return Path(env).expanduser().resolve() if env else None
 

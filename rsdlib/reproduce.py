@@ -251,15 +251,13 @@ def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
 
 
 def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
-    """Environment of the kernels: headless matplotlib, quiet progress bars, local data when beside us,
-    and ``threads`` CPU threads for torch (OMP/MKL) when given."""
+    """Environment of the kernels: headless matplotlib, quiet progress bars, and ``threads`` CPU threads
+    for torch (OMP/MKL) when given. Benchmarks come from the copies shipped in rsdlib (or the user's
+    own ``RSDLIB_DATA_DIR``, inherited): nothing outside the repository is looked for."""
     env = {"MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    shared = paths.REPO_ROOT.parent / "shared" / "data"
-    if "RSDLIB_DATA_DIR" not in os.environ and shared.is_dir():
-        env["RSDLIB_DATA_DIR"] = str(shared)
     return env
 
 
@@ -349,8 +347,8 @@ def reproduce(
     fig_dir = figures_dir(profile)
     before = {p: p.stat().st_mtime_ns for p in fig_dir.glob("*") if p.is_file()}
     echo(f"rsdlib reproduce: profile {profile}, {len(plan)} notebook(s); executed copies and logs in {out_dir}")
-    if "RSDLIB_DATA_DIR" in env:
-        echo(f"  benchmark files from {env['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR)")
+    if os.environ.get("RSDLIB_DATA_DIR"):
+        echo(f"  benchmark files from {os.environ['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR), where present")
     if threads:
         echo(f"  {threads} CPU thread(s) per kernel")
     started = time.perf_counter()
@@ -560,11 +558,12 @@ def load_student(student: str, *, dtype: str = "auto", device: str = "auto"):
 
 def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: str = "all",
                     split_fraction: float = 0.5, split_salt: str = "rsdlib", require_gold: bool = True,
-                    skip_diagrams: bool = False) -> list:
+                    skip_diagrams: bool = False, source: str = "shipped") -> list:
     """A profile's problems: ``split`` "trace" / "eval" are the two disjoint halves of ``split_by_hash``
     (trace generation and evaluation never share a problem), "all" the whole benchmark; then ``pick``
     "first" (file order) or "easiest" (lowest MATH500 level) ``n`` problems (0 = all).
     ``skip_diagrams`` leaves out problems drawn with Asymptote code (``[asy]``), hard for text models.
+    ``source``: "shipped" (the pinned copy in rsdlib, default) or "hub" (``rsdlib.data.load_benchmark``).
     """
     from rsdlib.data import answer_checkable, easiest, load_benchmark, split_by_hash
 
@@ -572,7 +571,7 @@ def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: s
         raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
     if split not in ("all", "trace", "eval"):
         raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
-    problems = load_benchmark(benchmark)
+    problems = load_benchmark(benchmark, source=source)
     if require_gold:
         problems, _ = answer_checkable(problems)
     if split != "all":

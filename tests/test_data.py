@@ -1,18 +1,31 @@
-"""rsdlib.data: local loaders on ../shared/data, s1K gold extraction, GPQA shuffling and privacy, errors."""
+"""rsdlib.data: the shipped copies (checksums, overrides, the hub source), s1K gold extraction, GPQA
+shuffling and privacy (the password zip, decrypted in memory only), errors."""
 
 from __future__ import annotations
 
+import builtins
 import collections
 import datetime
+import gzip
+import hashlib
+import io
 import json
 import logging
+import os
+import shutil
+import subprocess
+import zipfile
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+import rsdlib.data as data
 from rsdlib.data import (
     BENCHMARKS,
     DatasetUnavailableError,
     Problem,
+    ShippedDataError,
     answer_checkable,
     easiest,
     extract_gold,
@@ -22,21 +35,103 @@ from rsdlib.data import (
 )
 from rsdlib.grading import CHOICE_LETTERS
 
+REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"math500": 500, "aime24": 30, "aime25": 30, "gpqa_diamond": 198, "s1k": 1000}
+# sha256 of the original files as their provenance record lists them (copied by hand from the
+# workplace's PROVENANCE.md, not from rsdlib): the shipped copies must decompress to these bytes
+PROVENANCE_SHA256 = {
+    "math500": "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+    "aime24": "66ccede21ab71f1170c8d0d575603d6f82989a5d8e26952f9d1d4324b2e526d8",
+    "aime25": "d8538a5a10c511a03558a2d6cef8d5a0e3012d0505a45c06f9caab715c966ca3",
+    "gpqa_diamond": "a783322254b5ab9c436a286e2cd964d9848c77eabeab8afb813edc7478ce1f51",
+    "s1k": "1edd685af28743cab508e891d6abe22f174edec61dc3a66895673b2a41b51cf5",
+}
+SHIPPED_DIR = REPO / "rsdlib" / "benchmark_data"
 
 
 @pytest.fixture(scope="module")
-def loaded(shared_data):
-    return {name: load_benchmark(name, local_dir=shared_data) for name in COUNTS}
+def loaded():
+    return {name: load_benchmark(name) for name in COUNTS}  # the default: the shipped copies
 
 
 @pytest.mark.parametrize("name", list(COUNTS))
-def test_local_loader_counts_and_fields(loaded, name):
+def test_shipped_loader_counts_and_fields(loaded, name):
     problems = loaded[name]
     assert len(problems) == COUNTS[name]
     assert len({p.id for p in problems}) == len(problems), "ids must be unique"
     assert all(p.source == name and p.question.strip() for p in problems)
-    assert all(p.meta["loaded_from"].endswith(BENCHMARKS[name].local_file) for p in problems)
+    assert all(p.meta["loaded_from"] == f"shipped:{BENCHMARKS[name].local_file}" for p in problems)
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_shipped_checksums_match_provenance_and_data_card(name):
+    shipped = BENCHMARKS[name].shipped
+    blob = (SHIPPED_DIR / shipped.name).read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == shipped.archive_sha256
+    assert shipped.sha256 == PROVENANCE_SHA256[name]
+    assert hashlib.sha256(data.shipped_bytes(name)).hexdigest() == PROVENANCE_SHA256[name]
+    card = (REPO / "DATA.md").read_text()
+    row = next((line for line in card.splitlines() if line.startswith(f"| {name} |")), None)
+    assert row is not None, f"DATA.md has no table row for {name}"
+    assert shipped.sha256 in row and shipped.archive_sha256 in row and shipped.name in row
+    assert f"| {COUNTS[name]} |" in row
+
+
+def test_an_altered_shipped_copy_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "benchmark_data"
+    shutil.copytree(SHIPPED_DIR, folder)
+    raw = gzip.decompress((folder / "aime25.jsonl.gz").read_bytes())
+    (folder / "aime25.jsonl.gz").write_bytes(gzip.compress(raw.replace(b'"answer"', b'"answer" ', 1), mtime=0))
+    (folder / "aime24.jsonl.gz").write_bytes(b"not gzip")
+    (folder / "math500.jsonl.gz").unlink()
+    monkeypatch.setattr(data, "SHIPPED_ROOT", folder)
+    with pytest.raises(ShippedDataError, match=r"aime25.jsonl.gz.*sha256 of the original aime25.jsonl is [0-9a-f]{64}, "
+                                               r"expected d8538a5a") as info:
+        load_benchmark("aime25")
+    assert isinstance(info.value, DatasetUnavailableError)
+    with pytest.raises(ShippedDataError, match="aime24.jsonl.gz of 'aime24' cannot be read: BadGzipFile"):
+        load_benchmark("aime24")
+    with pytest.raises(ShippedDataError, match="math500.jsonl.gz of 'math500' is missing.*source='hub'"):
+        load_benchmark("math500")
+    assert len(load_benchmark("gpqa_diamond")) == 198  # the untouched files still load
+
+
+def test_local_dir_and_env_override_the_shipped_copy(tmp_path, monkeypatch, caplog):
+    rows = [{"problem": "What is 2+3?", "answer": "5", "unique_id": "mine/1.json", "level": 1, "subject": "Toy"}]
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mine = load_benchmark("math500", local_dir=tmp_path)
+    assert [(p.id, p.gold) for p in mine] == [("math500/mine/1.json", "5")]
+    assert mine[0].meta["loaded_from"] == str(tmp_path / "math500.jsonl")
+    assert [p.id for p in load_benchmark("math500", local_dir=tmp_path, source="hub")] == ["math500/mine/1.json"]
+    monkeypatch.setenv("RSDLIB_DATA_DIR", str(tmp_path))
+    assert [p.id for p in load_benchmark("math500")] == ["math500/mine/1.json"]
+    # a folder without the benchmark's file: the shipped copy, and the log says why
+    caplog.set_level(logging.INFO, logger="rsdlib.data")
+    a24 = load_benchmark("aime24")
+    assert len(a24) == 30 and a24[0].meta["loaded_from"] == "shipped:aime24.jsonl"
+    assert f"no local file {tmp_path / 'aime24.jsonl'}" in caplog.text
+
+
+def test_source_hub_reads_the_hub_and_the_default_never_does(monkeypatch):
+    calls = []
+
+    def fake_hub(hub_id, config, split):
+        calls.append(hub_id)
+        return [{"problem": "Hub problem?", "answer": "3", "unique_id": "hub/1.json", "level": 2}]
+
+    monkeypatch.setattr(data, "_read_hub", fake_hub)
+    assert len(load_benchmark("math500")) == 500 and calls == []
+    hub = load_benchmark("math500", source="hub")
+    assert calls == ["HuggingFaceH4/MATH-500"] and [p.id for p in hub] == ["math500/hub/1.json"]
+    assert hub[0].meta["loaded_from"] == "hub:HuggingFaceH4/MATH-500"
+    with pytest.raises(ValueError, match="source must be one of .*'local'"):
+        load_benchmark("math500", source="local")
+
+
+def test_math500_problems_carry_their_worked_solution(loaded):
+    p = loaded["math500"][0]
+    assert p.meta["solution"].startswith("We have that $r = \\sqrt{0^2 + 3^2} = 3.$")
+    assert all(q.meta["solution"].strip() for q in loaded["math500"])
 
 
 def test_math500_fields(loaded):
@@ -67,7 +162,7 @@ def test_s1k_gold_extraction_counts(loaded, capsys):
     with capsys.disabled():
         print(f"\ns1K gold extraction: {len(checkable)} checkable, {len(unextractable)} unextractable; {dict(rules)}")
     assert len(checkable) + len(unextractable) == 1000
-    assert rules["short"] == 373  # PROVENANCE.md: 373 short final answers
+    assert rules["short"] == 373  # DATA.md: 373 short final answers
     assert rules["boxed"] >= 250
     assert 780 <= len(checkable) <= 860
     assert all(p.gold == "" and p.meta["gold_extracted"] is False for p in unextractable)
@@ -139,6 +234,76 @@ def test_gpqa_text_never_in_repr_or_logs(loaded, caplog):
     assert loaded["aime24"][0].question[:20] in repr(loaded["aime24"][0])
 
 
+def _gpqa_snippets(problems) -> list[str]:
+    return [p.question[:60] for p in problems if len(p.question) >= 60]
+
+
+def test_gpqa_ships_only_as_its_authors_password_zip(loaded):
+    shipped = BENCHMARKS["gpqa_diamond"].shipped
+    assert shipped.password == "deserted-untie-orchid" == data.GPQA_ZIP_PASSWORD  # the official release's
+    assert not [p.name for p in SHIPPED_DIR.iterdir() if "gpqa" in p.name and p.name != shipped.name]
+    with zipfile.ZipFile(SHIPPED_DIR / shipped.name) as archive:
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == ["gpqa_diamond.jsonl"]
+        assert all(i.flag_bits & 0x1 for i in infos), "every member must be encrypted"
+        with pytest.raises(RuntimeError, match="[Pp]assword"):
+            archive.read("gpqa_diamond.jsonl")  # no password, no text
+    blob = (SHIPPED_DIR / shipped.name).read_bytes()
+    snippets = _gpqa_snippets(loaded["gpqa_diamond"])
+    assert len(snippets) > 150
+    assert not [s for s in snippets if s.encode() in blob or s[:30].encode() in blob]
+
+
+def test_no_gpqa_text_in_any_file_of_the_repository(loaded):
+    """The decrypted questions appear in no committed or untracked file (code, docs, figures, tables)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    files = [REPO / f for f in listed if f and (REPO / f).is_file()]
+    assert len(files) > 50
+    snippets = [s.encode() for s in _gpqa_snippets(loaded["gpqa_diamond"])]
+    options = [o.encode() for p in loaded["gpqa_diamond"] for o in p.options if len(o) >= 40]
+    leaked = [str(f.relative_to(REPO)) for f in files
+              if any(s in f.read_bytes() for s in snippets + options)]
+    assert not leaked
+
+
+def test_gpqa_is_decrypted_in_memory_and_never_written(monkeypatch, tmp_path, caplog):
+    """Loading GPQA opens no file for writing (no temporary plain copy) and logs no question text."""
+    writes = []
+    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append(str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    problems = load_benchmark("gpqa_diamond")
+    raw = data.shipped_bytes("gpqa_diamond")
+    monkeypatch.undo()
+    assert writes == [] and list(tmp_path.iterdir()) == []
+    assert len(problems) == 198 and hashlib.sha256(raw).hexdigest() == PROVENANCE_SHA256["gpqa_diamond"]
+    logged = caplog.text
+    assert "loaded 198 gpqa_diamond problems from shipped:gpqa_diamond.jsonl" in logged
+    assert not [s for s in _gpqa_snippets(problems) if s[:30] in logged]
+
+
+def test_a_wrong_gpqa_password_is_a_clear_error_without_text(monkeypatch):
+    spec = BENCHMARKS["gpqa_diamond"]
+    monkeypatch.setitem(BENCHMARKS, "gpqa_diamond", replace(spec, shipped=replace(spec.shipped, password="wrong")))
+    with pytest.raises(ShippedDataError, match=r"gpqa_diamond.zip of 'gpqa_diamond' cannot be read: RuntimeError: Bad password"):
+        load_benchmark("gpqa_diamond")
+
+
 def test_problem_roundtrip_and_choice_format(loaded):
     for name in COUNTS:
         p = loaded[name][3]
@@ -184,20 +349,23 @@ def test_missing_dataset_gives_one_clear_error(tmp_path, monkeypatch, name):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf", raising=False)
     t0 = datetime.datetime.now()
     with pytest.raises(DatasetUnavailableError) as info:
-        load_benchmark(name)
+        load_benchmark(name, source="hub")  # s1K-1.1: also with the default source (it has no shipped copy)
     assert (datetime.datetime.now() - t0).total_seconds() < 30, "offline must fail fast"
     msg = str(info.value)
     hub_id = BENCHMARKS[name].hub[0][0]
     assert name in msg and hub_id in msg
     if BENCHMARKS[name].local_file:
         assert BENCHMARKS[name].local_file in msg and "RSDLIB_DATA_DIR" in msg
+        assert "source='shipped', the default" in msg
     else:
-        assert "no local-file option" in msg
+        assert "no local-file option" in msg and "shipped" not in msg
+        with pytest.raises(DatasetUnavailableError, match="no local-file option"):
+            load_benchmark(name)
     assert isinstance(info.value, RuntimeError)
 
 
 def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
-    """Without a local file the hub is read (datasets.load_dataset stubbed: no network in tests)."""
+    """source="hub" without a local file reads the hub (datasets.load_dataset stubbed: no network in tests)."""
     import rsdlib.data as data
 
     calls = []
@@ -222,7 +390,7 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "_read_hub", fake_hub)
     monkeypatch.setenv("RSDLIB_DATA_DIR", str(tmp_path))  # empty folder: no local file
-    a25 = load_benchmark("aime25")
+    a25 = load_benchmark("aime25", source="hub")
     assert [c[0] for c in calls] == ["simplescaling/aime25_nofigures", "opencompass/AIME2025"]
     assert [(p.id, p.gold, p.kind) for p in a25] == [("aime25-0", "7", "integer"), ("aime25-1", "12", "integer")]
     assert a25[0].meta["loaded_from"] == "hub:opencompass/AIME2025"
@@ -234,7 +402,7 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
     checkable, unextractable = answer_checkable(s11)
     assert [p.id for p in unextractable] == ["s1k-1.1-1"]
 
-    g = load_benchmark("gpqa_diamond")
+    g = load_benchmark("gpqa_diamond", source="hub")
     assert calls[-1] == ("Idavidrein/gpqa", "gpqa_diamond", "train")
     assert g[0].options[CHOICE_LETTERS.index(g[0].gold)] == "right" and g[0].meta["record_id"] == "rec1"
     assert "Synthetic" not in repr(g[0])

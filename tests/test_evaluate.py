@@ -332,7 +332,27 @@ def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetUnavailableError, match="benchmark 'aime25' is unavailable.*aime25.jsonl"):
-        evaluate("no/such-model", EvalConfig(benchmarks=("aime25",), data_dir=str(empty)), tmp_path / "out", progress=False)
+        evaluate("no/such-model", EvalConfig(benchmarks=("aime25",), data_dir=str(empty), source="hub"),
+                 tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_copies_are_the_default_source_and_hub_is_a_choice(tmp_path, monkeypatch):
+    import rsdlib.data as data
+
+    calls = []
+    monkeypatch.setattr(data, "_read_hub", lambda hub_id, config, split: calls.append(hub_id) or [{"problem": "Hub?", "answer": "1"}])
+    name, problems = ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",)))
+    assert len(problems) == 30 and problems[0].meta["loaded_from"] == "shipped:aime25.jsonl" and calls == []
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a data_dir without the file: the shipped copy
+    assert len(ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",), data_dir=str(empty)))[1]) == 30
+    hub = ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",), source="hub"))[1]
+    assert calls == ["simplescaling/aime25_nofigures"] and [p.id for p in hub] == ["aime25-0"]
+    # the source picks the same problems from another copy: it is not part of the sample hash
+    assert EvalConfig(source="hub").hash() == EvalConfig().hash()
+    with pytest.raises(ValueError, match="source must be one of"):
+        EvalConfig(source="shared")
 
 
 def test_vllm_asked_for_and_absent_is_a_clear_error(data_dir, tmp_path, monkeypatch):

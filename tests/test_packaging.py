@@ -26,3 +26,8 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     assert "make test\n" in ci
     assert "make test" in readme
+
+
+def test_ci_runs_without_a_benchmark_folder_and_without_the_hub():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "env -u RSDLIB_DATA_DIR HF_HUB_OFFLINE=1 make test\n" in ci

@@ -160,3 +160,25 @@ def test_empty_problem_selection_is_refused(tmp_path, monkeypatch):
     assert len(reproduce.select_problems("math500", 0, split="trace", split_fraction=1.0)) == 4
     with pytest.raises(ValueError, match=r"no math500 problems selected \(split 'trace', split_fraction 0.0"):
         reproduce.select_problems("math500", 0, split="trace", split_fraction=0.0)
+
+
+def test_kernels_never_get_a_benchmark_folder_from_beside_the_repository(tmp_path, monkeypatch):
+    """The driver used to point RSDLIB_DATA_DIR at a data folder beside the repository when there was one."""
+    fake_repo = tmp_path / "repo"
+    fake_repo.mkdir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "math500.jsonl").write_text("{}\n")
+    monkeypatch.setattr(reproduce.paths, "REPO_ROOT", fake_repo)
+    monkeypatch.delenv("RSDLIB_DATA_DIR", raising=False)
+    env = reproduce._environment("smoke")
+    assert "RSDLIB_DATA_DIR" not in env
+    assert not any(str(tmp_path / "shared") in v for v in env.values())
+
+
+def test_no_project_file_names_a_folder_outside_the_repository():
+    outside = ("../" + "shared", "shared/" + "data", "REPO_ROOT" + ".parent", "REPO" + ".parent")  # split: not a hit here
+    files = [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "DATA.md",
+             *REPO.glob("rsdlib/*.py"), *REPO.glob("notebooks/*.py"), *REPO.glob("params/*/*.yaml"),
+             *REPO.glob("tests/*.py")]
+    hits = [f"{f.relative_to(REPO)}: {word}" for f in files for word in outside if word in f.read_text()]
+    assert not hits
