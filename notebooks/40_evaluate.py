@@ -54,7 +54,7 @@ force: bool = False  # redo the evaluation even if finished samples exist
 
 # %%
 results = paths.results_dir(profile)
-traces_manifest = json.loads((results / "traces" / "manifest.json").read_text())
+traces_manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 # the students are asked exactly as during trace generation unless `evaluation` sets its own prompt
 cfg = load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})  # unknown keys refused
 models_path = results / "models" / "manifest.json"

@@ -43,11 +43,8 @@ methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p1"]  # one
 max_tokens: int = 400  # tokens shown per trace
 
 # %%
-analysis = paths.results_dir(profile) / "analysis"
-if not (analysis / "scores.jsonl").is_file():
-    raise FileNotFoundError(f"{analysis / 'scores.jsonl'} is missing: run notebooks 10 and 20 for profile {profile!r} first")
-scores = pd.read_json(analysis / "scores.jsonl", lines=True)
-threshold = json.loads((analysis / "summary.json").read_text())["threshold"]
+scores = pd.read_json(paths.input_file(profile, "analysis", "scores.jsonl"), lines=True)
+threshold = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())["threshold"]
 scores = scores[(scores["run"] == run) & scores["method"].isin(methods)]
 shown = [m for m in methods if m in set(scores["method"])]
 missing = [m for m in methods if m not in shown]

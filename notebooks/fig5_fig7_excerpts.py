@@ -47,9 +47,7 @@ excerpt_tokens: int = 160  # Figure 5: tokens shown per side
 comparison_tokens: int = 600  # Figure 7: tokens shown per side
 
 # %%
-path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+path = paths.input_file(profile, "analysis", "scores.jsonl")
 scores = pd.read_json(path, lines=True)
 scores = scores[(scores["run"] == run) & ~scores["problem_id"].astype(str).str.lower().str.startswith("gpqa")]
 if not 0 < threshold < 1 or excerpt_tokens < 10 or comparison_tokens < 10:

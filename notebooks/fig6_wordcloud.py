@@ -44,9 +44,7 @@ max_words: int = 150  # words in the cloud
 min_letters: int = 2  # keep tokens with at least this many letters or digits
 
 # %%
-path = paths.results_dir(profile) / "analysis" / "low_tokens.json"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+path = paths.input_file(profile, "analysis", "low_tokens.json")
 low = json.loads(path.read_text())
 if max_words < 1 or min_letters < 1:
     raise ValueError("max_words and min_letters must be >= 1")

@@ -42,7 +42,7 @@ rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "sel
 # %%
 evaluation = load_evaluation(profile)
 check_row_keys(rows, reference.TABLE1, "Table 1")
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%

@@ -913,13 +913,8 @@ def prompt_style(values: dict):
 # Shared by the accuracy tables (Tables 1, 3, 4, 5)
 # ----------------------------------------------------------------------------------------------
 def load_evaluation(profile: str) -> dict:
-    """``results/<profile>/eval/summary.json`` (notebook 40), or a FileNotFoundError saying what to run."""
-    import json
-
-    path = paths.results_dir(profile) / "eval" / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-    return json.loads(path.read_text())
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
+    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
 
 
 def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rsdlib import reproduce
+from rsdlib import paths, reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "00_walkthrough"
@@ -179,3 +179,50 @@ def test_a_smoke_notebook_runs_in_a_kernel_of_the_server(lab):
     assert not errors, [f"{e['ename']}: {e['evalue']}" for e in errors]
     for ext in ("png", "pdf", "md", "csv"):
         assert (root / "figures" / "smoke" / f"walkthrough.{ext}").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# A notebook run by hand before its inputs exist
+# ----------------------------------------------------------------------------------------------
+def test_a_missing_input_is_one_line_naming_the_notebook_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path))
+    with pytest.raises(paths.MissingInputError) as err:
+        paths.input_file("demo", "analysis", "summary.json")
+    msg = str(err.value)
+    assert msg == (f"{tmp_path / 'demo' / 'analysis' / 'summary.json'} is missing: notebook 20_trace_analysis makes it "
+                   "(run it first, or `rsdlib reproduce --profile demo --only 20_trace_analysis`)")
+    assert err.value._render_traceback_() == [f"MissingInputError: {msg}"]  # what Jupyter shows: one line
+    (tmp_path / "demo" / "analysis").mkdir(parents=True)
+    (tmp_path / "demo" / "analysis" / "summary.json").write_text("{}")
+    assert paths.input_file("demo", "analysis", "summary.json") == tmp_path / "demo" / "analysis" / "summary.json"
+
+
+READERS = [p for p in sorted((REPO / "notebooks").glob("*.py"))
+           if p.stem not in ("00_walkthrough", "10_generate_traces", "fig1_overview", "fig4_cross_model")]
+
+
+@pytest.mark.parametrize("path", READERS, ids=lambda p: p.stem)
+def test_notebooks_read_earlier_results_through_input_file(path):
+    """Every notebook that needs an earlier notebook's results reads them with paths.input_file (directly
+    or through reproduce.load_evaluation), never with a hand-made path that fails deep inside."""
+    text = path.read_text()
+    assert "paths.input_file(profile" in text or "load_evaluation(profile)" in text
+    assert "is missing: run notebook" not in text
+
+
+def test_a_notebook_run_by_hand_before_its_inputs_exist_says_which_notebook_makes_them(tmp_path, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RSDLIB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    nb = jupytext.read(REPO / "notebooks" / "tab6_trace_lengths.py")  # as it is: the demo's defaults
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(errors) == 1 and len(errors[0]["traceback"]) == 1, errors
+    line = errors[0]["traceback"][0]
+    assert "analysis/summary.json is missing: notebook 20_trace_analysis makes it" in line
+    assert "rsdlib reproduce --profile demo --only 20_trace_analysis" in line
