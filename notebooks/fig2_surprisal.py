@@ -39,8 +39,8 @@ from rsdlib.plots import method_color, profile_note, save_figure, set_style
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces
-methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p1"]  # one panel each, top to bottom
-max_tokens: int = 400  # tokens shown per trace
+methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # one panel each, top to bottom
+max_tokens: int = 256  # tokens shown per trace
 
 # %%
 scores = pd.read_json(paths.input_file(profile, "analysis", "scores.jsonl"), lines=True)

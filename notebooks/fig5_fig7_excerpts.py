@@ -43,8 +43,8 @@ run: str = "main"  # which pair's traces
 left: list = ["teacher", "reference"]  # left trace: the first of these methods with a trace of the chosen problem
 right: str = "rsd-p1"  # right trace: the RSD method
 threshold: float = 0.01  # tokens below this student probability are highlighted
-excerpt_tokens: int = 160  # Figure 5: tokens shown per side
-comparison_tokens: int = 600  # Figure 7: tokens shown per side
+excerpt_tokens: int = 120  # Figure 5: tokens shown per side
+comparison_tokens: int = 256  # Figure 7: tokens shown per side
 
 # %%
 path = paths.input_file(profile, "analysis", "scores.jsonl")

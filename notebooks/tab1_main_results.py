@@ -37,7 +37,7 @@ from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_e
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p3": "rsd-p3", "rsd-p1": "rsd-p1", "rsd-p0.3": "rsd-p0.3"}  # paper row key -> our evaluated model
+rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p1": "rsd-p1"}  # paper row key -> our evaluated model
 
 # %%
 evaluation = load_evaluation(profile)

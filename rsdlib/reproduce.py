@@ -266,6 +266,13 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
     return values
 
 
+def resolved_params(profile: str, name: str, params_dir: Path | None = None) -> dict:
+    """Every parameter of notebook ``name`` as ``profile`` runs it: the notebook's defaults (the demo
+    profile), then what the profile's file changes."""
+    declared = notebook_parameters(name)
+    return {p.name: p.default for p in declared.values()} | load_params(profile, name, params_dir, declared=declared)
+
+
 def check_parameters(name: str, values: dict, declared: dict[str, Parameter], source: str = "parameters") -> None:
     """Refuse keys the notebook does not declare and values of the wrong type, naming them all."""
     unknown = sorted(set(values) - set(declared))

@@ -76,8 +76,26 @@ def test_paper_profile_uses_the_papers_setup():
     assert training["epochs"] == 15 and training["global_batch_size"] == 16 and training["block_size"] == 8192
 
 
+@pytest.mark.parametrize("spec", reproduce.NOTEBOOKS, ids=lambda s: s.name)
+def test_the_demo_profile_is_the_notebooks_defaults(spec):
+    """Issue 20: Run All on a notebook as it is does what `rsdlib reproduce --profile demo` does, from one
+    source: the notebook's parameters cell. params/demo/ restates nothing (a profile holds only what it
+    changes), and a file there that differs from the notebook is reported key by key."""
+    import yaml
+
+    declared = reproduce.notebook_parameters(spec.name)
+    assert declared["profile"].default == "demo"
+    path = REPO / "params" / "demo" / f"{spec.name}.yaml"
+    values = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    differ = {k: {"notebook": declared[k].default, "demo": v} for k, v in values.items()
+              if k in declared and declared[k].default != v}
+    assert not differ, f"{path} differs from the defaults of notebooks/{spec.name}.py: {differ}"
+    assert not values, f"{path} restates the defaults of notebooks/{spec.name}.py ({', '.join(values)}): leave it out"
+    assert reproduce.resolved_params("demo", spec.name) == {p.name: p.default for p in declared.values()}
+
+
 def test_demo_traces_never_use_the_evaluation_half():
-    traces = reproduce.load_params("demo", "10_generate_traces")
+    traces = reproduce.resolved_params("demo", "10_generate_traces")
     assert traces["split"] == "trace" and traces["benchmark"] == "math500"
 
 
