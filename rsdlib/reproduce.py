@@ -293,7 +293,8 @@ def check_parameters(name: str, values: dict, declared: dict[str, Parameter], so
 @dataclasses.dataclass
 class NotebookResult:
     name: str
-    status: str  # "ok" | "unchanged" (skipped: nothing it depends on changed) | "failed" | "skipped" (a dependency failed)
+    # "ok" | "unchanged" (skipped: nothing it depends on changed) | "failed" | "skipped" (a dependency failed)
+    status: str
     seconds: float = 0.0
     output: Path | None = None
     log: Path | None = None
@@ -541,7 +542,8 @@ def reproduce(
     names = [nb.name for nb in NOTEBOOKS]
     stray = sorted(p.name for p in resolved.folder.glob("*.yaml") if p.stem not in names)
     if stray:
-        raise ParameterError(f"{resolved.folder}: {', '.join(stray)} name(s) no notebook; notebooks: {', '.join(names)}")
+        raise ParameterError(f"{resolved.folder}: {', '.join(stray)} name(s) no notebook; "
+                             f"notebooks: {', '.join(names)}")
     specs = resolve_only(only)
     timeout = DEFAULT_TIMEOUT.get(profile, 3600) if timeout == "default" else timeout
     # check everything first: a typo in the last file must not cost the first hour

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1440)
     parser.add_argument("--height", type=int, default=960)
     parser.add_argument("--wait", type=int, default=40, help="seconds of page time before the screenshot")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
+                        or "chromium", help="the Chromium executable")
     args = parser.parse_args(argv)
 
     port, token = free_port(), secrets.token_hex(16)

@@ -53,8 +53,8 @@ class Server:
         import urllib.request
 
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
+        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             text = resp.read().decode()
         return json.loads(text) if text else {}
@@ -220,7 +220,8 @@ def test_a_notebook_run_by_hand_before_its_inputs_exist_says_which_notebook_make
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     nb = jupytext.read(REPO / "notebooks" / "tab6_trace_lengths.py")  # as it is: the demo's defaults
     with pytest.raises(CellExecutionError):
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1, errors
     line = errors[0]["traceback"][0]

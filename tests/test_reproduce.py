@@ -138,7 +138,8 @@ def test_accuracy_table_helpers(tmp_path, monkeypatch):
     from rsdlib import paths as rpaths
 
     monkeypatch.setattr(rpaths, "results_dir", lambda profile: tmp_path / profile)
-    with pytest.raises(FileNotFoundError, match=r"notebook 40_evaluate makes it .*rsdlib reproduce --profile x --only 40_evaluate"):
+    missing = r"notebook 40_evaluate makes it .*rsdlib reproduce --profile x --only 40_evaluate"
+    with pytest.raises(FileNotFoundError, match=missing):
         reproduce.load_evaluation("x")
     (tmp_path / "x" / "eval").mkdir(parents=True)
     (tmp_path / "x" / "eval" / "summary.json").write_text('{"models": {"m1": {"A": 1.0, "B": 2.0}}}')
