@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -49,9 +51,9 @@ device: str = "auto"  # auto, cpu, cuda
 benchmark: str = "math500"  # where the problem comes from (never GPQA)
 source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub (the hub dataset the paper used)
 split_salt: str = "rsdlib-demo"  # the problem is the easiest of the trace half of this hash split
-threshold: float = 0.01  # p_th
+threshold: float = 0.1  # p_th (paper: 0.01); 10% so that a short excerpt shows a few rejections
 temperature: float = 0.7  # sampling temperature of both models (paper: 0.7)
-n_steps: int = 40  # tokens to generate
+n_steps: int = 24  # tokens to generate
 seed: int = 0  # seed of the step randomness
 prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -56,16 +58,16 @@ dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp3
 device: str = "auto"  # auto, cpu, cuda, cuda:1
 benchmark: str = "math500"  # problems to generate traces for (paper: s1k)
 source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub (the hub dataset the paper used)
-n_problems: int = 4  # how many problems; 0 means all
+n_problems: int = 6  # how many problems; 0 means all
 pick: str = "easiest"  # first (file order) | easiest (lowest MATH500 level)
 split: str = "trace"  # trace: the hash half kept apart from evaluation | all
 split_fraction: float = 0.5  # share of the benchmark in the trace half
 split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebook uses the same)
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
 decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
-job: dict = {"samples_per_problem": 2, "prefix_tokens": 64, "batch_size": 8}  # TraceJobConfig keys shared by all methods
+job: dict = {"samples_per_problem": 4, "prefix_tokens": 64, "batch_size": 8}  # TraceJobConfig keys shared by all methods
 prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
-methods: dict = {"teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"}, "self-distill-ce": {"mode": "student", "samples_per_problem": 8}, "skd": {"mode": "skd", "threshold": 0.01}, "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01}}  # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key
+methods: dict = {"teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"}, "self-distill-ce": {"mode": "student", "samples_per_problem": 16}, "skd": {"mode": "skd", "threshold": 0.01}, "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01}}  # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key; self-distill-ce: the compute-equivalent run of Table 3, 16 attempts for (1.5B / 0.5B + 1) x 4 samples
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper, hub) | math500_solutions (offline stand-in) | "" (none)
 extra_pairs: dict = {}  # run name -> {"teacher", "student", "methods": [names]}: Table 4/6 tailored pairs

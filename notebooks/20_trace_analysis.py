@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -64,10 +66,7 @@ if batch_size < 1 or unkept_samples < 0:
     raise ValueError("batch_size must be >= 1 and unkept_samples >= 0")
 results = paths.results_dir(profile)
 trace_root = results / "traces"
-manifest_path = trace_root / "manifest.json"
-if not manifest_path.is_file():
-    raise FileNotFoundError(f"{manifest_path} is missing: run notebook 10_generate_traces for profile {profile!r} first")
-manifest = json.loads(manifest_path.read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())  # notebook 10's
 out_dir = results / "analysis"
 out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -60,10 +62,7 @@ force: bool = False  # redo traces and training even if finished cycles exist
 
 # %%
 results = paths.results_dir(profile)
-manifest_path = results / "traces" / "manifest.json"
-if not manifest_path.is_file():
-    raise FileNotFoundError(f"{manifest_path} is missing: run notebook 10_generate_traces for profile {profile!r} first")
-manifest = json.loads(manifest_path.read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())  # notebook 10's
 if method not in manifest["methods"].get("main", []):
     raise ValueError(f"method {method!r} has no traces of pair main; notebook 10 made {manifest['methods']['main']}")
 if cycles < 1:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -54,15 +56,15 @@ from rsdlib.reproduce import model_location
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
-models: list = ["base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1"]  # "base" is the untrained student of pair main; the others were trained on that method's traces
+models: list = ["base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1", "rsd-p1-3step"]  # "base" is the untrained student of pair main; the others were trained on that method's traces
 extra_models: dict = {}  # name -> model spec or "<pair>-<method>" of notebook 30, for Tables 3-5
-evaluation: dict = {"benchmarks": ["aime24", "aime25", "gpqa_diamond", "math500"], "samples": {"aime24": 1, "aime25": 1, "gpqa_diamond": 1, "math500": 1}, "limit": 2, "max_tokens": {"aime24": 192, "aime25": 192, "gpqa_diamond": 192, "math500": 192}, "think_budget": {"gpqa_diamond": 160}}  # EvalConfig keys
+evaluation: dict = {"benchmarks": ["aime24", "aime25", "gpqa_diamond", "math500"], "samples": {"aime24": 1, "aime25": 1, "gpqa_diamond": 1, "math500": 1}, "limit": {"aime24": 1, "aime25": 1, "gpqa_diamond": 2}, "math500_easiest": 6, "split_fraction": 0.5, "split_salt": "rsdlib-demo", "split_part": "b", "max_tokens": {"aime24": 192, "aime25": 192, "gpqa_diamond": 192, "math500": 256}, "think_budget": {"gpqa_diamond": 160}, "temperature": 0.7, "top_p": 0.95, "batch_size": 8}  # EvalConfig keys; here 1 AIME problem of each year and 2 GPQA at 192 tokens (they only exercise the path), and the 6 easiest MATH500 problems of the hash half trace generation never used (split_part b of the split of notebook 10) at 256
 force: bool = False  # redo the evaluation even if finished samples exist
 answer_from: dict = {}  # model name -> auto | after_thinking | whole (where answers are read; unlisted: evaluation's answer_from, default auto)
 
 # %%
 results = paths.results_dir(profile)
-traces_manifest = json.loads((results / "traces" / "manifest.json").read_text())
+traces_manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 # the students are asked exactly as during trace generation unless `evaluation` sets its own prompt
 cfg = load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})  # unknown keys refused
 models_path = results / "models" / "manifest.json"

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,15 +39,12 @@ from rsdlib.plots import method_color, profile_note, save_figure, set_style
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces
-methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p1"]  # one panel each, top to bottom
-max_tokens: int = 400  # tokens shown per trace
+methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # one panel each, top to bottom
+max_tokens: int = 256  # tokens shown per trace
 
 # %%
-analysis = paths.results_dir(profile) / "analysis"
-if not (analysis / "scores.jsonl").is_file():
-    raise FileNotFoundError(f"{analysis / 'scores.jsonl'} is missing: run notebooks 10 and 20 for profile {profile!r} first")
-scores = pd.read_json(analysis / "scores.jsonl", lines=True)
-threshold = json.loads((analysis / "summary.json").read_text())["threshold"]
+scores = pd.read_json(paths.input_file(profile, "analysis", "scores.jsonl"), lines=True)
+threshold = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())["threshold"]
 scores = scores[(scores["run"] == run) & scores["method"].isin(methods)]
 shown = [m for m in methods if m in set(scores["method"])]
 missing = [m for m in methods if m not in shown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,9 +41,7 @@ methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-
 log_scale: bool = False  # perplexity axis in log scale
 
 # %%
-path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+path = paths.input_file(profile, "analysis", "scores.jsonl")
 scores = pd.read_json(path, lines=True)
 scores = scores[(scores["run"] == run) & scores["method"].isin(methods)].copy()
 order = [m for m in methods if m in set(scores["method"])]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,13 +43,11 @@ run: str = "main"  # which pair's traces
 left: list = ["teacher", "reference"]  # left trace: the first of these methods with a trace of the chosen problem
 right: str = "rsd-p1"  # right trace: the RSD method
 threshold: float = 0.01  # tokens below this student probability are highlighted
-excerpt_tokens: int = 160  # Figure 5: tokens shown per side
-comparison_tokens: int = 600  # Figure 7: tokens shown per side
+excerpt_tokens: int = 120  # Figure 5: tokens shown per side
+comparison_tokens: int = 256  # Figure 7: tokens shown per side
 
 # %%
-path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+path = paths.input_file(profile, "analysis", "scores.jsonl")
 scores = pd.read_json(path, lines=True)
 scores = scores[(scores["run"] == run) & ~scores["problem_id"].astype(str).str.lower().str.startswith("gpqa")]
 if not 0 < threshold < 1 or excerpt_tokens < 10 or comparison_tokens < 10:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,13 +40,11 @@ from rsdlib.plots import profile_note, save_figure, set_style
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 sources: list = ["main/reference", "main/teacher"]  # pair/method whose low-probability tokens are counted; the first non-empty is drawn
-max_words: int = 150  # words in the cloud
+max_words: int = 120  # words in the cloud
 min_letters: int = 2  # keep tokens with at least this many letters or digits
 
 # %%
-path = paths.results_dir(profile) / "analysis" / "low_tokens.json"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+path = paths.input_file(profile, "analysis", "low_tokens.json")
 low = json.loads(path.read_text())
 if max_words < 1 or min_letters < 1:
     raise ValueError("max_words and min_letters must be >= 1")

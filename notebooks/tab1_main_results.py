@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,12 +37,12 @@ from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_e
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p3": "rsd-p3", "rsd-p1": "rsd-p1", "rsd-p0.3": "rsd-p0.3"}  # paper row key -> our evaluated model
+rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p1": "rsd-p1"}  # paper row key -> our evaluated model
 
 # %%
 evaluation = load_evaluation(profile)
 check_row_keys(rows, reference.TABLE1, "Table 1")
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,11 +42,8 @@ profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces (notebook 10's run name)
 
 # %%
-analysis_path = paths.results_dir(profile) / "analysis" / "summary.json"
-if not analysis_path.is_file():
-    raise FileNotFoundError(f"{analysis_path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
-analysis = json.loads(analysis_path.read_text())
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+analysis = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 if run not in analysis["runs"]:
     raise ValueError(f"no run {run!r}; runs: {', '.join(analysis['runs'])}")
 threshold = analysis["threshold"]

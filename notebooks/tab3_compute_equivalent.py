@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,8 +45,8 @@ rows: dict = {"base": "base", "self-distill": "self-distill", "self-distill-203"
 # %%
 results = paths.results_dir(profile)
 evaluation = load_evaluation(profile)
-analysis = json.loads((results / "analysis" / "summary.json").read_text())["runs"]["main"]
-manifest = json.loads((results / "traces" / "manifest.json").read_text())
+analysis = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())["runs"]["main"]
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 check_row_keys(rows, reference.TABLE3, "Table 3")
 columns = [*reference.BENCHMARKS, "Average", "Correctly solved", "attempts"]
 

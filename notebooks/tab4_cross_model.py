@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,7 +41,7 @@ rows: dict = {"Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwe
 
 # %%
 evaluation = load_evaluation(profile)
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 check_row_keys(rows, reference.TABLE4, "Table 4")
 columns = [*reference.BENCHMARKS, "Average"]
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -44,7 +46,7 @@ columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
 table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE5, columns, label_as="Models")
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 name_our_student(table, "base", manifest["pairs"]["main"]["student"])
 shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
 pd.DataFrame(table)[shown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,11 +40,8 @@ profile: str = "demo"  # results/<profile> and figures/<profile>
 pair_keys: dict = {"main": ""}  # pair run -> suffix of the paper row keys: "" for the Qwen3-0.6B rows, "-llama" for the Llama row
 
 # %%
-analysis_path = paths.results_dir(profile) / "analysis" / "summary.json"
-if not analysis_path.is_file():
-    raise FileNotFoundError(f"{analysis_path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
-analysis = json.loads(analysis_path.read_text())
-manifest = json.loads((paths.results_dir(profile) / "traces" / "manifest.json").read_text())
+analysis = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())
+manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 unknown = set(pair_keys) - set(analysis["runs"])
 if unknown:
     raise ValueError(f"pair_keys names runs notebook 10 did not make: {sorted(unknown)}; runs: {list(analysis['runs'])}")

@@ -5,6 +5,9 @@
 - `RSDLIB_DATA_DIR`: a local folder of benchmark files (MATH500, AIME, GPQA, s1K) used instead of the
   copies shipped in `rsdlib/benchmark_data` (or the hub)
 - `RSDLIB_RESULTS`: where stages write their results (default: `<repo>/results`)
+
+`input_file` is how a notebook reads what an earlier notebook wrote: a missing file gives one line
+naming the notebook (and the `rsdlib reproduce` call) that makes it, not a traceback from deep inside.
 """
 
 from __future__ import annotations
@@ -37,6 +40,41 @@ def results_dir(profile: str | None = None) -> Path:
     env = os.environ.get("RSDLIB_RESULTS")
     base = Path(env).expanduser() if env else REPO_ROOT / "results"
     return base / profile if profile else base
+
+
+# Which notebook writes each folder under results/<profile> (the papermill driver's dependency
+# bookkeeping and the missing-input messages both read this table).
+MADE_BY: dict[str, str] = {
+    "traces": "10_generate_traces",
+    "analysis": "20_trace_analysis",
+    "models": "30_train",
+    "multistep": "35_multistep",
+    "eval": "40_evaluate",
+}
+
+
+class MissingInputError(FileNotFoundError):
+    """A notebook's input that an earlier notebook makes is not there yet."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython / Jupyter show this one line instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def input_file(profile: str, *parts: str) -> Path:
+    """``results/<profile>/<parts...>``, or a MissingInputError naming the notebook that makes it.
+
+    ``input_file("demo", "traces", "manifest.json")`` -> the path when the file exists; otherwise the
+    error says "... is missing: notebook 10_generate_traces makes it (run it first, or
+    `rsdlib reproduce --profile demo --only 10_generate_traces`)".
+    """
+    path = results_dir(profile).joinpath(*parts)
+    if path.exists():
+        return path
+    maker = MADE_BY.get(parts[0]) if parts else None
+    if maker is None:
+        raise MissingInputError(f"{path} is missing")
+    raise MissingInputError(f"{path} is missing: notebook {maker} makes it (run it first, or "
+                            f"`rsdlib reproduce --profile {profile} --only {maker}`)")
 
 
 def figures_dir(profile: str) -> Path:

@@ -2,21 +2,34 @@
 
     rsdlib reproduce --profile demo                 # every notebook of the demo profile
     rsdlib reproduce --profile smoke --only 20_trace_analysis fig3_perplexity
-    rsdlib reproduce --profile demo --force         # redo cached stages too
+    rsdlib reproduce --profile demo --force         # rerun every notebook and redo cached stages too
+    rsdlib reproduce --profile ~/my-profile         # a folder of parameter files outside the repository
     rsdlib --threads 1 reproduce --profile demo     # 1 torch thread per kernel (a busy shared CPU)
     python -m rsdlib.reproduce --profile smoke      # the same without the rsdlib CLI
+
+A profile is a name under ``params/`` (``smoke``, ``demo``, ``paper``) or a folder outside the
+repository (its name names the results, ``results/<folder name>``); anything else, such as a path
+into the repository's tracked tree, is refused. The demo profile is the notebooks' own defaults:
+``params/demo/`` holds no parameter file, and a notebook without a file in a profile runs with its
+defaults. One run per profile at a time: ``results/<profile>/.lock`` (``rsdlib.traces.run_lock``)
+is taken before anything runs, and a second run is refused by name.
 
 For each notebook ``notebooks/<name>.py`` (jupytext percent format) the driver
 
 1. reads its one ``parameters`` cell (``name: type = literal  # help`` lines) and the profile's
    ``params/<profile>/<name>.yaml``; a key the notebook does not declare, or a value of the wrong
    type, is refused before anything runs (papermill itself would only warn);
-2. converts it to ``results/<profile>/notebooks/src/<name>.ipynb`` and executes it with
+2. skips it when nothing it depends on changed since its last successful run: the content hashes
+   of its source, its resolved parameters, rsdlib's code and its input files (every file under
+   ``results/<profile>/<folder>`` written by the notebooks it reads, ``rsdlib.paths.MADE_BY``) are
+   stored beside the executed copy (``<name>.run.json``); ``--force`` reruns it;
+3. otherwise converts it to ``results/<profile>/notebooks/src/<name>.ipynb`` and executes it with
    ``papermill.execute_notebook`` (kernel ``python3``, absolute paths, working directory = the
    repository root, a per-cell timeout, ``MPLBACKEND=Agg``, quiet progress bars), writing the executed
    copy to ``results/<profile>/notebooks/<name>.ipynb`` and its output to ``<name>.log``;
-3. prints one progress line per notebook with its wall time, skips notebooks whose dependency failed,
-   and ends with a report of what failed where and a listing of the figures and tables written.
+4. prints one line when each notebook starts and one when it ends (with its wall time), skips
+   notebooks whose dependency failed, and ends with a report of what failed where, which notebooks
+   were skipped as unchanged, and a listing of the figures and tables written.
 
 The profile name is passed to every notebook as its ``profile`` parameter; ``--force`` sets the
 ``force`` parameter of the notebooks that declare one (the expensive stages).
@@ -31,8 +44,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,7 +69,8 @@ class NotebookSpec:
     """One notebook of the reproduction: its name, what it needs first, the figure/table files it writes."""
 
     name: str  # notebooks/<name>.py
-    depends: tuple[str, ...] = ()  # notebooks whose results it reads
+    depends: tuple[str, ...] = ()  # notebooks whose results it needs
+    reads: tuple[str, ...] = ()  # notebooks whose results it also reads when they exist (not needed)
     figures: tuple[str, ...] = ()  # <figures>/<stem>.pdf + .png
     tables: tuple[str, ...] = ()  # <figures>/<stem>.md + .csv
 
@@ -64,25 +82,80 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("20_trace_analysis", depends=("10_generate_traces",)),
     NotebookSpec("30_train", depends=("10_generate_traces",)),
     NotebookSpec("35_multistep", depends=("10_generate_traces",)),
-    NotebookSpec("40_evaluate", depends=("30_train",)),  # after 35_multistep, whose models it also evaluates when present
+    NotebookSpec("40_evaluate", depends=("30_train",), reads=("35_multistep",)),  # its models too, when present
     NotebookSpec("tab1_main_results", depends=("40_evaluate",), tables=("tab1_main_results",)),
     NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
     NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"), tables=("tab3_compute_equivalent",)),
     NotebookSpec("tab4_cross_model", depends=("40_evaluate",), tables=("tab4_cross_model",)),
-    NotebookSpec("tab5_multistep", depends=("40_evaluate",), tables=("tab5_multistep",)),
+    NotebookSpec("tab5_multistep", depends=("40_evaluate",), reads=("35_multistep",), tables=("tab5_multistep",)),
     NotebookSpec("tab6_trace_lengths", depends=("20_trace_analysis",), tables=("tab6_trace_lengths",)),
     NotebookSpec("fig4_cross_model", depends=("40_evaluate",), figures=("fig4_cross_model",)),
     NotebookSpec("fig2_surprisal", depends=("20_trace_analysis",), figures=("fig2_surprisal",)),
     NotebookSpec("fig3_perplexity", depends=("20_trace_analysis",), figures=("fig3_perplexity",)),
     NotebookSpec("fig5_fig7_excerpts", depends=("20_trace_analysis",), figures=("fig5_excerpts", "fig7_comparison")),
     NotebookSpec("fig6_wordcloud", depends=("20_trace_analysis",), figures=("fig6_wordcloud",)),
-    NotebookSpec("fig1_overview", figures=("fig1_overview",)),
+    NotebookSpec("fig1_overview", reads=("40_evaluate",), figures=("fig1_overview",)),
 )
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}
 
 
 class ParameterError(ValueError):
     """A parameter file (or override) that does not fit the notebook's parameters cell."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiles
+# ----------------------------------------------------------------------------------------------
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A profile: its name (``results/<name>``, ``figures/<name>``, the notebooks' ``profile``) and
+    the folder of its parameter files."""
+
+    name: str
+    folder: Path
+
+    @property
+    def params_dir(self) -> Path:
+        return self.folder.parent
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def resolve_profile(profile: str, params_dir: str | Path | None = None) -> Profile:
+    """A profile name under ``params_dir`` (default ``params/``), or a folder outside the repository.
+
+    A path that leads into the repository (``../params/smoke``, ``params/smoke``, ``notebooks``) is
+    refused: its results would be written into the tracked tree. A folder outside the repository
+    (or under the results folder) is a profile named after the folder, which must not also be the
+    name of a profile under ``params/`` (both would write ``results/<name>``).
+    """
+    params_dir = Path(params_dir) if params_dir else PARAMS_DIR
+    known = sorted(p.name for p in params_dir.iterdir() if p.is_dir()) if params_dir.is_dir() else []
+    if PROFILE_NAME.fullmatch(profile):
+        if not (params_dir / profile).is_dir():
+            raise ParameterError(f"unknown profile {profile!r}: no folder {params_dir / profile} "
+                                 f"(profiles: {', '.join(known)}; or give a folder outside the repository)")
+        return Profile(profile, params_dir / profile)
+    folder = Path(profile).expanduser().resolve()
+    repo = paths.REPO_ROOT.resolve()
+    if _inside(folder, repo) and not _inside(folder, paths.results_dir().resolve()):
+        raise ParameterError(
+            f"--profile {profile!r} is a folder inside the repository ({folder}): a profile is a name under "
+            f"{params_dir} ({', '.join(known)}) or a folder outside the repository's tracked tree")
+    if not folder.is_dir():
+        raise ParameterError(f"profile folder {folder} (from --profile {profile!r}) does not exist")
+    if not PROFILE_NAME.fullmatch(folder.name):
+        raise ParameterError(f"profile folder {folder}: its name {folder.name!r} is not a profile name "
+                             "(letters, digits, '_', '-', '.')")
+    if folder.name in known:
+        raise ParameterError(f"profile folder {folder} has the name of the profile {params_dir / folder.name}: "
+                             f"both would write results/{folder.name}; rename the folder")
+    return Profile(folder.name, folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,13 +247,14 @@ def params_file(profile: str, name: str, params_dir: Path | None = None) -> Path
 
 
 def load_params(profile: str, name: str, params_dir: Path | None = None, *, declared: dict | None = None) -> dict:
-    """The checked parameters of notebook ``name`` under ``profile`` (``profile`` itself added)."""
+    """The checked parameters of notebook ``name`` under ``profile`` (``profile`` itself added).
+
+    A profile without a file for the notebook runs it with the notebook's own defaults (the demo's).
+    """
     import yaml
 
     path = params_file(profile, name, params_dir)
-    if not path.is_file():
-        raise ParameterError(f"{name}: no parameter file {path} for profile {profile!r}")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
     if not isinstance(values, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
     declared = declared if declared is not None else notebook_parameters(name)
@@ -190,6 +264,13 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
     if "profile" in declared:
         values["profile"] = profile
     return values
+
+
+def resolved_params(profile: str, name: str, params_dir: Path | None = None) -> dict:
+    """Every parameter of notebook ``name`` as ``profile`` runs it: the notebook's defaults (the demo
+    profile), then what the profile's file changes."""
+    declared = notebook_parameters(name)
+    return {p.name: p.default for p in declared.values()} | load_params(profile, name, params_dir, declared=declared)
 
 
 def check_parameters(name: str, values: dict, declared: dict[str, Parameter], source: str = "parameters") -> None:
@@ -212,7 +293,8 @@ def check_parameters(name: str, values: dict, declared: dict[str, Parameter], so
 @dataclasses.dataclass
 class NotebookResult:
     name: str
-    status: str  # "ok" | "failed" | "skipped"
+    # "ok" | "unchanged" (skipped: nothing it depends on changed) | "failed" | "skipped" (a dependency failed)
+    status: str
     seconds: float = 0.0
     output: Path | None = None
     log: Path | None = None
@@ -228,10 +310,13 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "ok" for r in self.results)
+        return all(r.status in ("ok", "unchanged") for r in self.results)
 
     def failed(self) -> list[NotebookResult]:
-        return [r for r in self.results if r.status != "ok"]
+        return [r for r in self.results if r.status not in ("ok", "unchanged")]
+
+    def unchanged(self) -> list[NotebookResult]:
+        return [r for r in self.results if r.status == "unchanged"]
 
 
 def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
@@ -299,6 +384,132 @@ def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Pat
     return NotebookResult(spec.name, "ok", time.perf_counter() - start, output, log)
 
 
+# ----------------------------------------------------------------------------------------------
+# Skipping unchanged notebooks (content hashes of everything a notebook's outputs depend on)
+# ----------------------------------------------------------------------------------------------
+RUN_RECORD = "{name}.run.json"  # beside the executed copy: what it was made from and what it wrote
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _FileHashes:
+    """Content hashes of files, computed once per (size, mtime) so that unchanged multi-GB model files
+    are not read again on every run (a touched file with the same bytes keeps its hash)."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.known: dict[str, dict] = {}  # relative path -> {"size", "mtime_ns", "sha256"}
+
+    def remember(self, entries: dict[str, dict]) -> None:
+        self.known.update(entries)
+
+    def entry(self, path: Path) -> dict:
+        rel = path.relative_to(self.base).as_posix()
+        st = path.stat()
+        old = self.known.get(rel)
+        if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+            return old
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(path)}
+        self.known[rel] = entry
+        return entry
+
+    def tree(self, folders: Sequence[Path]) -> dict[str, dict]:
+        """Every file under ``folders`` except hidden ones (locks) and ``*.tmp`` (unfinished writes)."""
+        out = {}
+        for folder in folders:
+            if not folder.exists():
+                continue
+            files = [folder] if folder.is_file() else sorted(folder.rglob("*"))
+            for path in files:
+                rel = path.relative_to(folder) if path != folder else Path(path.name)
+                if path.is_file() and not any(part.startswith(".") for part in rel.parts) and path.suffix != ".tmp":
+                    out[path.relative_to(self.base).as_posix()] = self.entry(path)
+        return out
+
+
+def _upstream(spec: NotebookSpec) -> list[str]:
+    """Every notebook whose results ``spec`` reads, directly or through another notebook."""
+    by_name = {nb.name: nb for nb in NOTEBOOKS}
+    seen: list[str] = []
+    todo = [*spec.depends, *spec.reads]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in by_name:
+            seen.append(name)
+            todo += [*by_name[name].depends, *by_name[name].reads]
+    return sorted(seen)
+
+
+def _written_folders(names: Sequence[str], results: Path) -> list[Path]:
+    return [results / folder for folder, maker in paths.MADE_BY.items() if maker in names]
+
+
+def _library_hash() -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths.PACKAGE_DIR.rglob("*.py")):
+        h.update(path.relative_to(paths.PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _run_key(spec: NotebookSpec, params: dict, library: str, inputs: dict[str, dict]) -> dict:
+    """What a notebook's outputs depend on, as content hashes (``force`` is not part of it)."""
+    kept = {k: v for k, v in params.items() if k != "force"}
+    return {
+        "notebook": hashlib.sha256(notebook_path(spec.name).read_bytes()).hexdigest(),
+        "parameters": hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest(),
+        "library": library,
+        "data_dir": os.environ.get("RSDLIB_DATA_DIR", ""),
+        "inputs": {rel: e["sha256"] for rel, e in inputs.items()},
+    }
+
+
+def _why_rerun(record: dict | None, key: dict, output: Path, outputs: dict[str, dict], base: Path) -> str:
+    """Why a notebook must run ("" when it can be skipped)."""
+    if record is None:
+        return "no earlier successful run"
+    old = record.get("key", {})
+    if old.get("notebook") != key["notebook"]:
+        return "the notebook changed"
+    if old.get("parameters") != key["parameters"]:
+        return "its parameters changed"
+    if old.get("library") != key["library"]:
+        return "rsdlib's code changed"
+    if old.get("data_dir") != key["data_dir"]:
+        return "RSDLIB_DATA_DIR changed"
+    if old.get("inputs") != key["inputs"]:
+        changed = sorted(set(old.get("inputs", {}).items()) ^ set(key["inputs"].items()))
+        names = sorted({rel for rel, _ in changed})
+        return f"{len(names)} input file(s) changed ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    missing = [rel for rel in outputs if not (base / rel).is_file()]
+    if missing or not output.is_file():
+        return f"its output {missing[0] if missing else output.name} is missing"
+    return ""
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def reproduce(
     profile: str = "demo",
     *,
@@ -308,9 +519,15 @@ def reproduce(
     params_dir: str | Path | None = None,
     overrides: dict[str, dict] | None = None,
     threads: int | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = _echo,
+    skip_unchanged: bool = True,
 ) -> Report:
     """Run the notebooks of ``profile`` (all, or ``only``) and return a report (see the module docstring).
+
+    ``profile``: a name under ``params_dir`` (default ``params/``) or a folder outside the repository.
+    ``force``: rerun every notebook and set ``force: true`` in those that declare it.
+    ``skip_unchanged``: skip a notebook whose source, parameters, rsdlib code and input files are those
+    of its last successful run (False runs it anyway, without forcing its stages to redo their work).
 
     ``overrides``: {notebook: {parameter: value}} applied over the parameter files (checked the same way).
     ``threads``: torch CPU threads in the kernels (on a CPU shared with other busy processes, 1 thread
@@ -318,10 +535,13 @@ def reproduce(
     """
     from rsdlib.plots import figures_dir
 
-    params_dir = Path(params_dir) if params_dir else PARAMS_DIR
-    if not (params_dir / profile).is_dir():
-        known = sorted(p.name for p in params_dir.iterdir() if p.is_dir()) if params_dir.is_dir() else []
-        raise ParameterError(f"unknown profile {profile!r}: no folder {params_dir / profile} (profiles: {', '.join(known)})")
+    resolved = resolve_profile(profile, params_dir)
+    profile, params_dir = resolved.name, resolved.params_dir
+    names = [nb.name for nb in NOTEBOOKS]
+    stray = sorted(p.name for p in resolved.folder.glob("*.yaml") if p.stem not in names)
+    if stray:
+        raise ParameterError(f"{resolved.folder}: {', '.join(stray)} name(s) no notebook; "
+                             f"notebooks: {', '.join(names)}")
     specs = resolve_only(only)
     timeout = DEFAULT_TIMEOUT.get(profile, 3600) if timeout == "default" else timeout
     # check everything first: a typo in the last file must not cost the first hour
@@ -339,12 +559,28 @@ def reproduce(
     if unknown_overrides:
         raise ParameterError(f"overrides for notebooks not run: {', '.join(unknown_overrides)}")
 
-    out_dir = paths.results_dir(profile) / "notebooks"
+    from rsdlib.traces import RunConflictError, run_lock
+
+    results_root = paths.results_dir(profile)
+    with contextlib.ExitStack() as stack:
+        try:  # one run per profile: refused here, before anything runs or is overwritten
+            stack.enter_context(run_lock(results_root))
+        except RunConflictError:
+            raise RunConflictError(
+                f"profile {profile!r} is being reproduced by another run (lock {results_root / '.lock'} is held): "
+                "wait for it to finish or stop it; nothing was run or overwritten") from None
+        return _run_plan(plan, profile, results_root, figures_dir(profile), force=force,
+                         skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo)
+
+
+def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: bool, skip_unchanged: bool,
+              timeout: float | None, threads: int | None, echo: Callable[[str], None]) -> Report:
+    """Run (or skip as unchanged) each planned notebook, in order, while the profile's lock is held."""
+    out_dir = results_root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     env = _environment(profile, threads)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    fig_dir = figures_dir(profile)
     before = {p: p.stat().st_mtime_ns for p in fig_dir.glob("*") if p.is_file()}
     echo(f"rsdlib reproduce: profile {profile}, {len(plan)} notebook(s); executed copies and logs in {out_dir}")
     if os.environ.get("RSDLIB_DATA_DIR"):
@@ -354,18 +590,51 @@ def reproduce(
     started = time.perf_counter()
     results: list[NotebookResult] = []
     broken: set[str] = set()
+    library = _library_hash()
+    # results files and figures are named relative to their common parent (``results/`` and ``figures/``
+    # may live elsewhere through RSDLIB_RESULTS / RSDLIB_FIGURES)
+    base = Path(os.path.commonpath([results_root.resolve(), fig_dir.resolve()]))
+    hashes = _FileHashes(base)
+    records = {spec.name: _read_record(out_dir / RUN_RECORD.format(name=spec.name)) for spec in NOTEBOOKS}
+    for record in records.values():
+        hashes.remember((record or {}).get("outputs", {}))
     try:
         for i, (spec, params) in enumerate(plan, 1):
+            tag = f"[{i:2d}/{len(plan)}]"
+            output, log = out_dir / f"{spec.name}.ipynb", out_dir / f"{spec.name}.log"
+            record_path = out_dir / RUN_RECORD.format(name=spec.name)
             blocked = [d for d in spec.depends if d in broken]
             if blocked:
                 res = NotebookResult(spec.name, "skipped", error=f"needs {', '.join(blocked)}, which did not succeed")
-            else:
-                res = run_notebook(spec, profile, params, out_dir=out_dir, timeout=timeout)
-            results.append(res)
-            if res.status != "ok":
                 broken.add(spec.name)
-            mark = {"ok": "ok     ", "failed": "FAILED ", "skipped": "skipped"}[res.status]
-            line = f"[{i:2d}/{len(plan)}] {mark} {spec.name:<22} {res.seconds:7.1f} s"
+                echo(f"{tag} skipped {spec.name:<22} {res.error}")
+                results.append(res)
+                continue
+            own = [fig_dir / f"{stem}.{ext}" for stem in spec.figures for ext in ("pdf", "png")]
+            own += [fig_dir / f"{stem}.{ext}" for stem in spec.tables for ext in ("md", "csv")]
+            own_folders = _written_folders([spec.name], results_root) + own
+            key = _run_key(spec, params, library, hashes.tree(_written_folders(_upstream(spec), results_root)))
+            record = records.get(spec.name)
+            why = "--force" if force else "" if not skip_unchanged else _why_rerun(
+                record, key, output, (record or {}).get("outputs", {}), base)
+            if skip_unchanged and not force and not why:
+                res = NotebookResult(spec.name, "unchanged", record.get("seconds", 0.0), output, log)
+                echo(f"{tag} unchanged {spec.name:<20} skipped: nothing it depends on changed since its run of "
+                     f"{record.get('finished', '?')} ({res.seconds:.1f} s then)")
+                results.append(res)
+                continue
+            record_path.unlink(missing_ok=True)  # a run that dies midway leaves no record to trust
+            echo(f"{tag} start   {spec.name:<22} {time.strftime('%H:%M:%S')}" + (f"  ({why})" if why else ""))
+            res = run_notebook(spec, profile, params, out_dir=out_dir, timeout=timeout)
+            results.append(res)
+            if res.status == "ok":
+                _write_record(record_path, {
+                    "notebook": spec.name, "profile": profile, "key": key, "seconds": round(res.seconds, 1),
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": hashes.tree(own_folders)})
+            else:
+                broken.add(spec.name)
+            mark = {"ok": "ok     ", "failed": "FAILED "}[res.status]
+            line = f"{tag} {mark} {spec.name:<22} {res.seconds:7.1f} s"
             if res.error:
                 line += f"  {res.error}"
             echo(line)
@@ -384,8 +653,11 @@ def reproduce(
 
 def format_report(report: Report) -> str:
     """The closing text: failures (where, log), then the figures and tables written."""
-    lines = [f"\nprofile {report.profile}: {sum(r.status == 'ok' for r in report.results)}/{len(report.results)} "
-             f"notebooks ok in {report.seconds:.0f} s"]
+    n_ok = sum(r.status in ("ok", "unchanged") for r in report.results)
+    lines = [f"\nprofile {report.profile}: {n_ok}/{len(report.results)} notebooks ok in {report.seconds:.0f} s"]
+    if report.unchanged():
+        lines.append(f"skipped as unchanged since their last run ({len(report.unchanged())}; --force reruns them): "
+                     + ", ".join(r.name for r in report.unchanged()))
     for r in report.failed():
         lines.append(f"  {r.status.upper()}: {r.name}: {r.error}")
         if r.status == "failed":
@@ -420,16 +692,22 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="demo", help="params/<profile>: smoke, demo (default) or paper")
+    p.add_argument("--profile", default="demo",
+                   help="a profile under params/: smoke, demo (default) or paper; or a folder of parameter files "
+                        "outside the repository")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (names or unique prefixes)")
-    p.add_argument("--force", action="store_true", help="redo cached stages (sets force: true where declared)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun unchanged notebooks and redo cached stages (sets force: true where declared)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per notebook cell (default: smoke 900, demo 3600, paper none; 0 = none)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
 
 
 def main_reproduce(args: argparse.Namespace) -> int:
-    """Entry point of ``rsdlib reproduce``: 0 when every notebook succeeded, 1 otherwise, 2 for bad parameters."""
+    """Entry point of ``rsdlib reproduce``: 0 when every notebook succeeded (or was unchanged), 1 otherwise,
+    2 when refused before anything ran (bad parameters or profile, another run of the profile)."""
+    from rsdlib.traces import RunConflictError
+
     if getattr(args, "list", False):
         for spec in NOTEBOOKS:
             params = notebook_parameters(spec.name)
@@ -439,7 +717,7 @@ def main_reproduce(args: argparse.Namespace) -> int:
     threads = getattr(args, "threads", None)  # `rsdlib --threads N reproduce ...` (global option of rsdlib.cli)
     try:
         report = reproduce(args.profile, only=args.only, force=args.force, timeout=timeout, threads=threads)
-    except ParameterError as err:
+    except (ParameterError, RunConflictError) as err:
         print(f"rsdlib reproduce: error: {err}", file=sys.stderr)
         return 2
     return 0 if report.ok else 1
@@ -647,13 +925,8 @@ def prompt_style(values: dict):
 # Shared by the accuracy tables (Tables 1, 3, 4, 5)
 # ----------------------------------------------------------------------------------------------
 def load_evaluation(profile: str) -> dict:
-    """``results/<profile>/eval/summary.json`` (notebook 40), or a FileNotFoundError saying what to run."""
-    import json
-
-    path = paths.results_dir(profile) / "eval" / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 40_evaluate for profile {profile!r} first")
-    return json.loads(path.read_text())
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
+    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
 
 
 def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:

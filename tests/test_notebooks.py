@@ -76,8 +76,26 @@ def test_paper_profile_uses_the_papers_setup():
     assert training["epochs"] == 15 and training["global_batch_size"] == 16 and training["block_size"] == 8192
 
 
+@pytest.mark.parametrize("spec", reproduce.NOTEBOOKS, ids=lambda s: s.name)
+def test_the_demo_profile_is_the_notebooks_defaults(spec):
+    """Issue 20: Run All on a notebook as it is does what `rsdlib reproduce --profile demo` does, from one
+    source: the notebook's parameters cell. params/demo/ restates nothing (a profile holds only what it
+    changes), and a file there that differs from the notebook is reported key by key."""
+    import yaml
+
+    declared = reproduce.notebook_parameters(spec.name)
+    assert declared["profile"].default == "demo"
+    path = REPO / "params" / "demo" / f"{spec.name}.yaml"
+    values = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    differ = {k: {"notebook": declared[k].default, "demo": v} for k, v in values.items()
+              if k in declared and declared[k].default != v}
+    assert not differ, f"{path} differs from the defaults of notebooks/{spec.name}.py: {differ}"
+    assert not values, f"{path} restates the defaults of notebooks/{spec.name}.py ({', '.join(values)}): leave it out"
+    assert reproduce.resolved_params("demo", spec.name) == {p.name: p.default for p in declared.values()}
+
+
 def test_demo_traces_never_use_the_evaluation_half():
-    traces = reproduce.load_params("demo", "10_generate_traces")
+    traces = reproduce.resolved_params("demo", "10_generate_traces")
     assert traces["split"] == "trace" and traces["benchmark"] == "math500"
 
 
@@ -144,8 +162,73 @@ def test_smoke_stages_pass_results_through_files(smoke_run):
     assert any(m["final"] for m in models.values())
 
 
+class _SmokeEnv:
+    """RSDLIB_RESULTS / RSDLIB_FIGURES pointing at the smoke run's folders while the block runs."""
+
+    def __init__(self, root: Path):
+        self.values = {"RSDLIB_RESULTS": str(root / "results"), "RSDLIB_FIGURES": str(root / "figures")}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_smoke_prints_a_start_and_an_end_line_per_notebook(smoke_run):
+    report, _, text = smoke_run
+    for r in report.results:
+        assert f"start   {r.name}" in text and f"ok      {r.name}" in text
+
+
+def test_smoke_second_run_skips_every_notebook_in_seconds(smoke_run):
+    """Issue 17, item 11: nothing changed, so nothing runs (the first run took minutes)."""
+    import time
+
+    _, root, _ = smoke_run
+    manifest = root / "results" / "smoke" / "traces" / "manifest.json"
+    os.utime(manifest)  # touched, same bytes: still unchanged
+    lines = []
+    with _SmokeEnv(root):
+        start = time.perf_counter()
+        again = reproduce.reproduce("smoke", echo=lines.append)
+        seconds = time.perf_counter() - start
+    text = "\n".join(lines)
+    print(text, f"\nsecond run: {seconds:.1f} s")
+    assert again.ok and [r.status for r in again.results] == ["unchanged"] * len(reproduce.NOTEBOOKS), text
+    assert seconds < 30
+    assert f"skipped as unchanged since their last run ({len(reproduce.NOTEBOOKS)}; --force reruns them)" in text
+
+
+def test_smoke_a_changed_input_reruns_its_dependents_only(smoke_run):
+    """Rewriting notebook 20's word counts (same data, other bytes) reruns what reads notebook 20's
+    results, and nothing else: not 20 itself, not 10, 30, 35, 40 or the accuracy tables."""
+    _, root, _ = smoke_run
+    path = root / "results" / "smoke" / "analysis" / "low_tokens.json"
+    before = path.read_bytes()
+    path.write_text(json.dumps(json.loads(before), indent=3))
+    assert path.read_bytes() != before
+    lines = []
+    with _SmokeEnv(root):
+        again = reproduce.reproduce("smoke", echo=lines.append)
+    text = "\n".join(lines)
+    print(text)
+    assert again.ok, text
+    reran = sorted(r.name for r in again.results if r.status == "ok")
+    assert reran == sorted(["tab2_dataset_stats", "tab3_compute_equivalent", "tab6_trace_lengths", "fig2_surprisal",
+                            "fig3_perplexity", "fig5_fig7_excerpts", "fig6_wordcloud"]), text
+    assert all(r.status == "unchanged" for r in again.results if r.name not in reran)
+    assert "input file(s) changed" in text and "analysis/low_tokens.json" in text
+
+
 def test_smoke_rerun_skips_finished_stages(smoke_run):
-    """A second run of the expensive stages finds their stored configs and does not redo the work."""
+    """A second run of the expensive stages (executed again, not skipped by the driver) finds their stored
+    configs and does not redo the work."""
     report, root, _ = smoke_run
     results = root / "results" / "smoke"
     samples = results / "traces" / "main" / "rsd-p1" / "samples.jsonl"
@@ -154,7 +237,8 @@ def test_smoke_rerun_skips_finished_stages(smoke_run):
     os.environ["RSDLIB_RESULTS"] = str(root / "results")
     os.environ["RSDLIB_FIGURES"] = str(root / "figures")
     try:
-        again = reproduce.reproduce("smoke", only=["10_generate_traces", "20_trace_analysis"], echo=lambda s: None)
+        again = reproduce.reproduce("smoke", only=["10_generate_traces", "20_trace_analysis"], echo=lambda s: None,
+                                    skip_unchanged=False)  # run them: their own stored configs make them skip the work
     finally:
         for k, v in saved.items():
             if v is None:
