@@ -24,7 +24,11 @@ threshold above 1 reproduces ``student`` mode token for token under the same see
 Vocabulary: the trace lives in the STUDENT's ids. Teacher logits are masked by the vocabulary bridge
 (padded rows, ids the student lacks) and mapped to student ids; a student-only token (e.g. ``</think>``)
 enters the teacher's context as its teacher spelling, so each model keeps its own context, positions
-and KV cache.
+and KV cache. In ``skd`` the teacher approves a proposed student-only token by its probability of
+writing that spelling (one rolled-back look-ahead forward; the rule is in rsdlib.bridge).
+
+Memory: each model's KV cache grows by CACHE_CHUNK positions (never by doubling), and ``generate``
+decodes at most as many rows as fit the free CUDA memory or ``max_cache_gib`` (rsdlib.memory).
 """
 
 from __future__ import annotations
@@ -509,7 +513,7 @@ class _ModelState:
         """Logits after each of each row's tokens, WITHOUT keeping them: [(len(row), V)] per row.
 
         The tokens are fed, read and rolled back (``forget_last``); the cache, mask and positions end
-        as they were. Rows with no tokens get an empty (0, V) tensor.
+        as they were. Rows with no tokens get an empty tensor.
         """
         width = max(len(r) for r in rows)
         if width == 0:

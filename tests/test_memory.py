@@ -9,7 +9,8 @@ from transformers import Qwen2Config, Qwen3Config
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import CACHE_CHUNK, DecodingConfig, Decoder, _GrowingLayer, _ModelState
-from rsdlib.memory import GIB, CacheUser, batch_for_memory, dtype_bytes, kv_cache_bytes_per_token, plan_batch
+from rsdlib.memory import (GIB, CacheUser, batch_for_memory, dtype_bytes, free_device_bytes, kv_cache_bytes_per_token,
+                           plan_batch)
 
 # The paper pair's real shapes (the models' config.json): s1.1-7B is a Qwen2.5-7B (no head_dim key:
 # 3584 / 28 = 128), Qwen3-0.6B has head_dim 128 although 1024 / 16 = 64.
@@ -64,6 +65,7 @@ def users(tokens=8192, device="cuda:0"):
 def test_plan_batch_takes_the_tightest_budget():
     row = 8192 * (TEACHER_BF16 + STUDENT_BF16)
     no_gpu = lambda device: None  # noqa: E731
+    assert free_device_bytes("cpu") is None  # CPU: only max_cache_gib limits the batch
     plan = plan_batch(64, users(), free_bytes=no_gpu)
     assert (plan.batch_size, plan.limited_by, plan.budgets_gib) == (64, "request", {})
     assert plan.cache_gib_at_batch == pytest.approx(84.0, abs=0.05)
