@@ -318,24 +318,22 @@ def prefill_forwards(context: int, chunk: int) -> int:
     return -(-context // chunk)
 
 
-def kv_bytes_per_token(shape: dict, bytes_per_value: int = 2) -> int:
+def kv_bytes_per_token(shape: dict, dtype: torch.dtype = torch.bfloat16) -> int:
     """Keys and values of one token in every layer (bf16: s1.1-7B 57,344 B, Qwen3-0.6B 114,688 B; field notes s.9)."""
-    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
-    return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim * bytes_per_value
+    from rsdlib.memory import kv_cache_bytes_per_token
+
+    return kv_cache_bytes_per_token(shape, dtype)
 
 
 def kv_buffer_positions(context: int, chunk: int, steps: int) -> int:
     """Positions the engine's KV buffer holds after a chunked prefill and ``steps`` one-token steps.
 
-    Mirrors rsdlib.decoding._GrowingLayer: an append that overflows the buffer reallocates it at
-    max(64, 2 x (length + new)), so a buffer holds up to twice the live context.
+    rsdlib.decoding grows a buffer in CACHE_CHUNK steps (never by doubling), so it holds the live
+    context rounded up to a multiple of CACHE_CHUNK whatever the prefill ``chunk``.
     """
-    capacity = length = 0
-    for n in [chunk] * (context // chunk) + ([context % chunk] if context % chunk else []) + [1] * steps:
-        if length + n > capacity:
-            capacity = max(64, 2 * (length + n))
-        length += n
-    return capacity
+    from rsdlib.decoding import _capacity
+
+    return _capacity(context + steps)
 
 
 def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,
@@ -681,7 +679,7 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                       context=f"{plan.long_context:,}-{plan.long_context + plan.warmup + res['steps']:,}",
                       tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
                       detail=f"{res['steps']} timed steps; forward per step: {fwd}; KV buffers hold {positions:,} "
-                             f"positions per row (the engine doubles them when full): {row_bytes / 2**30:.2f} GiB per "
+                             f"positions per row (grown in CACHE_CHUNK steps): {row_bytes / 2**30:.2f} GiB per "
                              f"row, {plan.long_batch * row_bytes / 2**30:.1f} GiB for {plan.long_batch} rows, "
                              f"plus {weights / 2**30:.1f} GiB of weights")
 

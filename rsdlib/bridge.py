@@ -16,6 +16,29 @@ Qwen2.5 model, and Qwen3-0.6B: ids 0..151,664 identical). Built once per pair, t
   context keeps the single id, the teacher's context gets the spelling ("separate context
   management"), so the two contexts differ in length.
 
+The teacher's probability of a student-only token (used by SKD-inspired decoding, where the TEACHER
+approves the student's proposals; ``rsdlib.decoding.score_student_only_proposals``):
+
+- RULE: P_t(y) for a student-only id y with teacher spelling s_1..s_L is the probability that the
+  teacher, sampling from the distribution the decoder uses (masked, tempered, top-p), writes exactly
+  that spelling next: prod_j P_t(s_j | teacher context, s_<j). The threshold test reads this product
+  (with ``threshold_on: raw``, the product of the raw T = 1 probabilities). Without it, ``</think>``
+  would have teacher probability 0 and SKD would reject the student's ``</think>`` every time, so a
+  trace could close its thinking only through the teacher's three pieces ``</``, ``think``, ``>``.
+- Why the product and not the first piece: P_t(``</``) also counts ``</tool_response>``, ``</div>``
+  and every other closing tag, so it over-approves; the product is exact for the canonical spelling
+  (other segmentations of the same text, e.g. ``</th`` + ``ink>``, are not added in: the teacher's
+  own tokenizer never produces them). Cost: L - 1 extra teacher positions (2 for ``</think>``), in one
+  look-ahead forward that is rolled back, only on steps where some row's student proposes a
+  student-only id (about once per trace), and only for the proposed id, never for the whole vocabulary.
+- Scope: only the approval test and the recorded ``teacher_prob`` of an accepted student-only token
+  use it. The teacher's own SAMPLING distribution (RSD proposals, SKD fallback, teacher mode) keeps
+  student-only ids at 0: a teacher that wants to close its thinking writes the pieces. RSD never
+  asks the teacher about a student-only id (its threshold is on the student), so RSD's exact mixture
+  P(y) = P_t(y) 1[P_s(y) >= tau] + r P_s(y) is unchanged; SKD's becomes
+  P(y) = P_s(y) 1[A_t(y) >= tau] + r P_t(y), with A_t the approval probabilities (P_t on shared ids,
+  the spelling product on student-only ids) and r = sum over z with A_t(z) < tau of P_s(z).
+
 Rules (``from_tokenizers``):
 
 - Token strings are the raw tokenizer strings (``get_vocab()``, the same strings as
@@ -258,6 +281,14 @@ class VocabBridge:
             shared = shared.clone()
             shared[list(self.student_only)] = False
         return shared
+
+    @property
+    def student_only_mask(self) -> torch.Tensor:
+        """bool (V_s,): student ids the teacher writes with its own spelling (``student_only``)."""
+        mask = torch.zeros(self.student_vocab_size, dtype=torch.bool)
+        if self.student_only:
+            mask[list(self.student_only)] = True
+        return mask
 
     @property
     def is_identity(self) -> bool:

@@ -24,12 +24,17 @@ threshold above 1 reproduces ``student`` mode token for token under the same see
 Vocabulary: the trace lives in the STUDENT's ids. Teacher logits are masked by the vocabulary bridge
 (padded rows, ids the student lacks) and mapped to student ids; a student-only token (e.g. ``</think>``)
 enters the teacher's context as its teacher spelling, so each model keeps its own context, positions
-and KV cache.
+and KV cache. In ``skd`` the teacher approves a proposed student-only token by its probability of
+writing that spelling (one rolled-back look-ahead forward; the rule is in rsdlib.bridge).
+
+Memory: each model's KV cache grows by CACHE_CHUNK positions (never by doubling), and ``generate``
+decodes at most as many rows as fit the free CUDA memory or ``max_cache_gib`` (rsdlib.memory).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -39,7 +44,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from rsdlib.memory import CacheUser, kv_cache_bytes_per_token, plan_batch
+
 MODES = ("rsd", "skd", "teacher", "student")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,12 +291,20 @@ def rsd_sample(
 
 @dataclass
 class StepProbs:
-    """Distributions of one step over the student's ids, each (B, V_s); None where a model was not run."""
+    """Distributions of one step over the student's ids, each (B, V_s); None where a model was not run.
+
+    ``teacher`` gives student-only ids 0 (the teacher cannot emit them as one token). In ``skd`` mode
+    the teacher's approval of a PROPOSED student-only id is its probability of spelling it
+    (``score_student_only_proposals``; rule in rsdlib.bridge): ``teacher_approval`` is ``teacher``
+    with those entries filled in, and ``teacher_raw`` (computed only for the raw-threshold test)
+    gets them too; ``teacher`` stays the fallback distribution.
+    """
 
     teacher: torch.Tensor | None
     student: torch.Tensor | None
     student_raw: torch.Tensor | None
     teacher_raw: torch.Tensor | None
+    teacher_approval: torch.Tensor | None = None  # skd: the tempered approval probabilities, when they differ
 
 
 def step_probs(teacher_logits, student_logits, bridge, config: DecodingConfig) -> StepProbs:
@@ -322,20 +338,51 @@ def choose_tokens(probs: StepProbs, config: DecodingConfig, uniforms: torch.Tens
         test = probs.student_raw if config.threshold_on == "raw" else probs.student
         tokens, fallback = propose_and_verify(probs.teacher, test, probs.student, config.threshold, uniforms)
         return tokens, fallback, fallback.long()  # accepted: teacher (0); fallback: student (1)
-    test = probs.teacher_raw if config.threshold_on == "raw" else probs.teacher  # skd
+    approval = probs.teacher if probs.teacher_approval is None else probs.teacher_approval  # skd
+    test = probs.teacher_raw if config.threshold_on == "raw" else approval
     tokens, fallback = propose_and_verify(probs.student, test, probs.teacher, config.threshold, uniforms)
     return tokens, fallback, (~fallback).long()  # accepted: student (1); fallback: teacher (0)
+
+
+def spelling_probs(piece_logits: torch.Tensor, pieces: torch.Tensor, lengths: torch.Tensor, bridge,
+                   config: DecodingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher probabilities of N spellings: the product over each spelling of its pieces' probabilities.
+
+    piece_logits: (N, L, V_t) teacher logits before piece j of spelling n (context + pieces < j);
+    pieces: (N, L) teacher ids (anything past ``lengths[n]`` is ignored); lengths: (N,).
+    Each piece is scored under the teacher's masked distribution, tempered with top-p as sampled and
+    raw (T = 1). Returns (tempered (N,), raw (N,)).
+    """
+    n, width, v_t = piece_logits.shape
+    logits = bridge.mask_teacher_logits(piece_logits.reshape(n * width, v_t).float())  # (N*L, V_t)
+    ids = pieces.reshape(n * width, 1).to(logits.device)
+    tempered = tempered_probs(logits, config.temperature, config.top_p).gather(-1, ids).view(n, width)
+    raw = torch.softmax(logits, dim=-1).gather(-1, ids).view(n, width)
+    live = torch.arange(width, device=logits.device)[None, :] < lengths.to(logits.device)[:, None]  # (N, L)
+    one = torch.ones_like(tempered)
+    return torch.where(live, tempered, one).prod(-1), torch.where(live, raw, one).prod(-1)
 
 
 # ----------------------------------------------------------------------------------------------
 # The batched two-model engine
 # ----------------------------------------------------------------------------------------------
+CACHE_CHUNK = 256  # KV cache positions a buffer grows by; capacity = live width rounded up to this
+
+
+def _capacity(length: int) -> int:
+    """Buffer positions for ``length`` live ones: the next multiple of CACHE_CHUNK (never 2x the width)."""
+    return max(CACHE_CHUNK, -(-length // CACHE_CHUNK) * CACHE_CHUNK)
+
+
 class _GrowingLayer(DynamicLayer):
-    """A DynamicLayer whose appends are amortised O(1).
+    """A DynamicLayer that appends in place into a buffer grown by fixed chunks.
 
     transformers' DynamicLayer concatenates the whole cache at every step (a full copy per token);
-    this layer writes into a buffer that doubles when full and exposes ``keys``/``values`` as views.
-    Row selection, left trimming and cropping go through methods that keep the buffer in sync.
+    this layer writes into a buffer of ``_capacity(width)`` positions (at most CACHE_CHUNK - 1 spare
+    columns per row, where doubling could hold twice the live width: ~90 GB of cache at the paper's
+    batch becomes ~180 GB) and exposes ``keys``/``values`` as views. A full buffer is copied into one
+    a chunk larger: at 8k tokens that is 32 copies per layer, each costing about one decoding step's
+    cache read. Row selection, merging, left trimming and cropping keep the buffer in sync.
     """
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -345,7 +392,7 @@ class _GrowingLayer(DynamicLayer):
             self._kbuf = self._vbuf = None
         n = key_states.shape[-2]
         if self._kbuf is None or self._len + n > self._kbuf.shape[-2]:
-            self._resize(max(64, 2 * (self._len + n)), key_states, value_states)
+            self._resize(_capacity(self._len + n), key_states, value_states)
         self._kbuf[:, :, self._len : self._len + n] = key_states
         self._vbuf[:, :, self._len : self._len + n] = value_states
         self._set_length(self._len + n)
@@ -368,10 +415,32 @@ class _GrowingLayer(DynamicLayer):
     def _adopt(self, keys, values):
         """Replace the content by (keys, values) of shape (B, H, L, D), copied into fresh buffers."""
         self._len = 0
-        self._resize(max(64, 2 * keys.shape[-2]), keys, values)
+        self._kbuf = self._vbuf = None  # free the old buffers before allocating the new ones
+        self.keys = self.values = None
+        self._resize(_capacity(keys.shape[-2]), keys, values)
         self._kbuf[:, :, : keys.shape[-2]] = keys
         self._vbuf[:, :, : keys.shape[-2]] = values
         self._set_length(keys.shape[-2])
+
+    def stack_below(self, other: "_GrowingLayer", width: int) -> None:
+        """Put the rows of ``other`` below ours, both right-aligned in ``width`` columns (left padding zeroed).
+
+        Copies each part once into the new buffer (no intermediate concatenation).
+        """
+        parts = ((self.keys, self.values), (other.keys, other.values))
+        rows = sum(k.shape[0] for k, _ in parts)
+        kbuf = self.keys.new_empty(rows, self.keys.shape[1], _capacity(width), self.keys.shape[3])
+        vbuf = self.values.new_empty(rows, self.values.shape[1], _capacity(width), self.values.shape[3])
+        start = 0
+        for keys, values in parts:
+            end, pad = start + keys.shape[0], width - keys.shape[2]
+            kbuf[start:end, :, :pad].zero_()  # padding must be finite: attention weighs it by 0
+            vbuf[start:end, :, :pad].zero_()
+            kbuf[start:end, :, pad:width] = keys
+            vbuf[start:end, :, pad:width] = values
+            start = end
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self._set_length(width)
 
     def batch_select_indices(self, indices):
         if self.is_initialized and self._len:
@@ -443,6 +512,21 @@ class _ModelState:
         self.cache = out.past_key_values
         return out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
 
+    @torch.no_grad()
+    def look_ahead(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Logits after each of each row's tokens, WITHOUT keeping them: [(len(row), V)] per row.
+
+        The tokens are fed, read and rolled back (``forget_last``); the cache, mask and positions end
+        as they were. Rows with no tokens get an empty tensor.
+        """
+        width = max(len(r) for r in rows)
+        if width == 0:
+            return [torch.empty(0, 0) for _ in rows]
+        logits = self.feed(rows, keep=width)
+        logits = logits[:, None, :] if width == 1 else logits  # (B, W, V)
+        self.forget_last([len(r) for r in rows])
+        return [logits[b, width - len(r):] for b, r in enumerate(rows)]
+
     def forget_last(self, counts: Sequence[int]) -> None:
         """Roll back: hide each row's last ``counts[b]`` real tokens (rejected drafts) from attention.
 
@@ -464,18 +548,12 @@ class _ModelState:
         """Append the rows of ``other`` (a freshly prefilled state) below ours, left-padding the shorter cache."""
         width = max(self.mask.shape[1], other.mask.shape[1])
 
-        def pad_left(t, n):  # (B, ..., L) mask or (B, H, L, D) cache tensors
-            if n == 0:
-                return t
-            if t.dim() == 2:
-                return torch.cat([t.new_zeros(t.shape[0], n), t], dim=1)
-            return torch.cat([t.new_zeros(t.shape[0], t.shape[1], n, t.shape[3]), t], dim=2)
+        def pad_left(t, n):  # (B, L) mask
+            return t if n == 0 else torch.cat([t.new_zeros(t.shape[0], n), t], dim=1)
 
         pad_a, pad_b = width - self.mask.shape[1], width - other.mask.shape[1]
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            keys = torch.cat([pad_left(mine.keys, pad_a), pad_left(theirs.keys, pad_b)])
-            values = torch.cat([pad_left(mine.values, pad_a), pad_left(theirs.values, pad_b)])
-            mine._adopt(keys, values)
+            mine.stack_below(theirs, width)
         self.mask = torch.cat([pad_left(self.mask, pad_a), pad_left(other.mask, pad_b)])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
 
@@ -491,6 +569,60 @@ class _ModelState:
             for layer in self.cache.layers:
                 layer.drop_left(first)
             self.mask = self.mask[:, first:]
+
+
+def score_student_only_proposals(probs: StepProbs, teacher_logits: torch.Tensor, teacher_state: _ModelState,
+                                 bridge, config: DecodingConfig, uniforms: torch.Tensor) -> StepProbs:
+    """SKD: the teacher's approval probability of each student-only id the student proposes this step.
+
+    The teacher has no single id for a student-only token (``</think>``); its approval probability is
+    that of the token's teacher spelling, prod_j P_t(s_j | context, s_<j) (rule: rsdlib.bridge). The
+    first factor comes from this step's teacher logits; the others from one look-ahead forward of
+    the spelling's first pieces on the rows that need it, rolled back at once (the teacher context
+    gets the whole spelling through the ordinary step if the token is emitted). Only the proposed
+    ids are scored: the proposals are re-derived from the same uniforms ``choose_tokens`` will use.
+    Returns ``probs`` unchanged when no row proposes a student-only id.
+    """
+    only = bridge._on("student_only_mask", probs.student.device)  # (V_s,)
+    u = uniforms.to(probs.student.device)
+    proposals = torch.stack([sample_inverse_cdf(probs.student, u[:, k]) for k in range(config.trials)], 1)  # (B, trials)
+    hit = only[proposals]  # (B, trials)
+    if not hit.any():
+        return probs
+    wanted: dict[int, list[int]] = {}  # row -> distinct student-only ids proposed (usually one)
+    for b, y in zip(*(t.tolist() for t in (hit.nonzero()[:, 0], proposals[hit]))):
+        if y not in wanted.setdefault(b, []):
+            wanted[b].append(y)
+    approval = probs.teacher.clone()
+    raw = probs.teacher_raw.clone() if probs.teacher_raw is not None else None
+    for c in range(max(len(ys) for ys in wanted.values())):  # one look-ahead per candidate rank
+        todo = [(b, ys[c]) for b, ys in sorted(wanted.items()) if c < len(ys)]
+        spellings = [bridge.student_only[y] for _, y in todo]
+        prefixes = [[] for _ in range(teacher_logits.shape[0])]
+        for (b, _), spelling in zip(todo, spellings):
+            prefixes[b] = spelling[:-1]
+        ahead = teacher_state.look_ahead(prefixes)
+        width = max(len(sp) for sp in spellings)
+        piece_logits = teacher_logits.new_zeros(len(todo), width, teacher_logits.shape[-1])  # (N, L, V_t)
+        pieces = torch.zeros(len(todo), width, dtype=torch.long)
+        for n, ((b, _), spelling) in enumerate(zip(todo, spellings)):
+            piece_logits[n, 0] = teacher_logits[b]
+            piece_logits[n, 1 : len(spelling)] = ahead[b][: len(spelling) - 1]
+            pieces[n, : len(spelling)] = torch.tensor(spelling)
+        lengths = torch.tensor([len(sp) for sp in spellings])
+        p_tempered, p_raw = spelling_probs(piece_logits, pieces, lengths, bridge, config)
+        rows = torch.tensor([b for b, _ in todo], device=approval.device)
+        ids = torch.tensor([y for _, y in todo], device=approval.device)
+        approval[rows, ids] = p_tempered.to(approval)
+        if raw is not None:
+            raw[rows, ids] = p_raw.to(raw)
+    return StepProbs(probs.teacher, probs.student, probs.student_raw, raw, approval)
+
+
+def _dtype(model) -> torch.dtype:
+    """The dtype of a model's activations (and so of its KV cache)."""
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
 
 
 def _pad_id(model, fallback: int = 0) -> int:
@@ -527,6 +659,7 @@ class Decoder:
         progress: bool | str = False,
         on_finish: Callable[[int, Trace], None] | None = None,
         refill: bool = True,
+        max_cache_gib: float | None = None,
     ) -> list[Trace]:
         """Generate one trace per (prompt, seed), up to ``batch_size`` rows at a time.
 
@@ -535,11 +668,22 @@ class Decoder:
         running batch) whenever a quarter of the slots are free, so the batch stays full.
         ``on_finish(index, trace)`` is called as soon as a trace ends (to append it to a store).
         Results come back in the order of ``prompts``.
+
+        Memory: ``batch_size`` is an upper bound. The rows actually decoded at once are the most
+        whose full-length KV caches (both models) fit ``max_cache_gib`` and, on CUDA, the free device
+        memory (``rsdlib.memory.plan_batch``); the choice is logged and kept in ``self.stats["batch"]``.
+        Traces do not depend on it (each row has its own generator).
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        self.stats = {}
+        if prompts:
+            plan = self.plan_batch(prompts, batch_size, max_cache_gib)
+            batch_size = plan.batch_size
+            self.stats["batch"] = plan.to_dict()
+            (log.warning if plan.batch_size < plan.requested_batch_size else log.info)("decoder %s", plan.describe())
         results: list[Trace | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "decode",
                    disable=not progress, mininterval=5, unit="seq")
@@ -550,6 +694,43 @@ class Decoder:
             bar.update(1)
         bar.close()
         return results  # type: ignore[return-value]
+
+    def cache_users(self, prompts: Sequence[Sequence[int]]) -> list[CacheUser]:
+        """Each running model's KV bytes per token and widest possible row for these prompts.
+
+        A row is at most as wide as the longest prompt (in that model's ids) plus ``max_new_tokens``:
+        rows are right-aligned and columns that are padding in every row are trimmed when rows leave.
+        Margins: CACHE_CHUNK (buffer rounding), the speculative round's k + 1 columns, and for the
+        teacher 4 x the longest extra length of a student-only token's spelling (``</think>`` is 3
+        teacher tokens: one in the trace, the SKD look-ahead, spare). With speculative decoding,
+        rejected drafts leave padding columns inside rows, so its widths can exceed this estimate.
+        """
+        cfg, bridge = self.config, self.bridge
+        margin = CACHE_CHUNK + cfg.draft_tokens + 1
+        longest = max(len(p) for p in prompts)
+        users = []
+        if cfg.needs_teacher:
+            extra = {sid: len(sp) - 1 for sid, sp in bridge.student_only.items() if len(sp) > 1}
+            t_longest = max(len(p) + sum(extra.get(int(t), 0) for t in p) for p in prompts) if extra else longest
+            tokens = t_longest + cfg.max_new_tokens + margin + 4 * max(extra.values(), default=0)
+            users.append(CacheUser("teacher", kv_cache_bytes_per_token(self.teacher.config, _dtype(self.teacher)),
+                                   tokens, str(self.teacher.device)))
+        if cfg.needs_student:
+            users.append(CacheUser("student", kv_cache_bytes_per_token(self.student.config, _dtype(self.student)),
+                                   longest + cfg.max_new_tokens + margin, str(self.student.device)))
+        return users
+
+    def plan_batch(self, prompts, batch_size: int, max_cache_gib: float | None = None):
+        """The BatchPlan of a run (see ``generate``); on CPU without ``max_cache_gib`` it is ``batch_size``."""
+        devices = [m.device for m in (self.teacher, self.student) if m is not None]
+        limited = max_cache_gib is not None or any(torch.device(d).type == "cuda" for d in devices)
+        try:
+            users = self.cache_users(prompts)
+        except (ValueError, AttributeError):
+            if limited:
+                raise
+            users = []  # a model without a standard config (a test double): nothing to size
+        return plan_batch(batch_size, users, max_cache_gib)
 
     def _prefill(self, prompts):
         """Fresh states for a group of prompts and their first logits."""
@@ -606,9 +787,12 @@ class Decoder:
                 active = active + new
             probs = step_probs(t_logits, s_logits, bridge, cfg)
             uniforms = draw_uniforms([gens[i] for i in active], len(active), cfg.trials + 1)
+            if cfg.mode == "skd" and bridge.student_only:  # the teacher scores a proposed </think> by its spelling
+                probs = score_student_only_proposals(probs, t_logits, t_state, bridge, cfg, uniforms)
             tokens, fallback, source = choose_tokens(probs, cfg, uniforms)
             col = tokens[:, None]
-            p_t, p_s, p_raw = gather(probs.teacher, col), gather(probs.student, col), gather(probs.student_raw, col)
+            p_teacher = probs.teacher if probs.teacher_approval is None else probs.teacher_approval
+            p_t, p_s, p_raw = gather(p_teacher, col), gather(probs.student, col), gather(probs.student_raw, col)
             ent = entropy(probs.student_raw).tolist() if probs.student_raw is not None else None
             tok_list, fb_list, src_list = tokens.tolist(), fallback.tolist(), source.tolist()
             stopped = torch.isin(tokens.cpu(), stop).tolist() if len(stop) else [False] * len(active)

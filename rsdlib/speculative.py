@@ -74,7 +74,8 @@ def run_speculative(decoder, prompts, seeds, batch_size, refill):
     traces, gens, next_token = {}, {}, {}
     active: list[int] = []
     t_state = s_state = None
-    stats = decoder.stats = {"rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0}
+    stats = decoder.stats = getattr(decoder, "stats", {})  # generate() put the batch plan there
+    stats.update({"rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0})
 
     def admit(n):
         new = [pending.pop() for _ in range(min(n, len(pending)))]

@@ -65,6 +65,7 @@ class TraceJobConfig:
     prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
     base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
+    max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
     grade_timeout: float = 10.0  # seconds per math-verify comparison
 
     def __post_init__(self) -> None:
@@ -85,13 +86,15 @@ class TraceJobConfig:
             raise ValueError(f"prefix_sample must be one of {PREFIX_RULES}, got {self.prefix_sample!r}")
         if self.prefix_tokens < 0:
             raise ValueError("prefix_tokens must be >= 0")
+        if self.max_cache_gib is not None and not self.max_cache_gib > 0:
+            raise ValueError(f"max_cache_gib must be > 0 (or null: no limit but free CUDA memory), got {self.max_cache_gib}")
 
     @classmethod
     def from_yaml(cls, source, **overrides) -> "TraceJobConfig":
         return load_yaml_config(cls, source, **overrides)
 
     def hash(self) -> str:
-        return config_hash(self, exclude=("batch_size",))
+        return config_hash(self, exclude=("batch_size", "max_cache_gib"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +373,8 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         decoder = Decoder(pair.teacher if dec_cfg.needs_teacher else None,
                           pair.student if dec_cfg.needs_student else None, pair.bridge, dec_cfg)
         seeds = [derive_seed(cfg.base_seed, p.id, k) for p, k in todo]
-        decoder.generate([prompts[p.id] for p, _ in todo], seeds, batch_size=cfg.batch_size, on_finish=on_finish)
+        decoder.generate([prompts[p.id] for p, _ in todo], seeds, batch_size=cfg.batch_size, on_finish=on_finish,
+                         max_cache_gib=cfg.max_cache_gib)
     bar.close()
 
     by_problem: dict[str, list[dict]] = {}
@@ -382,6 +386,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
     summary["problems_without_gold"] = len(no_gold)
     summary["config_hash"] = cfg.hash()
     summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
+    summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once, and why
     _write_json_atomic(out_dir / "summary.json", summary)
     return summary
 

@@ -141,6 +141,9 @@ def test_paper_pair_student_only_ids_and_their_teacher_spelling(qwen25, qwen3, p
     assert b.student_only[THINK] == [13708, 766, 29]  # <think>
     assert b.student_only[THINK_CLOSE] == [522, 26865, 29]  # </think> = ('</', 'think', '>'), Appendix A
     assert qwen25.convert_ids_to_tokens(b.student_only[THINK_CLOSE]) == ["</", "think", ">"]
+    # SKD scores exactly these ids through their spelling (rule in the bridge docstring)
+    assert torch.nonzero(b.student_only_mask).flatten().tolist() == [151665, 151666, 151667, 151668]
+    assert b.student_only_mask.shape == (STUDENT_ROWS,) and not VocabBridge.identity(8).student_only_mask.any()
 
 
 def test_paper_pair_student_to_teacher_on_a_mixed_sequence(qwen25, qwen3, paper_bridge):

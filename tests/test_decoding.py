@@ -10,6 +10,8 @@ from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import (
     DecodingConfig,
     Decoder,
+    StepProbs,
+    _ModelState,
     choose_tokens,
     draw_uniforms,
     rsd_mixture,
@@ -17,6 +19,7 @@ from rsdlib.decoding import (
     skd_mixture,
     propose_and_verify,
     step_probs,
+    tempered_probs,
     top_p_filter,
 )
 
@@ -287,3 +290,222 @@ def test_growing_cache_layer_matches_plain_tensor_ops():
     k = torch.randn(2, 2, 2, 4, generator=gen)
     got, _ = layer.update(k, k)
     assert torch.equal(got, torch.cat([keys, k], dim=2))
+
+
+# ---------------------------------------------------------------- SKD and student-only tokens (issue 12, item 4)
+class Steered(torch.nn.Module):
+    """A causal LM whose logits get a scripted bias: ``always`` at every position, ``after[prev]`` where
+    the position's input token is ``prev`` (a bigram steer: it works with the KV cache, as each
+    position's bias depends only on its own input id)."""
+
+    def __init__(self, model, always=None, after=None):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.always, self.after = dict(always or {}), {k: dict(v) for k, v in (after or {}).items()}
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    def forward(self, input_ids, **kwargs):
+        out = self.model(input_ids=input_ids, **kwargs)
+        logits = out.logits  # (B, keep, V)
+        last = input_ids[:, -logits.shape[1]:].to(logits.device)  # (B, keep): the input id at each kept position
+        for tok, bias in self.always.items():
+            logits[..., tok] += bias
+        for prev, boosts in self.after.items():
+            hit = (last == prev).to(logits.dtype)
+            for tok, bias in boosts.items():
+                logits[..., tok] += hit * bias
+        return out
+
+
+def spelled_approval(teacher, bridge, cfg, teacher_context, probs):
+    """Reference rule (rsdlib.bridge docstring): EVERY student-only id scored by the product of its teacher
+    spelling's piece probabilities, each from an uncached forward on context + earlier pieces."""
+    approval = probs.teacher.clone()
+    raw = probs.teacher_raw.clone() if probs.teacher_raw is not None else None
+    for sid, spelling in bridge.student_only.items():
+        tempered_product = raw_product = 1.0
+        for j, piece in enumerate(spelling):
+            with torch.no_grad():
+                logits = teacher(torch.tensor([teacher_context + spelling[:j]])).logits[:, -1].float()
+            logits = bridge.mask_teacher_logits(logits)
+            tempered_product *= float(tempered_probs(logits, cfg.temperature, cfg.top_p)[0, piece])
+            raw_product *= float(torch.softmax(logits, -1)[0, piece])
+        approval[0, sid] = tempered_product
+        if raw is not None:
+            raw[0, sid] = raw_product
+    return StepProbs(probs.teacher, probs.student, probs.student_raw, raw, approval)
+
+
+def reference_decode_skd(teacher, student, bridge, cfg, prompt, seed):
+    """Slow SKD reference with student-only tokens: no cache, all student-only ids scored every step."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens, out = [], {"tokens": [], "teacher_prob": [], "fallback": []}
+    for _ in range(cfg.max_new_tokens):
+        s_ctx = list(prompt) + tokens
+        t_ctx = bridge.student_to_teacher(s_ctx)
+        with torch.no_grad():
+            t_logits = teacher(torch.tensor([t_ctx])).logits[:, -1]
+            s_logits = student(torch.tensor([s_ctx])).logits[:, -1]
+        probs = spelled_approval(teacher, bridge, cfg, t_ctx, step_probs(t_logits, s_logits, bridge, cfg))
+        tok, fb, _ = choose_tokens(probs, cfg, draw_uniforms([gen], 1, cfg.trials + 1))
+        y = int(tok[0])
+        tokens.append(y)
+        out["tokens"].append(y)
+        out["fallback"].append(bool(fb[0]))
+        out["teacher_prob"].append(float(probs.teacher_approval[0, y]))
+        if y in cfg.stop_ids:
+            break
+    return out
+
+
+SPELLING = [7, 8, 9]  # the teacher's spelling of the synthetic student-only `</think>`
+
+
+def synthetic_bridged_pair(v_s=40, pad_rows=128):
+    """Student id v_s - 1 is a student-only `</think>` spelled [7, 8, 9] by the teacher; the teacher has padded rows.
+
+    The student likes `</think>`; the teacher writes 7 sometimes and, once it has, 8 then 9 (a bigram
+    steer), so its probability of the whole spelling is near its probability of 7: sometimes above the
+    threshold, sometimes below.
+    """
+    v_t, think_close = v_s + pad_rows, v_s - 1
+    teacher = Steered(tiny_lm(v_t, seed=5), always={7: 5.0}, after={7: {8: 30.0}, 8: {9: 30.0}})
+    student = tiny_lm(v_s, seed=6)
+    with torch.no_grad():
+        student.lm_head.weight[think_close] *= 1.5
+    teacher_mask = torch.zeros(v_t, dtype=torch.bool)
+    teacher_mask[think_close:] = True
+    bridge = VocabBridge(teacher_vocab_size=v_t, student_vocab_size=v_s, teacher_mask=teacher_mask,
+                         student_mask=torch.zeros(v_s, dtype=torch.bool), student_only={think_close: SPELLING})
+    return teacher, student, bridge, think_close
+
+
+@pytest.mark.parametrize("trials,threshold_on", [(1, "tempered"), (2, "raw")])
+def test_skd_student_only_token_matches_uncached_spelling_reference(trials, threshold_on):
+    """The cached engine (look-ahead on the proposed rows only, rolled back; refills) equals a reference that
+    scores every student-only id by its spelling with uncached forwards, token for token."""
+    teacher, student, bridge, think_close = synthetic_bridged_pair()
+    cfg = DecodingConfig(mode="skd", temperature=1.0, threshold=0.05, max_new_tokens=14, trials=trials,
+                         threshold_on=threshold_on, stop_ids=(1,))
+    prompts = [[30, 12, 22, 4], [10, 11, 12, 13, 14], [31, 36, 16, 27], [15, 33, 11, 20], [20, 21]]
+    seeds = [1, 2, 3, 4, 5]
+    traces = Decoder(teacher, student, bridge, cfg).generate(prompts, seeds, batch_size=2)
+    accepted = [(t, j) for t in traces for j, y in enumerate(t.token_ids) if y == think_close]
+    assert accepted, "the student's `</think>` must be approved by the teacher at least once"
+    for t, j in accepted:  # only the student can emit it, and the teacher approved it by its spelling
+        assert t.source[j] == 1 and not t.fallback[j] and t.teacher_prob[j] >= 0.05 or threshold_on == "raw"
+    for prompt, seed, trace in zip(prompts, seeds, traces):
+        ref = reference_decode_skd(teacher, student, bridge, cfg, prompt, seed)
+        assert trace.token_ids == ref["tokens"]
+        assert trace.fallback == ref["fallback"]
+        assert torch.allclose(torch.tensor(trace.teacher_prob), torch.tensor(ref["teacher_prob"]), rtol=1e-4, atol=1e-6)
+
+
+def test_skd_step_distribution_is_the_documented_mixture():
+    """One SKD step from one prompt, 4,000 rows: frequencies match P(y) = P_s(y) 1[A_t(y) >= tau] + r P_t(y),
+    A_t = the teacher's probabilities with `</think>` scored by its spelling (chi-square)."""
+    teacher, student, bridge, think_close = synthetic_bridged_pair()
+    cfg = DecodingConfig(mode="skd", temperature=1.0, threshold=0.03, max_new_tokens=1)
+    prompt, n = [31, 36, 16, 27], 4000
+    traces = Decoder(teacher, student, bridge, cfg).generate([prompt] * n, list(range(n)), batch_size=n)
+    t_ctx = bridge.student_to_teacher(prompt)
+    with torch.no_grad():
+        probs = step_probs(teacher(torch.tensor([t_ctx])).logits[:, -1], student(torch.tensor([prompt])).logits[:, -1],
+                           bridge, cfg)
+    probs = spelled_approval(teacher, bridge, cfg, t_ctx, probs)
+    a_think = probs.teacher_approval[0, think_close].item()
+    assert a_think >= cfg.threshold and probs.student[0, think_close] > 0.05, "the test needs an approvable `</think>`"
+    exact, r = skd_mixture(probs.teacher_approval, probs.student, cfg.threshold)  # verifier = A_t ...
+    exact = exact - r[:, None] * probs.teacher_approval + r[:, None] * probs.teacher  # ... fallback = P_t
+    counts = torch.bincount(torch.tensor([t.token_ids[0] for t in traces]), minlength=exact.shape[1]).double()
+    expected = exact[0].double() * n
+    live = expected > 0
+    assert counts[~live].sum() == 0
+    chi2 = (((counts - expected) ** 2)[live] / expected[live]).sum().item()
+    assert chi2 < stats.chi2.ppf(1 - ALPHA, int(live.sum()) - 1)
+    assert counts[think_close] > 0.5 * expected[think_close]  # old rule: never (teacher probability 0)
+
+
+def test_look_ahead_leaves_the_cache_as_it_was():
+    model = tiny_lm(VOCAB, seed=3)
+    a, b = _ModelState(model, 0), _ModelState(model, 0)
+    for state in (a, b):
+        state.feed([[5, 6, 7], [8, 9]])
+    ahead = a.look_ahead([[10, 11], []])
+    assert ahead[0].shape == (2, VOCAB) and ahead[1].shape == (0, VOCAB)
+    with torch.no_grad():  # the look-ahead logits are those of the continued context
+        full = model(torch.tensor([[5, 6, 7, 10, 11]])).logits[0, -2:]
+    assert torch.allclose(ahead[0], full, atol=1e-5)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.next_pos, b.next_pos)
+    assert a.cache.get_seq_length() == b.cache.get_seq_length()
+    assert torch.allclose(a.feed([[12], [13]]), b.feed([[12], [13]]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def paper_pair_stand_in():
+    """Tiny random models with the paper pair's vocabularies and REAL tokenizers: a Qwen2 teacher with
+    152,064 rows (s1.1-7B) and a Qwen3 student with 151,936 (Qwen3-0.6B), bridged from the Qwen2.5/Qwen3 tokenizers."""
+    import _tokenizers as T
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    try:
+        qwen25, qwen3 = T.qwen25_tokenizer(), T.qwen3_tokenizer()
+    except T.FixtureUnavailable as err:
+        pytest.fail(str(err), pytrace=False)
+    teacher = tiny_lm(152_064, seed=8, init=0.02)
+    torch.manual_seed(9)
+    student = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=151_936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=151_643, eos_token_id=151_645)).eval()
+    bridge = VocabBridge.from_tokenizers(qwen25, qwen3, 152_064, 151_936)
+    prompt = qwen3("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n<think>\n",
+                   add_special_tokens=False)["input_ids"]
+    return teacher, student, bridge, qwen3, prompt
+
+
+THINK_CLOSE_ID, THINK_CLOSE_TEACHER = 151_668, [522, 26865, 29]  # `</think>`: student id, teacher spelling
+
+
+def test_skd_closes_thinking_when_the_teacher_agrees(paper_pair_stand_in):
+    """Paper pair stand-in: the student proposes `</think>` (151668); a teacher steered to write `</`, `think`, `>`
+    approves it, so SKD emits the student's single `</think>` id (old rule: teacher probability 0, always rejected)."""
+    teacher, student, bridge, qwen3, prompt = paper_pair_stand_in
+    assert bridge.student_only[THINK_CLOSE_ID] == THINK_CLOSE_TEACHER
+    steer = {"always": {522: 25.0}, "after": {522: {26865: 50.0}, 26865: {29: 50.0}}}
+    wants_to_close = Steered(student, always={THINK_CLOSE_ID: 25.0})
+    cfg = DecodingConfig(mode="skd", temperature=0.7, threshold=0.01, max_new_tokens=3, stop_ids=(151_645,))
+    traces = Decoder(Steered(teacher, **steer), wants_to_close, bridge, cfg).generate([prompt] * 2, [0, 1], batch_size=2)
+    for trace in traces:
+        assert trace.token_ids[0] == THINK_CLOSE_ID, qwen3.decode(trace.token_ids)
+        assert trace.source[0] == 1 and not trace.fallback[0] and trace.teacher_prob[0] > 0.9
+        assert qwen3.decode(trace.token_ids[:1]) == "</think>"
+
+
+def test_skd_rejects_the_students_think_close_when_only_its_first_piece_is_likely(paper_pair_stand_in):
+    """The rule is the product over the spelling: a teacher that likes `</` but not `think` after it rejects
+    `</think>` (a first-piece rule would approve it), and its fallback writes `</`."""
+    teacher, student, bridge, qwen3, prompt = paper_pair_stand_in
+    cfg = DecodingConfig(mode="skd", temperature=0.7, threshold=0.01, max_new_tokens=1)
+    traces = Decoder(Steered(teacher, always={522: 25.0}), Steered(student, always={THINK_CLOSE_ID: 25.0}),
+                     bridge, cfg).generate([prompt] * 2, [0, 1], batch_size=2)
+    for trace in traces:
+        assert trace.token_ids == [522] and trace.fallback == [True] and trace.source == [0]
+
+
+def test_rsd_still_never_asks_the_teacher_about_student_only_tokens(paper_pair_stand_in):
+    """RSD's mixture is unchanged: a student `</think>` reaches the trace only by fallback, teacher_prob 0."""
+    teacher, student, bridge, qwen3, prompt = paper_pair_stand_in
+    steer = {"always": {522: 25.0}, "after": {522: {26865: 50.0}, 26865: {29: 50.0}}}
+    cfg = DecodingConfig(mode="rsd", temperature=0.7, threshold=0.01, max_new_tokens=1)
+    traces = Decoder(Steered(teacher, **steer), Steered(student, always={THINK_CLOSE_ID: 25.0}),
+                     bridge, cfg).generate([prompt] * 2, [0, 1], batch_size=2)
+    for trace in traces:  # the teacher proposes `</` (student probability ~0): fallback to the student's `</think>`
+        assert trace.token_ids == [THINK_CLOSE_ID] and trace.fallback == [True] and trace.teacher_prob == [0.0]

@@ -248,8 +248,8 @@ def test_kv_sizing_matches_the_engine_and_the_field_notes():
     for _ in range(40):
         state.feed([[5]])
     buffer = state.cache.layers[0]._kbuf.shape[-2]
-    assert gc_mod.kv_buffer_positions(100, 32, 40) == buffer == 2 * 96  # chunks 32, 64 (buffer 64), 96 -> 192
-    assert gc_mod.kv_buffer_positions(8_000, 1_024, 35) == 14_336
+    assert gc_mod.kv_buffer_positions(100, 32, 40) == buffer == 256  # 140 live positions, one 256-position chunk
+    assert gc_mod.kv_buffer_positions(8_000, 1_024, 35) == 8_192  # never twice the live context
     tried = []
     assert gc_mod.largest_fitting(lambda b: tried.append(b) or b, 64, fits=lambda b: b <= 16) == (16, 16, [64, 32])
     assert tried == [16]  # batches the sizing rejects are never run

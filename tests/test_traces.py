@@ -176,6 +176,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     for key in ("n_solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold"):
         assert resumed[key] == whole[key]
     assert whole["n_problems"] == 4 and whole["problems_without_gold"] == 1
+    assert whole["decoder_batch"]["batch_size"] == 4 and resumed["decoder_batch"]["requested_batch_size"] == 3
     by_key = lambda path: {(r["problem_id"], r["sample_index"]): r["token_ids"]
                            for r in map(json.loads, path.read_text().splitlines())}
     assert by_key(samples) == by_key(tmp_path / "whole" / "samples.jsonl")
@@ -229,3 +230,11 @@ def test_changed_problem_list_message_is_about_the_problems(tmp_path):
     message = str(info.value)
     assert "different problem list (2 problems stored, 1 in this run, 1 differing ids)" in message
     assert "hash" not in message  # the hashes are equal: naming them said nothing
+
+
+def test_max_cache_gib_is_validated_and_not_hashed():
+    base = TraceJobConfig(method="rsd")
+    assert TraceJobConfig(method="rsd", max_cache_gib=12.5, batch_size=64).hash() == base.hash()
+    with pytest.raises(ValueError, match="max_cache_gib must be > 0"):
+        TraceJobConfig(max_cache_gib=0)
+    assert TraceJobConfig.from_yaml({"max_cache_gib": 80}).max_cache_gib == 80.0
