@@ -44,7 +44,7 @@ from rsdlib.config import config_to_dict
 from rsdlib.decoding import DecodingConfig
 from rsdlib.prompts import end_of_turn_ids, prompt_ids
 from rsdlib.reproduce import make_pair, prompt_style, select_problems, trace_run_stats
-from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, run_trace_job
+from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, pair_reference, run_trace_job
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -77,8 +77,8 @@ for name, spec in methods.items():
         raise ValueError(f"method {name!r}: mode must be one of {MODES}, got {spec.get('mode')!r}")
 if benchmark.lower().startswith("gpqa"):
     raise ValueError("traces are generated for s1K / MATH500 problems; GPQA Diamond is evaluation-only (and must stay unpublished)")
-if reference not in ("", "s1k-1.1", "math500_solutions"):
-    raise ValueError(f"reference must be '', 's1k-1.1' or 'math500_solutions', got {reference!r}")
+if reference not in ("", "s1k-1.1", "standin:s1k-1.1", "math500_solutions"):
+    raise ValueError(f"reference must be '', 's1k-1.1', 'standin:s1k-1.1' or 'math500_solutions', got {reference!r}")
 decoding_fields = set(DecodingConfig.__dataclass_fields__)
 job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
 
@@ -123,8 +123,9 @@ def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=N
         raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
                                f"(rsdlib reproduce --force) to regenerate it.") from None
     stats = {"method": method, **trace_run_stats(out)}
-    print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, "
-          f"{stats['samples']} samples, {time.perf_counter() - start:.0f} s")
+    print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
+          f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = {stats['training_examples']} "
+          f"examples ({stats['prefix_only_problems']} prefix-only problems), {time.perf_counter() - start:.0f} s")
     return stats
 
 
@@ -147,11 +148,16 @@ for method, spec in methods.items():
 def reference_records(tok, problems):
     """(problem, completion text) of the pre-existing traces, in the student's chat format."""
     close = style.think_close
-    if reference == "s1k-1.1":
+    if reference in ("s1k-1.1", "standin:s1k-1.1"):
         from rsdlib.data import load_benchmark
 
-        rows = load_benchmark("s1k-1.1", limit=n_problems or None)  # the paper's 1,000 R1 traces
-        return [(p, f"{p.meta['trace'].strip()}\n{close}\n\n{p.meta['attempt'].strip()}") for p in rows]
+        local = None
+        if reference.startswith("standin:"):  # the dry run: s1K's own solutions in s1K-1.1's columns
+            from rsdlib.standins import write_standin_s1k11
+
+            local = write_standin_s1k11(paths.results_dir(profile) / "standins" / "data").parent
+        rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
+        return pair_reference(rows, problems, close)
     from rsdlib.data import BENCHMARKS, data_dir
 
     solutions = {}

@@ -267,7 +267,9 @@ def _s1k_problem(index: int, question: str, solution: str, source: str, meta: di
     if gold and rule == "answer_line" and _LETTER_ANSWER.match(gold):
         kind = "choice"  # "Answer: C" for a question whose options are written in its text
     meta = {**meta, "solution": solution, "gold_extracted": bool(gold), "gold_rule": rule}
-    return Problem(id=f"{source}-{index}", question=question, gold=gold, kind=kind, options=None, source=source, meta=meta)
+    # s1K and s1K-1.1 share one id space (issue 12): the same question is "s1k-<index>" in both, so
+    # an s1K-1.1 reference trace pairs with the RSD trace of its problem (Figures 5 and 7)
+    return Problem(id=f"s1k-{index}", question=question, gold=gold, kind=kind, options=None, source=source, meta=meta)
 
 
 def answer_checkable(problems: Iterable[Problem]) -> tuple[list[Problem], list[Problem]]:
@@ -412,7 +414,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     ),
     "gpqa_diamond": BenchmarkSpec((("Idavidrein/gpqa", "gpqa_diamond", "train"),), "gpqa_diamond.jsonl", _gpqa),
     "s1k": BenchmarkSpec((("simplescaling/s1K", None, "train"),), "s1k.json", _s1k),
-    "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), None, _s1k_11),
+    "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), "s1k-1.1.jsonl", _s1k_11),
 }
 
 
