@@ -48,6 +48,7 @@ profile: str = "demo"  # results/<profile>
 methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1"]  # trace datasets to train on (pair "main")
 extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
 training: dict = {"epochs": 3, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
+method_training: dict = {}  # method -> TrainConfig keys over `training` for that method's runs (paper: s1's 32,768-token block for the s1K-1.1 reference traces)
 force: bool = False  # retrain even if a finished run with the same config exists
 
 # %%
@@ -60,6 +61,8 @@ for bad in ("model", "output_dir"):
     if bad in training:
         raise ValueError(f"training.{bad} is set by this notebook (the pair's student / results/<profile>/models/...)")
 load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+for method, keys in method_training.items():
+    load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
 runs = [("main", m) for m in methods] + [(run, m) for run, ms in extra_runs.items() for m in ms]
 for run, method in runs:
     if method not in manifest["methods"].get(run, []):
@@ -74,13 +77,19 @@ for run, method in runs:
     examples = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     name = f"{run}-{method}"
     out = models_dir / name
-    if not examples:
-        print(f"{name}: no training examples (nothing solved and no prefixes): not trained")
-        trained[name] = {"run": run, "method": method, "final": None, "examples": 0}
-        continue
+    n_full = sum(e["kind"] == "full" for e in examples)
+    if n_full == 0:  # a row of Table 1 trained on prefixes only (or nothing) is not the paper's experiment
+        raise RuntimeError(f"{name}: 0 kept (full) traces in {dataset} ({len(examples)} examples, all prefixes): "
+                           f"nothing solved. Check notebook 10's log for this method before training on it.")
+    keys = {**training, **method_training.get(method, {})}
+    lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
+    over = sum(n > keys["block_size"] for n in lengths)
+    print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
+          f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
+          f"({'cut' if keys.get('truncate') else 'refused by training'})")
     if force and out.exists():
         shutil.rmtree(out)
-    cfg = load_yaml_config(TrainConfig, {**training, "model": model_location(manifest["pairs"][run]["student"]),
+    cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
                                          "output_dir": str(out)})
     start = time.perf_counter()
     final = train(cfg, dataset)

@@ -54,6 +54,13 @@ force: bool = False  # redo the evaluation even if finished samples exist
 results = paths.results_dir(profile)
 traces_manifest = json.loads((results / "traces" / "manifest.json").read_text())
 # the students are asked exactly as during trace generation unless `evaluation` sets its own prompt
+if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
+    import importlib.util
+
+    import torch
+
+    evaluation = {**evaluation, "backend": "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"}
+    print(f"backend auto -> {evaluation['backend']}")
 cfg = load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})  # unknown keys refused
 models_path = results / "models" / "manifest.json"
 trained = json.loads(models_path.read_text())["models"] if models_path.is_file() else {}
