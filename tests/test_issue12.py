@@ -76,9 +76,9 @@ def test_s1_native_end_of_thinking_is_mapped_to_the_students_delimiter():
     assert tr.token_ids.count(151668) == 1  # Qwen3's single </think> id
     assert all(len(getattr(tr, k)) == len(tr.token_ids) for k in ("source", "teacher_prob", "fallback"))
     assert math.isnan(tr.teacher_prob[tr.token_ids.index(151668)])
-    from rsdlib.grading import grade
+    from rsdlib.grading import grade_many
 
-    assert grade(text, "4", "integer")["status"] == "correct"
+    assert grade_many([(text, "4", "integer")], timeout=None)[0]["status"] == "correct"
     # a trace that already closed its thinking is left alone
     tr2 = _trace(tok, "a</think>b<|im_start|>answer\nc")
     before = list(tr2.token_ids)
@@ -121,7 +121,7 @@ def test_every_problem_gets_an_example_full_or_prefix(tmp_path):
     summary = run_trace_job(pair, problems, cfg, tmp_path / "rsd", restrict_to=teacher_dir, progress=False)
     dataset = [json.loads(line) for line in (tmp_path / "rsd" / "dataset.jsonl").read_text().splitlines()]
     assert sorted(e["problem_id"] for e in dataset) == [f"q{i}" for i in range(5)]  # one example per problem
-    assert summary["problems"] == 2 and summary["samples"] == 4  # attempts: the teacher-solved problems only
+    assert summary["samples"] == 4  # attempts: the teacher-solved problems only
     assert summary["prefix_only_problems"] == 3 and summary["prefix_only_samples"] == 3
     assert summary["training_examples"] == 5 == summary["full_examples"] + summary["prefix_examples"]
     samples = [json.loads(line) for line in (tmp_path / "rsd" / "samples.jsonl").read_text().splitlines()]

@@ -32,7 +32,7 @@ ALLOWED = {
     "10_generate_traces:methods.self-distill-ce.samples_per_problem": "samples",
     "3*_*:training.epochs": "epochs", "3*_*:training.block_size": "token budget",
     "30_train:method_training.reference.block_size": "token budget",
-    "40_evaluate:evaluation.samples.*": "evaluation limit", "40_evaluate:evaluation.limit": "evaluation limit",
+    "40_evaluate:evaluation.samples.*": "evaluation limit", "40_evaluate:evaluation.limit*": "evaluation limit",
     "40_evaluate:evaluation.max_tokens.*": "token budget", "40_evaluate:evaluation.think_budget.*": "token budget",
     "fig2_surprisal:max_tokens": "token budget", "fig5_fig7_excerpts:*_tokens": "token budget",
 }
