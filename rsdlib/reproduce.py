@@ -257,6 +257,11 @@ def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    # one GPU per kernel: 30_train trains inside the notebook, and the transformers Trainer would silently
+    # split batches over every visible GPU (effective batch 16 x GPUs). Multi-GPU training: accelerate launch
+    # (README, GPU machines). RSDLIB_KERNEL_GPUS overrides (e.g. "0,1" for a vLLM tensor-parallel evaluation).
+    visible = os.environ.get("RSDLIB_KERNEL_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
+    env["CUDA_VISIBLE_DEVICES"] = visible if os.environ.get("RSDLIB_KERNEL_GPUS") else visible.split(",")[0].strip()
     shared = paths.REPO_ROOT.parent / "shared" / "data"
     if "RSDLIB_DATA_DIR" not in os.environ and shared.is_dir():
         env["RSDLIB_DATA_DIR"] = str(shared)

@@ -170,3 +170,16 @@ def test_table3_has_the_papers_self_distill_16_solved_cell():
     assert reference.TABLE3_SOLVED == {"self-distill": (122, 234), "self-distill-203": (189, 234), "rsd-p1": (180, 234)}
     table2 = {r["key"]: r for r in reference.TABLE2}
     assert (table2["self-distill"]["solved"], table2["self-distill"]["of"]) == reference.TABLE3_SOLVED["self-distill"]
+
+
+# ------------------------------------------------------------------------------------- item 9
+def test_notebook_kernels_are_pinned_to_one_gpu(monkeypatch):
+    from rsdlib.reproduce import _environment
+
+    monkeypatch.delenv("RSDLIB_KERNEL_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _environment("paper")["CUDA_VISIBLE_DEVICES"] == "0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert _environment("paper")["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.setenv("RSDLIB_KERNEL_GPUS", "0,1")
+    assert _environment("paper")["CUDA_VISIBLE_DEVICES"] == "0,1"
