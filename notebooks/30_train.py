@@ -41,6 +41,7 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.reproduce import model_location
+from rsdlib.traces import check_trainable
 from rsdlib.train import TrainConfig, train
 
 # %% tags=["parameters"]
@@ -77,10 +78,7 @@ for run, method in runs:
     examples = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     name = f"{run}-{method}"
     out = models_dir / name
-    n_full = sum(e["kind"] == "full" for e in examples)
-    if n_full == 0:  # a row of Table 1 trained on prefixes only (or nothing) is not the paper's experiment
-        raise RuntimeError(f"{name}: 0 kept (full) traces in {dataset} ({len(examples)} examples, all prefixes): "
-                           f"nothing solved. Check notebook 10's log for this method before training on it.")
+    n_full = check_trainable(dataset, name)["full_examples"]  # 0 kept traces: EmptyTrainingSetError, not a skip
     keys = {**training, **method_training.get(method, {})}
     lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
     over = sum(n > keys["block_size"] for n in lengths)

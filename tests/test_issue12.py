@@ -183,3 +183,25 @@ def test_notebook_kernels_are_pinned_to_one_gpu(monkeypatch):
     assert _environment("paper")["CUDA_VISIBLE_DEVICES"] == "3"
     monkeypatch.setenv("RSDLIB_KERNEL_GPUS", "0,1")
     assert _environment("paper")["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_a_training_stage_refuses_a_dataset_without_kept_traces(tmp_path):
+    from rsdlib.traces import check_trainable
+
+    path = tmp_path / "dataset.jsonl"
+    path.write_text(json.dumps({"kind": "prefix", "problem_id": "a"}) + "\n")
+    with pytest.raises(EmptyTrainingSetError, match="0 kept"):
+        check_trainable(path, "main-rsd-p1")
+    path.write_text("")
+    with pytest.raises(EmptyTrainingSetError):
+        check_trainable(path, "main-rsd-p1")
+    path.write_text(json.dumps({"kind": "full"}) + "\n" + json.dumps({"kind": "prefix"}) + "\n")
+    assert check_trainable(path, "x") == {"full_examples": 1, "prefix_examples": 1, "training_examples": 2}
+
+
+def test_training_notebooks_use_the_check_instead_of_skipping():
+    from rsdlib.reproduce import notebook_path
+
+    for name in ("30_train", "35_multistep"):
+        source = notebook_path(name).read_text()
+        assert "check_trainable(" in source and "not trained" not in source and "the student stays" not in source
