@@ -40,6 +40,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.config import load_yaml_config
+from rsdlib.evalproc import evaluate_isolated, isolate_models
 from rsdlib.evaluate import EvalConfig, evaluate
 from rsdlib.reproduce import model_location
 
@@ -112,7 +113,10 @@ for name, where in plan.items():
         stale = (out / "config.json").is_file()
     if stale:
         print(f"{name}: the model changed since its last evaluation: redoing it")
-    summaries = evaluate(where, cfg, out, force=force or stale)
+    if isolate_models(cfg):  # vLLM: one process per model, so each engine's GPU memory is freed (rsdlib.evalproc)
+        summaries = evaluate_isolated(where, cfg, out, force=force or stale)
+    else:
+        summaries = evaluate(where, cfg, out, force=force or stale)
     (out / "model_stamp.json").write_text(json.dumps(stamp))
     row = {NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
     row["Average"] = sum(row.values()) / len(row) if len(row) == len(cfg.benchmarks) else None

@@ -205,3 +205,36 @@ def test_training_notebooks_use_the_check_instead_of_skipping():
     for name in ("30_train", "35_multistep"):
         source = notebook_path(name).read_text()
         assert "check_trainable(" in source and "not trained" not in source and "the student stays" not in source
+
+
+# ------------------------------------------------------------------------------------- item 10
+def test_each_model_is_evaluated_in_its_own_process_with_the_same_result(tmp_path, monkeypatch):
+    """The orchestration vLLM needs (one process per model), checked with the HF backend."""
+    import os
+
+    from rsdlib.evalproc import EvaluationProcessError, evaluate_isolated, isolate_models
+    from rsdlib.evaluate import EvalConfig, evaluate
+    from _tiny import save_tiny_pair
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"problem": f"What is {i}+1?", "answer": str(i + 1), "level": 1, "unique_id": f"test/a/{i}.json"} for i in range(3)]
+    (data / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = save_tiny_pair(tmp_path / "model")
+    cfg = EvalConfig(benchmarks=("math500",), samples={"math500": 2}, max_tokens={"math500": 8}, think_budget={},
+                     temperature=0.7, limit=3, batch_size=4, data_dir=str(data), dtype="float32", device="cpu")
+    inproc = evaluate(str(folder), cfg, tmp_path / "a", progress=False)
+    child = evaluate_isolated(str(folder), cfg, tmp_path / "b")
+    assert child["math500"]["score"] == inproc["math500"]["score"]
+    assert child["math500"]["n_samples"] == inproc["math500"]["n_samples"] == 6
+    def samples(folder):
+        keep = ("problem_id", "sample_index", "seed", "n_tokens", "finish_reason", "status")
+        rows = [json.loads(x) for x in (folder / "math500" / "samples.jsonl").read_text().splitlines()]
+        return sorted(tuple(r[k] for k in keep) for r in rows)
+
+    assert samples(tmp_path / "a") == samples(tmp_path / "b")  # same samples, generated in another process
+    with pytest.raises(EvaluationProcessError, match="failed"):
+        evaluate_isolated(str(tmp_path / "missing-model"), cfg, tmp_path / "c")
+    assert isolate_models(EvalConfig(backend="vllm")) and not isolate_models(EvalConfig(backend="hf"))
+    monkeypatch.setenv("RSDLIB_EVAL_ISOLATE", "1")
+    assert isolate_models(EvalConfig(backend="hf"))
