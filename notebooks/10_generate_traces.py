@@ -111,6 +111,14 @@ print(f"{len(problems)} {benchmark} problems ({pick}, split {split}); methods: {
 
 # %% [markdown]
 # ## The main pair: teacher first, then every other method on the problems the teacher solved
+# The teacher-only baseline is prompted like every other method (Figure 7's prompt; the authors' code
+# used one prompt for all), as the paper's teacher was when it solved 234 of the 1,000 s1K problems.
+# s1.1-7B ends its thinking in s1's native format (`<|im_start|>answer`): `prompt.think_close_aliases`
+# maps it to the student's `</think>` in the stored trace, so it is graded and trained on like the others.
+# A teacher that solves nothing stops here with the count (EmptyTrainingSetError), never a silent skip.
+# Training sets (the hybrid recipe, `job.prefix_scope: all`): full traces of the solved problems +
+# prefixes for every other problem (prefix-only generations for those the teacher did not solve);
+# the paper's RSD-1% set is 180 + 820 = 1,000.
 
 # %%
 def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=None) -> dict:
