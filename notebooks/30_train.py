@@ -41,6 +41,7 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.reproduce import model_location
+from rsdlib.standins import carry_steering
 from rsdlib.traces import check_trainable
 from rsdlib.train import TrainConfig, train
 
@@ -91,6 +92,7 @@ for run, method in runs:
                                          "output_dir": str(out)})
     start = time.perf_counter()
     final = train(cfg, dataset)
+    carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
     seconds = time.perf_counter() - start
     summary_path = out / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -47,6 +47,7 @@ from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.data import load_benchmark
 from rsdlib.reproduce import make_pair, model_location, trace_run_stats
+from rsdlib.standins import carry_steering
 from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job
 from rsdlib.train import TrainConfig, train
 
@@ -118,6 +119,7 @@ for cycle in range(1, cycles + 1):
     cfg = load_yaml_config(TrainConfig, {**training, "model": current, "output_dir": str(model_dir)})
     start = time.perf_counter()
     final = train(cfg, dataset)
+    carry_steering(current, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
     summary = json.loads((model_dir / "train_summary.json").read_text())
     print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
           f"{time.perf_counter() - start:.0f} s -> {final}")

@@ -373,3 +373,13 @@ def write_standin_s1k11(folder: str | Path) -> Path:
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def carry_steering(base_model: str | Path, trained_model: str | Path) -> bool:
+    """A model fine-tuned from a stand-in is a stand-in too: copy its steering file (no-op for real models)."""
+    src = Path(str(base_model)) / STEERING_FILE
+    dst_dir = Path(str(trained_model))
+    if not src.is_file() or not dst_dir.is_dir():
+        return False
+    shutil.copyfile(src, dst_dir / STEERING_FILE)
+    return True

@@ -93,3 +93,15 @@ def test_missing_tokenizer_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RSDLIB_STANDIN_TOKENIZERS", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="RSDLIB_STANDIN_TOKENIZERS"):
         standin_tokenizers_dir()
+
+
+def test_a_fine_tuned_standin_keeps_its_steering(tmp_path, root):
+    from rsdlib.standins import carry_steering
+
+    trained = tmp_path / "final"
+    trained.mkdir()
+    assert carry_steering(standin_folder("Qwen/Qwen3-0.6B", root=root), trained)
+    assert (trained / STEERING_FILE).is_file()
+    real = tmp_path / "real"
+    real.mkdir()
+    assert not carry_steering(real, tmp_path / "x") and not (tmp_path / "x").exists()
