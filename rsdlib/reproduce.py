@@ -427,7 +427,7 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="demo", help="params/<profile>: smoke, demo (default) or paper")
+    p.add_argument("--profile", default="demo", help="params/<profile>: smoke, demo (default), paper or paper-dry (the paper profile with stand-in models)")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (names or unique prefixes)")
     p.add_argument("--force", action="store_true", help="redo cached stages (sets force: true where declared)")
     p.add_argument("--timeout", type=float, default=None,
