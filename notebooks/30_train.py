@@ -51,6 +51,7 @@ methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd
 extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
 training: dict = {"epochs": 3, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
 method_training: dict = {}  # method -> TrainConfig keys over `training` for that method's runs (paper: s1's 32,768-token block for the s1K-1.1 reference traces)
+require_kept_traces: bool = True  # a dataset with 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
 force: bool = False  # retrain even if a finished run with the same config exists
 
 # %%
@@ -79,7 +80,7 @@ for run, method in runs:
     examples = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     name = f"{run}-{method}"
     out = models_dir / name
-    n_full = check_trainable(dataset, name)["full_examples"]  # 0 kept traces: EmptyTrainingSetError, not a skip
+    n_full = check_trainable(dataset, name, require_kept=require_kept_traces)["full_examples"]  # 0 kept: an error
     keys = {**training, **method_training.get(method, {})}
     lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
     over = sum(n > keys["block_size"] for n in lengths)

@@ -57,6 +57,7 @@ method: str = "rsd-p1"  # the trace method of notebook 10 applied in every cycle
 cycles: int = 3  # generate -> train cycles (paper: 3)
 training: dict = {"epochs": 1, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": True, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys of each cycle (paper: 5 epochs); a LoRA run must merge, its model is the next student
 dtype: str = "auto"  # model dtype for trace generation: auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
+require_kept_traces: bool = True  # a dataset with 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
 force: bool = False  # redo traces and training even if finished cycles exist
 
 # %%
@@ -109,7 +110,7 @@ for cycle in range(1, cycles + 1):
         print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
     stats = trace_run_stats(trace_dir)
     dataset = trace_dir / "dataset.jsonl"
-    composition = check_trainable(dataset, f"cycle {cycle}")  # 0 kept traces: an error, never "the base model"
+    composition = check_trainable(dataset, f"cycle {cycle}", require_kept=require_kept_traces)  # 0 kept: an error
     n_examples = composition["training_examples"]
     print(f"cycle {cycle}: training set {composition['full_examples']} full + {composition['prefix_examples']} "
           f"prefix = {n_examples} examples")

@@ -332,18 +332,19 @@ def training_composition(examples: Sequence[dict]) -> dict:
     return {"full_examples": full, "prefix_examples": prefix, "training_examples": len(examples)}
 
 
-def check_trainable(dataset_path: str | Path, name: str) -> dict:
+def check_trainable(dataset_path: str | Path, name: str, *, require_kept: bool = True) -> dict:
     """The composition of a dataset about to be trained on; EmptyTrainingSetError when it has 0 kept traces.
 
     A student trained on prefixes only (or on nothing, so the "trained" model is the base model) is
     not the paper's experiment: it stops the training stage with the count instead of a silent skip.
+    ``require_kept=False`` (the smoke profile's random models) accepts prefixes only, never an empty set.
     """
     path = Path(dataset_path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no dataset {path} (run the trace notebook first)")
     examples = read_jsonl_resumable(path)
     composition = training_composition(examples)
-    if composition["full_examples"] == 0:
+    if composition["full_examples"] == 0 and (require_kept or not examples):
         raise EmptyTrainingSetError(
             f"{name}: 0 kept (full) traces in {path} ({composition['prefix_examples']} prefix examples): nothing "
             f"solved, so there is nothing to train on. Read that run's samples.jsonl (statuses, think_closes) first.")

@@ -204,7 +204,7 @@ def test_training_notebooks_use_the_check_instead_of_skipping():
 
     for name in ("30_train", "35_multistep"):
         source = notebook_path(name).read_text()
-        assert "check_trainable(" in source and "not trained" not in source and "the student stays" not in source
+        assert "check_trainable(" in source and "require_kept=require_kept_traces" in source and "not trained" not in source and "the student stays" not in source
 
 
 # ------------------------------------------------------------------------------------- item 10
@@ -238,3 +238,14 @@ def test_each_model_is_evaluated_in_its_own_process_with_the_same_result(tmp_pat
     assert isolate_models(EvalConfig(backend="vllm")) and not isolate_models(EvalConfig(backend="hf"))
     monkeypatch.setenv("RSDLIB_EVAL_ISOLATE", "1")
     assert isolate_models(EvalConfig(backend="hf"))
+
+
+def test_prefix_only_training_is_allowed_only_when_asked(tmp_path):
+    from rsdlib.traces import check_trainable
+
+    path = tmp_path / "dataset.jsonl"
+    path.write_text(json.dumps({"kind": "prefix"}) + "\n")
+    assert check_trainable(path, "smoke", require_kept=False)["prefix_examples"] == 1
+    path.write_text("")
+    with pytest.raises(EmptyTrainingSetError):
+        check_trainable(path, "smoke", require_kept=False)
