@@ -210,8 +210,6 @@ def test_training_notebooks_use_the_check_instead_of_skipping():
 # ------------------------------------------------------------------------------------- item 10
 def test_each_model_is_evaluated_in_its_own_process_with_the_same_result(tmp_path, monkeypatch):
     """The orchestration vLLM needs (one process per model), checked with the HF backend."""
-
-
     from rsdlib.evalproc import EvaluationProcessError, evaluate_isolated, isolate_models
     from rsdlib.evaluate import EvalConfig, evaluate
     from _tiny import save_tiny_pair
