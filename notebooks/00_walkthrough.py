@@ -55,7 +55,7 @@ threshold: float = 0.1  # p_th (paper: 0.01); 10% so that a short excerpt shows 
 temperature: float = 0.7  # sampling temperature of both models (paper: 0.7)
 n_steps: int = 24  # tokens to generate
 seed: int = 0  # seed of the step randomness
-prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
+prompt: dict = {"style": "user-instruction", "extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # a named style of rsdlib.prompts.PROMPT_STYLES (the demo: Qwen math instruction in the user turn) and PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
 
 # %%
 if benchmark.lower().startswith("gpqa"):

@@ -48,7 +48,7 @@ from rsdlib.data import SOURCES
 from rsdlib.decoding import DecodingConfig
 from rsdlib.prompts import end_of_turn_ids, prompt_ids
 from rsdlib.reproduce import make_pair, prompt_style, select_problems, trace_run_stats
-from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, run_trace_job
+from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, pair_reference, run_trace_job
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -66,7 +66,7 @@ split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebo
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
 decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
 job: dict = {"samples_per_problem": 4, "prefix_tokens": 64, "batch_size": 8}  # TraceJobConfig keys shared by all methods
-prompt: dict = {"extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
+prompt: dict = {"style": "user-instruction", "extra_instruction": "Reason in words and equations only; do not write code.", "shots": ["FORMAT_SHOT"]}  # a named style of rsdlib.prompts.PROMPT_STYLES (the demo: Qwen math instruction in the user turn) and PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair where the think delimiter goes)
 methods: dict = {"teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"}, "self-distill-ce": {"mode": "student", "samples_per_problem": 16}, "skd": {"mode": "skd", "threshold": 0.01}, "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01}}  # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key; self-distill-ce: the compute-equivalent run of Table 3, 16 attempts for (1.5B / 0.5B + 1) x 4 samples
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper, hub) | math500_solutions (offline stand-in) | "" (none)
@@ -84,8 +84,8 @@ if source not in SOURCES:
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
 if benchmark.lower().startswith("gpqa"):
     raise ValueError("traces are generated for s1K / MATH500 problems; GPQA Diamond is evaluation-only (and must stay unpublished)")
-if reference not in ("", "s1k-1.1", "math500_solutions"):
-    raise ValueError(f"reference must be '', 's1k-1.1' or 'math500_solutions', got {reference!r}")
+if reference not in ("", "s1k-1.1", "standin:s1k-1.1", "math500_solutions"):
+    raise ValueError(f"reference must be '', 's1k-1.1', 'standin:s1k-1.1' or 'math500_solutions', got {reference!r}")
 decoding_fields = set(DecodingConfig.__dataclass_fields__)
 job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
 
@@ -122,6 +122,14 @@ print(f"{len(problems)} {benchmark} problems ({pick}, split {split}); methods: {
 
 # %% [markdown]
 # ## The main pair: teacher first, then every other method on the problems the teacher solved
+# The teacher-only baseline is prompted like every other method (Figure 7's prompt; the authors' code
+# used one prompt for all), as the paper's teacher was when it solved 234 of the 1,000 s1K problems.
+# s1.1-7B ends its thinking in s1's native format (`<|im_start|>answer`): `prompt.think_close_aliases`
+# maps it to the student's `</think>` in the stored trace, so it is graded and trained on like the others.
+# A teacher that solves nothing stops here with the count (EmptyTrainingSetError), never a silent skip.
+# Training sets (the hybrid recipe, `job.prefix_scope: all`): full traces of the solved problems +
+# prefixes for every other problem (prefix-only generations for those the teacher did not solve);
+# the paper's RSD-1% set is 180 + 820 = 1,000.
 
 # %%
 def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=None) -> dict:
@@ -134,8 +142,9 @@ def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=N
         raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
                                f"(rsdlib reproduce --force) to regenerate it.") from None
     stats = {"method": method, **trace_run_stats(out)}
-    print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, "
-          f"{stats['samples']} samples, {time.perf_counter() - start:.0f} s")
+    print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
+          f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = {stats['training_examples']} "
+          f"examples ({stats['prefix_only_problems']} prefix-only problems), {time.perf_counter() - start:.0f} s")
     return stats
 
 
@@ -158,11 +167,16 @@ for method, spec in methods.items():
 def reference_records(tok, problems):
     """(problem, completion text) of the pre-existing traces, in the student's chat format."""
     close = style.think_close
-    if reference == "s1k-1.1":
+    if reference in ("s1k-1.1", "standin:s1k-1.1"):
         from rsdlib.data import load_benchmark
 
-        rows = load_benchmark("s1k-1.1", limit=n_problems or None)  # the paper's 1,000 R1 traces
-        return [(p, f"{p.meta['trace'].strip()}\n{close}\n\n{p.meta['attempt'].strip()}") for p in rows]
+        local = None
+        if reference.startswith("standin:"):  # the dry run: s1K's own solutions in s1K-1.1's columns
+            from rsdlib.standins import write_standin_s1k11
+
+            local = write_standin_s1k11(paths.results_dir(profile) / "standins" / "data").parent
+        rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
+        return pair_reference(rows, problems, close)
     out = []
     for p in problems:
         text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution

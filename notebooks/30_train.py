@@ -43,6 +43,8 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.reproduce import model_location
+from rsdlib.standins import carry_steering
+from rsdlib.traces import check_trainable
 from rsdlib.train import TrainConfig, load_examples, train
 
 # %% tags=["parameters"]
@@ -50,6 +52,8 @@ profile: str = "demo"  # results/<profile>
 methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1"]  # trace datasets to train on (pair "main")
 extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
 training: dict = {"epochs": 3, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys shared by every run
+method_training: dict = {}  # method -> TrainConfig keys over `training` for that method's runs (paper: s1's 32,768-token block for the s1K-1.1 reference traces)
+require_kept_traces: bool = True  # a dataset with 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
 force: bool = False  # retrain even if a finished run with the same config exists
 
 # %%
@@ -59,6 +63,8 @@ for bad in ("model", "output_dir"):
     if bad in training:
         raise ValueError(f"training.{bad} is set by this notebook (the pair's student / results/<profile>/models/...)")
 load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+for method, keys in method_training.items():
+    load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
 runs = [("main", m) for m in methods] + [(run, m) for run, ms in extra_runs.items() for m in ms]
 for run, method in runs:
     if method not in manifest["methods"].get(run, []):
@@ -73,16 +79,20 @@ for run, method in runs:
     examples = load_examples(dataset)  # a malformed line is named by file and line
     name = f"{run}-{method}"
     out = models_dir / name
-    if not examples:
-        print(f"{name}: no training examples (nothing solved and no prefixes): not trained")
-        trained[name] = {"run": run, "method": method, "final": None, "examples": 0}
-        continue
+    n_full = check_trainable(dataset, name, require_kept=require_kept_traces)["full_examples"]  # 0 kept: an error
+    keys = {**training, **method_training.get(method, {})}
+    lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
+    over = sum(n > keys["block_size"] for n in lengths)
+    print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
+          f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
+          f"({'cut' if keys.get('truncate') else 'refused by training'})")
     if force and out.exists():
         shutil.rmtree(out)
-    cfg = load_yaml_config(TrainConfig, {**training, "model": model_location(manifest["pairs"][run]["student"]),
+    cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
                                          "output_dir": str(out)})
     start = time.perf_counter()
     final = train(cfg, dataset)
+    carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
     seconds = time.perf_counter() - start
     summary_path = out / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -49,7 +49,8 @@ from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.data import load_benchmark
 from rsdlib.reproduce import make_pair, model_location, trace_run_stats
-from rsdlib.traces import TraceJobConfig, run_trace_job
+from rsdlib.standins import carry_steering
+from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job
 from rsdlib.train import TrainConfig, train
 
 # %% tags=["parameters"]
@@ -58,6 +59,7 @@ method: str = "rsd-p1"  # the trace method of notebook 10 applied in every cycle
 cycles: int = 3  # generate -> train cycles (paper: 3)
 training: dict = {"epochs": 1, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True, "merge_lora": True, "learning_rate": 5e-4, "save_strategy": "no"}  # TrainConfig keys of each cycle (paper: 5 epochs); a LoRA run must merge, its model is the next student
 dtype: str = "auto"  # model dtype for trace generation: auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
+require_kept_traces: bool = True  # a dataset with 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
 force: bool = False  # redo traces and training even if finished cycles exist
 
 # %%
@@ -79,8 +81,10 @@ stored = json.loads((first_dir / "config.json").read_text())
 base_job = load_yaml_config(TraceJobConfig, stored["config"])
 if base_job.decoding.mode not in ("rsd", "skd"):
     raise ValueError(f"method {method!r} is a {base_job.decoding.mode!r} run; multi-step RSD needs an rsd (or skd) method")
-wanted = set(stored["problems"])  # the problems notebook 10 attempted for this method (teacher-solved when restricted)
+# the problems of notebook 10's run: attempted (teacher-solved when restricted) + prefix-only (the hybrid recipe)
+wanted = set(stored["problems"]) | set(stored.get("prefix_only_problems", []))
 problems = [p for p in load_benchmark(manifest["benchmark"], source=manifest.get("source", "shipped")) if p.id in wanted]
+restrict_dir = results / "traces" / "main" / "teacher" if manifest.get("restrict_to_teacher_solved") else None
 teacher = manifest["pairs"]["main"]["teacher"]
 student = manifest["pairs"]["main"]["student"]
 root = results / "multistep"
@@ -100,22 +104,22 @@ for cycle in range(1, cycles + 1):
         job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=current)
         start = time.perf_counter()
         pair = make_pair(teacher, current, dtype=dtype)
-        run_trace_job(pair, problems, job, trace_dir, force=force, progress=True)
+        run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force, progress=True)
         del pair
         print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
     stats = trace_run_stats(trace_dir)
     dataset = trace_dir / "dataset.jsonl"
-    n_examples = sum(1 for line in dataset.read_text().splitlines() if line.strip())
+    composition = check_trainable(dataset, f"cycle {cycle}", require_kept=require_kept_traces)  # 0 kept: an error
+    n_examples = composition["training_examples"]
+    print(f"cycle {cycle}: training set {composition['full_examples']} full + {composition['prefix_examples']} "
+          f"prefix = {n_examples} examples")
     model_dir = cycle_dir / "model"
-    if n_examples == 0:
-        print(f"cycle {cycle}: no training examples; the student stays {current}")
-        rows.append({"cycle": cycle, "student": current, **stats, "examples": 0, "model": current})
-        continue
     if force and model_dir.exists():
         shutil.rmtree(model_dir)
     cfg = load_yaml_config(TrainConfig, {**training, "model": current, "output_dir": str(model_dir)})
     start = time.perf_counter()
     final = train(cfg, dataset)
+    carry_steering(current, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
     summary = json.loads((model_dir / "train_summary.json").read_text())
     print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
           f"{time.perf_counter() - start:.0f} s -> {final}")

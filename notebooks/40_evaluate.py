@@ -51,6 +51,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.config import load_yaml_config
+from rsdlib.evalproc import evaluate_isolated, isolate_models
 from rsdlib.evaluate import EvalConfig, evaluate
 from rsdlib.reproduce import model_location
 
@@ -66,6 +67,13 @@ answer_from: dict = {}  # model name -> auto | after_thinking | whole (where ans
 results = paths.results_dir(profile)
 traces_manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 # the students are asked exactly as during trace generation unless `evaluation` sets its own prompt
+if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
+    import importlib.util
+
+    import torch
+
+    evaluation = {**evaluation, "backend": "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"}
+    print(f"backend auto -> {evaluation['backend']}")
 cfg = load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})  # unknown keys refused
 models_path = results / "models" / "manifest.json"
 trained = json.loads(models_path.read_text())["models"] if models_path.is_file() else {}
@@ -121,7 +129,10 @@ for name, where in plan.items():
     if stale:
         print(f"{name}: the model changed since its last evaluation: redoing it")
     model_cfg = dataclasses.replace(cfg, answer_from=answer_from.get(name, cfg.answer_from))  # validated again
-    summaries = evaluate(where, model_cfg, out, force=force or stale)
+    if isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed (rsdlib.evalproc)
+        summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
+    else:
+        summaries = evaluate(where, model_cfg, out, force=force or stale)
     (out / "model_stamp.json").write_text(json.dumps(stamp))
     row = {NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
     row["Average"] = sum(row.values()) / len(row) if len(row) == len(cfg.benchmarks) else None

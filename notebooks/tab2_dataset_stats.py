@@ -74,6 +74,23 @@ columns = [c for c in rows[0] if c != "key"]
 table = pd.DataFrame(rows)[columns]
 table
 
+# %% [markdown]
+# Training-set composition of every trace run (the hybrid recipe, Sections 3.3 and 4.2): full traces
+# of the solved problems + 128-token prefixes of all the others. The paper's RSD-1% set is
+# 180 full + 820 prefix = 1,000 examples.
+
+# %%
+from rsdlib.reproduce import trace_run_stats
+
+composition = []
+for run_name, run_methods in manifest["methods"].items():
+    for m in run_methods:
+        st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
+        composition.append({"pair": run_name, "method": m, "full": st["solved"], "prefix": st["prefix_examples"],
+                            "total": st["training_examples"]})
+        print(f"{run_name}/{m}: {st['solved']} full + {st['prefix_examples']} prefix = {st['training_examples']} examples")
+pd.DataFrame(composition)
+
 # %%
 trace_cfg = manifest["job"] | {"max_new_tokens": manifest["decoding"].get("max_new_tokens")}
 notes = [

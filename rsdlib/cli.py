@@ -69,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"(dtype {pair.teacher.dtype}, device {pair.teacher.device}, bridge identity: {pair.bridge.is_identity})")
     tok = pair.student_tokenizer
     problems = data.easiest(data.load_benchmark("math500"), args.problems)
-    style = prompts.PromptStyle(extra_instruction=prompts.WORDS_ONLY)
+    style = prompts.PromptStyle.named("user-instruction", extra_instruction=prompts.WORDS_ONLY)
     prompt_ids = [prompts.prompt_ids(tok, p, style) for p in problems for _ in range(args.samples)]
     seeds = [args.seed + i for i in range(len(prompt_ids))]
     summary = {}

@@ -292,7 +292,9 @@ def _s1k_problem(index: int, question: str, solution: str, source: str, meta: di
     if gold and rule == "answer_line" and _LETTER_ANSWER.match(gold):
         kind = "choice"  # "Answer: C" for a question whose options are written in its text
     meta = {**meta, "solution": solution, "gold_extracted": bool(gold), "gold_rule": rule}
-    return Problem(id=f"{source}-{index}", question=question, gold=gold, kind=kind, options=None, source=source, meta=meta)
+    # s1K and s1K-1.1 share one id space (issue 12): the same question is "s1k-<index>" in both, so
+    # an s1K-1.1 reference trace pairs with the RSD trace of its problem (Figures 5 and 7)
+    return Problem(id=f"s1k-{index}", question=question, gold=gold, kind=kind, options=None, source=source, meta=meta)
 
 
 def answer_checkable(problems: Iterable[Problem]) -> tuple[list[Problem], list[Problem]]:
@@ -476,7 +478,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         ShippedFile("s1k.json.gz", "1edd685af28743cab508e891d6abe22f174edec61dc3a66895673b2a41b51cf5",
                     "83736a57791236dd5eff5a8b8c2e3fe0e50f4629256aea5b2ee80f81e441cd60"),
     ),
-    "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), None, _s1k_11),
+    "s1k-1.1": BenchmarkSpec((("simplescaling/s1K-1.1", None, "train"),), "s1k-1.1.jsonl", _s1k_11),
 }
 
 

@@ -636,6 +636,23 @@ def _pad_id(model, fallback: int = 0) -> int:
     return fallback
 
 
+def steer_logits(decoder, t_logits, s_logits, traces):
+    """Stand-in models only (``rsdlib.standins``): apply a model's scripted steering, ``model.rsdlib_steer``.
+
+    Real models have no ``rsdlib_steer`` and pass through unchanged.
+    """
+    rows = None
+    for model, name in ((decoder.teacher, "t"), (decoder.student, "s")):
+        steer = getattr(model, "rsdlib_steer", None)
+        logits = t_logits if name == "t" else s_logits
+        if steer is None or logits is None:
+            continue
+        rows = rows or [(tr.prompt_ids, tr.token_ids) for tr in traces]
+        logits = steer(logits, rows, decoder.bridge.student_to_teacher if name == "t" else None)
+        t_logits, s_logits = (logits, s_logits) if name == "t" else (t_logits, logits)
+    return t_logits, s_logits
+
+
 class Decoder:
     """Batched lockstep decoder for one teacher/student pair (either may be None if the mode does not need it).
 
@@ -785,6 +802,7 @@ class Decoder:
                     t_logits = torch.cat([t_logits, ntl]) if t_logits is not None else None
                     s_logits = torch.cat([s_logits, nsl]) if s_logits is not None else None
                 active = active + new
+            t_logits, s_logits = steer_logits(self, t_logits, s_logits, [traces[i] for i in active])
             probs = step_probs(t_logits, s_logits, bridge, cfg)
             uniforms = draw_uniforms([gens[i] for i in active], len(active), cfg.trials + 1)
             if cfg.mode == "skd" and bridge.student_only:  # the teacher scores a proposed </think> by its spelling

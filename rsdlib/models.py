@@ -209,6 +209,10 @@ def load_model(
     if dev.type != "cuda":
         model = model.to(dev)
     model.eval()
+    if isinstance(source, Path):
+        from rsdlib.standins import attach_steering
+
+        attach_steering(model, tokenizer, source)  # stand-in folders only (params/paper-dry)
     return model, tokenizer
 
 

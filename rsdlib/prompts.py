@@ -1,8 +1,19 @@
-"""The paper's prompt (Section 3.3 / 4.1, Figure 7; field notes section 1), built from the student's chat template.
+"""The paper's prompt (Figure 7; field notes sections 1 and 9), built from the student's chat template.
 
-A problem becomes: the Qwen system prompt, a user turn with the question (plus lettered options for
-multiple choice) and the step-by-step / \\boxed{} instruction, and an assistant turn opened with the
-thinking delimiter. Models whose tokenizer has ``<think>``/``</think>`` as tokens (Qwen3) get them
+The default (``PromptStyle()``, the paper profile's, named ``figure7``) is Figure 7's RSD prompt: the
+system turn is the Qwen system prompt + "\\nYou must respond to every query in the following
+manner: ..." (``FIGURE7_INSTRUCTION``), the user turn is the bare question (plus lettered options
+and ``CHOICE_INSTRUCTION`` for multiple choice: ours, the paper shows no choice prompt), and the
+assistant turn is opened with ``<think>\\n``. Other styles are named options (``PROMPT_STYLES``,
+``PromptStyle.named``; a profile picks one with ``prompt: {style: NAME}``):
+
+- ``figure7``: Figure 7, right (RSD traces): the default.
+- ``figure7-s1k``: Figure 7, left (the s1K-1.1 trace): the Qwen system prompt alone, bare question.
+- ``user-instruction``: not from the paper: the Qwen system prompt and the user turn ending with
+  "Please reason step by step, and put your final answer within \\boxed{}." (Qwen's math prompt;
+  the demo profile's, tuned on the embedded coder pair).
+
+The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>`` as tokens (Qwen3) get them
 as single ids; others (the embedded Qwen2.5 pair, s1.1) get the same delimiters as plain text.
 The prompt is built in the STUDENT's ids; the teacher sees it through the vocabulary bridge.
 """
@@ -24,26 +35,48 @@ FORMAT_SHOT = (
     "The answer is $\\boxed{14}$.",
 )
 LETTERS = "ABCD"
+FIGURE7_INSTRUCTION = (  # Figure 7 (RSD side), the system turn after the Qwen system prompt
+    "You must respond to every query in the following manner:\n"
+    "First, provide a step-by-step logical exploration of the problem.\n"
+    "Then, provide a clear and direct response based on your reasoning, with the final answer enclosed in "
+    "$\\boxed{\\text{}}$."
+)
+FIGURE7_SYSTEM = f"{QWEN_SYSTEM_PROMPT}\n{FIGURE7_INSTRUCTION}"
 
 
 @dataclass
 class PromptStyle:
     """How a problem is turned into a chat prompt; recorded with every trace."""
 
-    system: str = QWEN_SYSTEM_PROMPT  # system prompt ("" = none)
-    math_instruction: str = MATH_INSTRUCTION  # appended to math questions
+    system: str = FIGURE7_SYSTEM  # system prompt ("" = none); Figure 7: Qwen's + the response instruction
+    math_instruction: str = ""  # appended to math questions (Figure 7: none, the user turn is the bare question)
     choice_instruction: str = CHOICE_INSTRUCTION  # appended to multiple-choice questions
     extra_instruction: str = ""  # e.g. WORDS_ONLY for the embedded coder pair (field notes s.8)
     think_open: str = "<think>"  # opens the assistant turn
     think_close: str = "</think>"  # ends the thinking part; grading reads the text after the last one
     shots: tuple = ()  # worked examples shown as earlier chat turns: ((question, response), ...)
+    think_close_aliases: tuple = ()  # a model's NATIVE ends of thinking, mapped to think_close in traces and
+    # grading (s1.1-7B: "<|im_start|>answer", s1's format; rsdlib.traces.map_think_close)
+
+    def __post_init__(self) -> None:
+        self.think_close_aliases = tuple(self.think_close_aliases)
+        if any(not a or a == self.think_close for a in self.think_close_aliases):
+            raise ValueError(f"think_close_aliases must be non-empty and differ from think_close, got {self.think_close_aliases!r}")
+
+    @classmethod
+    def named(cls, name: str, **overrides) -> "PromptStyle":
+        """A style of ``PROMPT_STYLES`` by name, with ``overrides`` on top."""
+        if name not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {name!r}; styles: {', '.join(PROMPT_STYLES)}")
+        return cls(**{**PROMPT_STYLES[name], **overrides})
 
     def user_message(self, problem) -> str:
         if problem.kind == "choice":
             options = "\n".join(f"{LETTERS[i]}) {opt}" for i, opt in enumerate(problem.options or []))
-            text = f"{problem.question}\n\n{options}\n\n{self.choice_instruction}"
+            parts = [problem.question, options, self.choice_instruction]
         else:
-            text = f"{problem.question}\n\n{self.math_instruction}"
+            parts = [problem.question, self.math_instruction]
+        text = "\n\n".join(p for p in parts if p)
         return f"{text} {self.extra_instruction}".rstrip()
 
 
@@ -52,7 +85,8 @@ def prompt_text(tokenizer, problem, style: PromptStyle | None = None) -> str:
     style = style or PromptStyle()
     messages = [{"role": "system", "content": style.system}] if style.system else []
     for question, response in style.shots:  # few-shot turns teach the output format
-        messages += [{"role": "user", "content": f"{question}\n\n{style.math_instruction} {style.extra_instruction}".rstrip()},
+        shot_q = "\n\n".join(p for p in (question, style.math_instruction) if p)
+        messages += [{"role": "user", "content": f"{shot_q} {style.extra_instruction}".rstrip()},
                      {"role": "assistant", "content": f"{style.think_open}\n{response}"}]
     messages.append({"role": "user", "content": style.user_message(problem)})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -91,3 +125,10 @@ def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
     if not ids:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no end-of-turn or eos token")
     return tuple(sorted(ids))
+
+
+PROMPT_STYLES: dict[str, dict] = {
+    "figure7": {},  # Figure 7, RSD side: the default
+    "figure7-s1k": {"system": QWEN_SYSTEM_PROMPT},  # Figure 7, s1K-1.1 side
+    "user-instruction": {"system": QWEN_SYSTEM_PROMPT, "math_instruction": MATH_INSTRUCTION},  # not the paper's
+}

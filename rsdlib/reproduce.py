@@ -60,8 +60,8 @@ from rsdlib import paths
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
-PROFILES = ("smoke", "demo", "paper")
-DEFAULT_TIMEOUT = {"smoke": 900, "demo": 3600, "paper": None}  # seconds per cell (None: no limit)
+PROFILES = ("smoke", "demo", "paper", "paper-dry")
+DEFAULT_TIMEOUT = {"smoke": 900, "demo": 3600, "paper": None, "paper-dry": 900}  # seconds per cell (None: no limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +343,11 @@ def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    # one GPU per kernel: 30_train trains inside the notebook, and the transformers Trainer would silently
+    # split batches over every visible GPU (effective batch 16 x GPUs). Multi-GPU training: accelerate launch
+    # (README, GPU machines). RSDLIB_KERNEL_GPUS overrides (e.g. "0,1" for a vLLM tensor-parallel evaluation).
+    visible = os.environ.get("RSDLIB_KERNEL_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
+    env["CUDA_VISIBLE_DEVICES"] = visible if os.environ.get("RSDLIB_KERNEL_GPUS") else visible.split(",")[0].strip()
     return env
 
 
@@ -693,8 +698,8 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="demo",
-                   help="a profile under params/: smoke, demo (default) or paper; or a folder of parameter files "
-                        "outside the repository")
+                   help="a profile under params/: smoke, demo (default), paper or paper-dry (the paper profile with "
+                        "stand-in models); or a folder of parameter files outside the repository")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (names or unique prefixes)")
     p.add_argument("--force", action="store_true",
                    help="rerun unchanged notebooks and redo cached stages (sets force: true where declared)")
@@ -733,68 +738,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the notebooks: model pairs and problem subsets
 # ----------------------------------------------------------------------------------------------
-TINY_PREFIX = "tiny:"
-TINY_SPECS = {"teacher": {"seed": 1, "layers": 3, "hidden": 48}, "student": {"seed": 2, "layers": 2, "hidden": 32}}
-
-
-def tiny_tokenizer():
-    """Byte-level tokenizer with Qwen's special tokens and ChatML (smoke profile; mirrors tests/_tiny.py)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    rest = [b for b in range(256) if b not in printable]  # GPT-2's byte -> unicode table
-    table = {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
-    alphabet = [table[b] for b in range(256)]
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_pad|>")])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
-    template = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-                "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
-                "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=template)
-
-
-def tiny_model_folder(role: str, root: Path | None = None) -> Path:
-    """A random tiny Qwen2 model + tokenizer saved once (safetensors) under ``<results>/tiny-models/<role>``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    if role not in TINY_SPECS:
-        raise ValueError(f"unknown tiny model {role!r}; use {', '.join(TINY_PREFIX + r for r in TINY_SPECS)}")
-    folder = (root or paths.results_dir()) / "tiny-models" / role
-    if (folder / "model.safetensors").is_file():
-        return folder
-    spec = TINY_SPECS[role]
-    tok = tiny_tokenizer()
-    torch.manual_seed(spec["seed"])
-    cfg = Qwen2Config(vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=spec["hidden"],
-                      intermediate_size=2 * spec["hidden"], num_hidden_layers=spec["layers"], num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                      pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), bos_token_id=None)
-    model = Qwen2ForCausalLM(cfg).float().eval()
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process made it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+from rsdlib.standins import (STANDIN_PREFIX, TINY_PREFIX, TINY_SPECS, standin_folder,  # noqa: E402,F401
+                             tiny_model_folder, tiny_tokenizer)
 
 
 def model_location(spec: str) -> str:
     """What ``rsdlib.models.load_model`` (and training) should read for a model spec."""
     if spec.startswith(TINY_PREFIX):
         return str(tiny_model_folder(spec[len(TINY_PREFIX):]))
+    if spec.startswith(STANDIN_PREFIX):  # params/paper-dry: the stand-in of a paper model (rsdlib.standins)
+        return str(standin_folder(spec[len(STANDIN_PREFIX):]))
     return spec
 
 
@@ -807,6 +760,8 @@ def display_name(spec: str) -> str:
         return embedded.EMBEDDED[role].name if role in embedded.EMBEDDED else spec
     if spec.startswith(TINY_PREFIX):
         return "tiny-" + spec[len(TINY_PREFIX):]
+    if spec.startswith(STANDIN_PREFIX):
+        return "standin-" + spec[len(STANDIN_PREFIX):].rstrip("/").rsplit("/", 1)[-1]
     return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
 
 
@@ -885,7 +840,8 @@ def trace_run_stats(folder: str | Path) -> dict:
     decoding = (config.get("config") or {}).get("decoding") or {}
     mode = decoding.get("mode", "reference")
     dataset = read_jsonl_resumable(folder / "dataset.jsonl")
-    samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
+    all_samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
+    samples = [s for s in all_samples if not s.get("prefix_only")]  # prefix-only generations are not attempts
     by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
     full = [e for e in dataset if e["kind"] == "full"]
     kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
@@ -897,6 +853,8 @@ def trace_run_stats(folder: str | Path) -> dict:
         "problems": len(config.get("problems", [])),
         "solved": len(full),
         "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
+        "training_examples": len(dataset),  # full + prefix: the paper's RSD-1% set is 180 + 820 = 1,000
+        "prefix_only_problems": len(config.get("prefix_only_problems", [])),
         "samples": len(samples),
         "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
         "avg_tokens": tokens / len(full) if full else None,
@@ -910,6 +868,10 @@ def prompt_style(values: dict):
     from rsdlib import prompts
 
     values = dict(values)
+    name = values.pop("style", "figure7")  # a named style of rsdlib.prompts.PROMPT_STYLES, then overrides
+    if name not in prompts.PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {name!r}; styles: {', '.join(prompts.PROMPT_STYLES)}")
+    values = {**prompts.PROMPT_STYLES[name], **values}
     shots = []
     for shot in values.pop("shots", ()) or ():
         if isinstance(shot, str):

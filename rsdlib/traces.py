@@ -7,6 +7,21 @@ correct; one kept sample per problem (``keep``: shortest, first or random) becom
 example. A problem with no kept sample contributes a PREFIX example: the first ``prefix_tokens``
 tokens of one of its samples, without any end-of-turn token (training supervises only the prefix).
 
+Training-set composition (the hybrid recipe, Sections 3.3 and 4.2): the paper trains RSD-1% on
+1,000 examples, "only 180 are complete reasoning traces, while the remainder consists of 128 token
+prefixes": every s1K problem gives an example. So with ``restrict_to`` (the teacher's run: the
+paper's "/234") a method ATTEMPTS only the problems the teacher solved (16 samples each; the
+"solved x/234" of Table 2), and with ``prefix_scope: all`` (the default) every other problem gets a
+PREFIX-ONLY generation by the same method (one sample of ``prefix_tokens`` tokens, never graded),
+whose tokens become its prefix example. Every generated method (teacher, self-distill, SKD, RSD) is
+treated alike; the teacher attempts all problems, so its unsolved ones get prefixes of its own
+samples. ``prefix_scope: attempted`` keeps examples to the attempted problems. The composition
+(full / prefix / total) is in ``summary.json`` and ``rsdlib.reproduce.trace_run_stats``.
+
+A teacher that ends its thinking in its own format (s1.1-7B: ``<|im_start|>answer``, s1's layout)
+has that marker mapped to the student's ``think_close`` (``PromptStyle.think_close_aliases``,
+``map_think_close``) in the stored trace, so grading and training see the student's delimiter.
+
 Storage (one folder per run)::
 
     config.json     the job config, its hash and the problem ids; a rerun with another config is refused
@@ -43,6 +58,11 @@ from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
 
 KEEP_RULES = ("shortest", "first", "random")
 PREFIX_RULES = ("first", "longest", "random")
+PREFIX_SCOPES = ("all", "attempted")
+
+
+class EmptyTrainingSetError(RuntimeError):
+    """A trace run that must feed a training stage has nothing to train on (loud, never a silent skip)."""
 
 
 class RunConflictError(RuntimeError):
@@ -63,6 +83,7 @@ class TraceJobConfig:
     keep: str = "shortest"  # which correct sample becomes the example: shortest | first | random
     prefix_tokens: int = 128  # length of the UPFT prefix for unsolved problems (paper: 128); 0 = none
     prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
+    prefix_scope: str = "all"  # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
     base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
     max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
@@ -88,13 +109,20 @@ class TraceJobConfig:
             raise ValueError("prefix_tokens must be >= 0")
         if self.max_cache_gib is not None and not self.max_cache_gib > 0:
             raise ValueError(f"max_cache_gib must be > 0 (or null: no limit but free CUDA memory), got {self.max_cache_gib}")
+        if self.prefix_scope not in PREFIX_SCOPES:
+            raise ValueError(f"prefix_scope must be one of {PREFIX_SCOPES}, got {self.prefix_scope!r}")
 
     @classmethod
     def from_yaml(cls, source, **overrides) -> "TraceJobConfig":
         return load_yaml_config(cls, source, **overrides)
 
     def hash(self) -> str:
-        return config_hash(self, exclude=("batch_size", "max_cache_gib"))
+        data = config_to_dict(self)
+        data.pop("batch_size", None)
+        data.pop("max_cache_gib", None)
+        if not data["prompt"].get("think_close_aliases"):  # unset: the hash of the runs made before it existed
+            data["prompt"].pop("think_close_aliases", None)
+        return config_hash(data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,11 +221,12 @@ def _write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) -> None:
+def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = ()) -> None:
     """Write config.json, or check that the folder's run has the same config and problems."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.json"
-    mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids}
+    mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids,
+            "prefix_only_problems": list(prefix_ids)}
     if path.exists():
         theirs = json.loads(path.read_text())
         if theirs.get("hash") != mine["hash"]:
@@ -206,18 +235,49 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str]) ->
             stored = theirs.get("problems") or []
             what = (f"problem list ({len(stored)} problems stored, {len(problem_ids)} in this run, "
                     f"{len(set(stored) ^ set(problem_ids))} differing ids)")
+        elif theirs.get("prefix_only_problems", []) != list(prefix_ids):
+            stored = theirs.get("prefix_only_problems", [])
+            what = (f"list of prefix-only problems ({len(stored)} stored, {len(prefix_ids)} in this run, "
+                    f"{len(set(stored) ^ set(prefix_ids))} differing ids)")
         else:
             return
         raise RunConflictError(
             f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
             "(or pass force=True) to redo it.")
-        return
     _write_json_atomic(path, mine)
 
 
 # ----------------------------------------------------------------------------------------------
 # Selection: kept samples, full and prefix examples
 # ----------------------------------------------------------------------------------------------
+def map_think_close(trace, tokenizer, style) -> str | None:
+    """Replace a native end of thinking (``style.think_close_aliases``) by ``style.think_close``, in place.
+
+    s1.1-7B ends its thinking with ``<|im_start|>answer`` (s1's layout) and never writes ``</think>``;
+    its trace is stored, graded and trained on with the student's delimiter instead (the s1 authors'
+    conversion of s1K-1.1 for Qwen3). Only the first alias occurrence before any ``think_close`` is
+    mapped; the new tokens get NaN probabilities, no fallback and the source of the replaced tokens.
+    Returns the alias mapped, or None.
+    """
+    ids = list(trace.token_ids)
+    close = list(tokenizer(style.think_close, add_special_tokens=False)["input_ids"])
+    for alias in style.think_close_aliases:
+        pattern = list(tokenizer(alias, add_special_tokens=False)["input_ids"])
+        n = len(pattern)
+        for i in range(len(ids) - n + 1):
+            if ids[i:i + n] == pattern:
+                if any(ids[j:j + len(close)] == close for j in range(i)):
+                    break  # the trace already closed its thinking the student's way
+                nan = float("nan")
+                trace.token_ids[i:i + n] = close
+                for name, value in (("teacher_prob", nan), ("student_prob", nan), ("student_prob_raw", nan),
+                                    ("student_entropy", nan), ("fallback", False)):
+                    getattr(trace, name)[i:i + n] = [value] * len(close)
+                trace.source[i:i + n] = [trace.source[i]] * len(close)
+                return alias
+    return None
+
+
 def is_kept(sample: dict, cfg: TraceJobConfig) -> bool:
     """The paper's filter: one closed thinking, an end of turn, fallback <= limit, correct.
 
@@ -225,7 +285,8 @@ def is_kept(sample: dict, cfg: TraceJobConfig) -> bool:
     training supervises; another stop id (e.g. ``<|endoftext|>``) ends the sample but is not kept.
     """
     return (
-        sample["think_closes"] == 1
+        not sample.get("prefix_only")
+        and sample["think_closes"] == 1
         and sample["ended_turn"]
         and sample["fallback_rate"] <= cfg.max_fallback_rate
         and sample["status"] == "correct"
@@ -276,6 +337,8 @@ def summarize_run(samples: Sequence[dict], examples: Sequence[dict], cfg: TraceJ
     the sub-threshold share are pooled over their tokens (rsdlib.metrics.summarize_dataset), with
     the raw (T = 1) student probability.
     """
+    prefix_only = [s for s in samples if s.get("prefix_only")]
+    samples = [s for s in samples if not s.get("prefix_only")]
     chosen = {(e["problem_id"], e["sample_index"]) for e in examples if e["kind"] == "full"}
     records = [{**s, "kept": (s["problem_id"], s["sample_index"]) in chosen} for s in samples]
     row = summarize_dataset(records, name=cfg.method, n_problems=n_problems, threshold=sub_threshold,
@@ -286,12 +349,40 @@ def summarize_run(samples: Sequence[dict], examples: Sequence[dict], cfg: TraceJ
         "mode": cfg.decoding.mode,
         "decoding_threshold": cfg.decoding.threshold if cfg.decoding.mode in ("rsd", "skd") else None,
         "prefix_examples": sum(e["kind"] == "prefix" for e in examples),
+        **training_composition(examples),
+        "prefix_only_samples": len(prefix_only),
         "samples": len(samples),
         "correct_samples": statuses.count("correct"),
         "no_answer_samples": statuses.count("no_answer"),
         "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
     })
     return row
+
+
+def training_composition(examples: Sequence[dict]) -> dict:
+    """{"full_examples", "prefix_examples", "training_examples"} of a dataset (the paper's 180 + 820 = 1,000)."""
+    full = sum(e["kind"] == "full" for e in examples)
+    prefix = sum(e["kind"] == "prefix" for e in examples)
+    return {"full_examples": full, "prefix_examples": prefix, "training_examples": len(examples)}
+
+
+def check_trainable(dataset_path: str | Path, name: str, *, require_kept: bool = True) -> dict:
+    """The composition of a dataset about to be trained on; EmptyTrainingSetError when it has 0 kept traces.
+
+    A student trained on prefixes only (or on nothing, so the "trained" model is the base model) is
+    not the paper's experiment: it stops the training stage with the count instead of a silent skip.
+    ``require_kept=False`` (the smoke profile's random models) accepts prefixes only, never an empty set.
+    """
+    path = Path(dataset_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no dataset {path} (run the trace notebook first)")
+    examples = read_jsonl_resumable(path)
+    composition = training_composition(examples)
+    if composition["full_examples"] == 0 and (require_kept or not examples):
+        raise EmptyTrainingSetError(
+            f"{name}: 0 kept (full) traces in {path} ({composition['prefix_examples']} prefix examples): nothing "
+            f"solved, so there is nothing to train on. Read that run's samples.jsonl (statuses, think_closes) first.")
+    return composition
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,15 +412,24 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
             (out_dir / name).unlink(missing_ok=True)
     no_gold = [p for p in problems if not p.gold]
     problems = [p for p in problems if p.gold]
+    prefix_only: list = []
     if restrict_to is not None:
         solved = solved_problem_ids(restrict_to)
+        if not solved:
+            raise EmptyTrainingSetError(
+                f"{cfg.method}: the run it is restricted to ({restrict_to}) solved 0 of its problems, so this method "
+                f"would attempt nothing. Check that run's samples.jsonl (a teacher graded 'no_answer' everywhere "
+                f"usually ends its thinking in its own format: set prompt.think_close_aliases, e.g. "
+                f"['<|im_start|>answer'] for s1.1-7B), or set restrict_to_teacher_solved: false.")
+        if cfg.prefix_scope == "all" and cfg.prefix_tokens > 0:
+            prefix_only = [p for p in problems if p.id not in solved]
         problems = [p for p in problems if p.id in solved]
     tok = pair.student_tokenizer
     stop_ids = cfg.decoding.stop_ids or end_of_turn_ids(tok)
     turn_end = turn_end_id(tok)
     dec_cfg = DecodingConfig(**{**cfg.decoding.to_dict(), "stop_ids": tuple(stop_ids),
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
-    _claim_folder(out_dir, cfg, [p.id for p in problems])
+    _claim_folder(out_dir, cfg, [p.id for p in problems], [p.id for p in prefix_only])
     samples_path = out_dir / "samples.jsonl"
     done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under the lock
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
@@ -347,6 +447,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
 
     def on_finish(i, trace):
         problem, k = todo[i]
+        mapped = map_think_close(trace, tok, cfg.prompt) if cfg.prompt.think_close_aliases else None
         text = tok.decode(trace.token_ids, skip_special_tokens=False)
         graded = grade_many([(text, problem.gold, problem.kind)], timeout=cfg.grade_timeout,
                             delim=cfg.prompt.think_close)[0]
@@ -356,6 +457,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
             "think_closes": text.count(cfg.prompt.think_close),
             "ended_turn": bool(trace.token_ids) and trace.token_ids[-1] == turn_end,
             "fallback_rate": trace.fallback_rate, "n_tokens": len(trace.token_ids), **trace.to_dict(),
+            "think_close_mapped_from": mapped,
         }
         append_jsonl(samples_path, record)
         done.append(record)
@@ -377,12 +479,33 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                          max_cache_gib=cfg.max_cache_gib)
     bar.close()
 
+    # the hybrid recipe: problems outside restrict_to get one prefix-only generation by this method
+    prefix_todo = [p for p in prefix_only if (p.id, 0) not in done_keys]
+    if prefix_todo:
+        pre_cfg = DecodingConfig(**{**dec_cfg.to_dict(), "max_new_tokens": cfg.prefix_tokens})
+        decoder = Decoder(pair.teacher if pre_cfg.needs_teacher else None,
+                          pair.student if pre_cfg.needs_student else None, pair.bridge, pre_cfg)
+
+        def on_prefix(i, trace):
+            problem = prefix_todo[i]
+            record = {"problem_id": problem.id, "sample_index": 0, "config_hash": cfg.hash(), "prefix_only": True,
+                      "text": tok.decode(trace.token_ids, skip_special_tokens=False), "status": "not_attempted",
+                      "answer": None, "think_closes": 0, "ended_turn": False, "fallback_rate": trace.fallback_rate,
+                      "n_tokens": len(trace.token_ids), **trace.to_dict()}
+            append_jsonl(samples_path, record)
+            done.append(record)
+
+        decoder.generate([prompt_ids(tok, p, cfg.prompt) for p in prefix_todo],
+                         [derive_seed(cfg.base_seed, f"prefix:{p.id}", 0) for p in prefix_todo],
+                         batch_size=cfg.batch_size, on_finish=on_prefix)
+
     by_problem: dict[str, list[dict]] = {}
     for s in done:
         by_problem.setdefault(s["problem_id"], []).append(s)
-    examples = [e for p in problems for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
+    examples = [e for p in problems + prefix_only for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
     _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
     summary = summarize_run(done, examples, cfg, len(problems))
+    summary["prefix_only_problems"] = len(prefix_only)
     summary["problems_without_gold"] = len(no_gold)
     summary["config_hash"] = cfg.hash()
     summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
@@ -397,3 +520,24 @@ def solved_problem_ids(run_dir: str | Path) -> set[str]:
     if not path.exists():
         raise FileNotFoundError(f"restrict_to: {path} does not exist (run that trace job first)")
     return {e["problem_id"] for e in read_jsonl_resumable(path) if e["kind"] == "full"}
+
+
+def _question_key(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def pair_reference(reference_rows, problems, think_close: str = "</think>") -> list[tuple]:
+    """(problem, completion text) of pre-existing traces (s1K-1.1), paired with ``problems`` by question text.
+
+    s1K-1.1 and s1K share one id space (``s1k-<index>``) and the pairing checks the question itself,
+    so a reference trace lands on the problem id its RSD counterpart has (Figures 5 and 7). The text
+    is R1's thinking, the student's end-of-thinking delimiter, then R1's attempt (the s1 authors'
+    conversion of s1K-1.1 for Qwen3). Problems with no reference trace are left out.
+    """
+    by_question = {_question_key(r.question): r for r in reference_rows}
+    out = []
+    for p in problems:
+        r = by_question.get(_question_key(p.question))
+        if r is not None and r.meta.get("trace"):
+            out.append((p, f"{r.meta['trace'].strip()}\n{think_close}\n\n{str(r.meta.get('attempt', '')).strip()}"))
+    return out

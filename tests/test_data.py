@@ -398,9 +398,9 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
     s11 = load_benchmark("s1k-1.1", split="train")
     assert calls[-1] == ("simplescaling/s1K-1.1", None, "train")
     assert s11[0].meta["trace"] == "R1 thinks" and s11[0].meta["attempt"] == "So \\boxed{2}"
-    assert s11[0].gold == "2" and s11[0].kind == "integer" and s11[0].id == "s1k-1.1-0"
+    assert s11[0].gold == "2" and s11[0].kind == "integer" and s11[0].id == "s1k-0"  # one id space with s1K (issue 12)
     checkable, unextractable = answer_checkable(s11)
-    assert [p.id for p in unextractable] == ["s1k-1.1-1"]
+    assert [p.id for p in unextractable] == ["s1k-1"] and s11[0].source == "s1k-1.1"
 
     g = load_benchmark("gpqa_diamond", source="hub")
     assert calls[-1] == ("Idavidrein/gpqa", "gpqa_diamond", "train")

@@ -17,7 +17,7 @@ from rsdlib import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((REPO / "notebooks").glob("*.py"))
-PROFILES = ("smoke", "demo", "paper")
+PROFILES = ("smoke", "demo", "paper", "paper-dry")
 
 
 def test_every_notebook_file_is_in_the_driver_order():

@@ -17,7 +17,7 @@ def setup():
     pair = load_demo_pair(dtype="float32", device="cpu")
     tok = pair.student_tokenizer
     problem = Problem(id="demo", question="What is $3 \\times 4 + 5$?", gold="17", kind="integer")
-    ids = prompt_ids(tok, problem, PromptStyle(extra_instruction=WORDS_ONLY))
+    ids = prompt_ids(tok, problem, PromptStyle.named("user-instruction", extra_instruction=WORDS_ONLY))
     return pair, tok, ids, end_of_turn_ids(tok)
 
 

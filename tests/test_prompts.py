@@ -10,7 +10,7 @@ from rsdlib.prompts import (QWEN_SYSTEM_PROMPT, WORDS_ONLY, PromptStyle, end_of_
 def test_math_prompt_has_system_instruction_and_open_thinking():
     tok = tiny_tokenizer()
     p = Problem(id="x", question="What is 1+1?", gold="2", kind="integer")
-    text = prompt_text(tok, p, PromptStyle(extra_instruction=WORDS_ONLY))
+    text = prompt_text(tok, p, PromptStyle.named("user-instruction", extra_instruction=WORDS_ONLY))
     assert text == (
         f"<|im_start|>system\n{QWEN_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nWhat is 1+1?\n\n"
         "Please reason step by step, and put your final answer within \\boxed{}. "
