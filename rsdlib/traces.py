@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
-from rsdlib.grading import grade_many
+from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
 
@@ -88,6 +88,8 @@ class TraceJobConfig:
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
     max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
     grade_timeout: float = 10.0  # seconds per math-verify comparison
+    answer_format: str = "boxed"  # how a sample's answer is read: boxed (the authors' filter: a \\boxed{} after the
+    # end of thinking, as the prompt asks; training traces then teach boxing) | standard (rsdlib.grading's reading)
 
     def __post_init__(self) -> None:
         if isinstance(self.decoding, dict):
@@ -96,6 +98,8 @@ class TraceJobConfig:
             self.prompt = PromptStyle(**self.prompt)
         if not isinstance(self.decoding, DecodingConfig):
             raise ValueError(f"TraceJobConfig.decoding must be a mapping of DecodingConfig keys, got {self.decoding!r}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"TraceJobConfig.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         check_number("TraceJobConfig", "samples_per_problem", self.samples_per_problem, minimum=1, integer=True)
         check_number("TraceJobConfig", "max_fallback_rate", self.max_fallback_rate, minimum=0, maximum=1)
         check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
@@ -450,7 +454,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         mapped = map_think_close(trace, tok, cfg.prompt) if cfg.prompt.think_close_aliases else None
         text = tok.decode(trace.token_ids, skip_special_tokens=False)
         graded = grade_many([(text, problem.gold, problem.kind)], timeout=cfg.grade_timeout,
-                            delim=cfg.prompt.think_close)[0]
+                            delim=cfg.prompt.think_close, answer_format=cfg.answer_format)[0]
         record = {
             "problem_id": problem.id, "sample_index": k, "config_hash": cfg.hash(), "text": text,
             "status": graded["status"], "answer": graded["answer"],

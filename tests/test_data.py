@@ -354,13 +354,14 @@ def test_missing_dataset_gives_one_clear_error(tmp_path, monkeypatch, name):
     msg = str(info.value)
     hub_id = BENCHMARKS[name].hub[0][0]
     assert name in msg and hub_id in msg
-    if BENCHMARKS[name].local_file:
-        assert BENCHMARKS[name].local_file in msg and "RSDLIB_DATA_DIR" in msg
+    assert BENCHMARKS[name].local_file in msg and "RSDLIB_DATA_DIR" in msg  # s1K-1.1 too (the dry run's stand-in file)
+    if BENCHMARKS[name].shipped:
         assert "source='shipped', the default" in msg
-    else:
-        assert "no local-file option" in msg and "shipped" not in msg
-        with pytest.raises(DatasetUnavailableError, match="no local-file option"):
+    else:  # s1K-1.1 ships no copy: the default source fails the same way, never naming a shipped one
+        assert "shipped" not in msg
+        with pytest.raises(DatasetUnavailableError, match="s1K-1.1") as default:
             load_benchmark(name)
+        assert "shipped" not in str(default.value)
     assert isinstance(info.value, RuntimeError)
 
 

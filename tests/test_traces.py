@@ -238,3 +238,40 @@ def test_max_cache_gib_is_validated_and_not_hashed():
     with pytest.raises(ValueError, match="max_cache_gib must be > 0"):
         TraceJobConfig(max_cache_gib=0)
     assert TraceJobConfig.from_yaml({"max_cache_gib": 80}).max_cache_gib == 80.0
+
+
+def test_the_trace_filter_reads_boxed_answers_by_default(tmp_path, monkeypatch):
+    """A kept trace has its answer in \\boxed{} (the authors' filter); ``answer_format: standard`` reads more."""
+    import rsdlib.traces as traces
+    from _tiny import tiny_model, tiny_tokenizer
+    from rsdlib.bridge import VocabBridge
+    from rsdlib.data import Problem
+    from rsdlib.grading import grade_many
+
+    assert TraceJobConfig().answer_format == "boxed"
+    with pytest.raises(ValueError, match="answer_format must be one of"):
+        TraceJobConfig(answer_format="loose")
+    assert TraceJobConfig(answer_format="standard").hash() != TraceJobConfig().hash()
+    # the same unboxed answer: wrong for the boxed filter, correct for the standard reading
+    unboxed = "thinking</think> The final answer is 4"
+    assert grade_many([(unboxed, "4", "integer")], timeout=None, answer_format="boxed")[0]["status"] != "correct"
+    assert grade_many([(unboxed, "4", "integer")], timeout=None, answer_format="standard")[0]["status"] == "correct"
+
+    seen = []
+
+    def recording(items, **kwargs):
+        seen.append(kwargs["answer_format"])
+        return grade_many(items, **kwargs)
+
+    monkeypatch.setattr(traces, "grade_many", recording)
+    tok = tiny_tokenizer()
+    teacher, student = tiny_model(tok, seed=1), tiny_model(tok, seed=2)
+    V = teacher.config.vocab_size
+    pair = SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
+                           bridge=VocabBridge.from_tokenizers(tok, tok, V, V))
+    problems = [Problem(id="q1", question="What is 2 + 2?", gold="4", kind="integer")]
+    for fmt in ("boxed", "standard"):
+        cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", max_new_tokens=4), samples_per_problem=1,
+                             prefix_tokens=2, grade_timeout=None, answer_format=fmt)
+        run_trace_job(pair, problems, cfg, tmp_path / fmt, progress=False)
+    assert seen == ["boxed", "standard"]
