@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 
 import pytest
 import yaml
@@ -94,8 +93,6 @@ def test_paper_dry_reproduction(tmp_path, monkeypatch):
     standin_tokenizers_dir()  # a clear error when the real tokenizer files are not provided
     monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("RSDLIB_FIGURES", str(tmp_path / "figures"))
-    if not os.environ.get("RSDLIB_DATA_DIR") and not (PARAMS_DIR.parent.parent / "shared" / "data").is_dir():
-        pytest.fail("the dry run reads s1K and the benchmarks: set RSDLIB_DATA_DIR (or keep ../shared/data beside the repo)")
     report = reproduce("paper-dry", threads=1, echo=lambda line: None)
     assert [r.name for r in report.results if r.status != "ok"] == [], [(r.name, r.error) for r in report.failed()]
     assert len(report.results) == 18

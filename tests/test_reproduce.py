@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -184,7 +185,11 @@ def test_no_project_file_names_a_folder_outside_the_repository():
     files = [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "DATA.md",
              *REPO.glob("rsdlib/*.py"), *REPO.glob("notebooks/*.py"), *REPO.glob("params/*/*.yaml"),
              *REPO.glob("tests/*.py")]
-    hits = [f"{f.relative_to(REPO)}: {word}" for f in files for word in outside if word in f.read_text()]
+    # the one named exception: the dry run's stand-in tokenizers (real tokenizer files for tests and the
+    # paper-dry profile, RSDLIB_STANDIN_TOKENIZERS; rsdlib.standins), never data or the main job
+    standin = re.compile(r"\.\./shared/tokenizers|REPO_ROOT\.parent / \"shared\" / \"tokenizers\"")
+    hits = [f"{f.relative_to(REPO)}: {word}" for f in files for word in outside
+            if word in standin.sub("", f.read_text())]
     assert not hits
 
 
