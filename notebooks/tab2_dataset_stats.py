@@ -82,7 +82,7 @@ rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in 
 scores = read_scores(profile)
 uncertainty = trace_uncertainty(scores, analysis["runs"][run], run=run, threshold=threshold)
 differences = {m: sub_share_difference(scores, m, "teacher", run=run, threshold=threshold)
-               for m in analysis["runs"][run] if m != "teacher"}
+               for m, r in analysis["runs"][run].items() if m != "teacher" and r["mode"] != "reference"}
 layout = add_trace_intervals(rows, uncertainty, {r["key"]: r["method"] for r in ours}, differences)
 columns, table = layout["columns"], pd.DataFrame(rows)[layout["columns"]]
 table

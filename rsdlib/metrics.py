@@ -31,6 +31,10 @@ inputs give the same interval), returns an ``Interval`` (estimate, 95% bounds) a
   problems resampled within the same replicate;
 - ``paired_accuracy_difference(model, base)``: model - base on the same problems, problems resampled
   jointly (``Interval.excludes_zero`` marks a difference the data can tell from 0);
+- where every problem has the same score (0/6 solved, or two models equal on every problem) the
+  percentile bootstrap collapses to a zero-width interval, which would claim certainty that a
+  handful of problems cannot give; accuracies and their differences then get Wilson's score interval
+  for a mean of n values bounded in [lo, hi] (rescaled to [0, 1]), method "wilson (no variation)";
 - ``bootstrap_mean`` / ``bootstrap_ratio``: trace-level statistics resampled over TRACES (tokens
   within a trace are not independent): trace length and perplexity are means over traces, the
   sub-1% share and the fallback rate pooled ratios sum(numerators) / sum(denominators);
@@ -573,6 +577,28 @@ def _problem_scores(correct: Any, k: int | None = None) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def _no_variation(estimate: float, n: int, lo: float, hi: float, confidence: float, method: str) -> Interval:
+    """Wilson's interval for a mean of ``n`` values in [lo, hi] that all equal ``estimate`` (the bootstrap's
+    zero-width interval would say the data leave no doubt); ``n`` may be an effective sample size."""
+    share = (estimate - lo) / (hi - lo)  # in [0, 1]
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    denom = 1 + z * z / n
+    centre = (share + z * z / (2 * n)) / denom
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denom
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return Interval(float(estimate), lo + (hi - lo) * low, lo + (hi - lo) * high, n, f"wilson (no variation; {method})",
+                    confidence)
+
+
+def _bounded(values: np.ndarray, interval: Interval, lo: float, hi: float, n_eff: float | None = None) -> Interval:
+    """``interval`` unless every value (per-problem scores, or bootstrap replicates) is the same; then
+    ``_no_variation`` with n = the number of values, or ``n_eff``."""
+    if values.size and np.all(values == values[0]):
+        out = _no_variation(interval.estimate, n_eff or values.size, lo, hi, interval.confidence, interval.method)
+        return Interval(out.estimate, out.low, out.high, interval.n, out.method, out.confidence, interval.se)
+    return interval
+
+
 def bootstrap_accuracy(correct: Any, k: int | None = None, *, resamples: int = RESAMPLES, seed: int = SEED,
                        confidence: float = CONFIDENCE) -> Interval:
     """avg@k (pass@1 with one sample) of one benchmark, as a fraction, with a bootstrap interval over
@@ -582,7 +608,7 @@ def bootstrap_accuracy(correct: Any, k: int | None = None, *, resamples: int = R
     _check_level(confidence, resamples)
     scores = _problem_scores(correct, k)  # (P,)
     reps = scores[_draws(scores.size, resamples, seed)].mean(1)  # (resamples,)
-    return _percentile(float(scores.mean()), reps, scores.size, confidence, "bootstrap")
+    return _bounded(scores, _percentile(float(scores.mean()), reps, scores.size, confidence, "bootstrap"), 0.0, 1.0)
 
 
 def _benchmark_replicates(per_benchmark: Mapping[str, np.ndarray], resamples: int, seed: int) -> np.ndarray:
@@ -604,7 +630,14 @@ def bootstrap_average_accuracy(correct_by_benchmark: Mapping[str, Any], k: Mappi
     scores = {b: _problem_scores(c, (k or {}).get(b)) for b, c in correct_by_benchmark.items()}
     estimate = float(np.mean([s.mean() for s in scores.values()]))
     reps = _benchmark_replicates(scores, resamples, seed)
-    return _percentile(estimate, reps, sum(s.size for s in scores.values()), confidence, "bootstrap")
+    out = _percentile(estimate, reps, sum(s.size for s in scores.values()), confidence, "bootstrap")
+    return _bounded(reps, out, 0.0, 1.0, _effective_problems(scores))  # constant replicates: no variation
+
+
+def _effective_problems(per_benchmark: Mapping[str, np.ndarray]) -> float:
+    """n such that an average of B benchmark means (n_b problems each) has the variance of one mean of n:
+    B^2 / sum_b (1 / n_b)."""
+    return len(per_benchmark) ** 2 / sum(1 / s.size for s in per_benchmark.values())
 
 
 def _aligned_differences(model: Mapping[str, Any], base: Mapping[str, Any], k: int | None, where: str) -> np.ndarray:
@@ -633,11 +666,12 @@ def paired_accuracy_difference(model: Mapping[str, Mapping[str, Any]], base: Map
     out = {}
     for i, (b, d) in enumerate(diffs.items()):
         reps = d[_draws(d.size, resamples, seed + 7919 * i)].mean(1)
-        out[b] = _percentile(float(d.mean()), reps, d.size, confidence, "paired bootstrap")
+        out[b] = _bounded(d, _percentile(float(d.mean()), reps, d.size, confidence, "paired bootstrap"), -1.0, 1.0)
     if diffs:
         reps = _benchmark_replicates(diffs, resamples, seed)
-        out["Average"] = _percentile(float(np.mean([d.mean() for d in diffs.values()])), reps,
-                                     sum(d.size for d in diffs.values()), confidence, "paired bootstrap")
+        avg = _percentile(float(np.mean([d.mean() for d in diffs.values()])), reps,
+                          sum(d.size for d in diffs.values()), confidence, "paired bootstrap")
+        out["Average"] = _bounded(reps, avg, -1.0, 1.0, _effective_problems(diffs))
     return out
 
 

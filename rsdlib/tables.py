@@ -106,12 +106,15 @@ def accuracy_mde_note(problems: Mapping[str, int]) -> str:
     """The minimum detectable effect under an accuracy table (problems per benchmark, one sample each)."""
     if not problems:
         return ""
-    per = ", ".join(f"{b}: {100 * minimum_detectable_effect(accuracy_difference_se([n])):.0f}"
-                    for b, n in problems.items())
-    avg = 100 * minimum_detectable_effect(accuracy_difference_se(problems))
+    def points(se: float) -> str:  # an MDE above 100 points: no difference between two rows is detectable
+        mde = 100 * minimum_detectable_effect(se)
+        return f"{mde:.0f}" if mde <= 100 else "none (> 100)"
+
+    per = ", ".join(f"{b}: {points(accuracy_difference_se([n]))}" for b, n in problems.items())
+    avg = points(accuracy_difference_se(problems))
     return (f"Minimum detectable effect (the smallest true accuracy difference between two rows that this "
             f"profile's problem counts detect with 80% power, two-sided 5%, worst case p = 0.5, one sample per "
-            f"problem): {per} points; Average: {avg:.0f} points. A smaller difference, or one whose interval "
+            f"problem): {per} points; Average: {avg} points. A smaller difference, or one whose interval "
             "contains 0, is not evidence either way.")
 
 
@@ -208,7 +211,7 @@ def trace_uncertainty(scores: Sequence[dict], analysis: Mapping[str, Mapping], *
         mine = kept.get(method, [])
         kw = {"seed": seed, "resamples": resamples}
         entry = {}
-        if row.get("problems"):
+        if row.get("problems") and row.get("mode") != "reference":  # pre-existing traces are not attempts
             entry["solved"] = wilson_interval(int(row["solved"]), int(row["problems"])).scaled(100)
         if mine:
             entry["sub_threshold"] = bootstrap_ratio([_low_count(r, threshold) for r in mine],

@@ -52,8 +52,7 @@ def test_wilson_refuses_bad_counts_and_empty_is_nan():
 
 
 def test_bootstrap_of_a_constant_is_that_constant():
-    for ci in (bootstrap_mean([3.5] * 20), bootstrap_ratio([2] * 10, [8] * 10),
-               bootstrap_accuracy([[True, True]] * 5)):
+    for ci in (bootstrap_mean([3.5] * 20), bootstrap_ratio([2] * 10, [8] * 10)):
         assert ci.low == ci.high == ci.estimate
         assert ci.se == 0.0
     assert bootstrap_mean([3.5] * 20).estimate == 3.5
@@ -98,9 +97,25 @@ def test_paired_accuracy_difference_constructed_example():
     assert 0 < ci.low < 0.5 < ci.high <= 1
     assert ci.excludes_zero
     assert diff["Average"].estimate == pytest.approx(0.5)
-    # the same model against itself: exactly 0, interval [0, 0], no mark
+    # the same results twice: estimate 0, and 8 problems cannot rule out a difference: not [0, 0]
     same = paired_accuracy_difference(model, model)["MATH500"]
-    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero
+    assert same.estimate == 0.0 and same.low < 0 < same.high and not same.excludes_zero
+    assert same.method.startswith("wilson (no variation")
+
+
+def test_no_variation_is_not_certainty():
+    # 0 of 6 problems solved: the bootstrap alone would say [0, 0]; Wilson's 0/6 interval instead
+    ci = bootstrap_accuracy([[False]] * 6)
+    assert ci.estimate == 0.0 and ci.low == 0.0
+    assert ci.high == pytest.approx(wilson_interval(0, 6).high) and ci.method.startswith("wilson (no variation")
+    # the average of benchmarks with 1, 1, 2, 6 problems, none solved: Wilson at the effective n = 16 / 2.667 = 6
+    avg = bootstrap_average_accuracy({"a": [[0]], "b": [[0]], "c": [[0]] * 2, "d": [[0]] * 6})
+    assert avg.high == pytest.approx(wilson_interval(0, 6).high)
+    # all-equal differences of +1 on 4 problems: Wilson's 4/4 on [-1, 1]
+    d = paired_accuracy_difference({"B": {f"p{i}": [True] for i in range(4)}},
+                                   {"B": {f"p{i}": [False] for i in range(4)}})["B"]
+    assert d.estimate == 1.0 and d.high == 1.0 and d.low == pytest.approx(-1 + 2 * wilson_interval(4, 4).low)
+    assert d.excludes_zero
 
 
 def test_paired_difference_cancels_what_problems_share():
@@ -127,9 +142,13 @@ def test_paired_difference_refuses_unpaired_problems():
 
 
 def test_average_accuracy_averages_benchmarks_unweighted():
-    ci = bootstrap_average_accuracy({"A": [[1], [1]], "B": [[0]] * 8})
-    assert ci.estimate == pytest.approx(0.5) and ci.n == 10
-    assert ci.low == ci.high == 0.5  # both benchmarks constant
+    ci = bootstrap_average_accuracy({"A": [[1], [0]], "B": [[0]] * 8})
+    assert ci.estimate == pytest.approx(0.25) and ci.n == 10 and ci.method == "bootstrap"
+    # the A half of each replicate is one of 0, 1/2, 1 (B is constant 0): bounds are among 0, 1/4, 1/2
+    assert {ci.low, ci.high} <= {0.0, 0.25, 0.5}
+    # every problem at 1/2 (a constant to the bootstrap): no-variation interval, not [0.5, 0.5]
+    flat = bootstrap_average_accuracy({"A": [[1, 0], [1, 0]], "B": [[1, 0]] * 8})
+    assert flat.estimate == 0.5 and flat.low < 0.5 < flat.high
 
 
 def test_paired_ratio_difference_constructed_example():
