@@ -66,7 +66,7 @@ sns.stripplot(data=scores, x="method", y="perplexity", hue="method", order=order
 ax.errorbar([i + 0.36 for i in range(len(order))], [means[m].estimate for m in order],
             yerr=error_bar([means[m] for m in order]), fmt="o", color="black", ms=3.5, elinewidth=1, capsize=3,
             zorder=4, label="mean, 95% CI")
-ax.legend(loc="upper right", fontsize=8)
+ax.legend(loc="best", fontsize=8)
 for i, m in enumerate(order):
     mine = scores[scores["method"] == m]
     label = f"n={len(mine)}" + ("" if mine["kept"].all() else "*")
