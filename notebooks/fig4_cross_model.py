@@ -50,6 +50,7 @@ intervals = {k: u["ours"].get("Average") for k, u in accuracy_uncertainty(
     {k: m for k, m in rows.items() if k in ours}, profile, base_key="Qwen3-0.6B/base").items()} if ours else {}
 bars = reference.figure4_bars()
 print("our bars:", ours or "none")
+print("95% intervals:", {k: (round(iv.low, 2), round(iv.high, 2)) for k, iv in intervals.items() if iv})
 
 # %%
 SETTING_COLORS = {"base": "#bdbdbd", "s1k-1.1": "#fc9272", "transferred": "#9ecae1", "tailored": "#3182bd"}
