@@ -64,7 +64,7 @@ for method, row in analysis["runs"][run].items():
         fallback = None  # no training trace: nothing to measure
     label = REFERENCE_LABEL.get(manifest.get("reference"), "s1K-1.1") if method == "reference" else None
     if method == "s1k-solutions":
-        label = f"s1K-1.1 stand-in: the {row['problems']:,} s1K worked solutions (teacher-forced, no generation)"
+        label = f"s1K-1.1 stand-in: {row['problems']:,} of the 1,000 s1K worked solutions (teacher-forced, no generation)"
     elif method == "reference" and full_scale:
         label = f"{label} (the '+ s1K-1.1' training set)"
     ours.append({"key": key, "method": method, "label": label or method, "Correctly solved": solved,

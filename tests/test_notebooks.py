@@ -169,7 +169,7 @@ def test_smoke_tables_and_figures_carry_intervals(smoke_run):
         assert float(base["MATH500 (ours) low"]) <= float(base["MATH500 (ours)"]) <= float(base["MATH500 (ours) high"])
     md2 = (folder / "tab2_dataset_stats.md").read_text()
     assert "Sub-1% tokens (%) (ours, 95% CI)" in md2 and "Sub-1% Δ vs teacher" in md2
-    assert "the 6 s1K worked solutions" in md2  # notebook 20 scored the s1K solutions (s1k_solutions: 6)
+    assert "6 of the 1,000 s1K worked solutions" in md2  # notebook 20 scored the s1K solutions (s1k_solutions: 6)
     with open(folder / "tab2_dataset_stats.csv") as fh:
         header = next(csv.reader(fh))
     assert {"Correctly solved (ours) low", "Sub-1% tokens (%) (ours) high", "Sub-1% Δ vs teacher excludes 0"} <= set(header)
