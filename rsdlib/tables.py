@@ -181,9 +181,7 @@ def _plain(value: Any, digits: int) -> str:
 # ----------------------------------------------------------------------------------------------
 def read_scores(profile: str) -> list[dict]:
     """Notebook 20's per-trace rows (``results/<profile>/analysis/scores.jsonl``)."""
-    path = paths.results_dir(profile) / "analysis" / "scores.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebooks 10 and 20 for profile {profile!r} first")
+    path = paths.input_file(profile, "analysis", "scores.jsonl")  # a MissingInputError names notebook 20
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
