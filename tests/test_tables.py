@@ -137,3 +137,10 @@ def test_interval_cell_and_error_bar():
     assert interval_cell(Interval(0.0, -3.0, 5.0, 6, "b"), mark=True) == "0.00 [-3.00, 5.00]"
     assert interval_cell(None) == "—"
     assert error_bar([iv, None]) == [[10.5, 0.0], [27.5, 0.0]]
+
+
+def test_worked_solution_completion_is_thinking_then_boxed_answer():
+    from rsdlib.prompts import worked_solution_completion
+
+    assert worked_solution_completion("  x = 2 + 2 = 4 ", "4") == "x = 2 + 2 = 4\n</think>\n\nThe final answer is $\\boxed{4}$."
+    assert worked_solution_completion("see above", None, "<|im_start|>answer") == "see above\n<|im_start|>answer"
