@@ -28,12 +28,20 @@
 # Table 6 row and perplexity statistics), `low_tokens.json` (counts of sub-threshold tokens, for the
 # word cloud) and `config.json` (what was scored; a rerun on the same traces skips the scoring).
 #
+# With `s1k_solutions` > 0 the worked solutions of N s1K problems (shipped with rsdlib; evenly spaced
+# over the 1,000, all of them at N = 1000) are scored too, under the main pair's student, as method
+# `s1k-solutions`: pre-existing traces the student did not write, toward the paper's scale (its Figure 6
+# covers the 1,000 s1K traces). Teacher-forced scoring needs no generation, but all 1,000 are 730,738
+# prompt + solution tokens under the 0.5B student, measured at 25 ms of CPU per token on the shared
+# 2-core machine (hours for all 1,000), so the demo scores 16 (~14k tokens) to stay within its 45-minute
+# budget; on a GPU all 1,000 take minutes. Table 2's pre-existing-traces row and Figures 3 and 6 use it.
+#
 # The traces scored are each method's training traces (the kept, correct ones). A method that kept
 # none (always so with the smoke profile's random models) gets up to `unkept_samples` of its samples
 # scored instead, marked `kept: false`, so the figures still have something to show; Table 2 never
 # uses them.
 #
-# **Time:** smoke about 10 s; demo about 1-3 min on CPU; paper (8,000 traces of ~4k tokens under
+# **Time:** smoke about 10 s; demo about 1-4 min on CPU (the 16 s1K solutions included); paper (8,000 traces of ~4k tokens under
 # Qwen3-0.6B) minutes on one GPU.
 
 # %%
@@ -47,7 +55,9 @@ import pandas as pd
 
 from rsdlib import paths
 from rsdlib.metrics import score_traces
-from rsdlib.reproduce import load_student, trace_run_stats
+from rsdlib.data import load_benchmark
+from rsdlib.prompts import end_of_turn_ids, prompt_ids, worked_solution_completion
+from rsdlib.reproduce import load_student, prompt_style, trace_run_stats
 from rsdlib.traces import read_jsonl_resumable
 
 # %% tags=["parameters"]
@@ -57,13 +67,14 @@ batch_size: int = 4  # traces per scoring forward pass
 dtype: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
 device: str = "auto"  # auto, cpu, cuda
 unkept_samples: int = 4  # a method with no kept trace: score this many of its samples instead; 0 scores none
+s1k_solutions: int = 16  # also score N s1K worked solutions (evenly spaced; 1000: all) under the main student (method "s1k-solutions"); 0: none
 force: bool = False  # rescore even if the stored scores match the traces
 
 # %%
 if not 0 < threshold < 1:
     raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-if batch_size < 1 or unkept_samples < 0:
-    raise ValueError("batch_size must be >= 1 and unkept_samples >= 0")
+if batch_size < 1 or unkept_samples < 0 or s1k_solutions < 0:
+    raise ValueError("batch_size must be >= 1, unkept_samples and s1k_solutions >= 0")
 results = paths.results_dir(profile)
 trace_root = results / "traces"
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())  # notebook 10's
@@ -79,7 +90,7 @@ def fingerprint(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-config = {"threshold": threshold, "unkept_samples": unkept_samples, "manifest": manifest,
+config = {"threshold": threshold, "unkept_samples": unkept_samples, "s1k_solutions": s1k_solutions, "manifest": manifest,
           "inputs": {f"{run}/{m}": fingerprint(trace_root / run / m)
                      for run, ms in manifest["methods"].items() for m in ms}}
 cached = (out_dir / "config.json").is_file() and json.loads((out_dir / "config.json").read_text()) == config
@@ -110,13 +121,34 @@ def traces_to_score(folder: Path) -> list[dict]:
     return rows
 
 
+S1K_METHOD = "s1k-solutions"
+
+
+def s1k_rows(tok) -> list[dict]:
+    """`s1k_solutions` s1K worked solutions, evenly spaced over the set, as kept traces prompted as the traces were."""
+    style, eot = prompt_style(manifest["prompt"]), end_of_turn_ids(tok)[0]
+    every = load_benchmark("s1k")
+    picked = sorted({i * len(every) // s1k_solutions for i in range(min(s1k_solutions, len(every)))})
+    rows = []
+    for p in (every[i] for i in picked):
+        text = worked_solution_completion(p.meta.get("solution", ""), p.gold, style.think_close)
+        rows.append({"problem_id": p.id, "sample_index": 0, "kept": True, "prompt_ids": prompt_ids(tok, p, style),
+                     "token_ids": list(tok(text, add_special_tokens=False)["input_ids"]) + [eot],
+                     "fallback": None, "source": None})
+    return rows
+
+
 if force or not cached:
     scored_rows, low_tokens = [], {}
     for run, methods in manifest["methods"].items():
         student_spec = manifest["pairs"][run]["student"]
         model, tok = load_student(student_spec, dtype=dtype, device=device)
-        for method in methods:
-            rows = [r for r in traces_to_score(trace_root / run / method) if r["token_ids"]]
+        extra = [S1K_METHOD] if run == "main" and s1k_solutions else []
+        for method in [*methods, *extra]:
+            if method == S1K_METHOD:
+                rows = s1k_rows(tok)
+            else:
+                rows = [r for r in traces_to_score(trace_root / run / method) if r["token_ids"]]
             print(f"{run}/{method}: {len(rows)} traces ({sum(r['kept'] for r in rows)} kept)")
             if not rows:
                 continue
@@ -152,8 +184,16 @@ scores = pd.read_json(out_dir / "scores.jsonl", lines=True) if (out_dir / "score
 summary = {}
 for run, methods in manifest["methods"].items():
     summary[run] = {}
-    for method in methods:
-        trace_summary = trace_run_stats(trace_root / run / method)
+    extra = [S1K_METHOD] if run == "main" and s1k_solutions else []
+    for method in [*methods, *extra]:
+        if method == S1K_METHOD:  # no trace folder: every solution is a kept pre-existing trace
+            n = int(((scores["run"] == run) & (scores["method"] == method)).sum()) if len(scores) else 0
+            n_tok = int(scores.loc[(scores["run"] == run) & (scores["method"] == method), "n_tokens"].sum()) if n else 0
+            trace_summary = {"mode": "reference", "threshold": None, "solved": n, "problems": n, "fallback_rate": None,
+                             "avg_tokens": n_tok / n if n else None, "avg_sample_tokens": n_tok / n if n else None,
+                             "prefix_examples": 0, "samples": n}
+        else:
+            trace_summary = trace_run_stats(trace_root / run / method)
         mine = scores[(scores["run"] == run) & (scores["method"] == method)] if len(scores) else scores
         kept = mine[mine["kept"]] if len(mine) else mine
         n_tok = int(kept["n_tokens"].sum()) if len(kept) else 0

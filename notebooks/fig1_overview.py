@@ -25,6 +25,9 @@
 # paper's bars come from `rsdlib.reference`. Without evaluation results the right panel shows the
 # paper's bars only and says so.
 #
+# Our bars carry 95% bootstrap intervals over problems (`rsdlib.tables.accuracy_uncertainty`; the
+# paper reports none).
+#
 # **Writes:** `figures/<profile>/fig1_overview.{pdf,png}`.
 #
 # **Time:** seconds.
@@ -36,7 +39,8 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from rsdlib import paths, reference
-from rsdlib.plots import PAPER_COLOR, method_color, profile_note, save_figure, set_style
+from rsdlib.plots import PAPER_COLOR, error_bar, method_color, profile_note, save_figure, set_style
+from rsdlib.tables import accuracy_uncertainty
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -51,7 +55,11 @@ if eval_path.is_file():
     for key, name in (("base", "base"), ("s1k-1.1", s1k_method), ("rsd-p1", rsd_method)):
         if name in models and models[name].get("Average") is not None:
             ours[key] = models[name]["Average"]
+bar_models = {"base": "base", "s1k-1.1": s1k_method, "rsd-p1": rsd_method}
+intervals = {k: u["ours"].get("Average") for k, u in accuracy_uncertainty(
+    {k: m for k, m in bar_models.items() if k in ours}, profile).items()} if ours else {}
 print("our averages:", ours or "none (no evaluation results for this profile yet)")
+print("95% intervals:", {k: (round(iv.low, 2), round(iv.high, 2)) for k, iv in intervals.items() if iv})
 
 # %%
 def box(ax, xy, w, h, text, color):
@@ -96,17 +104,20 @@ bars = right.bar(paper_x, [b["Average"] for b in reference.FIGURE1_BARS], width=
 right.bar_label(bars, fmt="%.2f", fontsize=8)
 if ours:
     ours_bars = right.bar([x + width / 2 for x in xs], [ours.get(k, 0) for k in keys], width=width,
-                          color=[method_color({"rsd-p1": rsd_method}.get(k, k)) for k in keys], label=f"ours ({profile})")
+                          color=[method_color({"rsd-p1": rsd_method}.get(k, k)) for k in keys], label=f"ours ({profile})",
+                          yerr=error_bar([intervals.get(k) for k in keys]), capsize=4,
+                          error_kw={"elinewidth": 1, "ecolor": "#333333"})
     right.bar_label(ours_bars, labels=[f"{ours[k]:.2f}" if k in ours else "not run" for k in keys], fontsize=8)
 else:
     right.text(0.98, 0.98, "ours: no evaluation results\nfor this profile yet\n(evaluation stage not run)",
                transform=right.transAxes, ha="right", va="top", fontsize=8, color="#cb181d")
 right.set_xticks(list(xs), labels)
 right.set_ylabel("average accuracy (%)")
-right.set_ylim(0, max(b["Average"] for b in reference.FIGURE1_BARS) * 1.35)
+right.set_ylim(0, max([b["Average"] * 1.35 for b in reference.FIGURE1_BARS]
+                      + [iv.high * 1.1 for iv in intervals.values() if iv is not None]))
 right.set_title("Average of AIME24, AIME25, GPQA Diamond, MATH500", fontsize=10)
 right.legend(loc="upper left")
-profile_note(profile, fig)
+profile_note(profile, fig, extra="ours: 95% bootstrap intervals over problems" if intervals else "")
 fig.tight_layout()
 save_figure(fig, "fig1_overview", profile)
 plt.show()

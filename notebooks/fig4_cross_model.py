@@ -34,7 +34,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rsdlib import paths, reference
-from rsdlib.plots import PAPER_COLOR, profile_note, save_figure, set_style
+from rsdlib.plots import PAPER_COLOR, error_bar, profile_note, save_figure, set_style
+from rsdlib.tables import accuracy_uncertainty
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -45,8 +46,11 @@ eval_path = paths.results_dir(profile) / "eval" / "summary.json"
 evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {"models": {}}
 ours = {key: evaluation["models"][m]["Average"] for key, m in rows.items()
         if m in evaluation["models"] and evaluation["models"][m].get("Average") is not None}
+intervals = {k: u["ours"].get("Average") for k, u in accuracy_uncertainty(
+    {k: m for k, m in rows.items() if k in ours}, profile, base_key="Qwen3-0.6B/base").items()} if ours else {}
 bars = reference.figure4_bars()
 print("our bars:", ours or "none")
+print("95% intervals:", {k: (round(iv.low, 2), round(iv.high, 2)) for k, iv in intervals.items() if iv})
 
 # %%
 SETTING_COLORS = {"base": "#bdbdbd", "s1k-1.1": "#fc9272", "transferred": "#9ecae1", "tailored": "#3182bd"}
@@ -60,18 +64,23 @@ for ax, panel in zip(axes, panels):
     settings = reference.FIGURE4_SETTINGS[panel]
     width = 0.8 / len(settings)
     for j, setting in enumerate(settings):
-        xs, heights, mine = [], [], []
+        xs, heights, mine, keys = [], [], [], []
         for i, student in enumerate(students):
             match = [b for b in bars if b["panel"] == panel and b["student"] == student and b["setting"] == setting]
             if match:
                 xs.append(i + (j - (len(settings) - 1) / 2) * width)
                 heights.append(match[0]["Average"])
                 mine.append(ours.get(f"{student}/{setting}"))
+                keys.append(f"{student}/{setting}")
         ax.bar(xs, heights, width=width * 0.95, color=SETTING_COLORS[setting], edgecolor="#555555", lw=0.6,
                label=SETTING_LABELS[setting] + " (paper)")
         ours_x = [x for x, m in zip(xs, mine) if m is not None]
         ax.scatter(ours_x, [m for m in mine if m is not None], marker="D", color="black", s=22, zorder=3,
                    label=f"ours ({profile})" if ours_x and j == 0 else None)
+        ours_keys = [k for k, m in zip(keys, mine) if m is not None]
+        if ours_x:  # our 95% bootstrap intervals over problems
+            ax.errorbar(ours_x, [m for m in mine if m is not None], yerr=error_bar([intervals.get(k) for k in ours_keys]),
+                        fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
     ax.set_xticks(range(len(students)), [s.replace("-Instruct", "\n-Instruct").replace("-Reasoning", "\n-Reasoning")
                                          for s in students], fontsize=8)
     ax.set_title(panel, fontsize=10)
@@ -82,7 +91,7 @@ for ax in axes:
         handles.setdefault(l, h)
 order = sorted(handles, key=lambda label: label.startswith("ours"))  # the paper's settings first, ours last
 fig.legend([handles[k] for k in order], order, loc="upper center", ncol=5, bbox_to_anchor=(0.5, 1.08), fontsize=8)
-note = "black diamonds: ours" if ours else "no evaluation of these students in this profile: paper bars only"
+note = "black diamonds: ours, with 95% bootstrap intervals over problems" if ours else "no evaluation of these students in this profile: paper bars only"
 profile_note(profile, fig, extra=note)
 fig.tight_layout()
 save_figure(fig, "fig4_cross_model", profile)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
+from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
 from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
@@ -48,7 +49,8 @@ columns = [*reference.BENCHMARKS, "Average"]
 # %%
 table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE1, columns, label_as="Models")
 name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
+intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
 # %%
@@ -64,5 +66,7 @@ notes = [
     "MATH500 problems of the evaluation are the hash half never used for trace generation.",
     "— : not produced in this profile (method not run or not evaluated).",
 ]
-write_table(table, "tab1_main_results", profile, columns=shown, notes=notes,
+notes += accuracy_interval_notes(intervals["problems"])
+write_table(table, "tab1_main_results", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
+            sections=[intervals["section"]],
             title="Table 1: accuracy of the student trained on each kind of trace (ours beside the paper)")

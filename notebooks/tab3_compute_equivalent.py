@@ -36,6 +36,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
+from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals, add_solved_interval
 from rsdlib.reproduce import check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
@@ -71,7 +72,11 @@ for r in paper:
     r["attempts"] = {"self-distill": 16, "self-distill-203": 203, "rsd-p1": 16}.get(r["key"])
 table = comparison_rows(ours, paper, columns, label_as="Models")
 name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
+intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+for r in table:  # solved counts: Wilson intervals
+    if r["key"] in rows and rows[r["key"]] in analysis:
+        add_solved_interval(r, "Correctly solved", analysis[rows[r["key"]]]["solved"], analysis[rows[r["key"]]]["problems"])
+shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
 # %%
@@ -83,5 +88,7 @@ notes = [
     "profile's teacher/student size ratio).",
     "— : not produced in this profile.",
 ]
-write_table(table, "tab3_compute_equivalent", profile, columns=shown, notes=notes,
+notes += accuracy_interval_notes(intervals["problems"])
+write_table(table, "tab3_compute_equivalent", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
+            sections=[intervals["section"]],
             title="Table 3: compute-equivalent self-distillation vs RSD (ours beside the paper)")

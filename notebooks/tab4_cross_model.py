@@ -33,6 +33,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
+from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
 from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
@@ -50,7 +51,8 @@ ours = accuracy_rows(rows, evaluation, columns)
 paper = [dict(r, label=r["label"] if r["setting"] != "base" else r["student"]) for r in reference.TABLE4]
 table = comparison_rows(ours, paper, columns, label_as="Models")
 name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
-shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
+intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="Qwen3-0.6B/base"), columns)
+shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
 # %%
@@ -62,5 +64,7 @@ notes = [
     "Transferred: trained on RSD traces made for Qwen3-0.6B; Tailored: trained on RSD traces made for itself.",
     "— : not produced in this profile.",
 ]
-write_table(table, "tab4_cross_model", profile, columns=shown, notes=notes,
+notes += accuracy_interval_notes(intervals["problems"])
+write_table(table, "tab4_cross_model", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
+            sections=[intervals["section"]],
             title="Table 4: cross-model evaluation, transferred vs tailored RSD traces (ours beside the paper)")

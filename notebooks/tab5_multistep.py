@@ -33,6 +33,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
+from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
 from rsdlib.reproduce import accuracy_rows, check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
@@ -48,7 +49,8 @@ columns = [*reference.BENCHMARKS, "Average"]
 table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE5, columns, label_as="Models")
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-shown = ["Models", *[f"{c} ({w})" for c in columns for w in ("ours", "paper")]]
+intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
 # %%
@@ -63,5 +65,7 @@ notes = [
      f"Multi-step row: no evaluated model {multi!r} (run notebooks 35_multistep and 40_evaluate)."),
     "— : not produced in this profile.",
 ]
-write_table(table, "tab5_multistep", profile, columns=shown, notes=notes,
+notes += accuracy_interval_notes(intervals["problems"])
+write_table(table, "tab5_multistep", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
+            sections=[intervals["section"]],
             title="Table 5: multi-step RSD (ours beside the paper)")

@@ -19,14 +19,41 @@ Trace metrics under a scoring model, usually the student (paper section 3.2, Fig
   vocabulary fit in memory.
 - ``summarize_dataset(records)``: the columns of Table 2 (correctly solved, fallback rate, sub-1%
   tokens) and Table 6 (average token count) for one trace dataset.
+
+Uncertainty (issue 16; the paper reports none). Every function is pure and seeded (``seed``: the same
+inputs give the same interval), returns an ``Interval`` (estimate, 95% bounds) and is vectorised
+(one (resamples, units) index draw, no Python loop over resamples):
+
+- ``wilson_interval(successes, n)``: solved counts and rates (Table 2, Table 3's "Correctly solved");
+- ``bootstrap_accuracy(correct)``: avg@k / pass@1 of one benchmark, percentile bootstrap over
+  PROBLEMS, each problem resampled with all its samples (the problem is the unit of independence);
+  ``bootstrap_average_accuracy({benchmark: correct})``: the across-benchmark average, each benchmark's
+  problems resampled within the same replicate;
+- ``paired_accuracy_difference(model, base)``: model - base on the same problems, problems resampled
+  jointly (``Interval.excludes_zero`` marks a difference the data can tell from 0);
+- where every problem has the same score (0/6 solved, or two models equal on every problem) the
+  percentile bootstrap collapses to a zero-width interval, which would claim certainty that a
+  handful of problems cannot give; accuracies and their differences then get Wilson's score interval
+  for a mean of n values bounded in [lo, hi] (rescaled to [0, 1]), method "wilson (no variation)";
+- ``bootstrap_mean`` / ``bootstrap_ratio``: trace-level statistics resampled over TRACES (tokens
+  within a trace are not independent): trace length and perplexity are means over traces, the
+  sub-1% share and the fallback rate pooled ratios sum(numerators) / sum(denominators);
+  ``paired_ratio_difference``: the difference of two pooled ratios, units (problems) resampled
+  jointly (Table 2: teacher vs RSD sub-1% share);
+- ``minimum_detectable_effect(se)``: the smallest true difference a two-sided 5% test detects with
+  80% power, (z_0.975 + z_0.8) * se = 2.80 se; ``accuracy_difference_se(problems)`` the standard error
+  of a paired accuracy difference at the worst-case variance (p = 0.5, uncorrelated outcomes).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -40,6 +67,16 @@ __all__ = [
     "sub_threshold_ratio",
     "score_traces",
     "summarize_dataset",
+    "Interval",
+    "wilson_interval",
+    "bootstrap_mean",
+    "bootstrap_ratio",
+    "paired_ratio_difference",
+    "bootstrap_accuracy",
+    "bootstrap_average_accuracy",
+    "paired_accuracy_difference",
+    "minimum_detectable_effect",
+    "accuracy_difference_se",
 ]
 
 
@@ -396,3 +433,266 @@ def summarize_dataset(
         "prob_field": prob_field,
         "threshold": threshold,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Uncertainty: intervals, paired differences, minimum detectable effects (issue 16)
+# ----------------------------------------------------------------------------------------------
+CONFIDENCE = 0.95  # two-sided level of every interval
+RESAMPLES = 2000  # bootstrap replicates
+SEED = 0  # default seed of every bootstrap (the same data give the same interval)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its two-sided interval: ``low <= estimate <= high`` (NaN when ``n`` is 0)."""
+
+    estimate: float  # the statistic on the data as observed
+    low: float  # lower bound
+    high: float  # upper bound
+    n: int  # independent units behind it (problems, traces, attempts)
+    method: str  # "wilson" | "bootstrap" | "paired bootstrap"
+    confidence: float = CONFIDENCE  # two-sided level
+    se: float = float("nan")  # bootstrap standard error (NaN for Wilson)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when 0 lies outside [low, high]: the data tell the difference from none."""
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+    def scaled(self, factor: float) -> "Interval":
+        """The same interval in other units (e.g. factor 100: fractions -> %)."""
+        return Interval(self.estimate * factor, self.low * factor, self.high * factor, self.n, self.method,
+                        self.confidence, self.se * abs(factor))
+
+
+def _nan_interval(n: int, method: str, confidence: float) -> Interval:
+    nan = float("nan")
+    return Interval(nan, nan, nan, n, method, confidence)
+
+
+def _check_level(confidence: float, resamples: int = RESAMPLES) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 10:
+        raise ValueError(f"resamples must be >= 10, got {resamples}")
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval of a proportion successes / n (solved counts and rates).
+
+    centre = (p + z^2 / 2n) / (1 + z^2 / n), half-width = z sqrt(p(1-p)/n + z^2 / 4n^2) / (1 + z^2 / n),
+    z = the normal quantile of (1 + confidence) / 2. Stays inside [0, 1] and is not degenerate at 0/n
+    or n/n (unlike the Wald interval), which matters at the demo's handful of problems.
+    """
+    _check_level(confidence)
+    if not (0 <= successes <= n):
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes}/{n}")
+    if n == 0:
+        return _nan_interval(0, "wilson", confidence)
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, "wilson", confidence)
+
+
+def _draws(n_units: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_units) unit indices drawn with replacement, from a seeded generator."""
+    return np.random.default_rng(seed).integers(0, n_units, size=(resamples, n_units))
+
+
+def _percentile(estimate: float, replicates: np.ndarray, n: int, confidence: float, method: str) -> Interval:
+    alpha = (1 - confidence) / 2
+    reps = replicates[~np.isnan(replicates)]
+    if reps.size == 0:
+        return Interval(estimate, float("nan"), float("nan"), n, method, confidence)
+    low, high = np.quantile(reps, [alpha, 1 - alpha])
+    # the percentile bounds of a skewed statistic can miss the estimate by rounding: keep low <= est <= high
+    return Interval(float(estimate), float(min(low, estimate)), float(max(high, estimate)), n, method,
+                    confidence, float(reps.std(ddof=1)) if reps.size > 1 else 0.0)
+
+
+def bootstrap_mean(values: Sequence[float], *, resamples: int = RESAMPLES, seed: int = SEED,
+                   confidence: float = CONFIDENCE) -> Interval:
+    """Mean over units (traces) with a percentile bootstrap interval, units resampled with replacement."""
+    _check_level(confidence, resamples)
+    x = np.asarray(values, dtype=float)  # (n,)
+    if x.size == 0:
+        return _nan_interval(0, "bootstrap", confidence)
+    reps = x[_draws(x.size, resamples, seed)].mean(axis=1)  # (resamples,)
+    return _percentile(float(x.mean()), reps, x.size, confidence, "bootstrap")
+
+
+def bootstrap_ratio(numerators: Sequence[float], denominators: Sequence[float], *, resamples: int = RESAMPLES,
+                    seed: int = SEED, confidence: float = CONFIDENCE) -> Interval:
+    """Pooled ratio sum(numerators) / sum(denominators) over units, units resampled with replacement.
+
+    One unit per trace: e.g. sub-1% tokens / tokens of each trace (Table 2's pooled share), or
+    fallback tokens / tokens. A trace's tokens stay together, since they are not independent.
+    """
+    _check_level(confidence, resamples)
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)  # (n,), (n,)
+    if num.shape != den.shape:
+        raise ValueError(f"bootstrap_ratio: {num.size} numerators but {den.size} denominators")
+    if num.size == 0 or den.sum() <= 0:
+        return _nan_interval(int(num.size), "bootstrap", confidence)
+    idx = _draws(num.size, resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = num[idx].sum(1) / den[idx].sum(1)  # (resamples,); 0/0 (all-empty draw) -> NaN, dropped
+    return _percentile(float(num.sum() / den.sum()), reps, num.size, confidence, "bootstrap")
+
+
+def paired_ratio_difference(num_a: Sequence[float], den_a: Sequence[float], num_b: Sequence[float],
+                            den_b: Sequence[float], *, resamples: int = RESAMPLES, seed: int = SEED,
+                            confidence: float = CONFIDENCE) -> Interval:
+    """Pooled ratio of a minus pooled ratio of b, the units (aligned: unit i of a is unit i of b,
+    e.g. one problem, its traces pooled; 0/0 where a method has no trace of it) resampled jointly."""
+    _check_level(confidence, resamples)
+    arrays = [np.asarray(v, dtype=float) for v in (num_a, den_a, num_b, den_b)]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError("paired_ratio_difference: the four arrays must be aligned on the same units")
+    na, da, nb, db = arrays
+    if na.size == 0 or da.sum() <= 0 or db.sum() <= 0:
+        return _nan_interval(int(na.size), "paired bootstrap", confidence)
+    idx = _draws(na.size, resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = na[idx].sum(1) / da[idx].sum(1) - nb[idx].sum(1) / db[idx].sum(1)  # (resamples,)
+    return _percentile(float(na.sum() / da.sum() - nb.sum() / db.sum()), reps, na.size, confidence,
+                       "paired bootstrap")
+
+
+def _problem_scores(correct: Any, k: int | None = None) -> np.ndarray:
+    """(P,) per-problem avg@k (correct among the first k / k); with k = 1 sample it is pass@1."""
+    rows = _rows(correct)
+    if not rows:
+        raise ValueError("bootstrap: no problems")
+    out = []
+    for i, row in enumerate(rows):
+        kk = len(row) if k is None else k
+        if kk < 1 or len(row) < kk:
+            raise ValueError(f"bootstrap: problem {i} has {len(row)} samples, need k={kk} >= 1")
+        out.append(sum(row[:kk]) / kk)
+    return np.asarray(out, dtype=float)
+
+
+def _no_variation(estimate: float, n: int, lo: float, hi: float, confidence: float, method: str) -> Interval:
+    """Wilson's interval for a mean of ``n`` values in [lo, hi] that all equal ``estimate`` (the bootstrap's
+    zero-width interval would say the data leave no doubt); ``n`` may be an effective sample size."""
+    share = (estimate - lo) / (hi - lo)  # in [0, 1]
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    denom = 1 + z * z / n
+    centre = (share + z * z / (2 * n)) / denom
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denom
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return Interval(float(estimate), lo + (hi - lo) * low, lo + (hi - lo) * high, n, f"wilson (no variation; {method})",
+                    confidence)
+
+
+def _bounded(values: np.ndarray, interval: Interval, lo: float, hi: float, n_eff: float | None = None) -> Interval:
+    """``interval`` unless every value (per-problem scores, or bootstrap replicates) is the same; then
+    ``_no_variation`` with n = the number of values, or ``n_eff``."""
+    if values.size and np.all(values == values[0]):
+        out = _no_variation(interval.estimate, n_eff or values.size, lo, hi, interval.confidence, interval.method)
+        return Interval(out.estimate, out.low, out.high, interval.n, out.method, out.confidence, interval.se)
+    return interval
+
+
+def bootstrap_accuracy(correct: Any, k: int | None = None, *, resamples: int = RESAMPLES, seed: int = SEED,
+                       confidence: float = CONFIDENCE) -> Interval:
+    """avg@k (pass@1 with one sample) of one benchmark, as a fraction, with a bootstrap interval over
+    problems: each replicate draws problems with replacement and keeps each drawn problem's samples
+    together (the unit of independence is the problem; samples of one problem are correlated).
+    The estimate equals ``avg_at_k(correct, k)``."""
+    _check_level(confidence, resamples)
+    scores = _problem_scores(correct, k)  # (P,)
+    reps = scores[_draws(scores.size, resamples, seed)].mean(1)  # (resamples,)
+    return _bounded(scores, _percentile(float(scores.mean()), reps, scores.size, confidence, "bootstrap"), 0.0, 1.0)
+
+
+def _benchmark_replicates(per_benchmark: Mapping[str, np.ndarray], resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) replicates of the across-benchmark average; benchmark b gets its own stream (seed, b)."""
+    means = [scores[_draws(scores.size, resamples, seed + 7919 * b)].mean(1)
+             for b, scores in enumerate(per_benchmark.values())]
+    return np.mean(means, axis=0)
+
+
+def bootstrap_average_accuracy(correct_by_benchmark: Mapping[str, Any], k: Mapping[str, int] | None = None, *,
+                               resamples: int = RESAMPLES, seed: int = SEED,
+                               confidence: float = CONFIDENCE) -> Interval:
+    """The unweighted average over benchmarks of their avg@k (the paper's "Average" column), with a
+    bootstrap interval: in each replicate every benchmark's problems are resampled (within that
+    benchmark) and the replicate's benchmark means are averaged. ``n`` = problems over all benchmarks."""
+    _check_level(confidence, resamples)
+    if not correct_by_benchmark:
+        raise ValueError("bootstrap_average_accuracy: no benchmarks")
+    scores = {b: _problem_scores(c, (k or {}).get(b)) for b, c in correct_by_benchmark.items()}
+    estimate = float(np.mean([s.mean() for s in scores.values()]))
+    reps = _benchmark_replicates(scores, resamples, seed)
+    out = _percentile(estimate, reps, sum(s.size for s in scores.values()), confidence, "bootstrap")
+    return _bounded(reps, out, 0.0, 1.0, _effective_problems(scores))  # constant replicates: no variation
+
+
+def _effective_problems(per_benchmark: Mapping[str, np.ndarray]) -> float:
+    """n such that an average of B benchmark means (n_b problems each) has the variance of one mean of n:
+    B^2 / sum_b (1 / n_b)."""
+    return len(per_benchmark) ** 2 / sum(1 / s.size for s in per_benchmark.values())
+
+
+def _aligned_differences(model: Mapping[str, Any], base: Mapping[str, Any], k: int | None, where: str) -> np.ndarray:
+    if set(model) != set(base):
+        missing = sorted(set(model) ^ set(base))
+        raise ValueError(f"{where}: the two models were not evaluated on the same problems (differ: {missing[:5]})")
+    ids = sorted(model)
+    return _problem_scores([model[i] for i in ids], k) - _problem_scores([base[i] for i in ids], k)
+
+
+def paired_accuracy_difference(model: Mapping[str, Mapping[str, Any]], base: Mapping[str, Mapping[str, Any]], *,
+                               k: int | None = None, resamples: int = RESAMPLES, seed: int = SEED,
+                               confidence: float = CONFIDENCE) -> dict[str, Interval]:
+    """Accuracy of ``model`` minus ``base`` on the same problems (fractions), per benchmark and averaged.
+
+    ``model`` / ``base``: {benchmark: {problem_id: per-sample correctness}}; both must hold the same
+    benchmarks and problem ids (a paired comparison, refused otherwise). Per benchmark, the per-problem
+    differences are resampled (one draw of problems serves both models, so what the problems share
+    cancels); the "Average" entry averages the benchmarks' differences within each replicate (only when
+    every benchmark of ``base`` is present). Returns {benchmark: Interval, ..., "Average": Interval}.
+    """
+    _check_level(confidence, resamples)
+    if set(model) != set(base):
+        raise ValueError(f"paired_accuracy_difference: benchmarks differ: {sorted(model)} vs {sorted(base)}")
+    diffs = {b: _aligned_differences(model[b], base[b], k, f"paired difference on {b}") for b in base}
+    out = {}
+    for i, (b, d) in enumerate(diffs.items()):
+        reps = d[_draws(d.size, resamples, seed + 7919 * i)].mean(1)
+        out[b] = _bounded(d, _percentile(float(d.mean()), reps, d.size, confidence, "paired bootstrap"), -1.0, 1.0)
+    if diffs:
+        reps = _benchmark_replicates(diffs, resamples, seed)
+        avg = _percentile(float(np.mean([d.mean() for d in diffs.values()])), reps,
+                          sum(d.size for d in diffs.values()), confidence, "paired bootstrap")
+        out["Average"] = _bounded(reps, avg, -1.0, 1.0, _effective_problems(diffs))
+    return out
+
+
+def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true difference a two-sided level-``alpha`` test detects with probability ``power``,
+    for an estimate with standard error ``se``: (z_{1 - alpha/2} + z_{power}) * se (= 2.80 se at the
+    defaults). Same units as ``se``."""
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    if se < 0:
+        raise ValueError(f"se must be >= 0, got {se}")
+    nd = NormalDist()
+    return (nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)) * se
+
+
+def accuracy_difference_se(problems: Sequence[int] | Mapping[str, int], p: float = 0.5) -> float:
+    """Standard error (fraction) of a paired accuracy difference averaged over benchmarks with these
+    problem counts, one sample per problem, at per-problem accuracy ``p`` for both models and no
+    correlation between them (p = 0.5 is the worst case: no table's data can be noisier):
+    sqrt(sum_b 2 p (1 - p) / n_b) / B."""
+    counts = list(problems.values()) if isinstance(problems, Mapping) else list(problems)
+    if not counts or any(n < 1 for n in counts):
+        raise ValueError(f"accuracy_difference_se needs problem counts >= 1, got {counts}")
+    return math.sqrt(sum(2 * p * (1 - p) / n for n in counts)) / len(counts)

@@ -8,7 +8,12 @@
   per method (paper order first, then ours the paper lacks), and for each column ``<col> (ours)``
   beside ``<col> (paper)``.
 - ``write_table(rows, name, profile, title=..., notes=...)``: the same rows as Markdown (title line
-  naming the profile, the table, notes) and CSV. ``markdown_table`` renders without extra packages.
+  naming the profile, the table, further ``sections``, notes) and CSV (``csv_columns``: the CSV can
+  carry more columns than the Markdown, e.g. numeric interval bounds behind an "estimate [low, high]"
+  cell). ``markdown_table`` renders without extra packages.
+- ``interval_cell(interval)``: "estimate [low, high]" (issue 16: every number with its 95% interval),
+  "*" appended to a difference whose interval excludes 0; ``error_bar``: the (2, n) yerr matplotlib
+  wants for a list of intervals.
 
 Where ``<figures>`` is ``rsdlib.paths.figures_dir(profile)`` (``<repo>/figures/<profile>``), or
 ``$RSDLIB_FIGURES/<profile>`` when that variable is set (the tests write their smoke run elsewhere).
@@ -189,6 +194,31 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def interval_cell(interval, digits: int = 2, *, mark: bool = False, signed: bool = False) -> str:
+    """"estimate [low, high]" of an ``rsdlib.metrics.Interval`` (None or NaN: the missing mark).
+
+    ``mark``: append " *" when the interval excludes 0 (a difference the data can tell from none);
+    ``signed``: show the estimate's sign (differences).
+    """
+    if interval is None or _is_missing(interval.estimate):
+        return MISSING
+    est = f"{interval.estimate:+.{digits}f}" if signed else f"{interval.estimate:.{digits}f}"
+    if _is_missing(interval.low):
+        return est
+    cell = f"{est} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    return cell + (" *" if mark and interval.excludes_zero else "")
+
+
+def error_bar(intervals: Sequence) -> list[list[float]]:
+    """The (2, n) ``yerr`` of ``ax.errorbar``/``ax.bar`` for intervals around their estimates (0 where missing)."""
+    below, above = [], []
+    for iv in intervals:
+        ok = iv is not None and not _is_missing(iv.estimate) and not _is_missing(iv.low)
+        below.append(iv.estimate - iv.low if ok else 0.0)
+        above.append(iv.high - iv.estimate if ok else 0.0)
+    return [below, above]
+
+
 def write_table(
     rows: Sequence[Mapping],
     name: str,
@@ -198,24 +228,34 @@ def write_table(
     columns: Sequence[str] | None = None,
     notes: Iterable[str] = (),
     digits: int = 2,
+    csv_columns: Sequence[str] | None = None,
+    sections: Iterable[tuple[str, Sequence[Mapping], Sequence[str]]] = (),
 ) -> list[Path]:
-    """Write ``<name>.md`` (title naming the profile, table, notes) and ``<name>.csv``; returns both paths."""
+    """Write ``<name>.md`` (title naming the profile, table, ``sections``, notes) and ``<name>.csv``.
+
+    ``csv_columns`` (default ``columns``): the CSV's columns, from the same rows. ``sections``: further
+    Markdown tables, each (heading, rows, columns), after the main one (e.g. paired differences).
+    Returns both paths.
+    """
     folder = figures_dir(profile)
     rows = list(rows)
     columns = list(columns or (rows[0].keys() if rows else []))
     md = [f"# {title}", "", f"Ours: rsdlib reproduction, profile **{profile}**. Paper: arXiv 2509.22230.", ""]
     md.append(markdown_table(rows, columns, digits))
+    for heading, section_rows, section_columns in sections:
+        md += ["", f"## {heading}", "", markdown_table(section_rows, section_columns, digits)]
     notes = [n for n in notes if n]
     if notes:
         md += [""] + [f"- {n}" for n in notes]
     md_path = folder / f"{name}.md"
     md_path.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
     csv_path = folder / f"{name}.csv"
+    csv_columns = list(csv_columns or columns)
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["profile", *columns])
+        writer.writerow(["profile", *csv_columns])
         for r in rows:
-            writer.writerow([profile, *("" if _is_missing(r.get(c)) else r.get(c) for c in columns)])
+            writer.writerow([profile, *("" if _is_missing(r.get(c)) else r.get(c) for c in csv_columns)])
     return [md_path, csv_path]
 
 

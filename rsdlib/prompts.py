@@ -132,3 +132,13 @@ PROMPT_STYLES: dict[str, dict] = {
     "figure7-s1k": {"system": QWEN_SYSTEM_PROMPT},  # Figure 7, s1K-1.1 side
     "user-instruction": {"system": QWEN_SYSTEM_PROMPT, "math_instruction": MATH_INSTRUCTION},  # not the paper's
 }
+
+
+def worked_solution_completion(solution: str, gold: str | None, think_close: str = "</think>") -> str:
+    """A benchmark's worked solution written as a trace: thinking, the closing delimiter, a boxed answer.
+
+    Pre-existing traces the student did not write (the offline stand-in for s1K-1.1, Table 2's first
+    row); without a gold answer the boxed line is left out.
+    """
+    text = f"{(solution or '').strip()}\n{think_close}"
+    return text + (f"\n\nThe final answer is $\\boxed{{{gold}}}$." if gold else "")

@@ -144,9 +144,41 @@ def test_smoke_writes_every_table_and_figure(smoke_run):
     for name in expected:
         if name.endswith(".md") and name.startswith("tab"):
             text = (folder / name).read_text()
-            assert "profile **smoke**" in text and "(paper)" in text and "(ours)" in text
+            assert "profile **smoke**" in text and "(paper)" in text and "(ours" in text  # "(ours)" or "(ours, 95% CI)"
         if name.endswith(".png"):
             assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_tables_and_figures_carry_intervals(smoke_run):
+    """Issue 16: estimate + 95% interval columns in every table (Markdown and CSV), paired differences
+    and the minimum detectable effect under the accuracy tables, error bars in Figures 1, 3 and 4."""
+    import csv
+
+    _, root, _ = smoke_run
+    folder = root / "figures" / "smoke"
+    for name in ("tab1_main_results", "tab3_compute_equivalent", "tab4_cross_model", "tab5_multistep"):
+        md = (folder / f"{name}.md").read_text()
+        assert "Average (ours, 95% CI)" in md and "Paired difference to the base student" in md, name
+        assert "Minimum detectable effect" in md, name
+        with open(folder / f"{name}.csv") as fh:
+            header, *rows = list(csv.reader(fh))
+        for col in ("MATH500 (ours)", "MATH500 (ours) low", "MATH500 (ours) high", "Average Δ vs base",
+                    "Average Δ vs base low", "Average Δ vs base high", "Average Δ vs base excludes 0"):
+            assert col in header, (name, col)
+        base = dict(zip(header, rows[0]))  # the base student: evaluated in the smoke run
+        assert float(base["MATH500 (ours) low"]) <= float(base["MATH500 (ours)"]) <= float(base["MATH500 (ours) high"])
+    md2 = (folder / "tab2_dataset_stats.md").read_text()
+    assert "Sub-1% tokens (%) (ours, 95% CI)" in md2 and "Sub-1% Δ vs teacher" in md2
+    assert "6 of the 1,000 s1K worked solutions" in md2  # notebook 20 scored the s1K solutions (s1k_solutions: 6)
+    with open(folder / "tab2_dataset_stats.csv") as fh:
+        header = next(csv.reader(fh))
+    assert {"Correctly solved (ours) low", "Sub-1% tokens (%) (ours) high", "Sub-1% Δ vs teacher excludes 0"} <= set(header)
+    assert "Average token count (ours, 95% CI)" in (folder / "tab6_trace_lengths.md").read_text()
+    executed = root / "results" / "smoke" / "notebooks"
+    for name in ("fig1_overview", "fig4_cross_model"):
+        assert "95% intervals: {" in (executed / f"{name}.ipynb").read_text(), name
+    fig3 = (executed / "fig3_perplexity.ipynb").read_text()
+    assert "ci_low" in fig3 and "s1k-solutions" in fig3
 
 
 def test_smoke_stages_pass_results_through_files(smoke_run):

@@ -1,0 +1,303 @@
+"""Every table number with its 95% interval, and every comparison with its paired difference (issue 16).
+
+The table and figure notebooks read saved results only; this module turns those results into
+intervals with the estimators of ``rsdlib.metrics`` and lays them out for ``rsdlib.plots.write_table``:
+
+- accuracy tables (Tables 1, 3, 4, 5; Figures 1 and 4): ``load_correctness`` reads the per-sample rows
+  of notebook 40 (``results/<profile>/eval/<model>/<benchmark>/samples.jsonl``);
+  ``accuracy_uncertainty`` gives, per table row, each benchmark's avg@k / pass@1 and the Average with
+  a bootstrap interval over problems, and the paired difference to the base model on the same
+  problems; ``add_accuracy_intervals`` adds the Markdown cells ("ours [low, high]") and the CSV
+  columns (estimate, low, high, difference, its bounds, whether it excludes 0) to a comparison table,
+  and returns the paired-difference section and the minimum-detectable-effect note printed under it;
+- trace tables (Tables 2 and 6; Figure 3): ``trace_uncertainty`` reads notebook 20's per-trace scores
+  (``results/<profile>/analysis/scores.jsonl``, the kept traces) and gives per method the Wilson
+  interval of the problems solved and bootstrap-over-traces intervals of the sub-1% share, fallback
+  rate, trace perplexity and trace length; ``sub_share_difference`` is a method's sub-1% share minus
+  the teacher's, problems resampled jointly.
+
+All intervals are in the table's units (accuracy and shares in %), seeded (``seed``), 95%.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rsdlib import paths, reference
+from rsdlib.metrics import (
+    SEED,
+    RESAMPLES,
+    Interval,
+    accuracy_difference_se,
+    bootstrap_accuracy,
+    bootstrap_average_accuracy,
+    bootstrap_mean,
+    bootstrap_ratio,
+    minimum_detectable_effect,
+    paired_accuracy_difference,
+    paired_ratio_difference,
+    wilson_interval,
+)
+from rsdlib.plots import interval_cell
+
+CI = "95% CI"
+DIFF = "Δ vs base"
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy tables (Tables 1, 3, 4, 5; Figures 1 and 4)
+# ----------------------------------------------------------------------------------------------
+def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = reference.BENCHMARKS) -> dict:
+    """{benchmark (paper name): {problem_id: [correct, ...] by sample index}} of one evaluated model.
+
+    Reads ``results/<profile>/eval/<model>/<key>/samples.jsonl`` (notebook 40; ``status`` field only,
+    never a response). A benchmark without a samples file is left out.
+    """
+    from rsdlib.traces import read_jsonl_resumable, unique_samples
+
+    out = {}
+    for bench in benchmarks:
+        path = paths.results_dir(profile) / "eval" / model / reference.BENCHMARK_KEYS.get(bench, bench) / "samples.jsonl"
+        if not path.is_file():
+            continue
+        by_problem: dict[str, dict[int, bool]] = defaultdict(dict)
+        for r in unique_samples(read_jsonl_resumable(path)):
+            by_problem[r["problem_id"]][int(r["sample_index"])] = r["status"] == "correct"
+        out[bench] = {pid: [s[i] for i in sorted(s)] for pid, s in by_problem.items()}
+    return out
+
+
+def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str = "base",
+                         benchmarks: Sequence[str] = reference.BENCHMARKS, seed: int = SEED,
+                         resamples: int = RESAMPLES) -> dict[str, dict[str, dict[str, Interval]]]:
+    """Per table row key: {"ours": {benchmark | "Average": Interval}, "vs_base": {...}} in %.
+
+    ``rows``: {table row key: evaluated model name} as the table notebooks' ``rows`` parameter. "ours":
+    avg@k (pass@1 with one sample) with a bootstrap interval over problems, the Average only when every
+    benchmark was evaluated. "vs_base": the row's model minus the model of ``base_key`` on the same
+    problems (paired bootstrap), absent for the base row itself or without a base model.
+    """
+    correctness = {key: load_correctness(profile, model, benchmarks) for key, model in rows.items()}
+    base = correctness.get(base_key) or {}
+    out = {}
+    for key, per_bench in correctness.items():
+        if not per_bench:
+            continue
+        ours = {b: bootstrap_accuracy(list(per_bench[b].values()), seed=seed, resamples=resamples).scaled(100)
+                for b in benchmarks if b in per_bench}
+        if len(ours) == len(benchmarks):
+            ours["Average"] = bootstrap_average_accuracy({b: list(per_bench[b].values()) for b in benchmarks},
+                                                         seed=seed, resamples=resamples).scaled(100)
+        entry = {"ours": ours, "vs_base": {}}
+        if key != base_key and base and set(base) == set(per_bench):
+            diffs = paired_accuracy_difference(per_bench, base, seed=seed, resamples=resamples)
+            if set(per_bench) != set(benchmarks):
+                diffs.pop("Average", None)
+            entry["vs_base"] = {b: iv.scaled(100) for b, iv in diffs.items()}
+        out[key] = entry
+    return out
+
+
+def accuracy_mde_note(problems: Mapping[str, int]) -> str:
+    """The minimum detectable effect under an accuracy table (problems per benchmark, one sample each)."""
+    if not problems:
+        return ""
+    def points(se: float) -> str:  # an MDE above 100 points: no difference between two rows is detectable
+        mde = 100 * minimum_detectable_effect(se)
+        return f"{mde:.0f}" if mde <= 100 else "none (> 100)"
+
+    per = ", ".join(f"{b}: {points(accuracy_difference_se([n]))}" for b, n in problems.items())
+    avg = points(accuracy_difference_se(problems))
+    return (f"Minimum detectable effect (the smallest true accuracy difference between two rows that this "
+            f"profile's problem counts detect with 80% power, two-sided 5%, worst case p = 0.5, one sample per "
+            f"problem): {per} points; Average: {avg} points. A smaller difference, or one whose interval "
+            "contains 0, is not evidence either way.")
+
+
+def add_accuracy_intervals(table: list[dict], uncertainty: Mapping[str, Mapping], columns: Sequence[str], *,
+                           label: str = "Models", digits: int = 2) -> dict:
+    """Add interval and paired-difference fields to the rows of a comparison table (in place).
+
+    For each of ``columns`` that has an interval: ``<col> (ours, 95% CI)`` (Markdown cell
+    "estimate [low, high]"), ``<col> (ours) low`` / ``high``, ``<col> Δ vs base`` with ``low`` /
+    ``high`` / ``excludes 0`` (CSV). Returns {"columns": Markdown columns, "csv_columns": CSV columns,
+    "section": (heading, rows, columns) of the paired differences, "problems": problems per benchmark}.
+    """
+    problems: dict[str, int] = {}
+    diff_rows = []
+    for r in table:
+        entry = uncertainty.get(r["key"], {})
+        ours, diffs = entry.get("ours", {}), entry.get("vs_base", {})
+        for col in columns:
+            iv = ours.get(col)
+            r[f"{col} (ours, {CI})"] = interval_cell(iv, digits) if iv else _plain(r.get(f"{col} (ours)"), digits)
+            r[f"{col} (ours) low"] = iv.low if iv else None
+            r[f"{col} (ours) high"] = iv.high if iv else None
+            d = diffs.get(col)
+            r[f"{col} {DIFF}"] = d.estimate if d else None
+            r[f"{col} {DIFF} low"] = d.low if d else None
+            r[f"{col} {DIFF} high"] = d.high if d else None
+            r[f"{col} {DIFF} excludes 0"] = d.excludes_zero if d else None
+            if iv and col in reference.BENCHMARKS:
+                problems[col] = max(problems.get(col, 0), iv.n)
+        if diffs:
+            diff_rows.append({label: r.get(label, r["key"]),
+                              **{f"{col} {DIFF} [{CI}]": interval_cell(diffs.get(col), digits, mark=True, signed=True)
+                                 for col in columns}})
+    md_columns = [label, *[f"{c} ({w})" for c in columns for w in (f"ours, {CI}", "paper")]]
+    csv_columns = [label, *[x for c in columns for x in (f"{c} (ours)", f"{c} (ours) low", f"{c} (ours) high",
+                                                          f"{c} (paper)", f"{c} {DIFF}", f"{c} {DIFF} low",
+                                                          f"{c} {DIFF} high", f"{c} {DIFF} excludes 0")]]
+    diff_columns = [col for col in columns if any(uncertainty.get(r["key"], {}).get("vs_base", {}).get(col)
+                                                  for r in table)]
+    section = ("Paired difference to the base student (ours, same problems; * : the 95% interval excludes 0)",
+               [{k: v for k, v in d.items() if k == label or any(k.startswith(f"{c} ") for c in diff_columns)}
+                for d in diff_rows], [label, *[f"{col} {DIFF} [{CI}]" for col in diff_columns]])
+    return {"columns": md_columns, "csv_columns": csv_columns, "section": section, "problems": problems}
+
+
+def accuracy_interval_notes(problems: Mapping[str, int]) -> list[str]:
+    """The notes every accuracy table prints about its intervals."""
+    return [
+        f"ours, {CI}: our estimate and its 95% bootstrap interval over problems (2,000 resamples, seeded; a "
+        "problem's samples are resampled with it); the Average resamples each benchmark's problems. The paper "
+        "reports no intervals.",
+        accuracy_mde_note(problems),
+    ]
+
+
+def _plain(value: Any, digits: int) -> str:
+    from rsdlib.plots import format_value
+
+    return format_value(value, digits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace tables (Tables 2 and 6; Figure 3)
+# ----------------------------------------------------------------------------------------------
+def read_scores(profile: str) -> list[dict]:
+    """Notebook 20's per-trace rows (``results/<profile>/analysis/scores.jsonl``)."""
+    path = paths.input_file(profile, "analysis", "scores.jsonl")  # a MissingInputError names notebook 20
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _low_count(row: dict, threshold: float) -> int:
+    cut = math.log(threshold)
+    return sum(lp < cut for lp in row["token_logprobs"])
+
+
+def trace_uncertainty(scores: Sequence[dict], analysis: Mapping[str, Mapping], *, run: str = "main",
+                      threshold: float = 0.01, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, dict]:
+    """Per method of ``run``: Intervals of Table 2 / Table 6 / Figure 3, from the KEPT traces.
+
+    ``scores``: notebook 20's rows; ``analysis``: its summary's ``runs[run]`` ({method: row with
+    ``solved``, ``problems``, ``mode``}). Returns {method: {"solved" (Wilson, %), "sub_threshold" (%),
+    "fallback" (%; rsd/skd only), "perplexity", "length" (tokens)}}: the last four by bootstrap over
+    traces (pooled ratios for the shares; means over traces for perplexity and length).
+    """
+    kept = defaultdict(list)
+    for r in scores:
+        if r.get("run") == run and r.get("kept"):
+            kept[r["method"]].append(r)
+    out = {}
+    for method, row in analysis.items():
+        mine = kept.get(method, [])
+        kw = {"seed": seed, "resamples": resamples}
+        entry = {}
+        if row.get("problems") and row.get("mode") != "reference":  # pre-existing traces are not attempts
+            entry["solved"] = wilson_interval(int(row["solved"]), int(row["problems"])).scaled(100)
+        if mine:
+            entry["sub_threshold"] = bootstrap_ratio([_low_count(r, threshold) for r in mine],
+                                                     [r["n_tokens"] for r in mine], **kw).scaled(100)
+            entry["perplexity"] = bootstrap_mean([r["perplexity"] for r in mine], **kw)
+            entry["length"] = bootstrap_mean([r["n_tokens"] for r in mine], **kw)
+            if row.get("mode") in ("rsd", "skd") and all(r.get("fallback") for r in mine):
+                entry["fallback"] = bootstrap_ratio([sum(bool(x) for x in r["fallback"]) for r in mine],
+                                                    [len(r["fallback"]) for r in mine], **kw).scaled(100)
+        out[method] = entry
+    return out
+
+
+def sub_share_difference(scores: Sequence[dict], method: str, baseline: str = "teacher", *, run: str = "main",
+                         threshold: float = 0.01, seed: int = SEED, resamples: int = RESAMPLES) -> Interval | None:
+    """Sub-1% share (%) of ``method``'s kept traces minus ``baseline``'s, problems resampled jointly
+    (a problem one method has no trace of counts 0 of 0 tokens for it). None when either has no trace."""
+    per = {m: defaultdict(lambda: [0, 0]) for m in (method, baseline)}
+    for r in scores:
+        if r.get("run") == run and r.get("kept") and r.get("method") in per:
+            cell = per[r["method"]][r["problem_id"]]
+            cell[0] += _low_count(r, threshold)
+            cell[1] += r["n_tokens"]
+    if not per[method] or not per[baseline]:
+        return None
+    ids = sorted(set(per[method]) | set(per[baseline]))
+    a = [per[method].get(i, [0, 0]) for i in ids]
+    b = [per[baseline].get(i, [0, 0]) for i in ids]
+    return paired_ratio_difference([x[0] for x in a], [x[1] for x in a], [x[0] for x in b], [x[1] for x in b],
+                                   seed=seed, resamples=resamples).scaled(100)
+
+
+def difference_mde_note(what: str, intervals: Sequence[Interval], units: str, *, two_rows: bool = False) -> str:
+    """MDE line: 2.80 x the median bootstrap standard error of ``intervals`` (80% power, two-sided 5%).
+
+    ``intervals`` are differences (their se is the difference's), or, with ``two_rows``, single rows'
+    estimates: a difference between two independent rows then has se sqrt(2) x a row's se.
+    """
+    ses = sorted(iv.se for iv in intervals if iv is not None and not math.isnan(iv.se))
+    if not ses:
+        return f"Minimum detectable effect of {what}: not computable here (no interval)."
+    se = ses[len(ses) // 2] * (math.sqrt(2) if two_rows else 1.0)
+    how = "2.80 x sqrt(2) x a row's bootstrap standard error" if two_rows else "2.80 x its bootstrap standard error"
+    return (f"Minimum detectable effect of {what} (80% power, two-sided 5%; {how}, median over the rows): "
+            f"{minimum_detectable_effect(se):.2f} {units}.")
+
+
+def add_solved_interval(row: dict, column: str, solved: int, problems: int, digits: int = 0) -> None:
+    """A solved count's Markdown cell "s/n (p% [low, high])" (Wilson) and its CSV bounds, in place."""
+    if not problems:
+        return
+    iv = wilson_interval(int(solved), int(problems)).scaled(100)
+    row[f"{column} (ours, {CI})"] = f"{solved}/{problems} ({interval_cell(iv, digits)} %)"
+    row[f"{column} (ours) low"], row[f"{column} (ours) high"] = iv.low, iv.high
+
+
+TRACE_COLUMNS = {"Correctly solved": "solved", "Fallback rate (%)": "fallback", "Sub-1% tokens (%)": "sub_threshold"}
+SUB_DIFF = "Sub-1% Δ vs teacher (ours, 95% CI)"
+
+
+def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str, Interval]],
+                        key_to_method: Mapping[str, str], differences: Mapping[str, Interval | None], *,
+                        label: str = "Datasets", digits: int = 2) -> dict:
+    """Table 2's interval fields, added to its comparison rows in place (``trace_uncertainty`` output).
+
+    Markdown cells ``<col> (ours, 95% CI)`` for Correctly solved ("s/n (rate [low, high] %)", Wilson),
+    the fallback rate and the sub-1% share (bootstrap over traces), and the sub-1% share minus the
+    teacher's (``differences``: method -> Interval, * where it excludes 0); CSV: estimate, low, high
+    for each, the difference's bounds and whether it excludes 0. Returns {"columns", "csv_columns"}.
+    """
+    for r in rows:
+        method = key_to_method.get(r["key"])
+        unc = uncertainty.get(method, {}) if method else {}
+        for col, stat in TRACE_COLUMNS.items():
+            iv = unc.get(stat)
+            if stat == "solved" and iv is not None:
+                r[f"{col} (ours, {CI})"] = f"{r.get(f'{col} (ours)')} ({interval_cell(iv, 0)} %)"
+            else:
+                r[f"{col} (ours, {CI})"] = interval_cell(iv, digits) if iv else _plain(r.get(f"{col} (ours)"), digits)
+            r[f"{col} (ours) low"], r[f"{col} (ours) high"] = (iv.low, iv.high) if iv else (None, None)
+        d = differences.get(method) if method else None
+        r[SUB_DIFF] = interval_cell(d, digits, mark=True, signed=True) if d else None
+        r["Sub-1% Δ vs teacher"] = d.estimate if d else None
+        r["Sub-1% Δ vs teacher low"], r["Sub-1% Δ vs teacher high"] = (d.low, d.high) if d else (None, None)
+        r["Sub-1% Δ vs teacher excludes 0"] = d.excludes_zero if d else None
+    columns = [label, *[f"{c} ({w})" for c in TRACE_COLUMNS for w in (f"ours, {CI}", "paper")], SUB_DIFF]
+    csv_columns = [label, *[x for c in TRACE_COLUMNS for x in (f"{c} (ours)", f"{c} (ours) low", f"{c} (ours) high",
+                                                                 f"{c} (paper)")],
+                   "Sub-1% Δ vs teacher", "Sub-1% Δ vs teacher low", "Sub-1% Δ vs teacher high",
+                   "Sub-1% Δ vs teacher excludes 0"]
+    return {"columns": columns, "csv_columns": csv_columns}
