@@ -711,6 +711,9 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         model = _apply_lora(model, config)
 
     accumulation = config.gradient_accumulation(world_size())
+    # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
+    # over gloo only when told to use the CPU; otherwise every process would train on the whole dataset.
+    cpu_processes = world_size() > 1 and not torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -728,6 +731,8 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         fsdp=config.fsdp or None,
+        use_cpu=cpu_processes,
+        ddp_backend="gloo" if cpu_processes else None,
         logging_steps=config.logging_steps,
         save_strategy=config.save_strategy,
         save_steps=config.save_steps,

@@ -152,7 +152,8 @@ def kill_rank_one_mid_run(env, params, out):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before rank 1 could be killed:\n" + proc.stdout.read()[-3000:]
-    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True)  # the rank, not its grading workers
+             if p.environ().get("RANK") == "1" and p.parent().environ().get("RANK") != "1"]
     assert len(rank1) == 1
     os.kill(rank1[0].pid, signal.SIGKILL)
     proc.wait(timeout=300)
