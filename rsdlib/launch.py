@@ -234,3 +234,28 @@ def evaluate_with_torchrun(params_file: Path, model: str, out: Path, workers: in
     args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
     run_with_torchrun("rsdlib.evaluate", args, workers)
     return {b: json.loads((Path(out) / b / "summary.json").read_text()) for b in benchmarks}
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 10 with workers > 1 loads no model in its kernel (the ranks do)
+# ----------------------------------------------------------------------------------------------
+class TokenizerOnly:
+    """Stands for the model pair where the kernel needs only the student's tokenizer (the reference traces)."""
+
+    def __init__(self, student_tokenizer):
+        self.student_tokenizer = student_tokenizer
+
+
+def student_tokenizer(student: str):
+    """The tokenizer of a model spec without loading its weights (a .gguf file is loaded whole)."""
+    from rsdlib.reproduce import model_location
+    from rsdlib.train import model_source
+
+    source = model_source(model_location(student))
+    if str(source).endswith(".gguf"):
+        from rsdlib.models import load_model
+
+        return load_model(source, device="cpu")[1]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)

@@ -128,8 +128,14 @@ def assert_same_run(folder, reference):
 
 
 def test_two_ranks_write_what_one_process_writes(env, params, one_rank, tmp_path):
+    from rsdlib import launch
+
     out = tmp_path / "two"
-    run("rsdlib.traces", ["--params", params, "--method", "rsd-p1", "--out", out], 2, env)
+    with pytest.MonkeyPatch.context() as mp:  # notebook 10's call with workers: 2
+        for k, v in env.items():
+            mp.setenv(k, v)
+        merged = launch.traces_with_torchrun(params, "rsd-p1", out, 2, restrict_to=None)
+    assert {k: v for k, v in merged.items() if k not in TIMING} == summary(one_rank)
     assert_same_run(out, one_rank)
     problems = json.loads((out / "config.json").read_text())["problems"]
     keys = [(r["problem_id"], r["sample_index"]) for r in records(out / "samples.jsonl")]
@@ -193,8 +199,14 @@ evaluation:
 def test_evaluation_on_two_ranks_equals_one(env, tmp_path):
     params = tmp_path / "40_evaluate.yaml"
     params.write_text(EVAL_PARAMS)
-    for ranks in (1, 2):
-        run("rsdlib.evaluate", ["--params", params, "--model", "tiny:student", "--out", tmp_path / f"r{ranks}"], ranks, env)
+    from rsdlib import launch
+
+    run("rsdlib.evaluate", ["--params", params, "--model", "tiny:student", "--out", tmp_path / "r1"], 1, env)
+    with pytest.MonkeyPatch.context() as mp:  # notebook 40's call with workers: 2
+        for k, v in env.items():
+            mp.setenv(k, v)
+        merged = launch.evaluate_with_torchrun(params, "tiny:student", tmp_path / "r2", 2, ["aime24", "math500"])
+    assert merged["math500"]["ranks"][1]["rank"] == 1
     for bench, n in (("aime24", 8), ("math500", 2)):
         one, two = tmp_path / "r1" / bench, tmp_path / "r2" / bench
         assert keyed(two / "samples.jsonl") == keyed(one / "samples.jsonl") and len(keyed(one / "samples.jsonl")) == n
