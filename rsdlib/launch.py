@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     params = stage_params(EVAL_NOTEBOOK, ns.params)
     cfg = eval_config(params, ns.model)
     _expect(cfg, ns.expect_hash)
+    if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
     where = resolve_model(params["profile"], ns.model, params["extra_models"])
     out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
     summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
@@ -259,3 +263,14 @@ def student_tokenizer(student: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
+
+
+def workers_for(workers: int) -> int:
+    """Processes for a stage notebook's ``workers``: as given, or 0 = one per visible GPU (1 without GPUs)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 (0 = one per GPU), got {workers!r}")
+    if workers:
+        return workers
+    import torch
+
+    return max(1, torch.cuda.device_count())
