@@ -241,3 +241,21 @@ def test_training_on_two_processes_keeps_the_effective_batch(env, tmp_path):
         assert s["effective_batch_size"] == 4 and s["global_step"] == 2  # 8 examples / 4 per step
     seen = [[e["num_input_tokens_seen"] for e in result[r]["log"] if "num_input_tokens_seen" in e] for r in (1, 2)]
     assert seen[0] and seen[0] == seen[1], "the processes together see the examples one process sees"
+
+
+def test_notebook_10_with_two_workers_goes_through_torchrun(env, monkeypatch):
+    """workers: 2 launches each method with torchrun and reads the merged result (smoke profile, one method)."""
+    from rsdlib import reproduce
+
+    for k in ("RSDLIB_RESULTS", "PYTHONPATH", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(k, env[k])
+    override = {"workers": 2, "methods": {"teacher": {"mode": "teacher"}}, "extra_pairs": {}, "reference": ""}
+    lines = []
+    report = reproduce.reproduce("smoke", only=["10_generate_traces"], overrides={"10_generate_traces": override},
+                                 echo=lines.append)
+    assert report.ok, "\n".join(lines) + report.results[0].log.read_text()[-3000:]
+    traces = Path(env["RSDLIB_RESULTS"]) / "smoke" / "traces"
+    ranks = json.loads((traces / "main" / "teacher" / "summary.json").read_text())["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert json.loads((traces / "manifest.json").read_text())["methods"] == {"main": ["teacher"]}
+    assert "launching: torchrun" in report.results[0].output.read_text()
