@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -202,9 +201,13 @@ class Shards:
         return fn()
 
     def clear(self) -> None:
-        """Delete every shard (``force``: the run is redone); rank 0 only."""
+        """Delete every shard's records (``force``: the run is redone); rank 0 only, before ``main_first``.
+
+        The shard folders stay: the other ranks already hold their locks in them.
+        """
         if self.is_main:
-            shutil.rmtree(self.folder / SHARDS_DIR, ignore_errors=True)
+            for path in (self.folder / SHARDS_DIR).glob("rank*-of-*/*.jsonl"):
+                path.unlink(missing_ok=True)
 
     def read(self, name: str) -> list[dict]:
         """Records of the merged file and of every shard, each (problem_id, sample_index) once.
@@ -263,8 +266,8 @@ class Shards:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.folder / name)
-            for path in shards + [p for e in extra for p in self.shard_files(e)]:
-                path.unlink(missing_ok=True)
+        for path in shards + [p for e in extra for p in self.shard_files(e)]:
+            path.unlink(missing_ok=True)
         return records
 
     def result(self, paths: Sequence[Path]) -> list[dict]:
