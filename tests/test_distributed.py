@@ -44,6 +44,40 @@ def test_assign_partitions_the_units_interleaved_or_by_cost():
     assert max(loads) == 11  # interleaving would give rank 0 units 0, 3, 6, 9 = 13
 
 
+def _line(pid, k):
+    return json.dumps({"problem_id": pid, "sample_index": k, "v": f"{pid}{k}"}) + "\n"
+
+
+def test_one_process_merges_shards_left_by_a_killed_launch(tmp_path):
+    """Shards of an interrupted 2-rank run (one torn last line) merge in canonical order, once each."""
+    from rsdlib.distributed import Shards
+
+    (tmp_path / "samples.jsonl").write_text(_line("b", 0))
+    for rank, text in ((0, _line("a", 0) + _line("b", 0) + _line("b", 1)), (1, _line("a", 1) + '{"problem_id": "a", "sam')):
+        shard = tmp_path / "shards" / f"rank{rank}-of-2"
+        shard.mkdir(parents=True)
+        (shard / "samples.jsonl").write_text(text)
+        (shard / "pending.jsonl").write_text(_line("c", 0))
+    shards = Shards(tmp_path, World())
+    assert shards.path("samples.jsonl") == tmp_path / "samples.jsonl"
+    assert {(r["problem_id"], r["sample_index"]) for r in shards.read("samples.jsonl")} == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    merged = shards.merge("samples.jsonl", order=["b", "a"], extra=["pending.jsonl"])
+    keys = [(r["problem_id"], r["sample_index"]) for r in records(tmp_path / "samples.jsonl")]
+    assert keys == [("b", 0), ("b", 1), ("a", 0), ("a", 1)] == [(r["problem_id"], r["sample_index"]) for r in merged]
+    assert not list((tmp_path / "shards").glob("*/*.jsonl"))
+
+
+def test_force_clears_shard_records_but_keeps_the_locked_folders(tmp_path):
+    from rsdlib.distributed import Shards
+
+    shard = tmp_path / "shards" / "rank1-of-2"
+    shard.mkdir(parents=True)
+    (shard / ".lock").write_text("")  # held by rank 1 while rank 0 clears
+    (shard / "samples.jsonl").write_text(_line("a", 0))
+    Shards(tmp_path, World()).clear()
+    assert shard.is_dir() and (shard / ".lock").exists() and not (shard / "samples.jsonl").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun on the tiny models
 # ----------------------------------------------------------------------------------------------
