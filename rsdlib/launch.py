@@ -1,11 +1,12 @@
 """Command lines of the two long stages, alone or under a launcher, and the notebooks' torchrun call (issue 13).
 
-    python -m rsdlib.traces --params params/demo/10_generate_traces.yaml --method rsd-p1 --out DIR
-    python -m rsdlib.evaluate --params params/demo/40_evaluate.yaml --model rsd-p1 [--out DIR]
+    python -m rsdlib.traces --profile demo --method rsd-p1 [--out DIR]
+    python -m rsdlib.evaluate --params params/paper/40_evaluate.yaml --model rsd-p1 [--out DIR]
     torchrun --standalone --nproc-per-node 8 -m rsdlib.traces ...      # the same job on 8 GPUs
 
 ``--params`` is a stage notebook's parameter file (``params/<profile>/10_generate_traces.yaml`` or
-``40_evaluate.yaml``): the notebook's declared defaults, then the file's values, checked as
+``40_evaluate.yaml``), ``--profile`` a profile whose own file is read (none for the demo: the
+notebook's defaults): the notebook's declared defaults, then the file's values, checked as
 ``rsdlib reproduce`` checks them (unknown keys and wrong types refused). The job is built from them
 as notebook 10 / 40 builds it and run by the same functions (``rsdlib.traces.run_trace_job``,
 ``rsdlib.evaluate.evaluate``); under torchrun / srun each rank does its share (``rsdlib.distributed``).
@@ -30,16 +31,20 @@ from rsdlib import distributed, paths
 TRACES_NOTEBOOK, EVAL_NOTEBOOK = "10_generate_traces", "40_evaluate"
 
 
-def stage_params(notebook: str, path: str | Path) -> dict:
-    """The notebook's defaults overlaid with the parameter file's values (checked); ``profile`` filled in.
+def stage_params(notebook: str, path: str | Path | None = None, profile: str | None = None) -> dict:
+    """The notebook's defaults overlaid with a parameter file's values (checked); ``profile`` filled in.
 
-    The profile is the file's ``profile`` key, else its folder's name when that is a profile
-    (``params/<profile>/...``), else "demo".
+    Without ``path``: the profile's own file (``params/<profile>/<notebook>.yaml``; none for the demo,
+    whose values are the notebook's defaults), as ``rsdlib reproduce`` runs it. With ``path``: the
+    profile is ``profile``, else the file's ``profile`` key, else its folder's name when that is a
+    profile (``params/<profile>/...``), else "demo".
     """
     import yaml
 
-    from rsdlib.reproduce import PROFILES, ParameterError, check_parameters, notebook_parameters
+    from rsdlib.reproduce import PROFILES, ParameterError, check_parameters, notebook_parameters, resolved_params
 
+    if path is None:
+        return resolved_params(profile or "demo", notebook)
     path = Path(path)
     if not path.is_file():
         raise ParameterError(f"--params {path}: no such file")
@@ -50,7 +55,9 @@ def stage_params(notebook: str, path: str | Path) -> dict:
     check_parameters(notebook, values, declared, source=str(path))
     params = {name: p.default for name, p in declared.items()}
     params.update(values)
-    if "profile" not in values:
+    if profile:
+        params["profile"] = profile
+    elif "profile" not in values:
         params["profile"] = path.parent.name if path.parent.name in PROFILES else "demo"
     return params
 
@@ -118,7 +125,8 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m rsdlib.traces", description="Generate one method's traces "
                                 "(notebook 10's job); under torchrun / srun each rank does its share.")
-    p.add_argument("--params", required=True, help="notebook 10's parameter file (params/<profile>/10_generate_traces.yaml)")
+    p.add_argument("--params", help="a parameter file of notebook 10 (default: the profile's, params/<profile>/10_generate_traces.yaml)")
+    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
     p.add_argument("--method", required=True, help="a method of the file's `methods`")
     p.add_argument("--out", help="run folder (default: results/<profile>/traces/<pair>/<method>)")
     p.add_argument("--pair", default="main", help="main, or a run of the file's extra_pairs")
@@ -129,7 +137,7 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     ns = p.parse_args(argv)
     world = distributed.World.from_env()
     distributed.init(world)
-    params = stage_params(TRACES_NOTEBOOK, ns.params)
+    params = stage_params(TRACES_NOTEBOOK, ns.params, ns.profile)
     if ns.pair == "main":
         teacher, student = params["teacher"], params["student"]
     elif ns.pair in params["extra_pairs"]:
@@ -209,7 +217,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m rsdlib.evaluate", description="Evaluate one model (notebook 40's "
                                 "job); under torchrun / srun each rank does its share of the samples.")
-    p.add_argument("--params", required=True, help="notebook 40's parameter file (params/<profile>/40_evaluate.yaml)")
+    p.add_argument("--params", help="a parameter file of notebook 40 (default: the profile's, params/<profile>/40_evaluate.yaml)")
+    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
     p.add_argument("--model", required=True, help="base, a trained method, an extra model, or a model spec")
     p.add_argument("--out", help="evaluation folder (default: results/<profile>/eval/<model>)")
     p.add_argument("--force", action="store_true", help="delete the folder's results first")
@@ -217,7 +226,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     ns = p.parse_args(argv)
     world = distributed.World.from_env()
     distributed.init(world)
-    params = stage_params(EVAL_NOTEBOOK, ns.params)
+    params = stage_params(EVAL_NOTEBOOK, ns.params, ns.profile)
     cfg = eval_config(params, ns.model)
     _expect(cfg, ns.expect_hash)
     if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one

@@ -40,7 +40,7 @@ units into its own shard, ``shards/rank<R>-of-<W>/samples.jsonl``; rank 0 merges
 ``samples.jsonl`` and writes the dataset and summary, which equal a single process's (the summary
 adds ``ranks``: units and wall seconds per rank). On the command line::
 
-    python -m rsdlib.traces --params params/demo/10_generate_traces.yaml --method rsd-p1 --out DIR
+    python -m rsdlib.traces --profile demo --method rsd-p1 --out DIR
     torchrun --standalone --nproc-per-node 8 -m rsdlib.traces --params ... --method rsd-p1 --out DIR
 """
 
