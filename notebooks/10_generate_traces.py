@@ -72,7 +72,7 @@ restrict_to_teacher_solved: bool = True  # other methods only see problems the t
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper, hub) | math500_solutions (offline stand-in) | "" (none)
 extra_pairs: dict = {}  # run name -> {"teacher", "student", "methods": [names]}: Table 4/6 tailored pairs
 force: bool = False  # redo the traces even if finished runs with the same config exist
-workers: int = 1  # processes per method: above 1, torchrun --nproc-per-node workers (one pair per GPU, rsdlib.distributed); 0 = one per GPU
+workers: int = 1  # processes per method: above 1, torchrun --nproc-per-node workers (one pair per GPU, rsdlib.distributed); 0: one per GPU
 
 # %%
 MODES = ("rsd", "skd", "teacher", "student")
