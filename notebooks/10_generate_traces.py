@@ -42,7 +42,7 @@ import time
 
 import pandas as pd
 
-from rsdlib import paths
+from rsdlib import launch, paths
 from rsdlib.config import config_to_dict
 from rsdlib.data import SOURCES
 from rsdlib.decoding import DecodingConfig
@@ -72,6 +72,7 @@ restrict_to_teacher_solved: bool = True  # other methods only see problems the t
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper, hub) | math500_solutions (offline stand-in) | "" (none)
 extra_pairs: dict = {}  # run name -> {"teacher", "student", "methods": [names]}: Table 4/6 tailored pairs
 force: bool = False  # redo the traces even if finished runs with the same config exist
+workers: int = 1  # processes per method: above 1, torchrun --nproc-per-node workers (one pair per GPU, rsdlib.distributed); 0: one per GPU
 
 # %%
 MODES = ("rsd", "skd", "teacher", "student")
@@ -137,7 +138,11 @@ def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=N
     out = trace_root / run / method
     start = time.perf_counter()
     try:
-        summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
+        if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
+            summary = launch.traces_with_torchrun(params_file, method, out, workers, pair=run, restrict_to=restrict_dir,
+                                                  force=force, expect_hash=cfg.hash())
+        else:
+            summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
     except RunConflictError as err:
         raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
                                f"(rsdlib reproduce --force) to regenerate it.") from None
@@ -149,8 +154,13 @@ def run_method(pair, run: str, method: str, spec: dict, problems, restrict_dir=N
 
 
 teacher_spec, student_spec = {"main": teacher}, {"main": student}
-pair = make_pair(teacher, student, dtype=dtype, device=device)
-print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+workers = launch.workers_for(workers)
+if workers > 1:  # the ranks load the models; this kernel needs only the student's tokenizer
+    params_file = launch.save_params("10_generate_traces", globals(), trace_root / "launch_params.yaml")
+    pair = launch.TokenizerOnly(launch.student_tokenizer(student))
+else:
+    pair = make_pair(teacher, student, dtype=dtype, device=device)
+    print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
 summaries = {"main": {}}
 summaries["main"]["teacher"] = run_method(pair, "main", "teacher", methods["teacher"], problems)
 restrict_dir = trace_root / "main" / "teacher" if restrict_to_teacher_solved else None
@@ -213,7 +223,7 @@ del pair
 # %%
 for run, extra in extra_pairs.items():
     teacher_spec[run], student_spec[run] = extra["teacher"], extra["student"]
-    other = make_pair(extra["teacher"], extra["student"], dtype=dtype, device=device)
+    other = make_pair(extra["teacher"], extra["student"], dtype=dtype, device=device) if workers == 1 else None
     summaries[run] = {}
     for method in extra["methods"]:
         summaries[run][method] = run_method(other, run, method, methods[method], problems, restrict_dir)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rsdlib import paths, reference
+from rsdlib import launch, paths, reference
 from rsdlib.config import load_yaml_config
 from rsdlib.evalproc import evaluate_isolated, isolate_models
 from rsdlib.evaluate import EvalConfig, evaluate
@@ -61,6 +61,7 @@ models: list = ["base", "reference", "teacher", "self-distill", "self-distill-ce
 extra_models: dict = {}  # name -> model spec or "<pair>-<method>" of notebook 30, for Tables 3-5
 evaluation: dict = {"benchmarks": ["aime24", "aime25", "gpqa_diamond", "math500"], "samples": {"aime24": 1, "aime25": 1, "gpqa_diamond": 1, "math500": 1}, "limit": {"aime24": 1, "aime25": 1, "gpqa_diamond": 2}, "math500_easiest": 6, "split_fraction": 0.5, "split_salt": "rsdlib-demo", "split_part": "b", "max_tokens": {"aime24": 192, "aime25": 192, "gpqa_diamond": 192, "math500": 256}, "think_budget": {"gpqa_diamond": 160}, "temperature": 0.7, "top_p": 0.95, "batch_size": 8}  # EvalConfig keys; here 1 AIME problem of each year and 2 GPQA at 192 tokens (they only exercise the path), and the 6 easiest MATH500 problems of the hash half trace generation never used (split_part b of the split of notebook 10) at 256
 force: bool = False  # redo the evaluation even if finished samples exist
+workers: int = 1  # processes per model: above 1, torchrun --nproc-per-node workers (one model per GPU, rsdlib.distributed); 0: one per GPU
 answer_from: dict = {}  # model name -> auto | after_thinking | whole (where answers are read; unlisted: evaluation's answer_from, default auto)
 
 # %%
@@ -116,6 +117,7 @@ def model_stamp(where: str) -> dict:
     return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
+workers = launch.workers_for(workers)
 scores = {}
 for name, where in plan.items():
     if where is None:
@@ -129,7 +131,11 @@ for name, where in plan.items():
     if stale:
         print(f"{name}: the model changed since its last evaluation: redoing it")
     model_cfg = dataclasses.replace(cfg, answer_from=answer_from.get(name, cfg.answer_from))  # validated again
-    if isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed (rsdlib.evalproc)
+    if workers > 1:  # each rank evaluates its share of the (problem, sample) units; rank 0 merges them
+        params_file = launch.save_params("40_evaluate", globals(), results / "eval" / "launch_params.yaml")
+        summaries = launch.evaluate_with_torchrun(params_file, name, out, workers, cfg.benchmarks, force=force or stale,
+                                                  expect_hash=model_cfg.hash())
+    elif isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed (rsdlib.evalproc)
         summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
     else:
         summaries = evaluate(where, model_cfg, out, force=force or stale)

@@ -17,7 +17,14 @@ tokens (the delimiter included), not the prompt.
 
 A rerun skips finished rows (and the thinking pass of pending ones): every sample's seed depends
 only on (base_seed, problem id, sample index), so an interrupted run ends as an uninterrupted one.
-``force=True`` deletes a folder's results first. GPQA rows hold the option order and the gold
+``force=True`` deletes a folder's results first. Under torchrun / srun (``rsdlib.distributed``) each
+rank loads the model on its own device and generates its share of the (problem, sample) units into
+``<benchmark>/shards/rank<R>-of-<W>/``; rank 0 merges them into ``samples.jsonl`` and writes the
+summary (equal to a single process's)::
+
+    torchrun --standalone --nproc-per-node 8 -m rsdlib.evaluate --params params/paper/40_evaluate.yaml --model rsd-p1
+
+ GPQA rows hold the option order and the gold
 letter, never the question or option text. A model's response can quote them, so a GPQA row keeps
 its response only in protected form (``response_protected``: zlib + a keystream derived from the
 GPQA data password, base64; ``reveal_response(row)`` gives the text back), its answer only as the
@@ -66,6 +73,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from rsdlib import data as data_mod
+from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
@@ -725,7 +733,9 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     if empty:
         raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
                          f"{cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); nothing to evaluate")
-    if force and out_dir.exists():
+    world = distributed.World.from_env()
+    distributed.init(world)
+    if force and out_dir.exists() and world.is_main:
         (out_dir / "config.json").unlink(missing_ok=True)
         for name, _ in problems_by_bench:
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -734,7 +744,7 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
         _require_vllm()
         if not isinstance(model_or_path, (str, Path)):
             raise BackendUnavailableError("backend 'vllm' needs a model path or hub id, not a loaded model object")
-    _claim_folder(out_dir, cfg, label)
+    distributed.Shards(out_dir, world).main_first(lambda: _claim_folder(out_dir, cfg, label))
 
     model = None
     if not isinstance(model_or_path, (str, Path)):
@@ -742,7 +752,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             raise ValueError("evaluate: pass tokenizer=... with a loaded model")
         model = model_or_path
     elif cfg.backend == "hf":
-        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=cfg.device, base_model=base_model)
+        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=distributed.device_for(world, cfg.device),
+                                            base_model=base_model)
         tokenizer = tokenizer or loaded_tok
     if cfg.backend == "vllm":
         source = _vllm_source(model_or_path, out_dir, cfg)
@@ -756,21 +767,22 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
 
     summaries = {}
     for name, problems in problems_by_bench:
-        with run_lock(out_dir / name):  # one writer per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress)
+        with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
+            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress, shards)
     return summaries
 
 
-def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenizer, generate, label, progress) -> dict:
+def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenizer, generate, label, progress,
+                        shards: distributed.Shards) -> dict:
     bench_dir = out_dir / name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    _check_problems(bench_dir, [p.id for p in problems])
-    samples_path, pending_path = bench_dir / "samples.jsonl", bench_dir / "pending.jsonl"
+    shards.main_first(lambda: _check_problems(bench_dir, [p.id for p in problems]))
+    samples_path, pending_path = shards.path("samples.jsonl"), shards.path("pending.jsonl")  # this rank's files
     n = cfg.samples_for(name)
     chash = cfg.hash()
-    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under run_lock
+    done = shards.read("samples.jsonl")  # merged file and every shard; each writer repairs only its own
     done_keys = {(r["problem_id"], r["sample_index"]) for r in done}
-    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in read_jsonl_resumable(pending_path, repair=True)}
+    resumed = {(r["problem_id"], r["sample_index"]): (r["ids"], r["forced"]) for r in shards.read("pending.jsonl")}
     close = cfg.prompt.think_close
     delimiter_ids = list(tokenizer(cfg.forced_delimiter, add_special_tokens=False)["input_ids"])
     reading = _reading(cfg, tokenizer)
@@ -784,6 +796,7 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
             variants[(p.id, k)] = variant
             jobs.append(SampleJob((p.id, k), prompt_ids(tokenizer, variant, cfg.prompt),
                                   derive_seed(cfg.base_seed, p.id, k), derive_seed(cfg.base_seed, p.id + "/answer", k)))
+    jobs = shards.take(jobs)  # this rank's share (all of them for one process)
 
     bar = tqdm(total=len(problems) * n, initial=len(done_keys), desc=name, unit="sample", mininterval=5,
                disable=not progress)
@@ -826,16 +839,23 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
         )
     bar.close()
     pending_path.unlink(missing_ok=True)
+    ranks = shards.rank_stats()
+    done = shards.merge("samples.jsonl", order=[p.id for p in problems], extra=["pending.jsonl"])  # None off rank 0
+    if done is None:
+        return shards.result([bench_dir / "summary.json"])[0]
+    (bench_dir / "pending.jsonl").unlink(missing_ok=True)  # left by an interrupted single process
+    order = {p.id: i for i, p in enumerate(problems)}  # one order whatever the ranks (float sums)
+    done.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["problem_id"], r["sample_index"]))
     if regrade_rows(done, **reading, delim=close, timeout=cfg.grade_timeout):  # rows graded another way before
-        _write_jsonl_atomic(samples_path, done)
+        _write_jsonl_atomic(bench_dir / "samples.jsonl", done)
 
     summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n), **reading,
                "grading_version": GRADING_VERSION,
                "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
-               "versions": library_versions(), "config": config_to_dict(cfg)}
+               "versions": library_versions(), "config": config_to_dict(cfg), "ranks": ranks}
     _write_json_atomic(bench_dir / "summary.json", summary)
-    return summary
+    return shards.result([bench_dir / "summary.json"])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -862,3 +882,9 @@ def run_regrade(args) -> int:
             moved = ", ".join(f"{k}: {v}" for k, v in entry["moved"].items()) or "none"
             print(f"{model}/{bench}: {score}; {entry['rows']} rows; moved {moved}; answers found {found}")
     return 0
+
+
+if __name__ == "__main__":
+    from rsdlib.launch import evaluate_main
+
+    raise SystemExit(evaluate_main())

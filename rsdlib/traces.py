@@ -34,6 +34,14 @@ Interrupting the job (even kill -9) and rerunning it resumes: a torn last line i
 writer only; readers never modify the files, and a bad line elsewhere is an error naming it), finished
 samples are skipped, and the final dataset equals that of an uninterrupted run (every sample's seed
 depends only on (base_seed, problem id, sample index)).
+
+Under torchrun / srun (``rsdlib.distributed``) each rank generates its share of the (problem, sample)
+units into its own shard, ``shards/rank<R>-of-<W>/samples.jsonl``; rank 0 merges them into
+``samples.jsonl`` and writes the dataset and summary, which equal a single process's (the summary
+adds ``ranks``: units and wall seconds per rank). On the command line::
+
+    python -m rsdlib.traces --profile demo --method rsd-p1 --out DIR
+    torchrun --standalone --nproc-per-node 8 -m rsdlib.traces --params ... --method rsd-p1 --out DIR
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from typing import Sequence
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
@@ -399,21 +408,24 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
     ``restrict_to``: the folder of another run (the teacher's, as the paper's "/234"): only the
     problems it solved are attempted. Problems without a gold answer are left out and counted.
     Returns the summary (also written to ``summary.json``). Only one process may write a run folder
-    at a time (RunConflictError otherwise).
+    at a time (RunConflictError otherwise); under a launcher, each rank does its share into its own
+    shard (``rsdlib.distributed``) and every rank returns the merged summary.
     """
     out_dir = Path(out_dir)
     if not problems:
         raise ValueError(f"run_trace_job: no problems given for {out_dir} (an empty selection: check the "
                          "benchmark, n_problems and split_fraction); refusing to write an empty run")
-    with run_lock(out_dir):
-        return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force)
+    with distributed.Shards(out_dir).locked(run_lock) as shards:  # one process: run_lock(out_dir)
+        return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force,
+                              shards=shards)
 
 
 def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progress: bool,
-                   restrict_to, force: bool) -> dict:
-    if force and out_dir.exists():
+                   restrict_to, force: bool, shards: distributed.Shards) -> dict:
+    if force and out_dir.exists() and shards.is_main:
         for name in ("config.json", "samples.jsonl", "dataset.jsonl", "summary.json"):
             (out_dir / name).unlink(missing_ok=True)
+        shards.clear()
     no_gold = [p for p in problems if not p.gold]
     problems = [p for p in problems if p.gold]
     prefix_only: list = []
@@ -433,14 +445,15 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
     turn_end = turn_end_id(tok)
     dec_cfg = DecodingConfig(**{**cfg.decoding.to_dict(), "stop_ids": tuple(stop_ids),
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
-    _claim_folder(out_dir, cfg, [p.id for p in problems], [p.id for p in prefix_only])
-    samples_path = out_dir / "samples.jsonl"
-    done = unique_samples(read_jsonl_resumable(samples_path, repair=True))  # the writer, under the lock
+    shards.main_first(lambda: _claim_folder(out_dir, cfg, [p.id for p in problems], [p.id for p in prefix_only]))
+    samples_path = shards.path("samples.jsonl")  # this rank's file (samples.jsonl for one process)
+    done = shards.read("samples.jsonl")  # merged file and every shard; each writer repairs only its own
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
     started = time.perf_counter()
 
     prompts = {p.id: prompt_ids(tok, p, cfg.prompt) for p in problems}
     todo = [(p, k) for p in problems for k in range(cfg.samples_per_problem) if (p.id, k) not in done_keys]
+    todo = shards.take(todo)  # this rank's share (all of it for one process)
     remaining = {p.id: 0 for p in problems}
     for p, _ in todo:
         remaining[p.id] += 1
@@ -484,7 +497,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
     bar.close()
 
     # the hybrid recipe: problems outside restrict_to get one prefix-only generation by this method
-    prefix_todo = [p for p in prefix_only if (p.id, 0) not in done_keys]
+    prefix_todo = shards.take([p for p in prefix_only if (p.id, 0) not in done_keys])  # this rank's share
     if prefix_todo:
         pre_cfg = DecodingConfig(**{**dec_cfg.to_dict(), "max_new_tokens": cfg.prefix_tokens})
         decoder = Decoder(pair.teacher if pre_cfg.needs_teacher else None,
@@ -503,19 +516,26 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                          [derive_seed(cfg.base_seed, f"prefix:{p.id}", 0) for p in prefix_todo],
                          batch_size=cfg.batch_size, on_finish=on_prefix)
 
-    by_problem: dict[str, list[dict]] = {}
-    for s in done:
-        by_problem.setdefault(s["problem_id"], []).append(s)
-    examples = [e for p in problems + prefix_only for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
-    _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
-    summary = summarize_run(done, examples, cfg, len(problems))
-    summary["prefix_only_problems"] = len(prefix_only)
-    summary["problems_without_gold"] = len(no_gold)
-    summary["config_hash"] = cfg.hash()
-    summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
-    summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once, and why
-    _write_json_atomic(out_dir / "summary.json", summary)
-    return summary
+    ranks = shards.rank_stats()
+    everything = problems + prefix_only
+    done = shards.merge("samples.jsonl", order=[p.id for p in everything])  # rank 0: every sample; others: None
+    if done is not None:
+        order = {p.id: i for i, p in enumerate(everything)}  # sums in one order, whatever the ranks
+        done.sort(key=lambda s: (order.get(s["problem_id"], len(order)), s["problem_id"], s["sample_index"]))
+        by_problem: dict[str, list[dict]] = {}
+        for s in done:
+            by_problem.setdefault(s["problem_id"], []).append(s)
+        examples = [e for p in everything for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
+        _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
+        summary = summarize_run(done, examples, cfg, len(problems))
+        summary["prefix_only_problems"] = len(prefix_only)
+        summary["problems_without_gold"] = len(no_gold)
+        summary["config_hash"] = cfg.hash()
+        summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
+        summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), and why
+        summary["ranks"] = ranks  # units done in this call and wall seconds, per rank
+        _write_json_atomic(out_dir / "summary.json", summary)
+    return shards.result([out_dir / "summary.json"])[0]
 
 
 def solved_problem_ids(run_dir: str | Path) -> set[str]:
@@ -545,3 +565,9 @@ def pair_reference(reference_rows, problems, think_close: str = "</think>") -> l
         if r is not None and r.meta.get("trace"):
             out.append((p, f"{r.meta['trace'].strip()}\n{think_close}\n\n{str(r.meta.get('attempt', '')).strip()}"))
     return out
+
+
+if __name__ == "__main__":
+    from rsdlib.launch import trace_main
+
+    raise SystemExit(trace_main())

@@ -27,8 +27,11 @@ token (pad == eos teaches the model never to stop): ``<|fim_pad|>`` when the tok
 Engine: the transformers ``Trainer`` over a plain torch Dataset (no TRL: its ``max_length`` default
 silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no code here::
 
-    accelerate launch -m rsdlib.train --config params/paper/train.yaml --data dataset.jsonl
-    torchrun --nproc-per-node 8 -m rsdlib.train --config params/paper/train.yaml --data dataset.jsonl
+    accelerate launch -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
+    torchrun --nproc-per-node 8 -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
+
+(``--params`` reads the ``training`` keys of notebook 30's parameter file; ``--config`` a file of
+TrainConfig keys.)
 
 Gradient accumulation = global_batch_size / (micro_batch_size * world size). Checkpoints go to
 ``output_dir/checkpoint-*`` beside ``train_config.json``, atomically: each is written complete into
@@ -708,6 +711,9 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         model = _apply_lora(model, config)
 
     accumulation = config.gradient_accumulation(world_size())
+    # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
+    # over gloo only when told to use the CPU; otherwise every process would train on the whole dataset.
+    cpu_processes = world_size() > 1 and not torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -725,6 +731,8 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         fsdp=config.fsdp or None,
+        use_cpu=cpu_processes,
+        ddp_backend="gloo" if cpu_processes else None,
         logging_steps=config.logging_steps,
         save_strategy=config.save_strategy,
         save_steps=config.save_steps,
@@ -774,7 +782,9 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
         trainer.processing_class.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         save_config(config, final / "train_config.json")
-        summary = {**info, **metrics, "global_step": trainer.state.global_step, "merged_lora": is_peft and config.merge_lora}
+        summary = {**info, **metrics, "global_step": trainer.state.global_step, "merged_lora": is_peft and config.merge_lora,
+                   "world_size": world_size(), "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+                   "effective_batch_size": trainer.args.gradient_accumulation_steps * config.micro_batch_size * world_size()}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return final
@@ -792,6 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or torchrun --nproc-per-node N -m rsdlib.train ...).",
     )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
+    parser.add_argument("--params", help="a notebook-30 parameter file (params/<profile>/30_train.yaml): its `training` keys")
     parser.add_argument("--data", required=True, help="JSONL training examples (format: rsdlib.train docstring)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides, values parsed as YAML")
     ns = parser.parse_args(argv)
@@ -802,6 +813,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"override {item!r} is not key=value")
         overrides[key] = yaml.safe_load(value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if ns.params:  # the profile's recipe, as notebook 30 trains with it
+        if ns.config:
+            parser.error("give --config or --params, not both")
+        training = (yaml.safe_load(Path(ns.params).read_text()) or {}).get("training")
+        if not isinstance(training, dict):
+            parser.error(f"--params {ns.params}: no `training` mapping of TrainConfig keys")
+        overrides = {**training, **overrides}
     config = load_yaml_config(TrainConfig, ns.config, **overrides)
     final = train(config, ns.data)
     print(final)

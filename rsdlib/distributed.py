@@ -1,0 +1,276 @@
+"""Long stages split across processes, GPUs and machines: ranks, shares of the work, shards and their merge.
+
+Trace generation (Algorithm 1 with rejection sampling, Sections 3.1-3.3) and evaluation (Section 4,
+Appendix B) are made of independent WORK UNITS, one (problem, sample) each, whose seed depends only
+on (base_seed, problem id, sample index). So they split across processes with the PyTorch
+launcher, no scheduler of our own::
+
+    torchrun --standalone --nproc-per-node 8 -m rsdlib.traces --params FILE --method rsd-p1 --out DIR
+    srun torchrun --nnodes $SLURM_NNODES --nproc-per-node 8 --rdzv-backend c10d \\
+         --rdzv-endpoint $HEAD:29500 -m rsdlib.traces ...
+
+Each process reads its place from the launcher's environment (``World.from_env``: torchrun's
+RANK / WORLD_SIZE / LOCAL_RANK, else Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID), loads one
+model pair on its own device (``cuda:<LOCAL_RANK>``) and takes a deterministic share of the units
+still to do (``assign``: interleaved, or longest-first when costs are known). Ranks coordinate only
+through barriers of a gloo process group (MASTER_ADDR / MASTER_PORT, set by torchrun) and a
+folder every rank can read (multi-node: a shared filesystem).
+
+A run folder written by W ranks (``Shards``)::
+
+    <run>/.lock                          held by rank 0 (one job per folder, as for a single process)
+    <run>/samples.jsonl                  the merged file: the same name and records a single process writes
+    <run>/shards/rank<R>-of-<W>/.lock    held by rank R: each rank locks only its shard
+    <run>/shards/rank<R>-of-<W>/samples.jsonl   rank R's finished units, appended and fsynced
+
+Every rank reads the merged file and every shard (its own repaired, the others only read), so a
+rerun, with the same or another number of ranks, skips the units any earlier rank finished: a rank
+killed mid-run loses only its unfinished units. When every rank is done, rank 0 merges the shards
+into the merged file in a canonical order (the run's problem order, then sample index), dropping
+repeats, and removes the shards. A single process (W = 1) appends to the merged file directly, as
+before, and merges shards left by an interrupted multi-rank run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+SHARDS_DIR = "shards"
+BARRIER_TIMEOUT = timedelta(days=7)  # ranks that finish early wait at the final barrier for the slowest
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a launch: rank among world_size processes, local_rank on its machine."""
+
+    rank: int = 0  # global rank, 0 .. world_size - 1
+    world_size: int = 1  # processes in the launch
+    local_rank: int = 0  # rank on this machine: the GPU it uses
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ValueError(f"inconsistent launch: rank {self.rank}, world size {self.world_size}, "
+                             f"local rank {self.local_rank}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "World":
+        """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else srun's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID."""
+        env = os.environ if env is None else env
+        for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                                  ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+            if env.get(rank) is not None and env.get(size) is not None:
+                try:
+                    return cls(int(env[rank]), int(env[size]), int(env.get(local, env[rank])))
+                except ValueError as err:
+                    raise ValueError(f"{rank}={env[rank]!r}, {size}={env[size]!r}, {local}={env.get(local)!r}: "
+                                     f"not a launch ({err})") from None
+        return cls()
+
+
+def init(world: World) -> None:
+    """Join the launch's gloo process group (barriers and small objects only); nothing for one process."""
+    if world.world_size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise RuntimeError(
+            f"rank {world.rank} of {world.world_size}: {' and '.join(missing)} not set. torchrun sets them; under a "
+            "bare srun export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) and MASTER_PORT "
+            "(any free port) first, or run torchrun inside srun.")
+    dist.init_process_group("gloo", rank=world.rank, world_size=world.world_size, timeout=BARRIER_TIMEOUT)
+
+
+def barrier(world: World) -> None:
+    if world.world_size > 1:
+        import torch.distributed as dist
+
+        init(world)
+        dist.barrier()
+
+
+def all_gather(world: World, obj) -> list:
+    """Every rank's ``obj`` (JSON-like), in rank order."""
+    if world.world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    init(world)
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def device_for(world: World, device: str) -> str:
+    """The device this rank uses: ``cuda:<LOCAL_RANK>`` for "auto" / "cuda" when GPUs exist, else as asked."""
+    if device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{world.local_rank % torch.cuda.device_count()}"
+        return "cpu" if device == "auto" else device
+    return device
+
+
+def assign(n_units: int, world_size: int, rank: int, costs: Sequence[float] | None = None) -> list[int]:
+    """Indices of the units rank ``rank`` does, deterministic from (n_units, world_size, costs).
+
+    Without costs: interleaved (unit i goes to rank i mod W), so consecutive samples of one problem,
+    whose lengths are alike, spread over the ranks. With costs: longest first, each unit to the rank
+    with the least cost so far (ties: the lower rank), which keeps the ranks' totals within one unit.
+    """
+    if costs is None:
+        return list(range(rank, n_units, world_size))
+    if len(costs) != n_units:
+        raise ValueError(f"assign: {len(costs)} costs for {n_units} units")
+    load = [0.0] * world_size
+    mine = []
+    for i in sorted(range(n_units), key=lambda i: (-costs[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        load[r] += costs[i]
+        if r == rank:
+            mine.append(i)
+    return sorted(mine)
+
+
+def _key(record: dict) -> tuple[str, int]:
+    return record["problem_id"], record["sample_index"]
+
+
+class Shards:
+    """One run folder written by the ranks of a launch (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, world: World | None = None):
+        self.folder = Path(folder)
+        self.world = world or World.from_env()
+        self.started = time.perf_counter()
+
+    @property
+    def is_main(self) -> bool:
+        return self.world.is_main
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.folder / SHARDS_DIR / f"rank{self.world.rank}-of-{self.world.world_size}"
+
+    def path(self, name: str) -> Path:
+        """Where this rank appends ``name``: the merged file for one process, else its shard's copy."""
+        return self.folder / name if self.world.world_size == 1 else self.shard_dir / name
+
+    def shard_files(self, name: str) -> list[Path]:
+        """``name`` in every shard of the folder, this launch's and earlier launches' alike."""
+        return sorted((self.folder / SHARDS_DIR).glob(f"rank*-of-*/{name}"))
+
+    @contextmanager
+    def locked(self, run_lock: Callable[..., object]) -> Iterator["Shards"]:
+        """Rank 0 locks the folder (one job per folder); with W > 1 every rank also locks its own shard.
+
+        A rank that cannot lock fails at once (RunConflictError); the launcher then stops the others,
+        which have written nothing: writes start only after ``take``'s barrier.
+        """
+        init(self.world)
+        with ExitStack() as stack:
+            if self.is_main:
+                stack.enter_context(run_lock(self.folder))
+            if self.world.world_size > 1:
+                self.shard_dir.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_lock(self.shard_dir, reason="two ranks of one launch would write one shard"))
+            yield self
+
+    def main_first(self, fn: Callable[[], object]):
+        """Run ``fn`` on rank 0, then (after a barrier) on the others: claims and checks of config files."""
+        if self.is_main:
+            result = fn()
+            barrier(self.world)
+            return result
+        barrier(self.world)
+        return fn()
+
+    def clear(self) -> None:
+        """Delete every shard's records (``force``: the run is redone); rank 0 only, before ``main_first``.
+
+        The shard folders stay: the other ranks already hold their locks in them.
+        """
+        if self.is_main:
+            for path in (self.folder / SHARDS_DIR).glob("rank*-of-*/*.jsonl"):
+                path.unlink(missing_ok=True)
+
+    def read(self, name: str) -> list[dict]:
+        """Records of the merged file and of every shard, each (problem_id, sample_index) once.
+
+        Run before ``take``: each rank repairs (cuts a torn last line off) only the files it writes.
+        """
+        from rsdlib.traces import read_jsonl_resumable
+
+        merged = self.folder / name
+        records = read_jsonl_resumable(merged, repair=self.world.world_size == 1)
+        for shard in self.shard_files(name):
+            records += read_jsonl_resumable(shard, repair=shard == self.path(name))
+        seen, out = set(), []
+        for r in records:
+            if _key(r) not in seen:
+                seen.add(_key(r))
+                out.append(r)
+        return out
+
+    def take(self, units: Sequence, costs: Sequence[float] | None = None) -> list:
+        """This rank's share of ``units`` (the same list on every rank: computed from what all of them read).
+
+        The barrier makes every rank read the folder before any rank writes to it.
+        """
+        barrier(self.world)
+        mine = [units[i] for i in assign(len(units), self.world.world_size, self.world.rank, costs)]
+        self.n_units = getattr(self, "n_units", 0) + len(mine)
+        return mine
+
+    def rank_stats(self) -> list[dict]:
+        """Per rank: units done in this call and wall seconds (the summary's ``ranks``)."""
+        mine = {"rank": self.world.rank, "units": getattr(self, "n_units", 0),
+                "wall_seconds": round(time.perf_counter() - self.started, 1)}
+        return all_gather(self.world, mine)
+
+    def merge(self, name: str, order: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[dict] | None:
+        """After every rank is done: rank 0 merges the shards of ``name`` into the merged file and returns
+        all its records (None on the other ranks).
+
+        Records are written in canonical order: ``order``'s problem ids (others after them, by id),
+        then sample index; repeats are dropped. The merged file is rewritten (atomically) only when
+        shards existed. ``extra`` names other per-rank files, deleted with the shards.
+        """
+        barrier(self.world)
+        if not self.is_main:
+            return None
+        shards = self.shard_files(name)
+        records = self.read(name)
+        if shards:
+            rank = {pid: i for i, pid in enumerate(order or ())}
+            records.sort(key=lambda r: (rank.get(r["problem_id"], len(rank)), r["problem_id"], r["sample_index"]))
+            tmp = self.folder / f".{name}.merging"
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / name)
+        for path in shards + [p for e in extra for p in self.shard_files(e)]:
+            path.unlink(missing_ok=True)
+        return records
+
+    def result(self, paths: Sequence[Path]) -> list[dict]:
+        """The JSON files rank 0 wrote after the merge, read by every rank once they exist."""
+        barrier(self.world)
+        return [json.loads(Path(p).read_text()) for p in paths]

@@ -1,0 +1,285 @@
+"""Command lines of the two long stages, alone or under a launcher, and the notebooks' torchrun call (issue 13).
+
+    python -m rsdlib.traces --profile demo --method rsd-p1 [--out DIR]
+    python -m rsdlib.evaluate --params params/paper/40_evaluate.yaml --model rsd-p1 [--out DIR]
+    torchrun --standalone --nproc-per-node 8 -m rsdlib.traces ...      # the same job on 8 GPUs
+
+``--params`` is a stage notebook's parameter file (``params/<profile>/10_generate_traces.yaml`` or
+``40_evaluate.yaml``), ``--profile`` a profile whose own file is read (none for the demo: the
+notebook's defaults): the notebook's declared defaults, then the file's values, checked as
+``rsdlib reproduce`` checks them (unknown keys and wrong types refused). The job is built from them
+as notebook 10 / 40 builds it and run by the same functions (``rsdlib.traces.run_trace_job``,
+``rsdlib.evaluate.evaluate``); under torchrun / srun each rank does its share (``rsdlib.distributed``).
+Notebooks 10 and 40 with ``workers > 1`` write their parameters to a file, run the stage through
+``torchrun --standalone --nproc-per-node <workers>`` (``run_with_torchrun``) with the hash of the
+config they built (``--expect-hash``: the command refuses to run another config), and read the
+merged result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rsdlib import distributed, paths
+
+TRACES_NOTEBOOK, EVAL_NOTEBOOK = "10_generate_traces", "40_evaluate"
+
+
+def stage_params(notebook: str, path: str | Path | None = None, profile: str | None = None) -> dict:
+    """The notebook's defaults overlaid with a parameter file's values (checked); ``profile`` filled in.
+
+    Without ``path``: the profile's own file (``params/<profile>/<notebook>.yaml``; none for the demo,
+    whose values are the notebook's defaults), as ``rsdlib reproduce`` runs it. With ``path``: the
+    profile is ``profile``, else the file's ``profile`` key, else its folder's name when that is a
+    profile (``params/<profile>/...``), else "demo".
+    """
+    import yaml
+
+    from rsdlib.reproduce import PROFILES, ParameterError, check_parameters, notebook_parameters, resolved_params
+
+    if path is None:
+        return resolved_params(profile or "demo", notebook)
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"--params {path}: no such file")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ParameterError(f"{path}: expected a mapping of parameter names to values")
+    declared = notebook_parameters(notebook)
+    check_parameters(notebook, values, declared, source=str(path))
+    params = {name: p.default for name, p in declared.items()}
+    params.update(values)
+    if profile:
+        params["profile"] = profile
+    elif "profile" not in values:
+        params["profile"] = path.parent.name if path.parent.name in PROFILES else "demo"
+    return params
+
+
+def save_params(notebook: str, namespace: dict, path: str | Path) -> Path:
+    """Write the parameters ``notebook`` declares, as they are in ``namespace`` (a notebook's globals)."""
+    import yaml
+
+    from rsdlib.reproduce import notebook_parameters
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {name: namespace[name] for name in notebook_parameters(notebook) if name in namespace}
+    path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_with_torchrun(module: str, args: Sequence[str], workers: int, *, echo=print) -> None:
+    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (a free port; one machine).
+
+    Raises RuntimeError with the end of its output when any rank fails.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+           "-m", module, *map(str, args)]
+    echo(f"launching: torchrun --standalone --nproc-per-node={workers} -m {module} {' '.join(map(str, args))}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} under torchrun ({workers} processes) failed (exit {proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-6000:]}")
+
+
+def _expect(cfg, expected: str | None) -> None:
+    if expected and cfg.hash() != expected:
+        raise SystemExit(f"error: this command built a config with hash {cfg.hash()}, the caller expected {expected}: "
+                         "the notebook and rsdlib.launch build the job differently (update one of them)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace generation: python -m rsdlib.traces
+# ----------------------------------------------------------------------------------------------
+def trace_job_config(params: dict, method: str, teacher: str, student: str):
+    """The TraceJobConfig of one method, as notebook 10 builds it: shared decoding/job keys, then the method's."""
+    from rsdlib.decoding import DecodingConfig
+    from rsdlib.reproduce import prompt_style
+    from rsdlib.traces import TraceJobConfig
+
+    methods = params["methods"]
+    if method not in methods:
+        raise ValueError(f"--method {method!r}: not a method of the parameter file ({', '.join(methods)})")
+    spec = methods[method]
+    decoding_fields = set(DecodingConfig.__dataclass_fields__)
+    job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
+    unknown = set(spec) - decoding_fields - job_fields
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown key(s) {sorted(unknown)}")
+    dec = {**params["decoding"], **{k: v for k, v in spec.items() if k in decoding_fields}}
+    job = {**params["job"], **{k: v for k, v in spec.items() if k in job_fields}}
+    return TraceJobConfig(method=method, teacher=teacher, student=student, decoding=DecodingConfig(**dec),
+                          prompt=prompt_style(params["prompt"]), **job)
+
+
+def trace_main(argv: Sequence[str] | None = None) -> int:
+    from rsdlib.reproduce import make_pair, select_problems
+    from rsdlib.traces import run_trace_job
+
+    p = argparse.ArgumentParser(prog="python -m rsdlib.traces", description="Generate one method's traces "
+                                "(notebook 10's job); under torchrun / srun each rank does its share.")
+    p.add_argument("--params", help="a parameter file of notebook 10 (default: the profile's, params/<profile>/10_generate_traces.yaml)")
+    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p.add_argument("--method", required=True, help="a method of the file's `methods`")
+    p.add_argument("--out", help="run folder (default: results/<profile>/traces/<pair>/<method>)")
+    p.add_argument("--pair", default="main", help="main, or a run of the file's extra_pairs")
+    p.add_argument("--restrict-to", help="only the problems this run folder solved; 'none' for all (default: the "
+                   "main teacher's folder when restrict_to_teacher_solved and the method is not teacher)")
+    p.add_argument("--force", action="store_true", help="redo the run")
+    p.add_argument("--expect-hash", help="refuse to run unless the job's config hash is this (notebook 10 passes it)")
+    ns = p.parse_args(argv)
+    world = distributed.World.from_env()
+    distributed.init(world)
+    params = stage_params(TRACES_NOTEBOOK, ns.params, ns.profile)
+    if ns.pair == "main":
+        teacher, student = params["teacher"], params["student"]
+    elif ns.pair in params["extra_pairs"]:
+        teacher, student = params["extra_pairs"][ns.pair]["teacher"], params["extra_pairs"][ns.pair]["student"]
+    else:
+        p.error(f"--pair {ns.pair!r}: not main nor a run of extra_pairs ({', '.join(params['extra_pairs'])})")
+    cfg = trace_job_config(params, ns.method, teacher, student)
+    _expect(cfg, ns.expect_hash)
+    trace_root = paths.results_dir(params["profile"]) / "traces"
+    out = Path(ns.out) if ns.out else trace_root / ns.pair / ns.method
+    if ns.restrict_to:
+        restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
+    else:
+        restrict = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] and ns.method != "teacher" else None
+    problems = select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
+                               split_fraction=params["split_fraction"], split_salt=params["split_salt"],
+                               require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
+    pair = make_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
+    summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
+    if world.is_main:
+        print(json.dumps(summary))
+    return 0
+
+
+def traces_with_torchrun(params_file: Path, method: str, out: Path, workers: int, *, pair: str = "main",
+                         restrict_to: Path | None = None, force: bool = False, expect_hash: str | None = None) -> dict:
+    """Notebook 10 with ``workers > 1``: the method's job through torchrun; returns the merged summary."""
+    args = ["--params", params_file, "--method", method, "--out", out, "--pair", pair,
+            "--restrict-to", restrict_to or "none"]
+    args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
+    run_with_torchrun("rsdlib.traces", args, workers)
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: python -m rsdlib.evaluate
+# ----------------------------------------------------------------------------------------------
+def _manifest(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def resolve_model(profile: str, name: str, extra_models: dict) -> str:
+    """Model folder/spec of a name, as notebook 40 resolves it: base, a trained method, <pair>-<method>,
+    an extra model, else the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
+    from rsdlib.reproduce import model_location
+
+    results = paths.results_dir(profile)
+    trained = _manifest(results / "models" / "manifest.json").get("models", {})
+    trained.update(_manifest(results / "multistep" / "manifest.json").get("models", {}))
+    if name == "base":
+        manifest = _manifest(results / "traces" / "manifest.json")
+        if not manifest:
+            raise FileNotFoundError(f"--model base: {results / 'traces' / 'manifest.json'} is missing (run notebook 10)")
+        return model_location(manifest["pairs"]["main"]["student"])
+    for key in (f"main-{name}", name):
+        if key in trained:
+            return trained[key]["final"]
+    spec = extra_models.get(name, name)
+    return trained[spec]["final"] if spec in trained else model_location(spec)
+
+
+def eval_config(params: dict, name: str):
+    """Notebook 40's EvalConfig for model ``name``: the traces' prompt unless `evaluation` sets one."""
+    import dataclasses
+
+    from rsdlib.config import load_yaml_config
+    from rsdlib.evaluate import EvalConfig
+
+    manifest = _manifest(paths.results_dir(params["profile"]) / "traces" / "manifest.json")
+    base = {"prompt": manifest["prompt"]} if "prompt" in manifest else {}
+    cfg = load_yaml_config(EvalConfig, {**base, **params["evaluation"]})
+    return dataclasses.replace(cfg, answer_from=params["answer_from"].get(name, cfg.answer_from))
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    from rsdlib.evaluate import evaluate
+
+    p = argparse.ArgumentParser(prog="python -m rsdlib.evaluate", description="Evaluate one model (notebook 40's "
+                                "job); under torchrun / srun each rank does its share of the samples.")
+    p.add_argument("--params", help="a parameter file of notebook 40 (default: the profile's, params/<profile>/40_evaluate.yaml)")
+    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p.add_argument("--model", required=True, help="base, a trained method, an extra model, or a model spec")
+    p.add_argument("--out", help="evaluation folder (default: results/<profile>/eval/<model>)")
+    p.add_argument("--force", action="store_true", help="delete the folder's results first")
+    p.add_argument("--expect-hash", help="refuse to run unless the config hash is this (notebook 40 passes it)")
+    ns = p.parse_args(argv)
+    world = distributed.World.from_env()
+    distributed.init(world)
+    params = stage_params(EVAL_NOTEBOOK, ns.params, ns.profile)
+    cfg = eval_config(params, ns.model)
+    _expect(cfg, ns.expect_hash)
+    if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
+    where = resolve_model(params["profile"], ns.model, params["extra_models"])
+    out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
+    summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
+    if world.is_main:
+        print(json.dumps({b: {k: s[k] for k in ("score", "n_samples", "ranks")} for b, s in summaries.items()}))
+    return 0
+
+
+def evaluate_with_torchrun(params_file: Path, model: str, out: Path, workers: int, benchmarks: Sequence[str], *,
+                           force: bool = False, expect_hash: str | None = None) -> dict:
+    """Notebook 40 with ``workers > 1``: one model's evaluation through torchrun; returns {benchmark: summary}."""
+    args = ["--params", params_file, "--model", model, "--out", out]
+    args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
+    run_with_torchrun("rsdlib.evaluate", args, workers)
+    return {b: json.loads((Path(out) / b / "summary.json").read_text()) for b in benchmarks}
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 10 with workers > 1 loads no model in its kernel (the ranks do)
+# ----------------------------------------------------------------------------------------------
+class TokenizerOnly:
+    """Stands for the model pair where the kernel needs only the student's tokenizer (the reference traces)."""
+
+    def __init__(self, student_tokenizer):
+        self.student_tokenizer = student_tokenizer
+
+
+def student_tokenizer(student: str):
+    """The tokenizer of a model spec without loading its weights (a .gguf file is loaded whole)."""
+    from rsdlib.reproduce import model_location
+    from rsdlib.train import model_source
+
+    source = model_source(model_location(student))
+    if str(source).endswith(".gguf"):
+        from rsdlib.models import load_model
+
+        return load_model(source, device="cpu")[1]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def workers_for(workers: int) -> int:
+    """Processes for a stage notebook's ``workers``: as given, or 0 = one per visible GPU (1 without GPUs)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 (0 = one per GPU), got {workers!r}")
+    if workers:
+        return workers
+    import torch
+
+    return max(1, torch.cuda.device_count())
