@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -102,22 +103,18 @@ def test_demo_traces_never_use_the_evaluation_half():
 # ----------------------------------------------------------------------------------------------
 # The smoke reproduction (every notebook, through the driver and papermill)
 # ----------------------------------------------------------------------------------------------
+def _smoke_env(root: Path):
+    """RSDLIB_RESULTS / RSDLIB_FIGURES pointing at the smoke run's folders while the block runs."""
+    return mock.patch.dict(os.environ, {"RSDLIB_RESULTS": str(root / "results"), "RSDLIB_FIGURES": str(root / "figures")})
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     assert not os.environ.get("RSDLIB_DATA_DIR"), "conftest unsets it: the smoke run reads the shipped copies"
     root = tmp_path_factory.mktemp("smoke")
-    saved = {k: os.environ.get(k) for k in ("RSDLIB_RESULTS", "RSDLIB_FIGURES")}
-    os.environ["RSDLIB_RESULTS"] = str(root / "results")
-    os.environ["RSDLIB_FIGURES"] = str(root / "figures")
     lines = []
-    try:
+    with _smoke_env(root):
         report = reproduce.reproduce("smoke", echo=lines.append)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     print("\n".join(lines))
     return report, root, "\n".join(lines)
 
@@ -194,24 +191,6 @@ def test_smoke_stages_pass_results_through_files(smoke_run):
     assert any(m["final"] for m in models.values())
 
 
-class _SmokeEnv:
-    """RSDLIB_RESULTS / RSDLIB_FIGURES pointing at the smoke run's folders while the block runs."""
-
-    def __init__(self, root: Path):
-        self.values = {"RSDLIB_RESULTS": str(root / "results"), "RSDLIB_FIGURES": str(root / "figures")}
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.values}
-        os.environ.update(self.values)
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def test_smoke_prints_a_start_and_an_end_line_per_notebook(smoke_run):
     report, _, text = smoke_run
     for r in report.results:
@@ -226,7 +205,7 @@ def test_smoke_second_run_skips_every_notebook_in_seconds(smoke_run):
     manifest = root / "results" / "smoke" / "traces" / "manifest.json"
     os.utime(manifest)  # touched, same bytes: still unchanged
     lines = []
-    with _SmokeEnv(root):
+    with _smoke_env(root):
         start = time.perf_counter()
         again = reproduce.reproduce("smoke", echo=lines.append)
         seconds = time.perf_counter() - start
@@ -246,7 +225,7 @@ def test_smoke_a_changed_input_reruns_its_dependents_only(smoke_run):
     path.write_text(json.dumps(json.loads(before), indent=3))
     assert path.read_bytes() != before
     lines = []
-    with _SmokeEnv(root):
+    with _smoke_env(root):
         again = reproduce.reproduce("smoke", echo=lines.append)
     text = "\n".join(lines)
     print(text)
@@ -265,18 +244,9 @@ def test_smoke_rerun_skips_finished_stages(smoke_run):
     results = root / "results" / "smoke"
     samples = results / "traces" / "main" / "rsd-p1" / "samples.jsonl"
     before = samples.read_bytes()
-    saved = {k: os.environ.get(k) for k in ("RSDLIB_RESULTS", "RSDLIB_FIGURES")}
-    os.environ["RSDLIB_RESULTS"] = str(root / "results")
-    os.environ["RSDLIB_FIGURES"] = str(root / "figures")
-    try:
+    with _smoke_env(root):
         again = reproduce.reproduce("smoke", only=["10_generate_traces", "20_trace_analysis"], echo=lambda s: None,
                                     skip_unchanged=False)  # run them: their own stored configs make them skip the work
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     assert again.ok
     assert samples.read_bytes() == before
     log = (results / "notebooks" / "20_trace_analysis.log").read_text()
