@@ -110,16 +110,7 @@ def avg_at_k(correct: Any, k: int | None = None) -> float:
     ``k=None`` uses every sample of each row (rows may then differ in length); a row shorter than an
     explicit ``k`` is an error (the estimate would silently change meaning).
     """
-    rows = _rows(correct)
-    if not rows:
-        raise ValueError("avg_at_k: no problems")
-    fractions = []
-    for i, row in enumerate(rows):
-        kk = len(row) if k is None else k
-        if kk < 1 or len(row) < kk:
-            raise ValueError(f"avg_at_k: problem {i} has {len(row)} samples, need k={kk} >= 1")
-        fractions.append(sum(row[:kk]) / kk)
-    return sum(fractions) / len(fractions)
+    return float(_problem_scores(correct, k, what="avg_at_k").mean())
 
 
 def mean_pass_at_k(correct: Any, k: int) -> float:
@@ -563,16 +554,16 @@ def paired_ratio_difference(num_a: Sequence[float], den_a: Sequence[float], num_
                        "paired bootstrap")
 
 
-def _problem_scores(correct: Any, k: int | None = None) -> np.ndarray:
+def _problem_scores(correct: Any, k: int | None = None, what: str = "bootstrap") -> np.ndarray:
     """(P,) per-problem avg@k (correct among the first k / k); with k = 1 sample it is pass@1."""
     rows = _rows(correct)
     if not rows:
-        raise ValueError("bootstrap: no problems")
+        raise ValueError(f"{what}: no problems")
     out = []
     for i, row in enumerate(rows):
         kk = len(row) if k is None else k
         if kk < 1 or len(row) < kk:
-            raise ValueError(f"bootstrap: problem {i} has {len(row)} samples, need k={kk} >= 1")
+            raise ValueError(f"{what}: problem {i} has {len(row)} samples, need k={kk} >= 1")
         out.append(sum(row[:kk]) / kk)
     return np.asarray(out, dtype=float)
 
