@@ -35,7 +35,7 @@ test-fast: setup    ## default suite: tiny models, no network
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: setup    ## real embedded 0.5B/1.5B models
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=5
 
 test: test-fast test-slow
 
