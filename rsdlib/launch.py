@@ -119,25 +119,38 @@ def trace_job_config(params: dict, method: str, teacher: str, student: str):
                           prompt=prompt_style(params["prompt"]), **job)
 
 
+def _stage_parser(module: str, notebook: str, description: str) -> argparse.ArgumentParser:
+    """The arguments both stage command lines share: where the parameters come from, the expected hash."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    p.add_argument("--params", help=f"a parameter file of notebook {notebook} (default: the profile's, "
+                   f"params/<profile>/{notebook}.yaml)")
+    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p.add_argument("--expect-hash", help=f"refuse to run unless the job's config hash is this (notebook {notebook} "
+                   "passes it)")
+    return p
+
+
+def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", dict]:
+    """This process's place among the ranks (process group joined) and the stage's parameters."""
+    world = distributed.World.from_env()
+    distributed.init(world)
+    return world, stage_params(notebook, ns.params, ns.profile)
+
+
 def trace_main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.reproduce import make_pair, select_problems
     from rsdlib.traces import run_trace_job
 
-    p = argparse.ArgumentParser(prog="python -m rsdlib.traces", description="Generate one method's traces "
-                                "(notebook 10's job); under torchrun / srun each rank does its share.")
-    p.add_argument("--params", help="a parameter file of notebook 10 (default: the profile's, params/<profile>/10_generate_traces.yaml)")
-    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
+                      "under torchrun / srun each rank does its share.")
     p.add_argument("--method", required=True, help="a method of the file's `methods`")
     p.add_argument("--out", help="run folder (default: results/<profile>/traces/<pair>/<method>)")
     p.add_argument("--pair", default="main", help="main, or a run of the file's extra_pairs")
     p.add_argument("--restrict-to", help="only the problems this run folder solved; 'none' for all (default: the "
                    "main teacher's folder when restrict_to_teacher_solved and the method is not teacher)")
     p.add_argument("--force", action="store_true", help="redo the run")
-    p.add_argument("--expect-hash", help="refuse to run unless the job's config hash is this (notebook 10 passes it)")
     ns = p.parse_args(argv)
-    world = distributed.World.from_env()
-    distributed.init(world)
-    params = stage_params(TRACES_NOTEBOOK, ns.params, ns.profile)
+    world, params = _start(TRACES_NOTEBOOK, ns)
     if ns.pair == "main":
         teacher, student = params["teacher"], params["student"]
     elif ns.pair in params["extra_pairs"]:
@@ -215,18 +228,13 @@ def eval_config(params: dict, name: str):
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.evaluate import evaluate
 
-    p = argparse.ArgumentParser(prog="python -m rsdlib.evaluate", description="Evaluate one model (notebook 40's "
-                                "job); under torchrun / srun each rank does its share of the samples.")
-    p.add_argument("--params", help="a parameter file of notebook 40 (default: the profile's, params/<profile>/40_evaluate.yaml)")
-    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
+                      "torchrun / srun each rank does its share of the samples.")
     p.add_argument("--model", required=True, help="base, a trained method, an extra model, or a model spec")
     p.add_argument("--out", help="evaluation folder (default: results/<profile>/eval/<model>)")
     p.add_argument("--force", action="store_true", help="delete the folder's results first")
-    p.add_argument("--expect-hash", help="refuse to run unless the config hash is this (notebook 40 passes it)")
     ns = p.parse_args(argv)
-    world = distributed.World.from_env()
-    distributed.init(world)
-    params = stage_params(EVAL_NOTEBOOK, ns.params, ns.profile)
+    world, params = _start(EVAL_NOTEBOOK, ns)
     cfg = eval_config(params, ns.model)
     _expect(cfg, ns.expect_hash)
     if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
