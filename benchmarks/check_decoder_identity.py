@@ -24,11 +24,10 @@ import hashlib
 import struct
 
 import torch
-
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import DecodingConfig, Decoder
+from rsdlib.decoding import Decoder, DecodingConfig
 
 PROMPTS = [[5, 9, 13, 2, 7, 30, 31], [4, 8], [11, 12, 13, 14], [40, 41, 42, 43, 44, 45, 46, 20, 21, 22, 3],
            [6, 6, 6], [17, 3, 25, 1, 9]]

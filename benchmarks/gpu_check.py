@@ -50,7 +50,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
-from rsdlib.decoding import DecodingConfig, Decoder, _ModelState, _pad_id  # noqa: E402
+from rsdlib.decoding import DecodingConfig, Decoder  # noqa: E402
+from rsdlib.engine import ModelState, cache_capacity, pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The paper's shapes
@@ -284,7 +285,7 @@ def largest_fitting(measure, batch: int, fits=None):
 class ChunkedPrefillDecoder(Decoder):
     """rsdlib's Decoder, its prefill fed in chunks of ``chunk`` prompt tokens (equal-length prompts).
 
-    Each chunk goes through the engine's own cached ``_ModelState.feed``, so the state after the
+    Each chunk goes through the engine's own cached ``ModelState.feed``, so the state after the
     prefill (cache, mask, positions, logits) is the one a single prefill forward gives, and the
     decoding steps that follow are the engine's, unchanged. A long prompt then costs the memory of
     decoding at that context, as in trace generation (short prompts, long traces), instead of the
@@ -293,15 +294,9 @@ class ChunkedPrefillDecoder(Decoder):
 
     chunk = 1024
 
-    def _prefill(self, prompts):
-        t_state = s_state = t_logits = s_logits = None
-        if self.config.needs_teacher:
-            t_state = _ModelState(self.teacher, _pad_id(self.teacher))
-            t_logits = _feed_chunked(t_state, [self.bridge.student_to_teacher(list(p)) for p in prompts], self.chunk)
-        if self.config.needs_student:
-            s_state = _ModelState(self.student, _pad_id(self.student))
-            s_logits = _feed_chunked(s_state, [list(p) for p in prompts], self.chunk)
-        return t_state, s_state, t_logits, s_logits
+    def prefill(self, model, rows):  # the Decoder's prefill hook (both models, lockstep and speculative)
+        state = ModelState(model, pad_id(model))
+        return state, _feed_chunked(state, rows, self.chunk)
 
 
 def _feed_chunked(state, rows: list[list[int]], chunk: int):
@@ -328,12 +323,10 @@ def kv_bytes_per_token(shape: dict, dtype: torch.dtype = torch.bfloat16) -> int:
 def kv_buffer_positions(context: int, chunk: int, steps: int) -> int:
     """Positions the engine's KV buffer holds after a chunked prefill and ``steps`` one-token steps.
 
-    rsdlib.decoding grows a buffer in CACHE_CHUNK steps (never by doubling), so it holds the live
+    rsdlib.engine grows a buffer in CACHE_CHUNK steps (never by doubling), so it holds the live
     context rounded up to a multiple of CACHE_CHUNK whatever the prefill ``chunk``.
     """
-    from rsdlib.decoding import _capacity
-
-    return _capacity(context + steps)
+    return cache_capacity(context + steps)
 
 
 def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,

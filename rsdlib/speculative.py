@@ -6,7 +6,7 @@ for the RSD distribution itself. One round, per row:
 1. the student drafts x_1..x_k from its own (tempered) distribution q_i, one cached step each,
    and one more step gives its distribution at position k+1;
 2. the teacher reads the pending token and the k drafts in ONE forward (logits at k+1 positions);
-3. at each position the exact RSD mixture P_i = P_t 1[P_s >= tau] + r P_s (rsdlib.decoding) is
+3. at each position the exact RSD mixture P_i = P_t 1[P_s >= tau] + r P_s (rsdlib.sampling) is
    formed, and drafts are accepted left to right with probability min(1, P_i(x_i) / q_i(x_i)); the
    first rejected position emits a sample of norm(max(0, P_i - q_i)), and a fully accepted round
    emits a bonus token from P_{k+1} (Leviathan et al., 2023): the output distribution is exactly P;
@@ -21,19 +21,12 @@ the row's own generator, so traces are deterministic under a seed (for a given k
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from rsdlib.decoding import (
-    Trace,
-    _ModelState,
-    _pad_id,
-    draw_uniforms,
-    entropy,
-    proposal_mixture,
-    sample_inverse_cdf,
-    step_probs,
-    tempered_probs,
-)
+from rsdlib.engine import Batch, Row, StepRule, TokenRecord
+from rsdlib.sampling import draw_uniforms, entropy, proposal_mixture, sample_inverse_cdf, step_probs, tempered_probs
 
 
 def speculative_accept(target: torch.Tensor, draft_probs: torch.Tensor, drafts: torch.Tensor,
@@ -61,54 +54,44 @@ def speculative_accept(target: torch.Tensor, draft_probs: torch.Tensor, drafts: 
     return n_accepted, sample_inverse_cdf(residual, u_next)
 
 
-def run_speculative(decoder, prompts, seeds, batch_size, refill):
-    """Yield (index, trace) as traces end; the speculative twin of ``Decoder._run`` (mode rsd only)."""
-    cfg, bridge = decoder.config, decoder.bridge
-    k = cfg.draft_tokens
-    record = cfg.to_dict()
-    stop_ids = set(cfg.stop_ids)
-    for i, p in enumerate(prompts):
-        if len(p) < 2:
-            raise ValueError(f"speculative decoding needs prompts of at least 2 tokens (prompt {i} has {len(p)})")
-    pending = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-    traces, gens, next_token = {}, {}, {}
-    active: list[int] = []
-    t_state = s_state = None
-    stats = decoder.stats = getattr(decoder, "stats", {})  # generate() put the batch plan there
-    stats.update({"rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0})
+class SpeculativeRule(StepRule):
+    """Exact speculative RSD as a step rule of ``rsdlib.engine.run_batches``: one round per step.
 
-    def admit(n):
-        new = [pending.pop() for _ in range(min(n, len(pending)))]
-        for i in new:
-            traces[i] = Trace(prompt_ids=[int(x) for x in prompts[i]], seed=int(seeds[i]), config=record)
-            gens[i] = torch.Generator().manual_seed(int(seeds[i]))
-            next_token[i] = int(prompts[i][-1])  # the prompt's last token is fed with the first round
-        t_new = _ModelState(decoder.teacher, _pad_id(decoder.teacher))
-        t_new.feed([bridge.student_to_teacher(list(prompts[i][:-1])) for i in new])
-        s_new = _ModelState(decoder.student, _pad_id(decoder.student))
-        s_new.feed([list(prompts[i][:-1]) for i in new])
-        return new, t_new, s_new
+    ``decoder``: the ``rsdlib.decoding.Decoder`` (mode rsd, ``draft_tokens`` = k > 0); its models,
+    bridge and config are read, its ``prefill`` hook starts rows, and its ``stats`` dict gets the
+    round counters: rounds, drafted, accepted (drafts) and emitted (tokens recorded).
+    Rows are started on their prompt minus its last token: that token is fed with the first round.
+    """
 
-    while pending or active:
-        free = batch_size - len(active)
-        if pending and (not active or (refill and free >= max(1, batch_size // 4))):
-            new, t_new, s_new = admit(free)
-            if active:
-                t_state.extend(t_new)
-                s_state.extend(s_new)
-            else:
-                t_state, s_state = t_new, s_new
-            active = active + new
-        batch = len(active)
-        u = draw_uniforms([gens[i] for i in active], batch, 3 * k + 2)
+    def __init__(self, decoder, prompts):
+        for i, p in enumerate(prompts):
+            if len(p) < 2:
+                raise ValueError(f"speculative decoding needs prompts of at least 2 tokens (prompt {i} has {len(p)})")
+        self.decoder, self.config, self.bridge = decoder, decoder.config, decoder.bridge
+        self.k = self.config.draft_tokens
+        self.stats = decoder.stats
+        self.stats.update({"rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0})
+        self._forget_student: list[int] = []  # per row of the last round: student positions to roll back
+        self._forget_teacher: list[int] = []  # the same for the teacher (its spelling of the rejected drafts)
+
+    def start(self, rows: list[Row]) -> Batch:
+        dec = self.decoder
+        teacher, _ = dec.prefill(dec.teacher, [self.bridge.student_to_teacher(row.prompt[:-1]) for row in rows])
+        student, _ = dec.prefill(dec.student, [row.prompt[:-1] for row in rows])
+        return Batch(rows, teacher, student)
+
+    def step(self, batch: Batch) -> list[list[TokenRecord]]:
+        cfg, bridge, k = self.config, self.bridge, self.k
+        size = len(batch.rows)
+        u = draw_uniforms([row.generator for row in batch.rows], size, 3 * k + 2)  # (B, 3k + 2)
         u_draft, u_accept, u_next, u_fallback = u[:, :k], u[:, k : 2 * k], u[:, 2 * k], u[:, 2 * k + 1 :]
 
-        # 1. student: pending token, then k drafts; k+1 cached steps
-        x = [next_token[i] for i in active]
+        # 1. student: the pending token (last emitted, or the prompt's last), then k drafts; k+1 cached steps
+        x = [row.last_token for row in batch.rows]
         round_tokens = [[t] for t in x]  # per row: pending + drafts (student ids)
         s_logits = []
         for i in range(k + 1):
-            logits = s_state.feed([[t] for t in x])
+            logits = batch.student.feed([[t] for t in x])  # (B, V_s)
             s_logits.append(logits)
             if i < k:
                 q = tempered_probs(bridge.mask_student_logits(logits.float()), cfg.temperature, cfg.top_p)
@@ -121,82 +104,56 @@ def run_speculative(decoder, prompts, seeds, batch_size, refill):
         spelled = [[bridge.student_to_teacher([t]) for t in row] for row in round_tokens]
         flat = [sum(sp, []) for sp in spelled]
         width = max(len(f) for f in flat)
-        t_all = t_state.feed(flat, keep=width)  # (B, W, V_t)
+        t_all = batch.teacher.feed(flat, keep=width)  # (B, W, V_t), rows right-aligned
         if all(len(f) == k + 1 for f in flat):
             t_logits = t_all
-        else:
-            ends = torch.tensor([[width - len(f) + e - 1 for e in _cumsum([len(s) for s in sp])]
+        else:  # pick each token's last piece: position (W - len(row) + end of the token's spelling - 1)
+            ends = torch.tensor([[width - len(f) + e - 1 for e in itertools.accumulate(len(s) for s in sp)]
                                  for f, sp in zip(flat, spelled)], device=t_all.device)  # (B, k+1)
-            t_logits = t_all.gather(1, ends[..., None].expand(-1, -1, t_all.shape[-1]))
+            t_logits = t_all.gather(1, ends[..., None].expand(-1, -1, t_all.shape[-1]))  # (B, k+1, V_t)
 
         # 3. exact mixture at every position, accept / reject
         vs = s_logits.shape[-1]
-        probs = step_probs(t_logits.reshape(batch * (k + 1), -1), s_logits.reshape(batch * (k + 1), -1), bridge, cfg)
+        positions = size * (k + 1)  # rows x positions flattened for the step maths: (B*(k+1), V)
+        probs = step_probs(t_logits.reshape(positions, -1), s_logits.reshape(positions, -1), bridge, cfg)
         test = probs.student_raw if cfg.threshold_on == "raw" else probs.student
         mix, r = proposal_mixture(probs.teacher, test, cfg.threshold, cfg.trials, p_fallback=probs.student)
-        mix, r = mix.view(batch, k + 1, vs), r.view(batch, k + 1)
-        p_s = probs.student.view(batch, k + 1, vs)
+        mix, r = mix.view(size, k + 1, vs), r.view(size, k + 1)  # (B, k+1, V_s), (B, k+1)
+        p_s = probs.student.view(size, k + 1, vs)
         drafts = torch.tensor([row[1:] for row in round_tokens], device=mix.device)  # (B, k)
         n_acc, nxt = speculative_accept(mix, p_s[:, :k], drafts, u_accept, u_next.to(mix.device))
         emitted = torch.cat([drafts, torch.zeros_like(drafts[:, :1])], dim=1)  # (B, k+1)
-        emitted[torch.arange(batch), n_acc] = nxt
+        emitted[torch.arange(size), n_acc] = nxt
 
         # 4. per-token record of the emitted tokens, with the exact conditional fallback flag
-        col = emitted[..., None]
-        p_t_y = probs.teacher.view(batch, k + 1, vs).gather(-1, col).squeeze(-1)
+        col = emitted[..., None]  # (B, k+1, 1)
+        p_t_y = probs.teacher.view(size, k + 1, vs).gather(-1, col).squeeze(-1)  # (B, k+1)
         p_s_y = p_s.gather(-1, col).squeeze(-1)
-        p_raw_y = probs.student_raw.view(batch, k + 1, vs).gather(-1, col).squeeze(-1)
+        p_raw_y = probs.student_raw.view(size, k + 1, vs).gather(-1, col).squeeze(-1)
         mix_y = mix.gather(-1, col).squeeze(-1)
         fb_prob = (r * p_s_y / mix_y.clamp_min(1e-30)).clamp(0, 1)
-        fallback = u_fallback.to(fb_prob) < fb_prob
-        ent = entropy(probs.student_raw).view(batch, k + 1)
-        n_list, em_list = n_acc.tolist(), emitted.tolist()
-        cols = [t.tolist() for t in (p_t_y, p_s_y, p_raw_y, ent, fallback)]
-        stats["rounds"] += 1
-        stats["drafted"] += batch * k
-        stats["accepted"] += sum(n_list)
+        fallback = u_fallback.to(fb_prob) < fb_prob  # (B, k+1)
+        ent = entropy(probs.student_raw).view(size, k + 1)
+        n_list = n_acc.tolist()
+        self.stats["rounds"] += 1
+        self.stats["drafted"] += size * k
+        self.stats["accepted"] += sum(n_list)
+        records = []
+        for j, (n, tokens, fbs, p_t, p_s_j, p_raw, h) in enumerate(zip(
+                n_list, emitted.tolist(), fallback.tolist(), p_t_y.tolist(), p_s_y.tolist(), p_raw_y.tolist(),
+                ent.tolist())):
+            records.append([TokenRecord(token=tokens[pos], source=int(fbs[pos]), fallback=bool(fbs[pos]),
+                                        teacher_prob=p_t[pos], student_prob=p_s_j[pos], student_prob_raw=p_raw[pos],
+                                        student_entropy=h[pos]) for pos in range(n + 1)])
+        # the caches saw pending + k drafts; a row keeps pending + its n accepted drafts
+        self._forget_student = [k - n for n in n_list]
+        self._forget_teacher = [sum(len(s) for s in sp[n + 1 :]) for n, sp in zip(n_list, spelled)]
+        return records
 
-        keep, forget_s, forget_t = [], [], []
-        for j, i in enumerate(active):
-            tr, n, done = traces[i], n_list[j], False
-            for pos in range(n + 1):
-                y = em_list[j][pos]
-                fb = bool(cols[4][j][pos])
-                tr.token_ids.append(y)
-                tr.source.append(int(fb))
-                tr.fallback.append(fb)
-                tr.teacher_prob.append(cols[0][j][pos])
-                tr.student_prob.append(cols[1][j][pos])
-                tr.student_prob_raw.append(cols[2][j][pos])
-                tr.student_entropy.append(cols[3][j][pos])
-                stats["emitted"] += 1
-                if y in stop_ids or len(tr.token_ids) >= cfg.max_new_tokens:
-                    tr.finish_reason = "stop" if y in stop_ids else "length"
-                    done = True
-                    break
-            if done:
-                del gens[i], next_token[i]
-                yield i, traces.pop(i)
-                continue
-            keep.append(j)
-            next_token[i] = em_list[j][n]
-            forget_s.append(k - n)  # student saw pending + k drafts; keeps pending + n drafts
-            forget_t.append(sum(len(s) for s in spelled[j][n + 1 :]))
-        if len(keep) < len(active):
-            if not keep:
-                active, t_state, s_state = [], None, None
-                continue
-            index = torch.tensor(keep, dtype=torch.long)
-            t_state.keep(index)
-            s_state.keep(index)
-            active = [active[j] for j in keep]
-        s_state.forget_last(forget_s)
-        t_state.forget_last(forget_t)
+    def recorded(self, tokens: int) -> None:
+        self.stats["emitted"] += tokens
 
-
-def _cumsum(xs):
-    out, total = [], 0
-    for x in xs:
-        total += x
-        out.append(total)
-    return out
+    def advance(self, batch: Batch, kept: list[int]) -> None:
+        """Roll both caches back past the kept rows' rejected drafts (the emitted token is fed next round)."""
+        batch.student.forget_last([self._forget_student[j] for j in kept])
+        batch.teacher.forget_last([self._forget_teacher[j] for j in kept])

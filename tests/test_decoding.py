@@ -11,7 +11,6 @@ from rsdlib.decoding import (
     DecodingConfig,
     Decoder,
     StepProbs,
-    _ModelState,
     choose_tokens,
     draw_uniforms,
     rsd_mixture,
@@ -22,6 +21,7 @@ from rsdlib.decoding import (
     tempered_probs,
     top_p_filter,
 )
+from rsdlib.engine import ModelState
 
 ALPHA = 1e-4  # false-alarm rate of each statistical test below (seeds are fixed, so runs are repeatable)
 
@@ -270,10 +270,10 @@ def test_config_rejects_bad_values():
 
 
 def test_growing_cache_layer_matches_plain_tensor_ops():
-    from rsdlib.decoding import _GrowingLayer
+    from rsdlib.engine import GrowingLayer
 
     gen = torch.Generator().manual_seed(0)
-    layer, keys = _GrowingLayer(), torch.empty(3, 2, 0, 4)
+    layer, keys = GrowingLayer(), torch.empty(3, 2, 0, 4)
     for n in (5, 1, 1, 70, 1):  # crosses the initial capacity and a doubling
         k = torch.randn(3, 2, n, 4, generator=gen)
         keys = torch.cat([keys, k], dim=2)
@@ -435,7 +435,7 @@ def test_skd_step_distribution_is_the_documented_mixture():
 
 def test_look_ahead_leaves_the_cache_as_it_was():
     model = tiny_lm(VOCAB, seed=3)
-    a, b = _ModelState(model, 0), _ModelState(model, 0)
+    a, b = ModelState(model, 0), ModelState(model, 0)
     for state in (a, b):
         state.feed([[5, 6, 7], [8, 9]])
     ahead = a.look_ahead([[10, 11], []])

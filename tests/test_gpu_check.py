@@ -217,14 +217,15 @@ def test_shapes_build_the_paper_architectures_on_the_meta_device():
 def test_chunked_prefill_decoder_matches_the_decoder():
     """Feeding the prompt in chunks leaves the state one prefill gives: same first logits, same traces."""
     from rsdlib.bridge import VocabBridge
-    from rsdlib.decoding import DecodingConfig, Decoder, _ModelState
+    from rsdlib.decoding import DecodingConfig, Decoder
+    from rsdlib.engine import ModelState
 
     teacher = gc_mod.build_model(gc_mod.TINY_TEACHER, torch.float32, "cpu")
     student = gc_mod.build_model(gc_mod.TINY_STUDENT, torch.float32, "cpu")
     bridge = VocabBridge.shared_prefix(640, 576, gc_mod.TINY_SHARED, gc_mod.TINY_STUDENT_ONLY)
     prompts = torch.randint(0, gc_mod.TINY_SHARED, (3, 37), generator=torch.Generator().manual_seed(1)).tolist()
-    whole = _ModelState(teacher, 0).feed(prompts)
-    chunked = gc_mod._feed_chunked(_ModelState(teacher, 0), prompts, 8)
+    whole = ModelState(teacher, 0).feed(prompts)
+    chunked = gc_mod._feed_chunked(ModelState(teacher, 0), prompts, 8)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     assert gc_mod.prefill_forwards(37, 8) == 5
     cfg = DecodingConfig(mode="rsd", threshold=0.01, max_new_tokens=12)
@@ -233,17 +234,17 @@ def test_chunked_prefill_decoder_matches_the_decoder():
     dec.chunk = 8
     assert [t.token_ids for t in dec.generate(prompts, [0, 1, 2], batch_size=3)] == [t.token_ids for t in plain]
     with pytest.raises(ValueError, match="one length"):
-        gc_mod._feed_chunked(_ModelState(teacher, 0), [[1, 2, 3], [1, 2]], 2)
+        gc_mod._feed_chunked(ModelState(teacher, 0), [[1, 2, 3], [1, 2]], 2)
 
 
 def test_kv_sizing_matches_the_engine_and_the_field_notes():
     """KV bytes per token as the field notes give them, and the buffer length rsdlib's cache really allocates."""
-    from rsdlib.decoding import _ModelState
+    from rsdlib.engine import ModelState
 
     assert gc_mod.kv_bytes_per_token(gc_mod.TEACHER_SHAPE) == 57_344  # ~57 KB
     assert gc_mod.kv_bytes_per_token(gc_mod.STUDENT_SHAPE) == 114_688  # ~115 KB
     model = gc_mod.build_model(gc_mod.TINY_STUDENT, torch.float32, "cpu")
-    state = _ModelState(model, 0)
+    state = ModelState(model, 0)
     gc_mod._feed_chunked(state, [list(range(1, 101))], 32)
     for _ in range(40):
         state.feed([[5]])

@@ -8,7 +8,8 @@ import torch
 from transformers import Qwen2Config, Qwen3Config
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import CACHE_CHUNK, DecodingConfig, Decoder, _GrowingLayer, _ModelState
+from rsdlib.decoding import DecodingConfig, Decoder
+from rsdlib.engine import CACHE_CHUNK, GrowingLayer, ModelState
 from rsdlib.memory import (GIB, CacheUser, batch_for_memory, dtype_bytes, free_device_bytes, kv_cache_bytes_per_token,
                            plan_batch)
 
@@ -142,7 +143,7 @@ def capacity(layer):
 def test_cache_buffers_never_hold_more_than_a_chunk_of_spare_columns():
     """Appends, row drops, merges and left trims keep capacity < live width + CACHE_CHUNK (doubling held up to 2x)."""
     gen = torch.Generator().manual_seed(0)
-    layer = _GrowingLayer()
+    layer = GrowingLayer()
     for _ in range(3):  # 3 x 400 positions
         k = torch.randn(4, 2, 400, 8, generator=gen)
         layer.update(k, k)
@@ -152,7 +153,7 @@ def test_cache_buffers_never_hold_more_than_a_chunk_of_spare_columns():
     assert capacity(layer) == 1280 and layer.keys.shape == (3, 2, 1200, 8)
     layer.drop_left(700)
     assert capacity(layer) == 512 and layer.get_seq_length() == 500
-    other = _GrowingLayer()
+    other = GrowingLayer()
     new_rows = torch.randn(2, 2, 30, 8, generator=gen)
     other.update(new_rows, new_rows)
     before = layer.keys.clone()
@@ -164,7 +165,7 @@ def test_cache_buffers_never_hold_more_than_a_chunk_of_spare_columns():
 
 def test_decoder_states_stay_within_a_chunk_of_their_width():
     model = tiny_lm()
-    state, other = _ModelState(model, 0), _ModelState(model, 0)
+    state, other = ModelState(model, 0), ModelState(model, 0)
     state.feed([list(range(2, 40)) * 8, [3, 4]])  # 304 and 2 tokens
     other.feed([[5, 6, 7]])
     state.extend(other)

@@ -1,0 +1,436 @@
+"""The batched two-model engine: KV caches, per-model state, and the one batch scheduler.
+
+Every decoding mode of rsdlib (lockstep RSD/SKD/teacher/student in ``rsdlib.decoding``, exact
+speculative RSD in ``rsdlib.speculative``) runs on this engine. They differ only in their
+``StepRule``: how a group of new rows is prefilled (``StepRule.start``), what one step emits
+(``StepRule.step``) and how the surviving rows are prepared for the next step (``StepRule.advance``).
+Everything else is written once, here, in ``run_batches``:
+
+- pending prompts are admitted shortest first; a running batch is refilled when a quarter of its slots
+  are free (the new rows are prefilled on their own and merged below the running ones);
+- each emitted token is recorded in its row's trace as a ``TokenRecord``;
+- a row that emits a stop id or reaches ``max_new_tokens`` ends, is yielded at once and leaves the
+  batch (its cache rows are dropped, and columns that became padding in every row are trimmed).
+
+The pieces below it:
+
+- ``GrowingLayer`` / ``new_cache``: a transformers ``DynamicCache`` whose layers append in place into
+  buffers grown by ``CACHE_CHUNK`` positions (never by doubling; ``cache_capacity``).
+- ``ModelState``: one model's batched context (KV cache, attention mask, positions) with the row
+  operations the scheduler and the step rules need: ``feed``, ``look_ahead``, ``forget_last``
+  (speculative roll-back), ``extend`` (refill), ``keep`` (drop ended rows).
+- ``prefill``, ``pad_id``, ``model_dtype``: small helpers around a model.
+
+Rows hold STUDENT ids (the trace's vocabulary); a step rule maps them to the teacher's spelling
+itself (``VocabBridge.student_to_teacher``). This module knows nothing of modes, configs or traces
+beyond the trace's ``add(record)``, ``token_ids`` and ``finish_reason``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# ----------------------------------------------------------------------------------------------
+# KV cache and one model's batched state
+# ----------------------------------------------------------------------------------------------
+CACHE_CHUNK = 256  # KV cache positions a buffer grows by; capacity = live width rounded up to this
+
+
+def cache_capacity(length: int) -> int:
+    """Buffer positions for ``length`` live ones: the next multiple of CACHE_CHUNK (never 2x the width)."""
+    return max(CACHE_CHUNK, -(-length // CACHE_CHUNK) * CACHE_CHUNK)
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that appends in place into a buffer grown by fixed chunks.
+
+    transformers' DynamicLayer concatenates the whole cache at every step (a full copy per token);
+    this layer writes into a buffer of ``cache_capacity(width)`` positions (at most CACHE_CHUNK - 1 spare
+    columns per row, where doubling could hold twice the live width: ~90 GB of cache at the paper's
+    batch becomes ~180 GB) and exposes ``keys``/``values`` as views. A full buffer is copied into one
+    a chunk larger: at 8k tokens that is 32 copies per layer, each costing about one decoding step's
+    cache read. Row selection, merging, left trimming and cropping keep the buffer in sync.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._len = 0
+            self._kbuf = self._vbuf = None
+        n = key_states.shape[-2]
+        if self._kbuf is None or self._len + n > self._kbuf.shape[-2]:
+            self._resize(cache_capacity(self._len + n), key_states, value_states)
+        self._kbuf[:, :, self._len : self._len + n] = key_states
+        self._vbuf[:, :, self._len : self._len + n] = value_states
+        self._set_length(self._len + n)
+        return self.keys, self.values
+
+    def _resize(self, capacity, like_k, like_v):
+        """New buffers of ``capacity`` positions holding the current content."""
+        kbuf = like_k.new_empty(*like_k.shape[:2], capacity, like_k.shape[3])
+        vbuf = like_v.new_empty(*like_v.shape[:2], capacity, like_v.shape[3])
+        if self._len:
+            kbuf[:, :, : self._len] = self.keys
+            vbuf[:, :, : self._len] = self.values
+        self._kbuf, self._vbuf = kbuf, vbuf
+
+    def _set_length(self, length):
+        self._len = length
+        self.keys = self._kbuf[:, :, :length]
+        self.values = self._vbuf[:, :, :length]
+
+    def _adopt(self, keys, values):
+        """Replace the content by (keys, values) of shape (B, H, L, D), copied into fresh buffers."""
+        self._len = 0
+        self._kbuf = self._vbuf = None  # free the old buffers before allocating the new ones
+        self.keys = self.values = None
+        self._resize(cache_capacity(keys.shape[-2]), keys, values)
+        self._kbuf[:, :, : keys.shape[-2]] = keys
+        self._vbuf[:, :, : keys.shape[-2]] = values
+        self._set_length(keys.shape[-2])
+
+    def stack_below(self, other: "GrowingLayer", width: int) -> None:
+        """Put the rows of ``other`` below ours, both right-aligned in ``width`` columns (left padding zeroed).
+
+        Copies each part once into the new buffer (no intermediate concatenation).
+        """
+        parts = ((self.keys, self.values), (other.keys, other.values))
+        rows = sum(k.shape[0] for k, _ in parts)
+        kbuf = self.keys.new_empty(rows, self.keys.shape[1], cache_capacity(width), self.keys.shape[3])
+        vbuf = self.values.new_empty(rows, self.values.shape[1], cache_capacity(width), self.values.shape[3])
+        start = 0
+        for keys, values in parts:
+            end, pad = start + keys.shape[0], width - keys.shape[2]
+            kbuf[start:end, :, :pad].zero_()  # padding must be finite: attention weighs it by 0
+            vbuf[start:end, :, :pad].zero_()
+            kbuf[start:end, :, pad:width] = keys
+            vbuf[start:end, :, pad:width] = values
+            start = end
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self._set_length(width)
+
+    def batch_select_indices(self, indices):
+        if self.is_initialized and self._len:
+            self._adopt(self.keys[indices], self.values[indices])
+
+    def drop_left(self, n):
+        """Forget the first ``n`` positions of every row (columns that are padding everywhere)."""
+        if self.is_initialized and self._len and n > 0:
+            self._adopt(self.keys[:, :, n:], self.values[:, :, n:])
+
+    def crop(self, max_length):
+        """Negative: drop that many positions from the end (transformers 5); positive: keep that many."""
+        if max_length < 0:
+            max_length = self.get_seq_length() + max_length
+        if self.is_initialized and max_length < self._len:
+            self._set_length(max(0, max_length))  # later appends overwrite the tail in place
+
+
+def new_cache():
+    """An empty DynamicCache whose layers append in amortised O(1) (see GrowingLayer)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
+
+
+class ModelState:
+    """One model's batched context: KV cache, 2-D attention mask over the cache, next position per row."""
+
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.device = model.device
+        self.pad_id = pad_id
+        self.cache = None
+        self.mask = None  # (B, L) 1 = real token
+        self.next_pos = None  # (B,) number of real tokens so far
+
+    @torch.no_grad()
+    def feed(self, rows: list[list[int]], keep: int = 1) -> torch.Tensor:
+        """Append each row's new ids (left-padded to a common width) and return last-position logits (B, V).
+
+        With ``keep`` > 1, return the logits of the last ``keep`` positions instead, (B, keep, V).
+        """
+        width = max(len(r) for r in rows)
+        batch = len(rows)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                new_mask[i, width - len(r) :] = 1
+        ids, new_mask = ids.to(self.device), new_mask.to(self.device)
+        if self.cache is None:
+            self.cache = new_cache()
+            self.mask = new_mask
+            start = torch.zeros(batch, dtype=torch.long, device=self.device)
+        else:
+            self.mask = torch.cat([self.mask, new_mask], dim=1)
+            start = self.next_pos
+        positions = start[:, None] + (new_mask.cumsum(-1) - 1).clamp_min(0)  # (B, width)
+        self.next_pos = start + new_mask.sum(-1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :] if keep == 1 else out.logits[:, -keep:, :]
+
+    @torch.no_grad()
+    def look_ahead(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Logits after each of each row's tokens, WITHOUT keeping them: [(len(row), V)] per row.
+
+        The tokens are fed, read and rolled back (``forget_last``); the cache, mask and positions end
+        as they were. Rows with no tokens get an empty tensor.
+        """
+        width = max(len(r) for r in rows)
+        if width == 0:
+            return [torch.empty(0, 0) for _ in rows]
+        logits = self.feed(rows, keep=width)
+        logits = logits[:, None, :] if width == 1 else logits  # (B, W, V)
+        self.forget_last([len(r) for r in rows])
+        return [logits[b, width - len(r):] for b, r in enumerate(rows)]
+
+    def forget_last(self, counts: Sequence[int]) -> None:
+        """Roll back: hide each row's last ``counts[b]`` real tokens (rejected drafts) from attention.
+
+        The hidden columns stay in the cache as padding (rows roll back by different amounts) and
+        trailing columns hidden in every row are cropped away. Positions move back with them.
+        """
+        for b, n in enumerate(counts):
+            if n:
+                real = self.mask[b].nonzero().squeeze(-1)
+                self.mask[b, real[-n:]] = 0
+        self.next_pos = self.next_pos - torch.tensor(list(counts), device=self.device)
+        live = self.mask.any(0).nonzero()
+        length = int(live[-1]) + 1 if len(live) else 0
+        if length < self.mask.shape[1]:
+            self.cache.crop(length - self.mask.shape[1])  # negative: remove that many (transformers 5)
+            self.mask = self.mask[:, :length]
+
+    def extend(self, other: "ModelState") -> None:
+        """Append the rows of ``other`` (a freshly prefilled state) below ours, left-padding the shorter cache."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad_left(t, n):  # (B, L) mask
+            return t if n == 0 else torch.cat([t.new_zeros(t.shape[0], n), t], dim=1)
+
+        pad_a, pad_b = width - self.mask.shape[1], width - other.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.stack_below(theirs, width)
+        self.mask = torch.cat([pad_left(self.mask, pad_a), pad_left(other.mask, pad_b)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Drop finished rows: keep only ``index`` (sorted row numbers) and trim all-padding columns."""
+        index = index.to(self.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_pos = self.next_pos[index]
+        live_cols = self.mask.any(0).nonzero()
+        first = int(live_cols[0]) if len(live_cols) else 0
+        if first > 0:  # columns that are padding in every remaining row cost attention for nothing
+            for layer in self.cache.layers:
+                layer.drop_left(first)
+            self.mask = self.mask[:, first:]
+
+
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype of a model's activations (and so of its KV cache)."""
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
+
+
+def pad_id(model, fallback: int = 0) -> int:
+    cfg = model.config
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return fallback
+
+
+
+def prefill(model, rows: list[list[int]]) -> tuple[ModelState, torch.Tensor]:
+    """A fresh ``ModelState`` of ``model`` holding ``rows`` (the model's own ids), and the logits after
+    each row's last token, (B, V)."""
+    state = ModelState(model, pad_id(model))
+    return state, state.feed(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows, batches, step rules and the scheduler
+# ----------------------------------------------------------------------------------------------
+class TokenRecord(NamedTuple):
+    """What a trace records about one emitted token (``rsdlib.decoding.Trace`` has one list per field).
+
+    Probabilities are of the emitted token, NaN for a model that was not run.
+    """
+
+    token: int  # student id
+    source: int  # 0: written by the teacher, 1: by the student
+    fallback: bool  # the proposal was rejected and the fallback model wrote the token
+    teacher_prob: float  # P_t(token) under the distribution sampled from (tempered, top-p)
+    student_prob: float  # P_s(token), likewise
+    student_prob_raw: float  # P_s(token) at T = 1, no top-p
+    student_entropy: float  # entropy (nats) of the student's raw distribution at this position
+
+
+@dataclass
+class Row:
+    """One sequence of a batch: its prompt, its growing trace and its own random generator."""
+
+    index: int  # position of its prompt in the run's prompt list
+    prompt: list[int]  # student ids
+    trace: Any  # rsdlib.decoding.Trace (anything with add(record), token_ids and finish_reason)
+    generator: torch.Generator  # seeded with the row's seed; every random draw of the row comes from it
+
+    @property
+    def last_token(self) -> int:
+        """The row's latest token: the last one emitted, or the prompt's last before any."""
+        return (self.trace.token_ids or self.prompt)[-1]
+
+
+@dataclass
+class Batch:
+    """The rows decoded together and each model's state over them (row b of a state is ``rows[b]``).
+
+    ``teacher_logits`` / ``student_logits`` are the logits a rule keeps for its next step ((B, V) each;
+    lockstep keeps them, speculative decoding does not); a model that does not run has None throughout.
+    """
+
+    rows: list[Row]
+    teacher: ModelState | None = None
+    student: ModelState | None = None
+    teacher_logits: torch.Tensor | None = None
+    student_logits: torch.Tensor | None = None
+
+    def extend(self, other: "Batch") -> None:
+        """Append ``other``'s rows (freshly started by the same rule) below ours."""
+        for mine, theirs in ((self.teacher, other.teacher), (self.student, other.student)):
+            if mine is not None:
+                mine.extend(theirs)
+        if self.teacher_logits is not None:
+            self.teacher_logits = torch.cat([self.teacher_logits, other.teacher_logits])
+        if self.student_logits is not None:
+            self.student_logits = torch.cat([self.student_logits, other.student_logits])
+        self.rows = self.rows + other.rows
+
+    def keep(self, kept: list[int]) -> None:
+        """Keep only rows ``kept`` (sorted positions), in every state. The kept logits are stale after a
+        step, so they are dropped: ``StepRule.advance`` computes the next ones."""
+        index = torch.tensor(kept, dtype=torch.long)
+        for state in (self.teacher, self.student):
+            if state is not None:
+                state.keep(index)
+        self.teacher_logits = self.student_logits = None
+        self.rows = [self.rows[j] for j in kept]
+
+
+class StepRule(Protocol):
+    """How a decoding mode starts rows and advances a batch; ``run_batches`` does the rest."""
+
+    def start(self, rows: list[Row]) -> Batch:
+        """Prefill the prompts of new rows: a batch of just these rows, ready for ``step``."""
+        ...
+
+    def step(self, batch: Batch) -> list[list[TokenRecord]]:
+        """One step of every row: the tokens each row emits, in order (lockstep: one per row)."""
+        ...
+
+    def advance(self, batch: Batch, kept: list[int]) -> None:
+        """Make the batch ready for the next step after ended rows left it (feed the tokens just emitted,
+        roll back rejected drafts). ``kept[b]``: the position in the stepped batch of what is now row b."""
+        ...
+
+    def recorded(self, tokens: int) -> None:
+        """Told after each step how many tokens the scheduler recorded (an ending row records up to its
+        stop). For statistics; the default ignores it."""
+
+
+@dataclass
+class _Pending:
+    """Prompts not yet admitted, shortest on top (ties: lowest index first)."""
+
+    prompts: Sequence[Sequence[int]]
+    order: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.order = sorted(range(len(self.prompts)), key=lambda i: (-len(self.prompts[i]), i))
+
+    def pop(self, n: int) -> list[int]:
+        return [self.order.pop() for _ in range(min(n, len(self.order)))]
+
+
+def run_batches(
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    rule: StepRule,
+    *,
+    new_trace: Callable[[list[int], int], Any],
+    stop_ids: Sequence[int],
+    max_new_tokens: int,
+    batch_size: int,
+    refill: bool = True,
+) -> Iterator[tuple[int, Any]]:
+    """Decode every prompt with ``rule``; yield (prompt index, trace) as each trace ends.
+
+    At most ``batch_size`` rows run at once. ``new_trace(prompt ids, seed)`` makes a row's empty trace;
+    the row's generator is ``torch.Generator().manual_seed(seed)``. A row ends when it emits one of
+    ``stop_ids`` (kept in the trace, ``finish_reason`` "stop") or holds ``max_new_tokens`` tokens
+    ("length"). With ``refill`` an ended row's slot goes to a pending prompt whenever a quarter of the
+    slots are free; without it, a new batch starts only when the running one is empty.
+    """
+    stop = frozenset(int(s) for s in stop_ids)
+    pending = _Pending(prompts)
+    batch: Batch | None = None
+    while pending.order or batch is not None:
+        # 1. admit pending prompts: into an empty batch, or into a running one once enough slots are free
+        free = batch_size - (len(batch.rows) if batch is not None else 0)
+        if pending.order and (batch is None or (refill and free >= max(1, batch_size // 4))):
+            rows = []
+            for i in pending.pop(free):
+                prompt, seed = [int(x) for x in prompts[i]], int(seeds[i])
+                rows.append(Row(i, prompt, new_trace(list(prompt), seed), torch.Generator().manual_seed(seed)))
+            started = rule.start(rows)  # prefilled on their own...
+            if batch is None:
+                batch = started
+            else:
+                batch.extend(started)  # ...then merged below the running rows
+        # 2. one step of the rule: the tokens each row emits
+        emitted = rule.step(batch)
+        # 3. record them; a row ends at a stop id or at max_new_tokens, and is handed out at once
+        kept, recorded = [], 0
+        for j, (row, records) in enumerate(zip(batch.rows, emitted)):
+            ended = False
+            for record in records:
+                row.trace.add(record)
+                recorded += 1
+                if record.token in stop or len(row.trace.token_ids) >= max_new_tokens:
+                    row.trace.finish_reason = "stop" if record.token in stop else "length"
+                    ended = True
+                    break
+            if ended:
+                yield row.index, row.trace
+            else:
+                kept.append(j)
+        rule.recorded(recorded)
+        # 4. drop the ended rows from every state, then prepare the others' next step
+        if not kept:
+            batch = None
+            continue
+        if len(kept) < len(batch.rows):
+            batch.keep(kept)
+        rule.advance(batch, kept)
