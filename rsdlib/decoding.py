@@ -180,7 +180,6 @@ class Trace:
         return cls(**d)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # The lockstep step rule
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +197,8 @@ def score_student_only_proposals(probs: StepProbs, teacher_logits: torch.Tensor,
     """
     only = bridge._on("student_only_mask", probs.student.device)  # (V_s,)
     u = uniforms.to(probs.student.device)
+    # the student's proposals, (B, trials): the draws choose_tokens will make from the same uniforms
     proposals = torch.stack([sample_inverse_cdf(probs.student, u[:, k]) for k in range(config.trials)], 1)
-    # proposals: (B, trials)
     hit = only[proposals]  # (B, trials)
     if not hit.any():
         return probs
@@ -233,7 +232,6 @@ def score_student_only_proposals(probs: StepProbs, teacher_logits: torch.Tensor,
     return StepProbs(probs.teacher, probs.student, probs.student_raw, raw, approval)
 
 
-
 def steer_logits(decoder, t_logits, s_logits, traces):
     """Stand-in models only (``rsdlib.standins``): apply a model's scripted steering, ``model.rsdlib_steer``.
 
@@ -251,6 +249,65 @@ def steer_logits(decoder, t_logits, s_logits, traces):
     return t_logits, s_logits
 
 
+class LockstepRule(StepRule):
+    """Modes rsd, skd, teacher and student, one token per row per step (``rsdlib.engine.run_batches``).
+
+    The batch keeps each running model's logits for the next step ((B, V_t), (B, V_s)); a step turns them
+    into the step's distributions over the student's ids (``step_probs``), draws ``trials + 1`` uniforms
+    per row and applies the mode's rule (``choose_tokens``); ``advance`` feeds the emitted tokens.
+    """
+
+    def __init__(self, decoder: Decoder):
+        self.decoder, self.config, self.bridge = decoder, decoder.config, decoder.bridge
+
+    def start(self, rows: list[Row]) -> Batch:
+        dec, cfg = self.decoder, self.config
+        batch = Batch(rows)
+        if cfg.needs_teacher:
+            teacher_rows = [self.bridge.student_to_teacher(row.prompt) for row in rows]
+            batch.teacher, batch.teacher_logits = dec.prefill(dec.teacher, teacher_rows)
+        if cfg.needs_student:
+            batch.student, batch.student_logits = dec.prefill(dec.student, [row.prompt for row in rows])
+        return batch
+
+    def step(self, batch: Batch) -> list[list[TokenRecord]]:
+        cfg, bridge = self.config, self.bridge
+        # 1. the step's distributions over the student's ids, and the rows' uniforms
+        t_logits, s_logits = steer_logits(self.decoder, batch.teacher_logits, batch.student_logits,
+                                          [row.trace for row in batch.rows])
+        probs = step_probs(t_logits, s_logits, bridge, cfg)
+        uniforms = draw_uniforms([row.generator for row in batch.rows], len(batch.rows), cfg.trials + 1)
+        if cfg.mode == "skd" and bridge.student_only:  # the teacher scores a proposed </think> by its spelling
+            probs = score_student_only_proposals(probs, t_logits, batch.teacher, bridge, cfg, uniforms)
+        # 2. the mode's rule
+        tokens, fallback, source = choose_tokens(probs, cfg, uniforms)  # (B,) each
+        # 3. what the trace records: the emitted token's probabilities (NaN for a model not run)
+        col = tokens[:, None]  # (B, 1)
+        p_teacher = probs.teacher if probs.teacher_approval is None else probs.teacher_approval
+        nan = [math.nan] * len(batch.rows)
+
+        def at_token(p):  # (B, V) -> the B probabilities of the emitted tokens
+            return p.gather(-1, col.to(p.device)).squeeze(-1).tolist() if p is not None else nan
+
+        entropies = entropy(probs.student_raw).tolist() if probs.student_raw is not None else nan
+        columns = zip(tokens.tolist(), source.tolist(), fallback.tolist(), at_token(p_teacher),
+                      at_token(probs.student), at_token(probs.student_raw), entropies)
+        return [[TokenRecord(token=y, source=src, fallback=bool(fb), teacher_prob=p_t, student_prob=p_s,
+                             student_prob_raw=p_raw, student_entropy=h)]
+                for y, src, fb, p_t, p_s, p_raw, h in columns]
+
+    def advance(self, batch: Batch, kept: list[int]) -> None:
+        """Feed each row's token just emitted: the logits of the next step."""
+        tokens = [row.last_token for row in batch.rows]
+        if batch.teacher is not None:
+            batch.teacher_logits = batch.teacher.feed([self.bridge.student_to_teacher([t]) for t in tokens])
+        if batch.student is not None:
+            batch.student_logits = batch.student.feed([[t] for t in tokens])
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoder
+# ----------------------------------------------------------------------------------------------
 class Decoder:
     """Batched decoder for one teacher/student pair (either may be None if the mode does not need it).
 
@@ -367,59 +424,3 @@ class Decoder:
         yield from run_batches(
             prompts, seeds, rule, new_trace=lambda prompt, seed: Trace(prompt_ids=prompt, seed=seed, config=record),
             stop_ids=cfg.stop_ids, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, refill=refill)
-
-
-class LockstepRule(StepRule):
-    """Modes rsd, skd, teacher and student, one token per row per step (``rsdlib.engine.run_batches``).
-
-    The batch keeps each running model's logits for the next step ((B, V_t), (B, V_s)); a step turns them
-    into the step's distributions over the student's ids (``step_probs``), draws ``trials + 1`` uniforms
-    per row and applies the mode's rule (``choose_tokens``); ``advance`` feeds the emitted tokens.
-    """
-
-    def __init__(self, decoder: "Decoder"):
-        self.decoder, self.config, self.bridge = decoder, decoder.config, decoder.bridge
-
-    def start(self, rows: list[Row]) -> Batch:
-        dec, cfg = self.decoder, self.config
-        batch = Batch(rows)
-        if cfg.needs_teacher:
-            teacher_rows = [self.bridge.student_to_teacher(row.prompt) for row in rows]
-            batch.teacher, batch.teacher_logits = dec.prefill(dec.teacher, teacher_rows)
-        if cfg.needs_student:
-            batch.student, batch.student_logits = dec.prefill(dec.student, [row.prompt for row in rows])
-        return batch
-
-    def step(self, batch: Batch) -> list[list[TokenRecord]]:
-        cfg, bridge = self.config, self.bridge
-        # 1. the step's distributions over the student's ids, and the rows' uniforms
-        t_logits, s_logits = steer_logits(self.decoder, batch.teacher_logits, batch.student_logits,
-                                          [row.trace for row in batch.rows])
-        probs = step_probs(t_logits, s_logits, bridge, cfg)
-        uniforms = draw_uniforms([row.generator for row in batch.rows], len(batch.rows), cfg.trials + 1)
-        if cfg.mode == "skd" and bridge.student_only:  # the teacher scores a proposed </think> by its spelling
-            probs = score_student_only_proposals(probs, t_logits, batch.teacher, bridge, cfg, uniforms)
-        # 2. the mode's rule
-        tokens, fallback, source = choose_tokens(probs, cfg, uniforms)  # (B,) each
-        # 3. what the trace records: the emitted token's probabilities (NaN for a model not run)
-        col = tokens[:, None]  # (B, 1)
-        p_teacher = probs.teacher if probs.teacher_approval is None else probs.teacher_approval
-        nan = [math.nan] * len(batch.rows)
-
-        def at_token(p):  # (B, V) -> the B probabilities of the emitted tokens
-            return p.gather(-1, col.to(p.device)).squeeze(-1).tolist() if p is not None else nan
-
-        entropies = entropy(probs.student_raw).tolist() if probs.student_raw is not None else nan
-        columns = zip(tokens.tolist(), source.tolist(), fallback.tolist(), at_token(p_teacher),
-                      at_token(probs.student), at_token(probs.student_raw), entropies)
-        return [[TokenRecord(token=y, source=src, fallback=bool(fb), teacher_prob=p_t, student_prob=p_s,
-                             student_prob_raw=p_raw, student_entropy=h)]
-                for y, src, fb, p_t, p_s, p_raw, h in columns]
-
-    def advance(self, batch: Batch, kept: list[int]) -> None:
-        """Feed each row's token just emitted: the logits of the next step."""
-        tokens = [row.last_token for row in batch.rows]
-        if batch.teacher is not None:
-            batch.teacher_logits = batch.teacher.feed([self.bridge.student_to_teacher([t]) for t in tokens])
-        if batch.student is not None:
-            batch.student_logits = batch.student.feed([[t] for t in tokens])

@@ -157,8 +157,8 @@ class ModelState:
         """
         width = max(len(r) for r in rows)
         batch = len(rows)
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        new_mask = torch.zeros((batch, width), dtype=torch.long)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)  # (B, W), rows right-aligned
+        new_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, W)
         for i, r in enumerate(rows):
             if r:
                 ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
@@ -169,7 +169,7 @@ class ModelState:
             self.mask = new_mask
             start = torch.zeros(batch, dtype=torch.long, device=self.device)
         else:
-            self.mask = torch.cat([self.mask, new_mask], dim=1)
+            self.mask = torch.cat([self.mask, new_mask], dim=1)  # (B, L + W)
             start = self.next_pos
         positions = start[:, None] + (new_mask.cumsum(-1) - 1).clamp_min(0)  # (B, width)
         self.next_pos = start + new_mask.sum(-1)
@@ -243,8 +243,6 @@ class ModelState:
             self.mask = self.mask[:, first:]
 
 
-
-
 def model_dtype(model) -> torch.dtype:
     """The dtype of a model's activations (and so of its KV cache)."""
     dtype = getattr(model, "dtype", None)
@@ -252,6 +250,7 @@ def model_dtype(model) -> torch.dtype:
 
 
 def pad_id(model, fallback: int = 0) -> int:
+    """The id a model's rows are left-padded with (masked out, so any id works): pad, else eos, else bos."""
     cfg = model.config
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(cfg, name, None)
@@ -260,7 +259,6 @@ def pad_id(model, fallback: int = 0) -> int:
         if value is not None:
             return int(value)
     return fallback
-
 
 
 def prefill(model, rows: list[list[int]]) -> tuple[ModelState, torch.Tensor]:

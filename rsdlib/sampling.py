@@ -29,7 +29,6 @@ def derive_seed(base_seed: int, problem_id: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Pure step maths on (B, V) probability tensors
 # ----------------------------------------------------------------------------------------------
@@ -238,4 +237,3 @@ def spelling_probs(piece_logits: torch.Tensor, pieces: torch.Tensor, lengths: to
     live = torch.arange(width, device=logits.device)[None, :] < lengths.to(logits.device)[:, None]  # (N, L)
     one = torch.ones_like(tempered)
     return torch.where(live, tempered, one).prod(-1), torch.where(live, raw, one).prod(-1)
-
