@@ -43,15 +43,12 @@ def _peak_rss(reset: bool = False) -> float:
 
 def load(args):
     if args.tiny:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
         from rsdlib.bridge import VocabBridge
+        from rsdlib.standins import tiny_model
 
         def lm(layers, hidden):
-            torch.manual_seed(layers)
-            cfg = Qwen2Config(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
-                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
-            return Qwen2ForCausalLM(cfg).eval()
+            return tiny_model(seed=layers, layers=layers, hidden=hidden, vocab_size=1000, max_positions=32768,
+                              eos_token_id=None, pad_token_id=None)
 
         return lm(6, 256), lm(3, 128), VocabBridge.identity(1000), list(range(10, 60))
     from rsdlib.models import load_demo_pair

@@ -34,11 +34,7 @@ QUESTION = "A rectangle has a perimeter of 30 and its length is twice its width.
 def load(args):
     """(model or None, tokenizer, model source string)."""
     if args.tiny:
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from _tiny import tiny_model, tiny_tokenizer
+        from rsdlib.standins import tiny_model, tiny_tokenizer
 
         tok = tiny_tokenizer()
         return tiny_model(tok, layers=4, hidden=128), tok, "tiny"

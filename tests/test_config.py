@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _config_example import Example, Inner
 
 from rsdlib.config import (
     config_hash,
@@ -17,24 +17,6 @@ from rsdlib.config import (
     save_config,
     stored_config_matches,
 )
-
-
-@dataclass
-class Inner:
-    depth: int = 2  # a nested value
-
-
-@dataclass
-class Example:
-    name: str = "demo"  # a label
-    rate: float = 1e-5  # a float that YAML may spell as a string
-    steps: int = 10  # a count
-    ids: tuple[int, ...] = (1, 2)  # a tuple that YAML gives as a list
-    inner: Inner = field(default_factory=Inner)  # a nested dataclass
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
 
 
 def test_unknown_keys_refused_with_both_lists(tmp_path):
@@ -82,7 +64,7 @@ def test_hash_stable_and_sensitive():
 
 def test_hash_stable_across_processes():
     code = (
-        "from tests.test_config import Example; from rsdlib.config import config_hash; "
+        "from tests._config_example import Example; from rsdlib.config import config_hash; "
         "print(config_hash(Example()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

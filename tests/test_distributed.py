@@ -104,7 +104,7 @@ N_UNITS = 24  # 4 problems x 6 samples
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment of the launched processes: this tree's rsdlib, 1 thread, results (tiny models) in a temp folder."""
-    from rsdlib.reproduce import tiny_model_folder
+    from rsdlib.standins import tiny_model_folder
 
     results = tmp_path_factory.mktemp("results")
     for role in ("teacher", "student"):

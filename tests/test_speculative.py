@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 from scipy import stats
-from test_decoding import ALPHA, tiny_lm
+from _tiny import ALPHA, tiny_lm
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import DecodingConfig, Decoder, rsd_mixture, step_probs
