@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from rsdlib.decoding import DecodingConfig, Decoder
+from rsdlib.decoding import Decoder, DecodingConfig
 
 PROMPT = (
     "Solve step by step, in words: a rectangle has a perimeter of 30 and its length is twice its "

@@ -79,8 +79,8 @@ def main(argv=None):
         if backend == "hf":
             generate = hf_backend(model, tok, cfg, stop_ids=())
         else:
-            from pathlib import Path
             import tempfile
+            from pathlib import Path
 
             generate = vllm_backend(_vllm_source(source, Path(tempfile.mkdtemp()), cfg), cfg, (), progress=False)
         run_once(generate, prompt, 1, 4)  # warm-up (allocator, kernels)

@@ -40,7 +40,7 @@ import io
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
-from rsdlib.decoding import DecodingConfig, Decoder, _ModelState, _pad_id  # noqa: E402
+from rsdlib.decoding import Decoder, DecodingConfig, _ModelState, _pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The paper's shapes

@@ -6,12 +6,11 @@ pinned sha256 sums (see tests/_tokenizers.py); a failed fetch fails the test wit
 
 import time
 
+import _tokenizers as T
 import pytest
 import torch
 
 from rsdlib.bridge import BridgeError, VocabBridge
-
-import _tokenizers as T
 
 # The paper's pair (field notes, section 1): s1.1-7B (Qwen2.5 tokenizer) teacher, Qwen3-0.6B student
 TEACHER_ROWS, STUDENT_ROWS = 152_064, 151_936

@@ -9,16 +9,16 @@ from scipy import stats
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import (
-    DecodingConfig,
     Decoder,
+    DecodingConfig,
     StepProbs,
     _ModelState,
     choose_tokens,
     draw_uniforms,
+    propose_and_verify,
     rsd_mixture,
     rsd_sample,
     skd_mixture,
-    propose_and_verify,
     step_probs,
     tempered_probs,
     top_p_filter,

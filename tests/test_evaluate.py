@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import tiny_model, tiny_tokenizer
 
 import rsdlib.evaluate as ev
 from rsdlib.data import DatasetUnavailableError
 from rsdlib.decoding import Decoder
 from rsdlib.evaluate import EvalConfig, RunConflictError, SampleJob, evaluate, generate_with_budget, summarize_rows
 from rsdlib.traces import append_jsonl, read_jsonl_resumable
-
-from _tiny import tiny_model, tiny_tokenizer
 
 MATH = [
     {"problem": "What is 1+1?", "answer": "2", "level": 1, "unique_id": "test/a/1.json"},

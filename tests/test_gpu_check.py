@@ -217,7 +217,7 @@ def test_shapes_build_the_paper_architectures_on_the_meta_device():
 def test_chunked_prefill_decoder_matches_the_decoder():
     """Feeding the prompt in chunks leaves the state one prefill gives: same first logits, same traces."""
     from rsdlib.bridge import VocabBridge
-    from rsdlib.decoding import DecodingConfig, Decoder, _ModelState
+    from rsdlib.decoding import Decoder, DecodingConfig, _ModelState
 
     teacher = gc_mod.build_model(gc_mod.TINY_TEACHER, torch.float32, "cpu")
     student = gc_mod.build_model(gc_mod.TINY_STUDENT, torch.float32, "cpu")

@@ -7,15 +7,20 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from _tiny import tiny_model, tiny_tokenizer
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.data import Problem
 from rsdlib.decoding import DecodingConfig, Trace
 from rsdlib.prompts import FIGURE7_SYSTEM, PROMPT_STYLES, PromptStyle, prompt_text
-from rsdlib.traces import (EmptyTrainingSetError, TraceJobConfig, map_think_close, pair_reference, run_trace_job,
-                           training_composition)
-
-from _tiny import tiny_model, tiny_tokenizer
+from rsdlib.traces import (
+    EmptyTrainingSetError,
+    TraceJobConfig,
+    map_think_close,
+    pair_reference,
+    run_trace_job,
+    training_composition,
+)
 
 FIG7 = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\nYou must respond "
         "to every query in the following manner:\nFirst, provide a step-by-step logical exploration of the problem.\n"
@@ -210,9 +215,10 @@ def test_training_notebooks_use_the_check_instead_of_skipping():
 # ------------------------------------------------------------------------------------- item 10
 def test_each_model_is_evaluated_in_its_own_process_with_the_same_result(tmp_path, monkeypatch):
     """The orchestration vLLM needs (one process per model), checked with the HF backend."""
+    from _tiny import save_tiny_pair
+
     from rsdlib.evalproc import EvaluationProcessError, evaluate_isolated, isolate_models
     from rsdlib.evaluate import EvalConfig, evaluate
-    from _tiny import save_tiny_pair
 
     data = tmp_path / "data"
     data.mkdir()

@@ -9,9 +9,16 @@ import torch
 from transformers import Qwen2Config, Qwen3Config
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import CACHE_CHUNK, DecodingConfig, Decoder, _GrowingLayer, _ModelState
-from rsdlib.memory import (GIB, CacheUser, batch_for_memory, dtype_bytes, free_device_bytes, kv_cache_bytes_per_token,
-                           plan_batch)
+from rsdlib.decoding import CACHE_CHUNK, Decoder, DecodingConfig, _GrowingLayer, _ModelState
+from rsdlib.memory import (
+    GIB,
+    CacheUser,
+    batch_for_memory,
+    dtype_bytes,
+    free_device_bytes,
+    kv_cache_bytes_per_token,
+    plan_batch,
+)
 
 # The paper pair's real shapes (the models' config.json): s1.1-7B is a Qwen2.5-7B (no head_dim key:
 # 3584 / 28 = 128), Qwen3-0.6B has head_dim 128 although 1024 / 16 = 64.

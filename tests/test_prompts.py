@@ -3,8 +3,15 @@
 from _tiny import tiny_tokenizer
 
 from rsdlib.data import Problem
-from rsdlib.prompts import (QWEN_SYSTEM_PROMPT, WORDS_ONLY, PromptStyle, end_of_turn_ids, prompt_ids, prompt_text,
-                            turn_end_id)
+from rsdlib.prompts import (
+    QWEN_SYSTEM_PROMPT,
+    WORDS_ONLY,
+    PromptStyle,
+    end_of_turn_ids,
+    prompt_ids,
+    prompt_text,
+    turn_end_id,
+)
 
 
 def test_math_prompt_has_system_instruction_and_open_thinking():

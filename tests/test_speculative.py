@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 from _tiny import ALPHA, tiny_lm
+from scipy import stats
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import DecodingConfig, Decoder, rsd_mixture, step_probs
+from rsdlib.decoding import Decoder, DecodingConfig, rsd_mixture, step_probs
 
 V = 16
 PROMPT = [3, 5, 7, 2, 9]

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from rsdlib.standins import (R1_DISTILL_RENAMES, S1_THINK_END, STANDINS, STEERING_FILE, ScriptedSteering,
-                             standin_folder, standin_tokenizers_dir)
+from rsdlib.standins import (
+    R1_DISTILL_RENAMES,
+    S1_THINK_END,
+    STEERING_FILE,
+    ScriptedSteering,
+    standin_folder,
+    standin_tokenizers_dir,
+)
 
 EXPECTED = {  # hub id -> (model class, logit rows, tokenizer size)
     "simplescaling/s1.1-7B": ("Qwen2ForCausalLM", 152_064, 151_665),
@@ -43,9 +49,8 @@ def test_standin_has_the_real_architecture_rows_and_tokenizer(root, hub_id):
 
 
 def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
-    from rsdlib.reproduce import make_pair
-
     import rsdlib.reproduce as rp
+    from rsdlib.reproduce import make_pair
 
     old = rp.standin_folder
     rp.standin_folder = lambda hub_id: old(hub_id, root=root)
@@ -63,7 +68,6 @@ def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
 def test_scripted_steering_writes_a_correct_solution_in_the_models_own_format(root, monkeypatch):
     from transformers import AutoTokenizer
 
-    from rsdlib.data import Problem
 
     tok = AutoTokenizer.from_pretrained(standin_folder("simplescaling/s1.1-7B", root=root))
     steer = ScriptedSteering(tok, {"think_end": S1_THINK_END, "bias": 11.0, "known_share": 1.0})

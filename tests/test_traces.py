@@ -242,8 +242,9 @@ def test_max_cache_gib_is_validated_and_not_hashed():
 
 def test_the_trace_filter_reads_boxed_answers_by_default(tmp_path, monkeypatch):
     """A kept trace has its answer in \\boxed{} (the authors' filter); ``answer_format: standard`` reads more."""
-    import rsdlib.traces as traces
     from _tiny import tiny_model, tiny_tokenizer
+
+    import rsdlib.traces as traces
     from rsdlib.bridge import VocabBridge
     from rsdlib.data import Problem
     from rsdlib.grading import grade_many
