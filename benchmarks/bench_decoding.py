@@ -100,7 +100,8 @@ def main(argv=None):
     for b in args.batch_sizes:
         tps = {}
         for mode in ("teacher", "student", "rsd"):
-            tps[mode], fb, _ = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens, args.threshold)
+            tps[mode], fb, _ = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens,
+                                                 args.threshold)
             if mode == "rsd":
                 fallback = fb
         limit = 1 / (1 + tps["teacher"] / tps["student"])  # student step / teacher step = tps_t / tps_s
@@ -111,13 +112,16 @@ def main(argv=None):
                                               args.threshold, draft_tokens=k)
             spec_rows.append((b, k, tps["teacher"], tps["rsd"], spec, spec / tps["teacher"], acc, fb))
     print()
-    print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit | rsd fallback |")
+    print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit "
+          "| rsd fallback |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for b, t, s, r, ratio, limit, frac, fb in rows:
-        print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% | {100 * fb:.1f}% |")
+        print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% "
+              f"| {100 * fb:.1f}% |")
     if spec_rows:
         print()
-        print("| batch | k | teacher tok/s | lockstep rsd tok/s | speculative rsd tok/s | speculative/teacher | acceptance | fallback |")
+        print("| batch | k | teacher tok/s | lockstep rsd tok/s | speculative rsd tok/s | speculative/teacher "
+              "| acceptance | fallback |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for b, k, t, r, sp, ratio, acc, fb in spec_rows:
             print(f"| {b} | {k} | {t:.2f} | {r:.2f} | {sp:.2f} | {ratio:.2f}x | {100 * acc:.0f}% | {100 * fb:.1f}% |")

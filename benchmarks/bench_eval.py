@@ -75,7 +75,8 @@ def main(argv=None):
 
     results = []
     for backend in args.backends:
-        cfg = EvalConfig(backend=backend, temperature=0.7, top_p=0.95, batch_size=max(args.batch_sizes), dtype=args.dtype)
+        cfg = EvalConfig(backend=backend, temperature=0.7, top_p=0.95, batch_size=max(args.batch_sizes),
+                         dtype=args.dtype)
         if backend == "hf":
             generate = hf_backend(model, tok, cfg, stop_ids=())
         else:
@@ -94,7 +95,8 @@ def main(argv=None):
     print("| backend | batch | generated tokens | seconds | tokens/s | ms per decoding step |")
     print("|---|---:|---:|---:|---:|---:|")
     for backend, b, tokens, seconds in results:
-        print(f"| {backend} | {b} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {1000 * seconds / args.new_tokens:.0f} |")
+        print(f"| {backend} | {b} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} "
+              f"| {1000 * seconds / args.new_tokens:.0f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (CPU shared with other jobs inflates the times)")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     if torch.cuda.is_available():

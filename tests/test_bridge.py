@@ -221,7 +221,8 @@ def test_paper_pair_with_the_qwen25_tokenizer_carried_by_the_gguf(qwen25, qwen3,
 
 # ---------------------------------------------------------------------------- from id counts alone
 def test_shared_prefix_reproduces_the_paper_pair_bridge(paper_bridge):
-    """The tokenizer-free constructor (gpu_check's random-weight pair) equals the bridge built from the real tokenizers."""
+    """The tokenizer-free constructor (gpu_check's random-weight pair) equals the bridge built from the real
+    tokenizers."""
     b = VocabBridge.shared_prefix(TEACHER_ROWS, STUDENT_ROWS, QWEN25_LEN, paper_bridge.student_only)
     assert b == paper_bridge and not b.is_identity
     assert b.student_to_teacher([5, THINK_CLOSE]) == [5, 522, 26865, 29]

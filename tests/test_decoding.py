@@ -463,7 +463,8 @@ def test_skd_closes_thinking_when_the_teacher_agrees(paper_pair_stand_in):
     steer = {"always": {522: 25.0}, "after": {522: {26865: 50.0}, 26865: {29: 50.0}}}
     wants_to_close = Steered(student, always={THINK_CLOSE_ID: 25.0})
     cfg = DecodingConfig(mode="skd", temperature=0.7, threshold=0.01, max_new_tokens=3, stop_ids=(151_645,))
-    traces = Decoder(Steered(teacher, **steer), wants_to_close, bridge, cfg).generate([prompt] * 2, [0, 1], batch_size=2)
+    decoder = Decoder(Steered(teacher, **steer), wants_to_close, bridge, cfg)
+    traces = decoder.generate([prompt] * 2, [0, 1], batch_size=2)
     for trace in traces:
         assert trace.token_ids[0] == THINK_CLOSE_ID, qwen3.decode(trace.token_ids)
         assert trace.source[0] == 1 and not trace.fallback[0] and trace.teacher_prob[0] > 0.9

@@ -101,7 +101,8 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
                 + ["decode: lockstep RSD, long context"]
                 + [f"speculative RSD k={k}" for _ in plan.spec_batches for k in plan.draft_tokens]
                 + ["train: student, full fine-tuning", "GPU-hours: traces (10)", "GPU-hours: traces, README's counts",
-                   "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)", "GPU-hours: multi-step RSD (35)",
+                   "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)",
+                   "GPU-hours: multi-step RSD (35)",
                    "GPU-hours: total"])
     assert names == expected
     assert "skipped" not in text and "did not fit" not in text and "out of memory" not in text

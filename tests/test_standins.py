@@ -1,4 +1,5 @@
-"""Stand-ins of the paper's models (rsdlib.standins): real architectures, logit rows and tokenizers; scripted steering."""
+"""Stand-ins of the paper's models (rsdlib.standins): real architectures, logit rows and tokenizers; scripted
+steering."""
 
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
         pair = make_pair("standin:simplescaling/s1.1-7B", "standin:Qwen/Qwen3-0.6B", dtype="float32", device="cpu")
         assert sorted(pair.bridge.student_only) == [151665, 151666, 151667, 151668]
         assert pair.bridge.student_to_teacher([151668]) == [522, 26865, 29]  # </think> as the teacher spells it
-        llama = make_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "standin:meta-llama/Llama-3.2-1B-Instruct",
-                          dtype="float32", device="cpu")
+        llama = make_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                          "standin:meta-llama/Llama-3.2-1B-Instruct", dtype="float32", device="cpu")
         assert not llama.bridge.is_identity  # renamed special tokens
     finally:
         rp.standin_folder = old
@@ -72,7 +73,8 @@ def test_scripted_steering_writes_a_correct_solution_in_the_models_own_format(ro
     tok = AutoTokenizer.from_pretrained(standin_folder("simplescaling/s1.1-7B", root=root))
     steer = ScriptedSteering(tok, {"think_end": S1_THINK_END, "bias": 11.0, "known_share": 1.0})
     steer._golds = {"What is 6 times 7?": "42"}
-    prompt = tok("<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    prompt = tok("<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False)["input_ids"]
     generated = []
     for _ in range(60):
         target = steer.target(prompt, generated)
@@ -88,7 +90,8 @@ def test_scripted_steering_writes_a_correct_solution_in_the_models_own_format(ro
         off.append(target)
         if target == steer.turn_end:
             break
-    assert tok.decode(off, skip_special_tokens=False).endswith(S1_THINK_END + " The final answer is $\\boxed{42}$.<|im_end|>")
+    answer = " The final answer is $\\boxed{42}$.<|im_end|>"
+    assert tok.decode(off, skip_special_tokens=False).endswith(S1_THINK_END + answer)
     other = tok("<|im_start|>user\nAn unknown question?<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert steer.target(other, []) is None  # not steered: a problem the script does not know
 
