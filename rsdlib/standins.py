@@ -113,8 +113,7 @@ def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32,
     The weights depend only on ``seed`` and the shapes: ``torch.manual_seed(seed)`` just before construction.
     """
     import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
                "llama": (LlamaConfig, LlamaForCausalLM)}
@@ -255,7 +254,8 @@ def _standin_tokenizer(spec: StandIn, source: Path):
     if template is None and (source / "chat_template.jinja").is_file():
         template = (source / "chat_template.jinja").read_text(encoding="utf-8")
     by_id = {t["id"]: t["content"] for t in tj["added_tokens"]}
-    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)}
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if isinstance(config.get(k), str)}
     if spec.renames:  # R1-Distill: bos/eos/pad are its renamed sentence tokens
         specials = {"bos_token": by_id[128000], "eos_token": by_id[128001], "pad_token": by_id[128001]}
     elif spec.tokenizer == "llama3.1":  # Llama-3.2-Instruct ends a turn with <|eot_id|>
