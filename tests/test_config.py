@@ -113,15 +113,14 @@ def test_bad_setting_in_a_file_names_the_file_and_key(tmp_path):
     from rsdlib.traces import TraceJobConfig
 
     path = tmp_path / "job.yaml"
-    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: .nan}\n")
-    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold must be a finite number >= 0, got nan"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: abc}\n")
-    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold.*'abc'"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("samples_per_problem: 0\n")
-    with pytest.raises(ValueError, match=rf"{path}: TraceJobConfig\.samples_per_problem must be an integer >= 1"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("temperature: .nan\n")
-    with pytest.raises(ValueError, match=rf"{path}: EvalConfig\.temperature must be a finite number"):
-        EvalConfig.from_yaml(path)
+    cases = [  # (file text, config class, the error after "<path>: ")
+        ("method: rsd\ndecoding: {mode: rsd, threshold: .nan}\n", TraceJobConfig,
+         r"DecodingConfig\.threshold must be a finite number >= 0, got nan"),
+        ("method: rsd\ndecoding: {mode: rsd, threshold: abc}\n", TraceJobConfig, r"DecodingConfig\.threshold.*'abc'"),
+        ("samples_per_problem: 0\n", TraceJobConfig, r"TraceJobConfig\.samples_per_problem must be an integer >= 1"),
+        ("temperature: .nan\n", EvalConfig, r"EvalConfig\.temperature must be a finite number"),
+    ]
+    for text, config_class, error in cases:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"{path}: {error}"):
+            config_class.from_yaml(path)
