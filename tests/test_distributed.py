@@ -256,7 +256,7 @@ def test_evaluation_on_two_ranks_equals_one(env, tmp_path):
 
 def test_training_on_two_processes_keeps_the_effective_batch(env, tmp_path):
     """torchrun --nproc-per-node 2 -m rsdlib.train: accumulation halves, the batch of the optimizer step stays."""
-    from rsdlib.reproduce import tiny_tokenizer
+    from rsdlib.standins import tiny_tokenizer
 
     tok = tiny_tokenizer()
     eot = tok.convert_tokens_to_ids("<|im_end|>")
