@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Benchmark files come with the package (rsdlib/benchmark_data, DATA.md): nothing outside the
 # repository is read. An RSDLIB_DATA_DIR set by the user still wins (a folder of their own files).
 
-.PHONY: setup demo rsd-demo lab test test-fast test-slow prepare clean
+.PHONY: setup demo rsd-demo lab lint test test-fast test-slow prepare clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -31,13 +31,16 @@ rsd-demo: prepare   ## a one-minute RSD demo: a few problems, answers, fallback 
 lab: setup          ## JupyterLab on notebooks/: a .py notebook opens as a notebook, saving writes the .py back
 	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
+lint: setup         ## ruff (pyproject.toml [tool.ruff]): style and import errors
+	$(BIN)/ruff check .
+
 test-fast: setup    ## default suite: tiny models, no network
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: setup    ## real embedded 0.5B/1.5B models
 	$(BIN)/python -m pytest -q -m slow --durations=5
 
-test: test-fast test-slow
+test: lint test-fast test-slow
 
 clean:
 	rm -rf $(VENV) results

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from rsdlib.decoding import DecodingConfig, Decoder
+from rsdlib.decoding import Decoder, DecodingConfig
 
 PROMPT = (
     "Solve step by step, in words: a rectangle has a perimeter of 30 and its length is twice its "
@@ -43,15 +43,12 @@ def _peak_rss(reset: bool = False) -> float:
 
 def load(args):
     if args.tiny:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
         from rsdlib.bridge import VocabBridge
+        from rsdlib.standins import tiny_model
 
         def lm(layers, hidden):
-            torch.manual_seed(layers)
-            cfg = Qwen2Config(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden,
-                              num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
-            return Qwen2ForCausalLM(cfg).eval()
+            return tiny_model(seed=layers, layers=layers, hidden=hidden, vocab_size=1000, max_positions=32768,
+                              eos_token_id=None, pad_token_id=None)
 
         return lm(6, 256), lm(3, 128), VocabBridge.identity(1000), list(range(10, 60))
     from rsdlib.models import load_demo_pair
@@ -103,7 +100,8 @@ def main(argv=None):
     for b in args.batch_sizes:
         tps = {}
         for mode in ("teacher", "student", "rsd"):
-            tps[mode], fb, _ = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens, args.threshold)
+            tps[mode], fb, _ = tokens_per_second(teacher, student, bridge, prompt, mode, b, args.new_tokens,
+                                                 args.threshold)
             if mode == "rsd":
                 fallback = fb
         limit = 1 / (1 + tps["teacher"] / tps["student"])  # student step / teacher step = tps_t / tps_s
@@ -114,13 +112,16 @@ def main(argv=None):
                                               args.threshold, draft_tokens=k)
             spec_rows.append((b, k, tps["teacher"], tps["rsd"], spec, spec / tps["teacher"], acc, fb))
     print()
-    print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit | rsd fallback |")
+    print("| batch | teacher tok/s | student tok/s | rsd tok/s | rsd/teacher | lockstep limit | % of limit "
+          "| rsd fallback |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for b, t, s, r, ratio, limit, frac, fb in rows:
-        print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% | {100 * fb:.1f}% |")
+        print(f"| {b} | {t:.2f} | {s:.2f} | {r:.2f} | {ratio:.3f} | {limit:.3f} | {100 * frac:.0f}% "
+              f"| {100 * fb:.1f}% |")
     if spec_rows:
         print()
-        print("| batch | k | teacher tok/s | lockstep rsd tok/s | speculative rsd tok/s | speculative/teacher | acceptance | fallback |")
+        print("| batch | k | teacher tok/s | lockstep rsd tok/s | speculative rsd tok/s | speculative/teacher "
+              "| acceptance | fallback |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for b, k, t, r, sp, ratio, acc, fb in spec_rows:
             print(f"| {b} | {k} | {t:.2f} | {r:.2f} | {sp:.2f} | {ratio:.2f}x | {100 * acc:.0f}% | {100 * fb:.1f}% |")

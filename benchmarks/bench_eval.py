@@ -34,11 +34,7 @@ QUESTION = "A rectangle has a perimeter of 30 and its length is twice its width.
 def load(args):
     """(model or None, tokenizer, model source string)."""
     if args.tiny:
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from _tiny import tiny_model, tiny_tokenizer
+        from rsdlib.standins import tiny_model, tiny_tokenizer
 
         tok = tiny_tokenizer()
         return tiny_model(tok, layers=4, hidden=128), tok, "tiny"
@@ -79,12 +75,13 @@ def main(argv=None):
 
     results = []
     for backend in args.backends:
-        cfg = EvalConfig(backend=backend, temperature=0.7, top_p=0.95, batch_size=max(args.batch_sizes), dtype=args.dtype)
+        cfg = EvalConfig(backend=backend, temperature=0.7, top_p=0.95, batch_size=max(args.batch_sizes),
+                         dtype=args.dtype)
         if backend == "hf":
             generate = hf_backend(model, tok, cfg, stop_ids=())
         else:
-            from pathlib import Path
             import tempfile
+            from pathlib import Path
 
             generate = vllm_backend(_vllm_source(source, Path(tempfile.mkdtemp()), cfg), cfg, (), progress=False)
         run_once(generate, prompt, 1, 4)  # warm-up (allocator, kernels)
@@ -98,7 +95,8 @@ def main(argv=None):
     print("| backend | batch | generated tokens | seconds | tokens/s | ms per decoding step |")
     print("|---|---:|---:|---:|---:|---:|")
     for backend, b, tokens, seconds in results:
-        print(f"| {backend} | {b} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {1000 * seconds / args.new_tokens:.0f} |")
+        print(f"| {backend} | {b} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} "
+              f"| {1000 * seconds / args.new_tokens:.0f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (CPU shared with other jobs inflates the times)")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     if torch.cuda.is_available():

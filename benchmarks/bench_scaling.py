@@ -71,8 +71,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, or auto / cuda (each rank on cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args()
-    teacher, student = {"tiny": ("tiny:teacher", "tiny:student"), "embedded": ("embedded:teacher", "embedded:student")}.get(
-        args.pair, tuple(args.pair.split(",")) if "," in args.pair else (None, None))
+    pairs = {"tiny": ("tiny:teacher", "tiny:student"), "embedded": ("embedded:teacher", "embedded:student")}
+    teacher, student = pairs.get(args.pair, tuple(args.pair.split(",")) if "," in args.pair else (None, None))
     if teacher is None:
         p.error("--pair: tiny, embedded, or TEACHER,STUDENT")
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
@@ -87,7 +87,7 @@ def main() -> None:
         if teacher.startswith("tiny:"):  # made once, not by several processes at a time
             os.environ["RSDLIB_RESULTS"] = env["RSDLIB_RESULTS"]
             sys.path.insert(0, str(ROOT))
-            from rsdlib.reproduce import tiny_model_folder
+            from rsdlib.standins import tiny_model_folder
 
             for role in ("teacher", "student"):
                 tiny_model_folder(role)
@@ -103,9 +103,11 @@ def main() -> None:
             rate = sum(r["units"] for r in ranks) / wall
             base = base or rate
             rows.append(f"| {n} | {sum(r['units'] for r in ranks)} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x | "
-                        f"{' / '.join(str(r['units']) for r in ranks)} | {' / '.join(format(r['wall_seconds'], '.1f') for r in ranks)} "
+                        f"{' / '.join(str(r['units']) for r in ranks)} "
+                        f"| {' / '.join(format(r['wall_seconds'], '.1f') for r in ranks)} "
                         f"| {elapsed:.1f} |")
-        print("\n| processes | units | job wall (s) | units/s | speed-up | units per rank | wall per rank (s) | end to end (s) |")
+        print("\n| processes | units | job wall (s) | units/s | speed-up | units per rank | wall per rank (s) "
+              "| end to end (s) |")
         print("|---:|---:|---:|---:|---:|---|---|---:|")
         print("\n".join(rows))
         print(f"\nload average after {os.getloadavg()[0]:.2f}")

@@ -102,7 +102,8 @@ def run_child(spec: dict) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| mode | block | grad ckpt | trainable params | tokens/s | s/step(16) | peak RSS GiB | load s | CUDA peak GiB | device |",
+    rows = ["| mode | block | grad ckpt | trainable params | tokens/s | s/step(16) | peak RSS GiB | load s "
+            "| CUDA peak GiB | device |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mode = "LoRA" if r["lora"] else "full"
@@ -111,7 +112,8 @@ def table(results: list[dict]) -> str:
             continue
         cuda = f"{r['cuda_peak_gib']:.1f}" if r["cuda_peak_gib"] is not None else "-"
         rows.append(
-            f"| {mode} | {r['block_size']} | {r['gc']} | {r['trainable_params'] / 1e6:.2f}M | {r['tokens_per_s']:.0f} | "
+            f"| {mode} | {r['block_size']} | {r['gc']} | {r['trainable_params'] / 1e6:.2f}M "
+            f"| {r['tokens_per_s']:.0f} | "
             f"{16 * r['block_size'] / r['tokens_per_s']:.0f} | {r['rss_peak_gib']:.1f} | {r['load_s']:.0f} | "
             f"{cuda} | {r['device']} |"
         )

@@ -40,7 +40,7 @@ import io
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
-from rsdlib.decoding import DecodingConfig, Decoder  # noqa: E402
+from rsdlib.decoding import Decoder, DecodingConfig  # noqa: E402
 from rsdlib.engine import ModelState, cache_capacity, pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class Plan:
     context: int = 4_000  # prompt tokens: decoding runs at a context of context .. context + steps
     long_context: int = 8_000  # one more lockstep RSD row near the paper's 8,192-token context (0 = none)
     long_batch: int = 64  # its batch (the paper profile's trace batch), halved until it fits
-    prefill_chunk: int = 1_024  # lockstep rows feed the prompt in chunks of this many tokens (see ChunkedPrefillDecoder)
+    prefill_chunk: int = 1_024  # lockstep rows feed the prompt in chunks of this many tokens (ChunkedPrefillDecoder)
     warmup: int = 3  # decode steps after the prefill that are not timed
     steps: int = 32  # timed decode steps (or speculative rounds) per row
     row_seconds: float = 30.0  # time box of the timed steps of one row
@@ -469,7 +469,8 @@ def train_row(shape: dict, plan: Plan, device: str, eot_id: int, pad_id: int) ->
             train(cfg, examples, tokenizer=tok, model=model, callbacks=[Timer()])
     step_s = [times[i + 1] - times[i] for i in range(0, len(times) - 1, 2)][1:]  # drop the warm-up step
     del model
-    return {"step_s": sum(step_s) / len(step_s), "steps": len(step_s), "tokens_per_s": plan.train_block * len(step_s) / sum(step_s),
+    return {"step_s": sum(step_s) / len(step_s), "steps": len(step_s),
+            "tokens_per_s": plan.train_block * len(step_s) / sum(step_s),
             "peak_gib": peak_gib(device), "config": cfg}
 
 
@@ -504,7 +505,8 @@ def paper_work(scale: PaperScale) -> dict:
     lockstep_samples = student_samples = 0
     for name, spec in traces["methods"].items():
         n = spec.get("samples_per_problem", job["samples_per_problem"])
-        problems = scale.s1k_problems if name == "teacher" or not traces["restrict_to_teacher_solved"] else scale.teacher_solved
+        every_problem = name == "teacher" or not traces["restrict_to_teacher_solved"]
+        problems = scale.s1k_problems if every_problem else scale.teacher_solved
         if spec["mode"] == "student":
             student_samples += n * problems
         else:  # rsd, skd, and teacher: the trace job records the student's probabilities (record_both)
@@ -598,21 +600,26 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     gpu = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     table.line(f"# rsdlib GPU check{' (--tiny)' if tiny else ''}")
     table.line()
-    table.line(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {gpu} · torch {torch.__version__} · "
-               f"transformers {transformers.__version__} · {str(dtype).removeprefix('torch.')} · random weights")
+    table.line(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {gpu} · "
+               f"torch {torch.__version__} · transformers {transformers.__version__} · "
+               f"{str(dtype).removeprefix('torch.')} · random weights")
     table.line()
-    table.line(f"Teacher: {'tiny Qwen2' if tiny else 's1.1-7B shape (Qwen2.5-7B: 28 layers, hidden 3,584, 28 heads / 4 KV, 152,064 rows)'}; "
-               f"student: {'tiny Qwen3' if tiny else 'Qwen3-0.6B shape (28 layers, hidden 1,024, 16 heads / 8 KV, head_dim 128, 151,936 rows, tied)'}; "
+    teacher_shape = "s1.1-7B shape (Qwen2.5-7B: 28 layers, hidden 3,584, 28 heads / 4 KV, 152,064 rows)"
+    student_shape = "Qwen3-0.6B shape (28 layers, hidden 1,024, 16 heads / 8 KV, head_dim 128, 151,936 rows, tied)"
+    table.line(f"Teacher: {'tiny Qwen2' if tiny else teacher_shape}; "
+               f"student: {'tiny Qwen3' if tiny else student_shape}; "
                f"bridge: ids 0..{shared - 1:,} shared, {len(only)} student-only ids. Decoding: T = {plan.temperature}, "
-               f"p_th = {plan.threshold}, prompt {plan.context:,} tokens, {plan.warmup} untimed + up to {plan.steps} timed "
-               f"steps (time box {plan.row_seconds:g} s). 'outside fwd': share of a step spent outside the model forwards.")
+               f"p_th = {plan.threshold}, prompt {plan.context:,} tokens, {plan.warmup} untimed + up to "
+               f"{plan.steps} timed steps (time box {plan.row_seconds:g} s). 'outside fwd': share of a step spent "
+               f"outside the model forwards.")
     table.line()
     t0 = time.perf_counter()
     teacher = build_model(t_shape, dtype, device)
     student = build_model(s_shape, dtype, device)
     bridge = VocabBridge.shared_prefix(t_shape["vocab_size"], s_shape["vocab_size"], shared, only)
     n_t, n_s = (sum(p.numel() for p in m.parameters()) / 1e6 for m in (teacher, student))
-    table.line(f"Models built in {time.perf_counter() - t0:.1f} s: teacher {n_t:,.2f}M, student {n_s:,.2f}M parameters.")
+    table.line(f"Models built in {time.perf_counter() - t0:.1f} s: teacher {n_t:,.2f}M, "
+               f"student {n_s:,.2f}M parameters.")
     table.line()
     table.header()
 
@@ -625,7 +632,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
 
     # warm-up: kernels, allocator, the bridge's device masks
     for mode in ("rsd", "student"):
-        decode_row(teacher, student, bridge, mode, 1, Plan(**{**asdict(plan), "context": 16, "warmup": 0, "steps": 2}), device)
+        tiny_plan = Plan(**{**asdict(plan), "context": 16, "warmup": 0, "steps": 2})
+        decode_row(teacher, student, bridge, mode, 1, tiny_plan, device)
 
     weights = sum(p.numel() * p.element_size() for m in (teacher, student) for p in m.parameters())
     total = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
@@ -642,7 +650,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     decoded: dict[tuple[str, int], dict] = {}
     for batch in plan.batches:
         for mode in ("rsd", "teacher", "student"):
-            name = {"rsd": "decode: lockstep RSD", "teacher": "decode: teacher only", "student": "decode: student only"}[mode]
+            name = {"rsd": "decode: lockstep RSD", "teacher": "decode: teacher only",
+                    "student": "decode: student only"}[mode]
             if over_budget(name):
                 continue
             fits = sizing(mode, plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
@@ -653,7 +662,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                 continue
             decoded[(mode, batch)] = res
             fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
-            table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{plan.context + plan.warmup + res['steps']:,}",
+            grown = plan.context + plan.warmup + res["steps"]
+            table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{grown:,}",
                       tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
                       detail=f"{res['steps']} timed steps; forward per step: {fwd}")
 
@@ -665,7 +675,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
             lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, context=plan.long_context),
             plan.long_batch, fits)
         if res is None:
-            table.row(name, batch=_batch_note(plan.long_batch, used, failed), detail="out of memory at every batch size")
+            table.row(name, batch=_batch_note(plan.long_batch, used, failed),
+                      detail="out of memory at every batch size")
         else:
             fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
             table.row(name, batch=_batch_note(plan.long_batch, used, failed),
@@ -696,7 +707,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                 sp = speculative_speedups(res["step_s"], ref["teacher"]["step_s"], ref["student"]["step_s"], k)
                 tps = used * tokens_per_round(0.7, k) / res["step_s"]
                 fmt = lambda d: "/".join(f"{v:.2f}x" for v in d.values())  # noqa: E731
-                detail += (f"; round = {res['step_s'] / ref['teacher']['step_s']:.2f} teacher steps; c = {sp['c']:.3f}; "
+                detail += (f"; round = {res['step_s'] / ref['teacher']['step_s']:.2f} teacher steps; "
+                           f"c = {sp['c']:.3f}; "
                            f"speed-up vs teacher at a = {'/'.join(map(str, ACCEPTANCES))}: {fmt(sp['measured'])} "
                            f"(cost model E/((k+1)c+1): {fmt(sp['formula'])})")
                 if ref["rsd"] and ref["rsd"]["batch"] == used:
@@ -710,7 +722,7 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                       tps=tps, ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"], detail=detail)
 
     # 3. one training step of the student shape (a fresh model in the recipe's dtype; the decoding pair is freed)
-    del teacher, student
+    teacher = student = None  # frees the decoding pair (the lambdas above close over these names)
     free_memory()
     trained = None
     if not over_budget("train: student, full fine-tuning"):
@@ -740,8 +752,9 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
         hours["traces"] = (work["lockstep_tokens"] / r_l + work["student_tokens"] / r_s) / 3600
         table.row("GPU-hours: traces (10)", batch=rsd["batch"], tps=r_l,
                   detail=f"{hours['traces']:.0f} h: {work['lockstep_tokens'] / 1e6:.0f}M lockstep tokens "
-                         f"({work['lockstep_samples']:,} samples) at {r_l:,.0f} tok/s + {work['student_tokens'] / 1e6:.0f}M "
-                         f"student-only ({work['student_samples']:,} samples) at {r_s:,.0f} tok/s (batch {stud['batch']})")
+                         f"({work['lockstep_samples']:,} samples) at {r_l:,.0f} tok/s + "
+                         f"{work['student_tokens'] / 1e6:.0f}M student-only ({work['student_samples']:,} samples) "
+                         f"at {r_s:,.0f} tok/s (batch {stud['batch']})")
         readme_h = (scale.readme_lockstep_tokens / r_l + scale.readme_student_tokens / r_s) / 3600
         table.row("GPU-hours: traces, README's counts", batch=rsd["batch"], tps=r_l,
                   detail=f"{readme_h:.0f} h for {scale.readme_lockstep_tokens / 1e6:.0f}M lockstep + "
@@ -750,7 +763,8 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
         hours["multistep traces"] = work["multistep_lockstep_tokens"] / r_l / 3600
         hours["evaluation"] = work["eval_tokens"] / r_s / 3600
         table.row("GPU-hours: evaluation (40), HF decoder", batch=stud["batch"], tps=r_s,
-                  detail=f"{hours['evaluation']:.0f} h: {work['eval_models']} models x {work['eval_samples'] // work['eval_models']:,} "
+                  detail=f"{hours['evaluation']:.0f} h: {work['eval_models']} models x "
+                         f"{work['eval_samples'] // work['eval_models']:,} "
                          f"samples x {scale.eval_mean_tokens:,.0f} tokens at the student-only rate (an upper bound: "
                          f"vLLM is the paper profile's backend; the 1-1.7B students are slower)")
     if trained is not None:
@@ -780,10 +794,12 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file, row by row")
-    ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU in seconds (the same code path; CI runs it)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny shapes on CPU in seconds (the same code path; CI runs it)")
     ap.add_argument("--batches", type=int, nargs="+", help="decoding batch sizes (default 1 16 64)")
     ap.add_argument("--context", type=int, help="prompt tokens (default 4000)")
     ap.add_argument("--steps", type=int, help="timed steps per row (default 32)")

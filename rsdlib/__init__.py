@@ -6,3 +6,43 @@ Modules: `paths` (folders), `models` (loading, embedded pair), `bridge` (vocabul
 """
 
 __version__ = "0.1.0"
+
+# The oldest transformers whose KV-cache API the decoder uses (``DynamicCache`` built from
+# ``cache_utils.DynamicLayer`` subclasses, ``DynamicLayer.lazy_initialization(key_states, value_states)``):
+# 4.57.x fails (its lazy_initialization takes one argument), 5.0.0 passes. pyproject.toml's bound
+# (``transformers>=5.0,<6``) says the same; tests/test_requirements.py keeps them equal.
+MIN_TRANSFORMERS = "5.0"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release part of a version string: "5.0.0rc1" -> (5, 0, 0), "4.57.6" -> (4, 57, 6)."""
+    import re
+
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    return tuple(int(p) for p in match.group(1).split(".")) if match else ()
+
+
+def check_transformers(installed: str | None = None) -> None:
+    """Raise ImportError naming both versions when the installed transformers is older than MIN_TRANSFORMERS.
+
+    Reads the installed version from package metadata (transformers itself is not imported); a missing
+    transformers is left to its own ImportError where it is first imported.
+    """
+    if installed is None:
+        from importlib import metadata
+
+        try:
+            installed = metadata.version("transformers")
+        except metadata.PackageNotFoundError:
+            return
+    need = _release(MIN_TRANSFORMERS)
+    have = _release(installed)
+    if have[: len(need)] + (0,) * (len(need) - len(have)) < need:
+        raise ImportError(
+            f"rsdlib needs transformers >= {MIN_TRANSFORMERS} (its KV-cache API: DynamicCache layers, "
+            f"DynamicLayer.lazy_initialization(key_states, value_states)), but transformers {installed} is "
+            f"installed. Upgrade it: pip install 'transformers>={MIN_TRANSFORMERS},<6'"
+        )
+
+
+check_transformers()

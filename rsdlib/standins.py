@@ -3,8 +3,10 @@
 One home for every tiny model rsdlib and its tests build:
 
 - ``tiny_tokenizer()`` / ``tiny_model()`` / ``tiny_model_folder(role)``: a byte-level tokenizer with
-  Qwen's special tokens and ChatML, and random tiny ``Qwen2ForCausalLM`` models (the smoke profile's
-  ``tiny:teacher`` / ``tiny:student``; the unit tests' ``tests/_tiny.py`` re-exports them).
+  Qwen's special tokens and ChatML, and random tiny models (``Qwen2ForCausalLM`` by default; Qwen3 and
+  Llama, tied embeddings, head_dim, initializer range and special ids as options). ``tiny_model`` is the
+  only builder of a tiny random model: the smoke profile's ``tiny:teacher`` / ``tiny:student``, the
+  stand-ins below, the benchmarks and the unit tests (``tests/_tiny.py``, thin helpers over it) use it.
 - ``standin_folder(hub_id)``: a STAND-IN for one of the paper's models (the ``standin:<hub id>``
   model spec of ``params/paper-dry``): a random 2-layer model with the real architecture class and
   the real number of logit rows (``STANDINS``), saved as a local folder (safetensors) with the real
@@ -89,22 +91,56 @@ def tiny_tokenizer(with_fim_pad: bool = True):
     return tok
 
 
-def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32, vocab_size: int | None = None,
-               max_positions: int = 2048):
-    """Random tiny ``Qwen2ForCausalLM`` (fp32, CPU); vocabulary padded to a multiple of 64 (as Qwen pads)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+_UNSET = object()
 
-    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+
+def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32, vocab_size: int | None = None,
+               max_positions: int = 2048, *, arch: str = "qwen2", tie_embeddings: bool = False,
+               head_dim: int | None = None, init: float | None = None, heads: int = 4, kv_heads: int = 2,
+               eos_token_id=_UNSET, pad_token_id=_UNSET, bos_token_id=_UNSET):
+    """Random tiny causal LM (fp32, CPU, eval mode): THE builder of every tiny random model in rsdlib and its tests.
+
+    - ``arch``: ``"qwen2"`` (``Qwen2ForCausalLM``, the default), ``"qwen3"`` or ``"llama"``;
+      ``tie_embeddings`` ties lm_head to the embedding (Qwen3-0.6B, Llama-3.2-1B do), ``head_dim``
+      overrides hidden / heads (Qwen3), ``init`` is the config's ``initializer_range`` (a large one,
+      such as 0.6, gives peaked next-token distributions; None keeps transformers' 0.02).
+    - vocabulary: ``vocab_size`` logit rows; None pads ``len(tokenizer)`` to a multiple of 64 (as Qwen pads).
+    - special ids: by default from ``tokenizer`` (``tiny_tokenizer()`` when none is given): eos
+      ``<|im_end|>``, pad ``<|endoftext|>``, no bos (its ``bos_token_id`` for llama). Passing
+      ``eos_token_id`` / ``pad_token_id`` / ``bos_token_id`` sets them instead (a model with no
+      tokenizer: ``tiny_model(vocab_size=48, eos_token_id=1, pad_token_id=0)`` builds none).
+
+    The weights depend only on ``seed`` and the shapes: ``torch.manual_seed(seed)`` just before construction.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+               "llama": (LlamaConfig, LlamaForCausalLM)}
+    if arch not in classes:
+        raise ValueError(f"unknown tiny model architecture {arch!r}; use one of {', '.join(classes)}")
+    ids_given = all(v is not _UNSET for v in (eos_token_id, pad_token_id)) and vocab_size is not None
+    if tokenizer is None and not ids_given:
+        tokenizer = tiny_tokenizer()
     if vocab_size is None:
         vocab_size = (len(tokenizer) + 63) // 64 * 64
+    if eos_token_id is _UNSET:
+        eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>") if tokenizer is not None else None
+    if pad_token_id is _UNSET:
+        pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>") if tokenizer is not None else None
+    if bos_token_id is _UNSET:
+        bos_token_id = tokenizer.bos_token_id if arch == "llama" and tokenizer is not None else None
+    fields = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                  max_position_embeddings=max_positions, tie_word_embeddings=tie_embeddings,
+                  eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id)
+    if head_dim is not None:
+        fields["head_dim"] = head_dim
+    if init is not None:
+        fields["initializer_range"] = init
+    config_class, model_class = classes[arch]
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=max_positions, tie_word_embeddings=False,
-                      eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                      pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"), bos_token_id=None)
-    return Qwen2ForCausalLM(cfg).float().eval()
+    return model_class(config_class(**fields)).float().eval()
 
 
 def _save_atomic(folder: Path, save) -> Path:
@@ -218,7 +254,8 @@ def _standin_tokenizer(spec: StandIn, source: Path):
     if template is None and (source / "chat_template.jinja").is_file():
         template = (source / "chat_template.jinja").read_text(encoding="utf-8")
     by_id = {t["id"]: t["content"] for t in tj["added_tokens"]}
-    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(config.get(k), str)}
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if isinstance(config.get(k), str)}
     if spec.renames:  # R1-Distill: bos/eos/pad are its renamed sentence tokens
         specials = {"bos_token": by_id[128000], "eos_token": by_id[128001], "pad_token": by_id[128001]}
     elif spec.tokenizer == "llama3.1":  # Llama-3.2-Instruct ends a turn with <|eot_id|>
@@ -231,21 +268,12 @@ def _standin_tokenizer(spec: StandIn, source: Path):
 
 
 def _standin_model(spec: StandIn, tok):
-    """The random 2-layer model of ``spec`` (fp32), with the real logit row count."""
-    import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
-
-    torch.manual_seed(spec.seed)
-    common = dict(vocab_size=spec.logit_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  bos_token_id=tok.bos_token_id if spec.arch == "llama" else None)
-    if spec.arch == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False)).float().eval()
-    if spec.arch == "qwen3":  # Qwen3-0.6B/1.7B tie their embeddings
-        return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=8, tie_word_embeddings=True)).float().eval()
-    return LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True)).float().eval()
+    """The random 2-layer model of ``spec`` (fp32), with the real logit row count (``tiny_model``)."""
+    return tiny_model(tok, seed=spec.seed, vocab_size=spec.logit_rows, max_positions=4096, arch=spec.arch,
+                      tie_embeddings=spec.arch != "qwen2",  # Qwen3-0.6B/1.7B and Llama-3.2-1B tie their embeddings
+                      head_dim=8 if spec.arch == "qwen3" else None,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id if spec.arch == "llama" else None)
 
 
 def standin_folder(hub_id: str, root: Path | None = None) -> Path:

@@ -1,24 +1,36 @@
-"""Tiny Qwen-like model + tokenizer for tests: no network, built in milliseconds.
-
-The builders live in ``rsdlib.standins`` (one home for every tiny model the smoke profile, the dry
-run and the tests use); this module re-exports them for the tests:
+"""Thin test helpers over ``rsdlib.standins``, the one builder of tiny random models (no network, milliseconds).
 
 - ``tiny_tokenizer()``: a byte-level BPE with no merges (every UTF-8 byte is one token), plus Qwen's
   special tokens and the Qwen3 thinking tokens, with a ChatML chat template.
-- ``tiny_model(tokenizer)``: a random ``Qwen2ForCausalLM`` with tiny dims whose vocabulary is padded
-  past ``len(tokenizer)`` (Qwen checkpoints also carry unused padding rows).
-- ``save_tiny_pair(folder)``: both saved so ``AutoModelForCausalLM.from_pretrained(folder)`` and
-  ``AutoTokenizer.from_pretrained(folder)`` load them.
+- ``tiny_model(tokenizer, ...)``: ``rsdlib.standins.tiny_model``, a random ``Qwen2ForCausalLM`` (or
+  Qwen3 / Llama) with tiny dims whose vocabulary is padded past ``len(tokenizer)``.
+- ``tiny_lm(vocab_size, seed)``: a tokenizer-free tiny Qwen2 over ids ``0..vocab_size-1`` (pad 0, eos 1)
+  whose large initializer range (0.6) gives peaked, non-uniform next-token distributions: the models of
+  the decoder's statistical tests.
+- ``save_tiny_pair(folder)``: a tiny model and its tokenizer saved so ``AutoModelForCausalLM.from_pretrained(folder)``
+  and ``AutoTokenizer.from_pretrained(folder)`` load them.
+- ``ALPHA``: the false-alarm rate of each statistical test on these models (seeds are fixed, so runs repeat).
 
-Reuse from other tests with ``from _tiny import ...`` (``tests/`` is on ``sys.path`` under pytest).
+Import from tests with ``from _tiny import ...`` (``tests/`` is on ``sys.path`` under pytest).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rsdlib.standins import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS as SPECIAL_TOKENS, TINY_THINK_TOKENS as THINK_TOKENS  # noqa: F401
-from rsdlib.standins import tiny_model, tiny_tokenizer  # noqa: F401
+from rsdlib.standins import CHATML_TEMPLATE, tiny_model, tiny_tokenizer  # noqa: F401
+from rsdlib.standins import TINY_SPECIAL_TOKENS as SPECIAL_TOKENS  # noqa: F401
+from rsdlib.standins import TINY_THINK_TOKENS as THINK_TOKENS  # noqa: F401
+
+ALPHA = 1e-4
+
+
+def tiny_lm(vocab_size: int, seed: int, layers: int = 2, init: float | None = 0.6, max_positions: int = 512,
+            **options):
+    """A tokenizer-free tiny Qwen2 (pad 0, eos 1); ``init=None`` keeps transformers' initializer range."""
+    options = {"eos_token_id": 1, "pad_token_id": 0, **options}
+    return tiny_model(seed=seed, layers=layers, vocab_size=vocab_size, max_positions=max_positions, init=init,
+                      **options)
 
 
 def save_tiny_pair(folder: str | Path, seed: int = 0, with_fim_pad: bool = True) -> Path:

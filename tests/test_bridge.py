@@ -6,12 +6,11 @@ pinned sha256 sums (see tests/_tokenizers.py); a failed fetch fails the test wit
 
 import time
 
+import _tokenizers as T
 import pytest
 import torch
 
 from rsdlib.bridge import BridgeError, VocabBridge
-
-import _tokenizers as T
 
 # The paper's pair (field notes, section 1): s1.1-7B (Qwen2.5 tokenizer) teacher, Qwen3-0.6B student
 TEACHER_ROWS, STUDENT_ROWS = 152_064, 151_936
@@ -222,7 +221,8 @@ def test_paper_pair_with_the_qwen25_tokenizer_carried_by_the_gguf(qwen25, qwen3,
 
 # ---------------------------------------------------------------------------- from id counts alone
 def test_shared_prefix_reproduces_the_paper_pair_bridge(paper_bridge):
-    """The tokenizer-free constructor (gpu_check's random-weight pair) equals the bridge built from the real tokenizers."""
+    """The tokenizer-free constructor (gpu_check's random-weight pair) equals the bridge built from the real
+    tokenizers."""
     b = VocabBridge.shared_prefix(TEACHER_ROWS, STUDENT_ROWS, QWEN25_LEN, paper_bridge.student_only)
     assert b == paper_bridge and not b.is_identity
     assert b.student_to_teacher([5, THINK_CLOSE]) == [5, 522, 26865, 29]

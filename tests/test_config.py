@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _config_example import Example, Inner
 
 from rsdlib.config import (
     config_hash,
@@ -17,24 +17,6 @@ from rsdlib.config import (
     save_config,
     stored_config_matches,
 )
-
-
-@dataclass
-class Inner:
-    depth: int = 2  # a nested value
-
-
-@dataclass
-class Example:
-    name: str = "demo"  # a label
-    rate: float = 1e-5  # a float that YAML may spell as a string
-    steps: int = 10  # a count
-    ids: tuple[int, ...] = (1, 2)  # a tuple that YAML gives as a list
-    inner: Inner = field(default_factory=Inner)  # a nested dataclass
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
 
 
 def test_unknown_keys_refused_with_both_lists(tmp_path):
@@ -82,7 +64,7 @@ def test_hash_stable_and_sensitive():
 
 def test_hash_stable_across_processes():
     code = (
-        "from tests.test_config import Example; from rsdlib.config import config_hash; "
+        "from tests._config_example import Example; from rsdlib.config import config_hash; "
         "print(config_hash(Example()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -131,15 +113,14 @@ def test_bad_setting_in_a_file_names_the_file_and_key(tmp_path):
     from rsdlib.traces import TraceJobConfig
 
     path = tmp_path / "job.yaml"
-    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: .nan}\n")
-    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold must be a finite number >= 0, got nan"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("method: rsd\ndecoding: {mode: rsd, threshold: abc}\n")
-    with pytest.raises(ValueError, match=rf"{path}: DecodingConfig\.threshold.*'abc'"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("samples_per_problem: 0\n")
-    with pytest.raises(ValueError, match=rf"{path}: TraceJobConfig\.samples_per_problem must be an integer >= 1"):
-        TraceJobConfig.from_yaml(path)
-    path.write_text("temperature: .nan\n")
-    with pytest.raises(ValueError, match=rf"{path}: EvalConfig\.temperature must be a finite number"):
-        EvalConfig.from_yaml(path)
+    cases = [  # (file text, config class, the error after "<path>: ")
+        ("method: rsd\ndecoding: {mode: rsd, threshold: .nan}\n", TraceJobConfig,
+         r"DecodingConfig\.threshold must be a finite number >= 0, got nan"),
+        ("method: rsd\ndecoding: {mode: rsd, threshold: abc}\n", TraceJobConfig, r"DecodingConfig\.threshold.*'abc'"),
+        ("samples_per_problem: 0\n", TraceJobConfig, r"TraceJobConfig\.samples_per_problem must be an integer >= 1"),
+        ("temperature: .nan\n", EvalConfig, r"EvalConfig\.temperature must be a finite number"),
+    ]
+    for text, config_class, error in cases:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"{path}: {error}"):
+            config_class.from_yaml(path)

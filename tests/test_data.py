@@ -181,7 +181,8 @@ def test_s1k_gold_extraction_counts(loaded, capsys):
         ("$\\frac{3}{4}$", "\\frac{3}{4}", "short"),
         ("Long chemistry reasoning here.\nSum of coefficients = 6\n\nAnswer: C", "C", "answer_line"),
         ("Counting cases carefully.\nso the answer is $8+1=9$.", "9", "answer_line"),
-        ("Energy balance.\n\n$$\nt=\\frac{4 \\rho r c \\Delta T}{3 E \\Phi}=1 \\times 10^{14} \\mathrm{~s}\n$$", "1 \\times 10^{14} \\mathrm{~s}", "last_equals"),
+        ("Energy balance.\n\n$$\nt=\\frac{4 \\rho r c \\Delta T}{3 E \\Phi}=1 \\times 10^{14} \\mathrm{~s}\n$$",
+         "1 \\times 10^{14} \\mathrm{~s}", "last_equals"),
         ("Adding up the branches. In total, $N=9+3+13+10+14=49$.", "49", "last_equals"),
         ("By induction the claim holds for all n.\n\n$\\blacksquare$", "", "none"),
         ("Thus f is monotone, as required. \\(\\blacksquare\\)", "", "none"),
@@ -270,7 +271,7 @@ def test_no_gpqa_text_in_any_file_of_the_repository(loaded):
 def test_gpqa_is_decrypted_in_memory_and_never_written(monkeypatch, tmp_path, caplog):
     """Loading GPQA opens no file for writing (no temporary plain copy) and logs no question text."""
     writes = []
-    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+    real_open, real_os_open = builtins.open, os.open
 
     def guarded_open(file, mode="r", *args, **kwargs):
         if any(c in mode for c in "wax+"):
@@ -300,7 +301,8 @@ def test_gpqa_is_decrypted_in_memory_and_never_written(monkeypatch, tmp_path, ca
 def test_a_wrong_gpqa_password_is_a_clear_error_without_text(monkeypatch):
     spec = BENCHMARKS["gpqa_diamond"]
     monkeypatch.setitem(BENCHMARKS, "gpqa_diamond", replace(spec, shipped=replace(spec.shipped, password="wrong")))
-    with pytest.raises(ShippedDataError, match=r"gpqa_diamond.zip of 'gpqa_diamond' cannot be read: RuntimeError: Bad password"):
+    bad_password = r"gpqa_diamond.zip of 'gpqa_diamond' cannot be read: RuntimeError: Bad password"
+    with pytest.raises(ShippedDataError, match=bad_password):
         load_benchmark("gpqa_diamond")
 
 
@@ -379,9 +381,11 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
             return [{"question": "Find x.", "answer": "007"}, {"question": "Find y.", "answer": "12"}]
         if hub_id == "simplescaling/s1K-1.1":
             return [
-                {"question": "What is 1+1?", "solution": "We add. \\boxed{2}", "deepseek_thinking_trajectory": "R1 thinks",
+                {"question": "What is 1+1?", "solution": "We add. \\boxed{2}",
+                 "deepseek_thinking_trajectory": "R1 thinks",
                  "deepseek_attempt": "So \\boxed{2}", "cot_type": "math", "source_type": "toy"},
-                {"question": "Prove it.", "solution": "Obvious.\n\n$\\blacksquare$", "deepseek_thinking_trajectory": "t",
+                {"question": "Prove it.", "solution": "Obvious.\n\n$\\blacksquare$",
+                 "deepseek_thinking_trajectory": "t",
                  "deepseek_attempt": "a", "cot_type": "math", "source_type": "toy"},
             ]
         if hub_id == "Idavidrein/gpqa":
@@ -412,7 +416,10 @@ def test_hub_path_fallback_order_and_s1k11_traces(tmp_path, monkeypatch):
 @pytest.mark.parametrize("file_name", ["math500.jsonl", "s1k.json"])
 def test_malformed_local_file_names_file_and_line(tmp_path, file_name):
     good = json.dumps({"problem": "What is 1+1?", "answer": "2", "level": 1, "unique_id": "test/a/1.json"})
-    text = f"{good}\n{good}\n{{\"problem\": \"x\", \"answer\": }}\n" if file_name.endswith("jsonl") else "[\n{\"a\": 1},\n{\"a\": }\n]"
+    if file_name.endswith("jsonl"):
+        text = f"{good}\n{good}\n{{\"problem\": \"x\", \"answer\": }}\n"
+    else:
+        text = "[\n{\"a\": 1},\n{\"a\": }\n]"
     (tmp_path / file_name).write_text(text)
     with pytest.raises(ValueError, match=rf"{tmp_path / file_name}, line 3: not valid JSON"):
         load_benchmark(file_name.split(".")[0], local_dir=tmp_path)

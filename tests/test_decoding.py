@@ -4,40 +4,25 @@ import math
 
 import pytest
 import torch
+from _tiny import ALPHA, tiny_lm
 from scipy import stats
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import (
-    DecodingConfig,
     Decoder,
+    DecodingConfig,
     StepProbs,
     choose_tokens,
     draw_uniforms,
+    propose_and_verify,
     rsd_mixture,
     rsd_sample,
     skd_mixture,
-    propose_and_verify,
     step_probs,
     tempered_probs,
     top_p_filter,
 )
 from rsdlib.engine import ModelState
-
-ALPHA = 1e-4  # false-alarm rate of each statistical test below (seeds are fixed, so runs are repeatable)
-
-
-def tiny_lm(vocab_size: int, seed: int, layers: int = 2, init: float = 0.6):
-    """A tiny random Qwen2 causal LM with peaked (non-uniform) next-token distributions."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        initializer_range=init, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
-    return model
 
 
 def random_probs(batch, vocab, gen, sharp=3.0):
@@ -453,18 +438,14 @@ def paper_pair_stand_in():
     """Tiny random models with the paper pair's vocabularies and REAL tokenizers: a Qwen2 teacher with
     152,064 rows (s1.1-7B) and a Qwen3 student with 151,936 (Qwen3-0.6B), bridged from the Qwen2.5/Qwen3 tokenizers."""
     import _tokenizers as T
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     try:
         qwen25, qwen3 = T.qwen25_tokenizer(), T.qwen3_tokenizer()
     except T.FixtureUnavailable as err:
         pytest.fail(str(err), pytrace=False)
     teacher = tiny_lm(152_064, seed=8, init=0.02)
-    torch.manual_seed(9)
-    student = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=151_936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
-        pad_token_id=151_643, eos_token_id=151_645)).eval()
+    student = tiny_lm(151_936, seed=9, init=None, arch="qwen3", head_dim=8, tie_embeddings=True,
+                      pad_token_id=151_643, eos_token_id=151_645)
     bridge = VocabBridge.from_tokenizers(qwen25, qwen3, 152_064, 151_936)
     prompt = qwen3("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n<think>\n",
                    add_special_tokens=False)["input_ids"]
@@ -482,7 +463,8 @@ def test_skd_closes_thinking_when_the_teacher_agrees(paper_pair_stand_in):
     steer = {"always": {522: 25.0}, "after": {522: {26865: 50.0}, 26865: {29: 50.0}}}
     wants_to_close = Steered(student, always={THINK_CLOSE_ID: 25.0})
     cfg = DecodingConfig(mode="skd", temperature=0.7, threshold=0.01, max_new_tokens=3, stop_ids=(151_645,))
-    traces = Decoder(Steered(teacher, **steer), wants_to_close, bridge, cfg).generate([prompt] * 2, [0, 1], batch_size=2)
+    decoder = Decoder(Steered(teacher, **steer), wants_to_close, bridge, cfg)
+    traces = decoder.generate([prompt] * 2, [0, 1], batch_size=2)
     for trace in traces:
         assert trace.token_ids[0] == THINK_CLOSE_ID, qwen3.decode(trace.token_ids)
         assert trace.source[0] == 1 and not trace.fallback[0] and trace.teacher_prob[0] > 0.9

@@ -24,7 +24,8 @@ def test_world_from_torchrun_and_slurm_environments():
     assert World.from_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == World(3, 8, 1)
     slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5"}
     assert World.from_env(slurm) == World(5, 16, 5)
-    assert World.from_env({**slurm, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) == World(0, 2, 0)  # torchrun wins
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    assert World.from_env({**slurm, **torchrun}) == World(0, 2, 0)  # torchrun wins
     with pytest.raises(ValueError, match="inconsistent launch"):
         World.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     assert World(1, 2).is_main is False and World().is_main
@@ -40,7 +41,8 @@ def test_assign_partitions_the_units_interleaved_or_by_cost():
     shares = [assign(10, 3, r, costs) for r in range(3)]
     assert sorted(i for s in shares for i in s) == list(range(10))
     loads = [sum(costs[i] for i in s) for s in shares]
-    assert max(loads) - min(loads) <= max(costs) and loads == [sum(costs[i] for i in assign(10, 3, r, costs)) for r in range(3)]
+    assert max(loads) - min(loads) <= max(costs)
+    assert loads == [sum(costs[i] for i in assign(10, 3, r, costs)) for r in range(3)]
     assert max(loads) == 11  # interleaving would give rank 0 units 0, 3, 6, 9 = 13
 
 
@@ -53,14 +55,16 @@ def test_one_process_merges_shards_left_by_a_killed_launch(tmp_path):
     from rsdlib.distributed import Shards
 
     (tmp_path / "samples.jsonl").write_text(_line("b", 0))
-    for rank, text in ((0, _line("a", 0) + _line("b", 0) + _line("b", 1)), (1, _line("a", 1) + '{"problem_id": "a", "sam')):
+    for rank, text in ((0, _line("a", 0) + _line("b", 0) + _line("b", 1)),
+                       (1, _line("a", 1) + '{"problem_id": "a", "sam')):
         shard = tmp_path / "shards" / f"rank{rank}-of-2"
         shard.mkdir(parents=True)
         (shard / "samples.jsonl").write_text(text)
         (shard / "pending.jsonl").write_text(_line("c", 0))
     shards = Shards(tmp_path, World())
     assert shards.path("samples.jsonl") == tmp_path / "samples.jsonl"
-    assert {(r["problem_id"], r["sample_index"]) for r in shards.read("samples.jsonl")} == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    assert {(r["problem_id"], r["sample_index"]) for r in shards.read("samples.jsonl")} == {
+        ("a", 0), ("a", 1), ("b", 0), ("b", 1)}
     merged = shards.merge("samples.jsonl", order=["b", "a"], extra=["pending.jsonl"])
     keys = [(r["problem_id"], r["sample_index"]) for r in records(tmp_path / "samples.jsonl")]
     assert keys == [("b", 0), ("b", 1), ("a", 0), ("a", 1)] == [(r["problem_id"], r["sample_index"]) for r in merged]
@@ -104,7 +108,7 @@ N_UNITS = 24  # 4 problems x 6 samples
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment of the launched processes: this tree's rsdlib, 1 thread, results (tiny models) in a temp folder."""
-    from rsdlib.reproduce import tiny_model_folder
+    from rsdlib.standins import tiny_model_folder
 
     results = tmp_path_factory.mktemp("results")
     for role in ("teacher", "student"):
@@ -177,8 +181,8 @@ def test_two_ranks_write_what_one_process_writes(env, params, one_rank, tmp_path
     ranks = json.loads((out / "summary.json").read_text())["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and [r["units"] for r in ranks] == [12, 12]
     assert all(r["wall_seconds"] > 0 for r in ranks)
-    assert json.loads((one_rank / "summary.json").read_text())["ranks"] == [
-        {"rank": 0, "units": N_UNITS, "wall_seconds": json.loads((one_rank / "summary.json").read_text())["ranks"][0]["wall_seconds"]}]
+    one = json.loads((one_rank / "summary.json").read_text())["ranks"]
+    assert one == [{"rank": 0, "units": N_UNITS, "wall_seconds": one[0]["wall_seconds"]}]
 
 
 def kill_rank_one_mid_run(env, params, out):
@@ -252,13 +256,14 @@ def test_evaluation_on_two_ranks_equals_one(env, tmp_path):
 
 def test_training_on_two_processes_keeps_the_effective_batch(env, tmp_path):
     """torchrun --nproc-per-node 2 -m rsdlib.train: accumulation halves, the batch of the optimizer step stays."""
-    from rsdlib.reproduce import tiny_tokenizer
+    from rsdlib.standins import tiny_tokenizer
 
     tok = tiny_tokenizer()
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     data = tmp_path / "dataset.jsonl"
-    data.write_text("".join(json.dumps({"id": f"e{i}", "prompt_ids": [40 + i, 41, 42], "completion_ids": [50, 51 + i, eot],
-                                        "kind": "full"}) + "\n" for i in range(8)))
+    data.write_text("".join(json.dumps({"id": f"e{i}", "prompt_ids": [40 + i, 41, 42],
+                                        "completion_ids": [50, 51 + i, eot], "kind": "full"}) + "\n"
+                            for i in range(8)))
     params = tmp_path / "30_train.yaml"
     params.write_text("training: {global_batch_size: 4, micro_batch_size: 1, block_size: 32, epochs: 1, "
                       "save_strategy: 'no', learning_rate: 1.0e-4, warmup_ratio: 0.0}\n")
@@ -300,7 +305,8 @@ def test_stage_parameters_are_the_notebooks_as_reproduce_runs_them(tmp_path):
     from rsdlib.reproduce import ParameterError, notebook_parameters, resolved_params
 
     demo = stage_params("10_generate_traces", profile="demo")
-    assert demo == {**{p.name: p.default for p in notebook_parameters("10_generate_traces").values()}, "profile": "demo"}
+    defaults = {p.name: p.default for p in notebook_parameters("10_generate_traces").values()}
+    assert demo == {**defaults, "profile": "demo"}
     assert stage_params("10_generate_traces", profile="smoke") == resolved_params("smoke", "10_generate_traces")
     smoke = stage_params("10_generate_traces", ROOT / "params" / "smoke" / "10_generate_traces.yaml")
     assert smoke["profile"] == "smoke" and smoke["teacher"] == "tiny:teacher"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _tiny import SPECIAL_TOKENS, tiny_model, tiny_tokenizer
+
 from rsdlib import embedded, models
 from rsdlib.embedded import ChecksumError, EmbeddedModel
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import tiny_model, tiny_tokenizer
 
 import rsdlib.evaluate as ev
 from rsdlib.data import DatasetUnavailableError
 from rsdlib.decoding import Decoder
 from rsdlib.evaluate import EvalConfig, RunConflictError, SampleJob, evaluate, generate_with_budget, summarize_rows
 from rsdlib.traces import append_jsonl, read_jsonl_resumable
-
-from _tiny import tiny_model, tiny_tokenizer
 
 MATH = [
     {"problem": "What is 1+1?", "answer": "2", "level": 1, "unique_id": "test/a/1.json"},
@@ -60,7 +59,8 @@ class RecordingDecoder(Decoder):
     calls: list = []
 
     def generate(self, prompts, seeds, **kw):
-        RecordingDecoder.calls.append({"prompts": [list(p) for p in prompts], "max_new_tokens": self.config.max_new_tokens})
+        RecordingDecoder.calls.append({"prompts": [list(p) for p in prompts],
+                                       "max_new_tokens": self.config.max_new_tokens})
         return super().generate(prompts, seeds, **kw)
 
 
@@ -177,7 +177,8 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumption_after_an_interruption_gives_the_same_rows_and_summary(tok, data_dir, tmp_path, monkeypatch, recorder):
+def test_resumption_after_an_interruption_gives_the_same_rows_and_summary(tok, data_dir, tmp_path, monkeypatch,
+                                                                           recorder):
     model = tiny_model(tok, seed=3)
     cfg = cfg_for(data_dir, samples={"math500": 3}, limit=2, temperature=0.7, max_tokens={"math500": 10},
                   think_budget={"math500": 4})
@@ -199,7 +200,8 @@ def test_resumption_after_an_interruption_gives_the_same_rows_and_summary(tok, d
         evaluate(model, cfg, tmp_path / "run", tokenizer=tok, progress=False)
     assert len(rows_of(tmp_path / "run")) == 2
     finished = {(r["problem_id"], r["sample_index"]) for r in rows_of(tmp_path / "run")}
-    pending = {(r["problem_id"], r["sample_index"]) for r in read_jsonl_resumable(tmp_path / "run" / "math500" / "pending.jsonl")}
+    pending_rows = read_jsonl_resumable(tmp_path / "run" / "math500" / "pending.jsonl")
+    pending = {(r["problem_id"], r["sample_index"]) for r in pending_rows}
     resumable = pending - finished
     assert resumable  # the interruption came during the answer pass
     monkeypatch.setattr(ev, "append_jsonl", append_jsonl)
@@ -269,7 +271,8 @@ def test_gpqa_votes_count_the_option_not_the_letter():
     assert ev.vote_key("B", "choice", [2, 0, 3, 1]) == ev.vote_key("(D)", "choice", [1, 3, 2, 0]) == "option0"
     assert ev.vote_key("A", "choice", [2, 0, 3, 1]) == "option2"
     assert ev.vote_key("0033", "integer") == ev.vote_key(" 33 ", "integer") == "33"
-    assert ev.vote_key("\\frac{1}{2}", "math") == ev.vote_key("\\frac{1} {2}", "math") and ev.vote_key(None, "math") is None
+    assert ev.vote_key("\\frac{1}{2}", "math") == ev.vote_key("\\frac{1} {2}", "math")
+    assert ev.vote_key(None, "math") is None
 
 
 def test_gpqa_rows_hold_the_letter_order_but_no_question_text(tok, data_dir, tmp_path):
@@ -296,8 +299,8 @@ def test_subsets_split_easiest_and_limit(data_dir):
     cfg = EvalConfig(benchmarks=("math500",), data_dir=str(data_dir), math500_easiest=2)
     name, problems = ev.select_problems("math500", cfg)
     assert name == "math500" and [p.meta["level"] for p in problems] == [1, 1]
-    a = ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), split_fraction=0.5, split_salt="s", split_part="a"))[1]
-    b = ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), split_fraction=0.5, split_salt="s", split_part="b"))[1]
+    a, b = (ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), split_fraction=0.5, split_salt="s",
+                                                     split_part=part))[1] for part in "ab")
     assert {p.id for p in a} | {p.id for p in b} == {"math500/" + r["unique_id"] for r in MATH}
     assert not {p.id for p in a} & {p.id for p in b}
     assert len(ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), limit=1))[1]) == 1
@@ -341,7 +344,8 @@ def test_the_shipped_copies_are_the_default_source_and_hub_is_a_choice(tmp_path,
     import rsdlib.data as data
 
     calls = []
-    monkeypatch.setattr(data, "_read_hub", lambda hub_id, config, split: calls.append(hub_id) or [{"problem": "Hub?", "answer": "1"}])
+    monkeypatch.setattr(data, "_read_hub",
+                        lambda hub_id, config, split: calls.append(hub_id) or [{"problem": "Hub?", "answer": "1"}])
     name, problems = ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",)))
     assert len(problems) == 30 and problems[0].meta["loaded_from"] == "shipped:aime25.jsonl" and calls == []
     empty = tmp_path / "empty"
@@ -516,7 +520,8 @@ def test_regrade_a_stored_evaluation_folder(tmp_path):
     cfg = EvalConfig(benchmarks=("math500", "gpqa_diamond"), samples={"math500": 1, "gpqa_diamond": 2})
     model_dir = tmp_path / "eval" / "student"
     model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}))
+    stored = {"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}
+    (model_dir / "config.json").write_text(json.dumps(stored))
     math_rows = [
         _old_row("m1", 0, "x</think> So \\boxed{4}.", "4", "math", "correct", "4"),
         _old_row("m2", 0, "x</think> The final answer is 7", "7", "math", "no_answer", None),
@@ -561,7 +566,8 @@ def test_regrade_command_line(tmp_path, capsys):
     cfg = EvalConfig(benchmarks=("math500",), samples={"math500": 1})
     model_dir = tmp_path / "eval" / "base"
     (model_dir / "math500").mkdir(parents=True)
-    (model_dir / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}))
+    stored = {"hash": cfg.hash(), "model": "m", "config": config_to_dict(cfg)}
+    (model_dir / "config.json").write_text(json.dumps(stored))
     rows = [_old_row("m1", 0, "x</think> The final answer is 7", "7", "math", "no_answer", None),
             _old_row("m2", 0, "x</think> \\boxed{3}", "3", "math", "correct", "3")]
     for r in rows:
@@ -569,7 +575,8 @@ def test_regrade_command_line(tmp_path, capsys):
     (model_dir / "math500" / "summary.json").write_text(json.dumps(summarize_rows(rows, 1)))
     assert main(["regrade", str(tmp_path / "eval"), "--timeout", "60"]) == 0
     out = capsys.readouterr().out
-    assert "base/math500: 50.0% -> 100.0%; 2 rows; moved no_answer -> correct: 1; answers found boxed 50%, stated 50%" in out
+    assert ("base/math500: 50.0% -> 100.0%; 2 rows; moved no_answer -> correct: 1; "
+            "answers found boxed 50%, stated 50%") in out
     assert main(["regrade", str(tmp_path / "nowhere")]) == 1
     assert "rsdlib regrade: error" in capsys.readouterr().err
 

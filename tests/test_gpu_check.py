@@ -101,7 +101,8 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
                 + ["decode: lockstep RSD, long context"]
                 + [f"speculative RSD k={k}" for _ in plan.spec_batches for k in plan.draft_tokens]
                 + ["train: student, full fine-tuning", "GPU-hours: traces (10)", "GPU-hours: traces, README's counts",
-                   "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)", "GPU-hours: multi-step RSD (35)",
+                   "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)",
+                   "GPU-hours: multi-step RSD (35)",
                    "GPU-hours: total"])
     assert names == expected
     assert "skipped" not in text and "did not fit" not in text and "out of memory" not in text
@@ -217,7 +218,7 @@ def test_shapes_build_the_paper_architectures_on_the_meta_device():
 def test_chunked_prefill_decoder_matches_the_decoder():
     """Feeding the prompt in chunks leaves the state one prefill gives: same first logits, same traces."""
     from rsdlib.bridge import VocabBridge
-    from rsdlib.decoding import DecodingConfig, Decoder
+    from rsdlib.decoding import Decoder, DecodingConfig
     from rsdlib.engine import ModelState
 
     teacher = gc_mod.build_model(gc_mod.TINY_TEACHER, torch.float32, "cpu")

@@ -219,22 +219,22 @@ def test_a_script_without_a_main_guard_is_not_rerun_by_the_grading_worker(tmp_pa
 T = "Some thinking \\boxed{999}.</think>\n"  # a decoy box inside the thinking
 
 
-# (answer part, gold, kind, status, found): unboxed correct answers that strict boxed reading missed
+# (answer part, gold, kind, found): unboxed correct answers that strict boxed reading missed
 ISSUE_19_MISSED = [
-    ("Answer: C", "C", "choice", "correct", "stated"),
-    ("So the answer is B.", "B", "choice", "correct", "stated"),
-    ("After simplifying, the final answer is 34", "34", "integer", "correct", "stated"),
-    ("Putting it together:\n$\\frac{1}{3}$", "\\frac{1}{3}", "math", "correct", "last_expression"),
-    ("The total count is\n7,425,000", "7425000", "integer", "correct", "last_expression"),
-    ("The pairs are $\\boxed{(1,2)}, \\boxed{(2,1)}$", "(1,2), (2,1)", "math", "correct", "boxed"),
-    ("The pairs are \\boxed{(1,2)}, \\boxed{(2,1)}", "(1,2), (2,1)", "math", "correct", "boxed"),
+    ("Answer: C", "C", "choice", "stated"),
+    ("So the answer is B.", "B", "choice", "stated"),
+    ("After simplifying, the final answer is 34", "34", "integer", "stated"),
+    ("Putting it together:\n$\\frac{1}{3}$", "\\frac{1}{3}", "math", "last_expression"),
+    ("The total count is\n7,425,000", "7425000", "integer", "last_expression"),
+    ("The pairs are $\\boxed{(1,2)}, \\boxed{(2,1)}$", "(1,2), (2,1)", "math", "boxed"),
+    ("The pairs are \\boxed{(1,2)}, \\boxed{(2,1)}", "(1,2), (2,1)", "math", "boxed"),
 ]
 
 
-@pytest.mark.parametrize("answer,gold,kind,status,found", ISSUE_19_MISSED)
-def test_issue_19_unboxed_answers_are_read(answer, gold, kind, status, found):
+@pytest.mark.parametrize("answer,gold,kind,found", ISSUE_19_MISSED)
+def test_issue_19_unboxed_answers_are_read(answer, gold, kind, found):
     g = grade(T + answer, {"gold": gold, "kind": kind})
-    assert (g["status"], g["found"]) == (status, found)
+    assert (g["status"], g["found"]) == ("correct", found)
     # the strict mode keeps the old reading: no box after </think> is no answer
     strict = grade(T + answer, {"gold": gold, "kind": kind}, answer_format="boxed")
     if found != "boxed":

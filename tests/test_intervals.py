@@ -167,7 +167,8 @@ def test_minimum_detectable_effect():
     assert accuracy_difference_se([50]) == pytest.approx(math.sqrt(0.5 / 50))
     assert accuracy_difference_se({"A": 50, "B": 50}) == pytest.approx(math.sqrt(0.5 / 50) / math.sqrt(2))
     # more problems, smaller detectable effect
-    assert minimum_detectable_effect(accuracy_difference_se([500])) < minimum_detectable_effect(accuracy_difference_se([6]))
+    mde = [minimum_detectable_effect(accuracy_difference_se([n])) for n in (500, 6)]
+    assert mde[0] < mde[1]
 
 
 def test_interval_scaled_and_excludes_zero():

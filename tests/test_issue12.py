@@ -7,15 +7,20 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from _tiny import tiny_model, tiny_tokenizer
 
 from rsdlib.bridge import VocabBridge
 from rsdlib.data import Problem
 from rsdlib.decoding import DecodingConfig, Trace
 from rsdlib.prompts import FIGURE7_SYSTEM, PROMPT_STYLES, PromptStyle, prompt_text
-from rsdlib.traces import (EmptyTrainingSetError, TraceJobConfig, map_think_close, pair_reference, run_trace_job,
-                           training_composition)
-
-from _tiny import tiny_model, tiny_tokenizer
+from rsdlib.traces import (
+    EmptyTrainingSetError,
+    TraceJobConfig,
+    map_think_close,
+    pair_reference,
+    run_trace_job,
+    training_composition,
+)
 
 FIG7 = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\nYou must respond "
         "to every query in the following manner:\nFirst, provide a step-by-step logical exploration of the problem.\n"
@@ -38,7 +43,8 @@ def test_default_prompt_is_figure7_with_the_real_qwen3_chat_template():
     assert prompt_text(tok, problem, PromptStyle.named("figure7")) == FIG7
     assert PromptStyle().system == FIGURE7_SYSTEM
     left = prompt_text(tok, problem, PromptStyle.named("figure7-s1k"))  # Figure 7's s1K-1.1 side
-    assert left.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>")
+    assert left.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
+                           "You are a helpful assistant.<|im_end|>")
     old = prompt_text(tok, problem, PromptStyle.named("user-instruction"))
     assert "What is 2+2?\n\nPlease reason step by step" in old
     assert set(PROMPT_STYLES) == {"figure7", "figure7-s1k", "user-instruction"}
@@ -144,13 +150,16 @@ def test_every_problem_gets_an_example_full_or_prefix(tmp_path):
 def test_s1k11_shares_s1ks_id_space_and_pairs_by_question():
     from rsdlib.data import _s1k, _s1k_11
 
-    s1k = _s1k([{"id": 0, "problem": "Q zero?", "solution": "\\boxed{1}"}, {"id": 1, "problem": "Q one?", "solution": "\\boxed{2}"}])
+    s1k = _s1k([{"id": 0, "problem": "Q zero?", "solution": "\\boxed{1}"},
+                {"id": 1, "problem": "Q one?", "solution": "\\boxed{2}"}])
     s11 = _s1k_11([{"question": "Q one?", "solution": "\\boxed{2}", "deepseek_thinking_trajectory": "R1 thinks",
-                    "deepseek_attempt": "So \\boxed{2}"}, {"question": "Q zero?", "solution": "\\boxed{1}",
-                                                          "deepseek_thinking_trajectory": "t0", "deepseek_attempt": "a0"}])
+                    "deepseek_attempt": "So \\boxed{2}"},
+                   {"question": "Q zero?", "solution": "\\boxed{1}", "deepseek_thinking_trajectory": "t0",
+                    "deepseek_attempt": "a0"}])
     assert [p.id for p in s1k] == ["s1k-0", "s1k-1"] and s11[0].id.startswith("s1k-") and s11[0].source == "s1k-1.1"
     pairs = pair_reference(s11, s1k, "</think>")
-    assert [(p.id, text) for p, text in pairs] == [("s1k-0", "t0\n</think>\n\na0"), ("s1k-1", "R1 thinks\n</think>\n\nSo \\boxed{2}")]
+    assert [(p.id, text) for p, text in pairs] == [("s1k-0", "t0\n</think>\n\na0"),
+                                                   ("s1k-1", "R1 thinks\n</think>\n\nSo \\boxed{2}")]
 
 
 def test_paper_reference_run_follows_s1s_block_size():
@@ -204,19 +213,22 @@ def test_training_notebooks_use_the_check_instead_of_skipping():
 
     for name in ("30_train", "35_multistep"):
         source = notebook_path(name).read_text()
-        assert "check_trainable(" in source and "require_kept=require_kept_traces" in source and "not trained" not in source and "the student stays" not in source
+        assert "check_trainable(" in source and "require_kept=require_kept_traces" in source
+        assert "not trained" not in source and "the student stays" not in source
 
 
 # ------------------------------------------------------------------------------------- item 10
 def test_each_model_is_evaluated_in_its_own_process_with_the_same_result(tmp_path, monkeypatch):
     """The orchestration vLLM needs (one process per model), checked with the HF backend."""
+    from _tiny import save_tiny_pair
+
     from rsdlib.evalproc import EvaluationProcessError, evaluate_isolated, isolate_models
     from rsdlib.evaluate import EvalConfig, evaluate
-    from _tiny import save_tiny_pair
 
     data = tmp_path / "data"
     data.mkdir()
-    rows = [{"problem": f"What is {i}+1?", "answer": str(i + 1), "level": 1, "unique_id": f"test/a/{i}.json"} for i in range(3)]
+    rows = [{"problem": f"What is {i}+1?", "answer": str(i + 1), "level": 1, "unique_id": f"test/a/{i}.json"}
+            for i in range(3)]
     (data / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     folder = save_tiny_pair(tmp_path / "model")
     cfg = EvalConfig(benchmarks=("math500",), samples={"math500": 2}, max_tokens={"math500": 8}, think_budget={},

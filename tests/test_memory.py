@@ -3,15 +3,23 @@ decoder's batch plan, and a cache that grows by chunks instead of doubling."""
 
 import logging
 
+import _tiny
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen3Config
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import DecodingConfig, Decoder
+from rsdlib.decoding import Decoder, DecodingConfig
 from rsdlib.engine import CACHE_CHUNK, GrowingLayer, ModelState
-from rsdlib.memory import (GIB, CacheUser, batch_for_memory, dtype_bytes, free_device_bytes, kv_cache_bytes_per_token,
-                           plan_batch)
+from rsdlib.memory import (
+    GIB,
+    CacheUser,
+    batch_for_memory,
+    dtype_bytes,
+    free_device_bytes,
+    kv_cache_bytes_per_token,
+    plan_batch,
+)
 
 # The paper pair's real shapes (the models' config.json): s1.1-7B is a Qwen2.5-7B (no head_dim key:
 # 3584 / 28 = 128), Qwen3-0.6B has head_dim 128 although 1024 / 16 = 64.
@@ -90,13 +98,7 @@ def test_plan_batch_takes_the_tightest_budget():
 
 # ---------------------------------------------------------------- the decoder's plan
 def tiny_lm(vocab=48, seed=1, layers=2):
-    from transformers import Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      initializer_range=0.6, pad_token_id=0, eos_token_id=1)
-    return Qwen2ForCausalLM(cfg).eval()
+    return _tiny.tiny_lm(vocab, seed=seed, layers=layers, max_positions=1024)
 
 
 PROMPTS = [[5, 9, 13, 2, 7], [4, 8], [11, 12, 13, 14], [40, 41, 42], [6, 7, 8, 9, 10, 11]]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _tiny import tiny_lm
 
 from rsdlib.metrics import (
     avg_at_k,
@@ -116,21 +117,7 @@ def test_token_metrics_hand_example():
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_qwen2():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-    )
-    model = Qwen2ForCausalLM(cfg).float().eval()
+    model = tiny_lm(100, seed=0, init=None, max_positions=256, eos_token_id=None)
     with torch.no_grad():  # sharpen the random head so some tokens fall below 1%
         model.lm_head.weight.mul_(8.0)
     return model

@@ -10,8 +10,8 @@ import time
 import httpx2
 import pytest
 import torch
-
 from _tiny import save_tiny_pair, tiny_model, tiny_tokenizer
+
 from rsdlib import models
 from rsdlib.models import ModelNotFoundError
 

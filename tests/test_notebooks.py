@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -105,7 +105,8 @@ def test_demo_traces_never_use_the_evaluation_half():
 # ----------------------------------------------------------------------------------------------
 def _smoke_env(root: Path):
     """RSDLIB_RESULTS / RSDLIB_FIGURES pointing at the smoke run's folders while the block runs."""
-    return mock.patch.dict(os.environ, {"RSDLIB_RESULTS": str(root / "results"), "RSDLIB_FIGURES": str(root / "figures")})
+    return mock.patch.dict(os.environ, {"RSDLIB_RESULTS": str(root / "results"),
+                                        "RSDLIB_FIGURES": str(root / "figures")})
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +170,8 @@ def test_smoke_tables_and_figures_carry_intervals(smoke_run):
     assert "6 of the 1,000 s1K worked solutions" in md2  # notebook 20 scored the s1K solutions (s1k_solutions: 6)
     with open(folder / "tab2_dataset_stats.csv") as fh:
         header = next(csv.reader(fh))
-    assert {"Correctly solved (ours) low", "Sub-1% tokens (%) (ours) high", "Sub-1% Δ vs teacher excludes 0"} <= set(header)
+    assert {"Correctly solved (ours) low", "Sub-1% tokens (%) (ours) high",
+            "Sub-1% Δ vs teacher excludes 0"} <= set(header)
     assert "Average token count (ours, 95% CI)" in (folder / "tab6_trace_lengths.md").read_text()
     executed = root / "results" / "smoke" / "notebooks"
     for name in ("fig1_overview", "fig4_cross_model"):

@@ -1,7 +1,6 @@
 """The decoder on the real embedded pair (slow: loads Qwen2.5-Coder 1.5B + 0.5B, prepared by `rsdlib prepare`)."""
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ def setup():
 
 @pytest.mark.parametrize("draft_tokens", [0, 3])
 def test_rsd_on_the_embedded_pair_obeys_the_rule(setup, draft_tokens):
-    from rsdlib.decoding import DecodingConfig, Decoder
+    from rsdlib.decoding import Decoder, DecodingConfig
 
     pair, tok, ids, stops = setup
     assert pair.bridge.is_identity
@@ -43,7 +42,7 @@ def test_rsd_on_the_embedded_pair_obeys_the_rule(setup, draft_tokens):
 
 
 def test_threshold_zero_reproduces_teacher_sampling_on_the_embedded_pair(setup):
-    from rsdlib.decoding import DecodingConfig, Decoder
+    from rsdlib.decoding import Decoder, DecodingConfig
 
     pair, tok, ids, stops = setup
     out = {}

@@ -17,21 +17,26 @@ def figdir(tmp_path, monkeypatch):
 
 
 def test_comparison_rows_put_the_paper_beside_ours():
-    paper = [{"key": "base", "label": "Qwen3-0.6B", "MATH500": 65.4}, {"key": "rsd-p1", "label": "+ RSD", "MATH500": 66.2}]
-    ours = [{"key": "rsd-p1", "label": "ours rsd", "MATH500": 40.0}, {"key": "extra", "label": "only ours", "MATH500": 1.0}]
+    paper = [{"key": "base", "label": "Qwen3-0.6B", "MATH500": 65.4},
+             {"key": "rsd-p1", "label": "+ RSD", "MATH500": 66.2}]
+    ours = [{"key": "rsd-p1", "label": "ours rsd", "MATH500": 40.0},
+            {"key": "extra", "label": "only ours", "MATH500": 1.0}]
     rows = plots.comparison_rows(ours, paper, ["MATH500"])
     assert [r["key"] for r in rows] == ["base", "rsd-p1", "extra"]  # paper order, then ours the paper lacks
     assert list(rows[0]) == ["key", "label", "MATH500 (ours)", "MATH500 (paper)"]
     assert rows[0]["MATH500 (ours)"] is None and rows[0]["MATH500 (paper)"] == 65.4
     assert rows[1]["label"] == "+ RSD" and rows[1]["MATH500 (ours)"] == 40.0 and rows[1]["MATH500 (paper)"] == 66.2
     assert rows[2]["MATH500 (paper)"] is None and rows[2]["label"] == "only ours"
-    assert [r["key"] for r in plots.comparison_rows(ours, paper, ["MATH500"], include_paper_only=False)] == ["rsd-p1", "extra"]
+    rows = plots.comparison_rows(ours, paper, ["MATH500"], include_paper_only=False)
+    assert [r["key"] for r in rows] == ["rsd-p1", "extra"]
 
 
 def test_write_table_markdown_and_csv(figdir):
-    rows = plots.comparison_rows([{"key": "rsd-p1", "Sub-1% tokens (%)": 0.1234}], reference.TABLE2, ["Sub-1% tokens (%)"])
-    md, csv_path = plots.write_table(rows, "tab_x", "demo", title="Table X", columns=["label", "Sub-1% tokens (%) (ours)",
-                                     "Sub-1% tokens (%) (paper)"], notes=["a note | with a bar"])
+    rows = plots.comparison_rows([{"key": "rsd-p1", "Sub-1% tokens (%)": 0.1234}], reference.TABLE2,
+                                 ["Sub-1% tokens (%)"])
+    md, csv_path = plots.write_table(rows, "tab_x", "demo", title="Table X",
+                                     columns=["label", "Sub-1% tokens (%) (ours)", "Sub-1% tokens (%) (paper)"],
+                                     notes=["a note | with a bar"])
     assert md == figdir / "demo" / "tab_x.md" and csv_path.suffix == ".csv"
     text = md.read_text()
     assert text.startswith("# Table X\n") and "profile **demo**" in text
@@ -103,7 +108,8 @@ def test_reference_values_spot_checks():
     assert [(b["student"], b["Average"]) for b in tailored] == [
         ("Qwen3-0.6B", 27.21), ("Qwen3-1.7B", 41.80), ("Llama-3.2-1B-Instruct", 8.59)]
     # Table 4's first rows repeat Table 1
-    assert reference.row(reference.TABLE4, "Qwen3-0.6B/tailored")["Average"] == reference.row(reference.TABLE1, "rsd-p1")["Average"]
+    tailored = reference.row(reference.TABLE4, "Qwen3-0.6B/tailored")
+    assert tailored["Average"] == reference.row(reference.TABLE1, "rsd-p1")["Average"]
 
 
 def test_draw_tokens_renders_tex_that_mathtext_cannot_parse(tmp_path):

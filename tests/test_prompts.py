@@ -3,8 +3,15 @@
 from _tiny import tiny_tokenizer
 
 from rsdlib.data import Problem
-from rsdlib.prompts import (QWEN_SYSTEM_PROMPT, WORDS_ONLY, PromptStyle, end_of_turn_ids, prompt_ids, prompt_text,
-                            turn_end_id)
+from rsdlib.prompts import (
+    QWEN_SYSTEM_PROMPT,
+    WORDS_ONLY,
+    PromptStyle,
+    end_of_turn_ids,
+    prompt_ids,
+    prompt_text,
+    turn_end_id,
+)
 
 
 def test_math_prompt_has_system_instruction_and_open_thinking():
@@ -33,7 +40,7 @@ def test_turn_end_is_im_end_even_when_eos_differs():
     tok = tiny_tokenizer()
     tok.eos_token = "<|endoftext|>"  # as the Qwen2.5 GGUF tokenizer has it
     assert turn_end_id(tok) == tok.convert_tokens_to_ids("<|im_end|>")
-    assert set(end_of_turn_ids(tok)) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+    assert set(end_of_turn_ids(tok)) == set(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
 
 
 def test_few_shot_turns_come_before_the_question():

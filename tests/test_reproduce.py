@@ -8,7 +8,6 @@ import argparse
 import os
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,8 @@ def test_parameters_cell_must_hold_only_annotated_literals():
 
 
 def test_only_accepts_names_and_unique_prefixes():
-    assert [s.name for s in reproduce.resolve_only(["fig3", "20_trace_analysis"])] == ["20_trace_analysis", "fig3_perplexity"]
+    chosen = reproduce.resolve_only(["fig3", "20_trace_analysis"])
+    assert [s.name for s in chosen] == ["20_trace_analysis", "fig3_perplexity"]
     with pytest.raises(ParameterError, match="ambiguous"):
         reproduce.resolve_only(["fig"])
     with pytest.raises(ParameterError, match="matches no notebook"):
@@ -181,7 +181,8 @@ def test_kernels_never_get_a_benchmark_folder_from_beside_the_repository(tmp_pat
 
 
 def test_no_project_file_names_a_folder_outside_the_repository():
-    outside = ("../" + "shared", "shared/" + "data", "REPO_ROOT" + ".parent", "REPO" + ".parent")  # split: not a hit here
+    # split, so that this line is not a hit itself
+    outside = ("../" + "shared", "shared/" + "data", "REPO_ROOT" + ".parent", "REPO" + ".parent")
     files = [REPO / "Makefile", REPO / ".ci" / "run", REPO / "README.md", REPO / "DATA.md",
              *REPO.glob("rsdlib/*.py"), *REPO.glob("notebooks/*.py"), *REPO.glob("params/*/*.yaml"),
              *REPO.glob("tests/*.py")]

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from _tiny import ALPHA, tiny_lm
 from scipy import stats
-from test_decoding import ALPHA, tiny_lm
 
 from rsdlib.bridge import VocabBridge
-from rsdlib.decoding import DecodingConfig, Decoder, rsd_mixture, step_probs
+from rsdlib.decoding import Decoder, DecodingConfig, rsd_mixture, step_probs
 
 V = 16
 PROMPT = [3, 5, 7, 2, 9]
@@ -59,7 +59,8 @@ def test_first_tokens_and_fallback_match_lockstep_rsd_distribution(pair16, k):
         exp = torch.cat([expected[big], expected[~big].sum()[None]])
         keep = exp > 0
         assert counts[expected == 0].sum() == 0, "a token sequence of probability 0 was emitted"
-        return stats.chisquare(obs[keep].numpy(), exp[keep].numpy() * obs[keep].sum().item() / exp[keep].sum().item()).pvalue
+        scaled = exp[keep].numpy() * obs[keep].sum().item() / exp[keep].sum().item()
+        return stats.chisquare(obs[keep].numpy(), scaled).pvalue
 
     counts12 = torch.bincount(toks[:, 0] * V + toks[:, 1], minlength=V * V).double()
     assert chi2_pvalue(counts12, joint12.reshape(-1).double() * n) > ALPHA

@@ -1,4 +1,5 @@
-"""Stand-ins of the paper's models (rsdlib.standins): real architectures, logit rows and tokenizers; scripted steering."""
+"""Stand-ins of the paper's models (rsdlib.standins): real architectures, logit rows and tokenizers; scripted
+steering."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import json
 
 import pytest
 
-from rsdlib.standins import (R1_DISTILL_RENAMES, S1_THINK_END, STANDINS, STEERING_FILE, ScriptedSteering,
-                             standin_folder, standin_tokenizers_dir)
+from rsdlib.standins import (
+    R1_DISTILL_RENAMES,
+    S1_THINK_END,
+    STEERING_FILE,
+    ScriptedSteering,
+    standin_folder,
+    standin_tokenizers_dir,
+)
 
 EXPECTED = {  # hub id -> (model class, logit rows, tokenizer size)
     "simplescaling/s1.1-7B": ("Qwen2ForCausalLM", 152_064, 151_665),
@@ -43,9 +50,8 @@ def test_standin_has_the_real_architecture_rows_and_tokenizer(root, hub_id):
 
 
 def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
-    from rsdlib.reproduce import make_pair
-
     import rsdlib.reproduce as rp
+    from rsdlib.reproduce import make_pair
 
     old = rp.standin_folder
     rp.standin_folder = lambda hub_id: old(hub_id, root=root)
@@ -53,8 +59,8 @@ def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
         pair = make_pair("standin:simplescaling/s1.1-7B", "standin:Qwen/Qwen3-0.6B", dtype="float32", device="cpu")
         assert sorted(pair.bridge.student_only) == [151665, 151666, 151667, 151668]
         assert pair.bridge.student_to_teacher([151668]) == [522, 26865, 29]  # </think> as the teacher spells it
-        llama = make_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "standin:meta-llama/Llama-3.2-1B-Instruct",
-                          dtype="float32", device="cpu")
+        llama = make_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                          "standin:meta-llama/Llama-3.2-1B-Instruct", dtype="float32", device="cpu")
         assert not llama.bridge.is_identity  # renamed special tokens
     finally:
         rp.standin_folder = old
@@ -63,12 +69,12 @@ def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
 def test_scripted_steering_writes_a_correct_solution_in_the_models_own_format(root, monkeypatch):
     from transformers import AutoTokenizer
 
-    from rsdlib.data import Problem
 
     tok = AutoTokenizer.from_pretrained(standin_folder("simplescaling/s1.1-7B", root=root))
     steer = ScriptedSteering(tok, {"think_end": S1_THINK_END, "bias": 11.0, "known_share": 1.0})
     steer._golds = {"What is 6 times 7?": "42"}
-    prompt = tok("<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    prompt = tok("<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n",
+                 add_special_tokens=False)["input_ids"]
     generated = []
     for _ in range(60):
         target = steer.target(prompt, generated)
@@ -84,7 +90,8 @@ def test_scripted_steering_writes_a_correct_solution_in_the_models_own_format(ro
         off.append(target)
         if target == steer.turn_end:
             break
-    assert tok.decode(off, skip_special_tokens=False).endswith(S1_THINK_END + " The final answer is $\\boxed{42}$.<|im_end|>")
+    answer = " The final answer is $\\boxed{42}$.<|im_end|>"
+    assert tok.decode(off, skip_special_tokens=False).endswith(S1_THINK_END + answer)
     other = tok("<|im_start|>user\nAn unknown question?<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert steer.target(other, []) is None  # not steered: a problem the script does not know
 

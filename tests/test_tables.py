@@ -77,7 +77,8 @@ def test_accuracy_table_has_interval_columns_sections_and_mde(results):
     assert rsd["MATH500 (ours) low"] < 75 < rsd["MATH500 (ours) high"]
     heading, diff_rows, diff_cols = layout["section"]
     assert [r["Models"] for r in diff_rows] == [rsd["Models"]]
-    assert diff_rows[0]["MATH500 Δ vs base [95% CI]"].startswith("+62.50 [") and diff_rows[0]["MATH500 Δ vs base [95% CI]"].endswith("*")
+    cell = diff_rows[0]["MATH500 Δ vs base [95% CI]"]
+    assert cell.startswith("+62.50 [") and cell.endswith("*")
     assert layout["problems"] == PROBLEMS
     notes = accuracy_interval_notes(layout["problems"])
     assert "Minimum detectable effect" in notes[1] and "MATH500: 70 points" in notes[1]  # 2.80 * sqrt(0.5/8)
@@ -126,8 +127,9 @@ def test_trace_uncertainty_and_teacher_difference():
              "Fallback rate (%) (ours)": None, "Sub-1% tokens (%) (ours)": None} for k in ("teacher", "rsd-p1")]
     layout = add_trace_intervals(rows, unc, {"teacher": "teacher", "rsd-p1": "rsd-p1"}, {"rsd-p1": d})
     assert rows[0]["Correctly solved (ours, 95% CI)"].startswith("5/6 (83 [")
-    assert rows[1]["Sub-1% Δ vs teacher (ours, 95% CI)"].startswith("-25.00") and rows[1]["Sub-1% Δ vs teacher (ours, 95% CI)"].endswith("*")
-    assert "Sub-1% tokens (%) (ours) low" in layout["csv_columns"] and "Sub-1% Δ vs teacher excludes 0" in layout["csv_columns"]
+    cell = rows[1]["Sub-1% Δ vs teacher (ours, 95% CI)"]
+    assert cell.startswith("-25.00") and cell.endswith("*")
+    assert {"Sub-1% tokens (%) (ours) low", "Sub-1% Δ vs teacher excludes 0"} <= set(layout["csv_columns"])
 
 
 def test_interval_cell_and_error_bar():
@@ -142,5 +144,6 @@ def test_interval_cell_and_error_bar():
 def test_worked_solution_completion_is_thinking_then_boxed_answer():
     from rsdlib.prompts import worked_solution_completion
 
-    assert worked_solution_completion("  x = 2 + 2 = 4 ", "4") == "x = 2 + 2 = 4\n</think>\n\nThe final answer is $\\boxed{4}$."
+    assert (worked_solution_completion("  x = 2 + 2 = 4 ", "4")
+            == "x = 2 + 2 = 4\n</think>\n\nThe final answer is $\\boxed{4}$.")
     assert worked_solution_completion("see above", None, "<|im_start|>answer") == "see above\n<|im_start|>answer"

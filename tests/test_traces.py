@@ -30,7 +30,8 @@ def sample(k, n_tokens, status="correct", closes=1, finish="stop", fallback=0, p
     tokens = list(range(100, 100 + n_tokens - 1)) + ([last] if finish == "stop" else [101])
     fb = [True] * fallback + [False] * (n_tokens - fallback)
     return {"problem_id": pid, "sample_index": k, "prompt_ids": [1, 2, 3], "token_ids": tokens, "status": status,
-            "think_closes": closes, "finish_reason": finish, "ended_turn": tokens[-1] == EOT, "fallback_rate": fallback / n_tokens, "fallback": fb,
+            "think_closes": closes, "finish_reason": finish, "ended_turn": tokens[-1] == EOT,
+            "fallback_rate": fallback / n_tokens, "fallback": fb,
             "student_prob_raw": [0.5] * (n_tokens - 1) + [0.001]}
 
 
@@ -129,7 +130,8 @@ teacher, student = tiny_model(tok, seed=1, layers=3), tiny_model(tok, seed=2)
 V = teacher.config.vocab_size
 pair = SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
                        bridge=VocabBridge.from_tokenizers(tok, tok, V, V))
-problems = [Problem(id=f"q{{i}}", question=f"What is {{i}} + {{i}}?", gold=str(2 * i), kind="integer") for i in range(4)]
+problems = [Problem(id=f"q{{i}}", question=f"What is {{i}} + {{i}}?", gold=str(2 * i), kind="integer")
+            for i in range(4)]
 problems.append(Problem(id="nogold", question="Prove it.", gold="", kind="math"))
 cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", temperature=1.0, threshold=0.01,
                      max_new_tokens=int(sys.argv[2])), samples_per_problem=3, batch_size=int(sys.argv[3]),
@@ -177,8 +179,11 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         assert resumed[key] == whole[key]
     assert whole["n_problems"] == 4 and whole["problems_without_gold"] == 1
     assert whole["decoder_batch"]["batch_size"] == 4 and resumed["decoder_batch"]["requested_batch_size"] == 3
-    by_key = lambda path: {(r["problem_id"], r["sample_index"]): r["token_ids"]
-                           for r in map(json.loads, path.read_text().splitlines())}
+
+    def by_key(path):
+        rows = map(json.loads, path.read_text().splitlines())
+        return {(r["problem_id"], r["sample_index"]): r["token_ids"] for r in rows}
+
     assert by_key(samples) == by_key(tmp_path / "whole" / "samples.jsonl")
 
 
@@ -242,8 +247,9 @@ def test_max_cache_gib_is_validated_and_not_hashed():
 
 def test_the_trace_filter_reads_boxed_answers_by_default(tmp_path, monkeypatch):
     """A kept trace has its answer in \\boxed{} (the authors' filter); ``answer_format: standard`` reads more."""
-    import rsdlib.traces as traces
     from _tiny import tiny_model, tiny_tokenizer
+
+    import rsdlib.traces as traces
     from rsdlib.bridge import VocabBridge
     from rsdlib.data import Problem
     from rsdlib.grading import grade_many

@@ -90,11 +90,13 @@ def test_label_masks_equal_hand_built(tok):
 
 
 def test_text_examples_rendered_with_chat_template(tok):
-    prompt = ids(tok, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n")
+    prompt = ids(tok, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+                      "<|im_start|>assistant\n")
     answer = ids(tok, "<think>\nadd</think> 2")
     ex = {"id": "t", "prompt_text": "What is 1+1?", "completion_text": "<think>\nadd</think> 2", "system": "S"}
     full = text_example_to_ids(tok, {**ex, "kind": "full"})
-    assert full["prompt_ids"] == prompt and full["completion_ids"] == answer + [EOT]  # the template's trailing \n dropped
+    # the template's trailing \n dropped
+    assert full["prompt_ids"] == prompt and full["completion_ids"] == answer + [EOT]
     pre = text_example_to_ids(tok, {**ex, "kind": "prefix"})
     assert pre["prompt_ids"] == prompt and pre["completion_ids"] == answer  # no end of turn
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 1+1?"},
@@ -229,7 +231,8 @@ def test_lora_merged_model_loads_back(tok, tmp_path):
     assert not (final / "adapter_config.json").exists() and (final / "model.safetensors").is_file()
     assert (tmp_path / "run" / "final_adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(final)
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "run" / "final_adapter")
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                             tmp_path / "run" / "final_adapter")
     plain = AutoModelForCausalLM.from_pretrained(base)
     x = torch.tensor([ids(tok, "<|im_start|>user\nq1<|im_end|>\n")])
     with torch.no_grad():
@@ -312,7 +315,8 @@ def test_a_pad_token_inside_a_trace_does_not_refuse_the_dataset(tok, tmp_path):
     examples[0]["completion_ids"] = [PAD] + examples[0]["completion_ids"]
     final = train(tiny_config(tmp_path, max_steps=2), examples, tokenizer=tiny_tokenizer(), model=tiny_model(tok))
     info = json.loads((tmp_path / "run" / "dataset_info.json").read_text())
-    assert info["pad_id"] != PAD and info["pad_id"] not in {t for e in examples for t in e["completion_ids"] + e["prompt_ids"]}
+    used = {t for e in examples for t in e["completion_ids"] + e["prompt_ids"]}
+    assert info["pad_id"] != PAD and info["pad_id"] not in used
     assert info["pad_token"] == "<|rsd_pad|>"
     assert AutoModelForCausalLM.from_pretrained(final).config.pad_token_id == info["pad_id"]
 
