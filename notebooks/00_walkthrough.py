@@ -40,7 +40,9 @@ import torch
 from rsdlib.decoding import DecodingConfig, Decoder, draw_uniforms, sample_inverse_cdf, step_probs
 from rsdlib.plots import profile_note, save_figure, set_style, write_table
 from rsdlib.prompts import end_of_turn_ids, prompt_ids
-from rsdlib.reproduce import make_pair, prompt_style, select_problems
+from rsdlib.models import load_pair
+from rsdlib.prompts import prompt_style
+from rsdlib.data import select_problems
 
 # %% tags=["parameters"]
 profile: str = "demo"  # figures/<profile>
@@ -62,7 +64,7 @@ if benchmark.lower().startswith("gpqa"):
     raise ValueError("the walkthrough prints its problem: GPQA questions must not be shown")
 if not 0 <= threshold <= 1 or n_steps < 1 or temperature <= 0:
     raise ValueError("need 0 <= threshold <= 1, n_steps >= 1 and temperature > 0")
-pair = make_pair(teacher, student, dtype=dtype, device=device)
+pair = load_pair(teacher, student, dtype=dtype, device=device)
 tok = pair.student_tokenizer
 problem = select_problems(benchmark, 1, pick="easiest", split="trace", split_salt=split_salt, skip_diagrams=True,
                           source=source)[0]

@@ -47,7 +47,10 @@ from rsdlib.config import config_to_dict
 from rsdlib.data import SOURCES
 from rsdlib.decoding import DecodingConfig
 from rsdlib.prompts import end_of_turn_ids, prompt_ids
-from rsdlib.reproduce import make_pair, prompt_style, select_problems, trace_run_stats
+from rsdlib.models import load_pair
+from rsdlib.prompts import prompt_style
+from rsdlib.data import select_problems
+from rsdlib.traces import trace_run_stats
 from rsdlib.traces import RunConflictError, TraceJobConfig, append_jsonl, pair_reference, run_trace_job
 
 # %% tags=["parameters"]
@@ -159,7 +162,7 @@ if workers > 1:  # the ranks load the models; this kernel needs only the student
     params_file = launch.save_params("10_generate_traces", globals(), trace_root / "launch_params.yaml")
     pair = launch.TokenizerOnly(launch.student_tokenizer(student))
 else:
-    pair = make_pair(teacher, student, dtype=dtype, device=device)
+    pair = load_pair(teacher, student, dtype=dtype, device=device)
     print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
 summaries = {"main": {}}
 summaries["main"]["teacher"] = run_method(pair, "main", "teacher", methods["teacher"], problems)
@@ -223,7 +226,7 @@ del pair
 # %%
 for run, extra in extra_pairs.items():
     teacher_spec[run], student_spec[run] = extra["teacher"], extra["student"]
-    other = make_pair(extra["teacher"], extra["student"], dtype=dtype, device=device) if workers == 1 else None
+    other = load_pair(extra["teacher"], extra["student"], dtype=dtype, device=device) if workers == 1 else None
     summaries[run] = {}
     for method in extra["methods"]:
         summaries[run][method] = run_method(other, run, method, methods[method], problems, restrict_dir)

@@ -57,7 +57,9 @@ from rsdlib import paths
 from rsdlib.metrics import score_traces
 from rsdlib.data import load_benchmark
 from rsdlib.prompts import end_of_turn_ids, prompt_ids, worked_solution_completion
-from rsdlib.reproduce import load_student, prompt_style, trace_run_stats
+from rsdlib.models import load_student
+from rsdlib.prompts import prompt_style
+from rsdlib.traces import trace_run_stats
 from rsdlib.traces import read_jsonl_resumable
 
 # %% tags=["parameters"]

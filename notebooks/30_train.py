@@ -42,7 +42,7 @@ import pandas as pd
 
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
-from rsdlib.reproduce import model_location
+from rsdlib.models import model_location
 from rsdlib.standins import carry_steering
 from rsdlib.traces import check_trainable
 from rsdlib.train import TrainConfig, load_examples, train

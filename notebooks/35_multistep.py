@@ -48,7 +48,8 @@ import pandas as pd
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
 from rsdlib.data import load_benchmark
-from rsdlib.reproduce import make_pair, model_location, trace_run_stats
+from rsdlib.models import load_pair, model_location
+from rsdlib.traces import trace_run_stats
 from rsdlib.standins import carry_steering
 from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job
 from rsdlib.train import TrainConfig, train
@@ -103,7 +104,7 @@ for cycle in range(1, cycles + 1):
         trace_dir = cycle_dir / "traces"
         job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=current)
         start = time.perf_counter()
-        pair = make_pair(teacher, current, dtype=dtype)
+        pair = load_pair(teacher, current, dtype=dtype)
         run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force, progress=True)
         del pair
         print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")

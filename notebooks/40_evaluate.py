@@ -53,7 +53,7 @@ from rsdlib import launch, paths, reference
 from rsdlib.config import load_yaml_config
 from rsdlib.evalproc import evaluate_isolated, isolate_models
 from rsdlib.evaluate import EvalConfig, evaluate
-from rsdlib.reproduce import model_location
+from rsdlib.models import model_location
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>

@@ -35,7 +35,7 @@ import pandas as pd
 
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
-from rsdlib.reproduce import display_name
+from rsdlib.models import display_name
 from rsdlib.tables import add_trace_intervals, difference_mde_note, read_scores, sub_share_difference, trace_uncertainty
 
 # %% tags=["parameters"]
@@ -93,7 +93,7 @@ table
 # 180 full + 820 prefix = 1,000 examples.
 
 # %%
-from rsdlib.reproduce import trace_run_stats
+from rsdlib.traces import trace_run_stats
 
 composition = []
 for run_name, run_methods in manifest["methods"].items():

@@ -37,7 +37,7 @@ import pandas as pd
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
 from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals, add_solved_interval
-from rsdlib.reproduce import check_row_keys, load_evaluation, name_our_student
+from rsdlib.tables import check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>

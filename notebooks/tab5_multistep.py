@@ -34,7 +34,7 @@ import pandas as pd
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, write_table
 from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
-from rsdlib.reproduce import accuracy_rows, check_row_keys, load_evaluation, name_our_student
+from rsdlib.tables import accuracy_rows, check_row_keys, load_evaluation, name_our_student
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>

@@ -34,7 +34,7 @@ import pandas as pd
 from rsdlib import paths, reference
 from rsdlib.plots import comparison_rows, interval_cell, write_table
 from rsdlib.tables import difference_mde_note, read_scores, trace_uncertainty
-from rsdlib.reproduce import display_name
+from rsdlib.models import display_name
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>

@@ -653,3 +653,33 @@ def easiest(problems: Sequence[Problem], n: int) -> list[Problem]:
     if missing:
         raise ValueError(f"easiest() needs meta['level'] (MATH500); {len(missing)} problems lack it, e.g. {missing[0]}")
     return sorted(problems, key=lambda p: p.meta["level"])[:n]
+
+
+def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: str = "all",
+                    split_fraction: float = 0.5, split_salt: str = "rsdlib", require_gold: bool = True,
+                    skip_diagrams: bool = False, source: str = "shipped") -> list:
+    """A profile's problems: ``split`` "trace" / "eval" are the two disjoint halves of ``split_by_hash``
+    (trace generation and evaluation never share a problem), "all" the whole benchmark; then ``pick``
+    "first" (file order) or "easiest" (lowest MATH500 level) ``n`` problems (0 = all).
+    ``skip_diagrams`` leaves out problems drawn with Asymptote code (``[asy]``), hard for text models.
+    ``source``: "shipped" (the pinned copy in rsdlib, default) or "hub" (``rsdlib.data.load_benchmark``).
+    """
+    if pick not in ("first", "easiest"):
+        raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
+    if split not in ("all", "trace", "eval"):
+        raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
+    problems = load_benchmark(benchmark, source=source)
+    if require_gold:
+        problems, _ = answer_checkable(problems)
+    if split != "all":
+        trace_part, eval_part = split_by_hash(problems, split_fraction, salt=split_salt)
+        problems = trace_part if split == "trace" else eval_part
+    if skip_diagrams:
+        problems = [p for p in problems if "[asy]" not in p.question]
+    if n:
+        problems = easiest(problems, n) if pick == "easiest" else problems[:n]
+    if not problems:
+        raise ValueError(f"no {benchmark} problems selected (split {split!r}, split_fraction {split_fraction}, "
+                         f"split_salt {split_salt!r}, n {n}, skip_diagrams {skip_diagrams}): nothing to run. "
+                         "Check split_fraction (0 leaves the trace half empty, 1 the eval half) and n_problems.")
+    return problems

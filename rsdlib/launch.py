@@ -101,7 +101,7 @@ def _expect(cfg, expected: str | None) -> None:
 def trace_job_config(params: dict, method: str, teacher: str, student: str):
     """The TraceJobConfig of one method, as notebook 10 builds it: shared decoding/job keys, then the method's."""
     from rsdlib.decoding import DecodingConfig
-    from rsdlib.reproduce import prompt_style
+    from rsdlib.prompts import prompt_style
     from rsdlib.traces import TraceJobConfig
 
     methods = params["methods"]
@@ -138,7 +138,8 @@ def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", 
 
 
 def trace_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.reproduce import make_pair, select_problems
+    from rsdlib.models import load_pair
+    from rsdlib.data import select_problems
     from rsdlib.traces import run_trace_job
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
@@ -168,7 +169,7 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     problems = select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
                                split_fraction=params["split_fraction"], split_salt=params["split_salt"],
                                require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
-    pair = make_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
+    pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
     summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
     if world.is_main:
         print(json.dumps(summary))
@@ -195,7 +196,7 @@ def _manifest(path: Path) -> dict:
 def resolve_model(profile: str, name: str, extra_models: dict) -> str:
     """Model folder/spec of a name, as notebook 40 resolves it: base, a trained method, <pair>-<method>,
     an extra model, else the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
-    from rsdlib.reproduce import model_location
+    from rsdlib.models import model_location
 
     results = paths.results_dir(profile)
     trained = _manifest(results / "models" / "manifest.json").get("models", {})
@@ -269,7 +270,7 @@ class TokenizerOnly:
 
 def student_tokenizer(student: str):
     """The tokenizer of a model spec without loading its weights (a .gguf file is loaded whole)."""
-    from rsdlib.reproduce import model_location
+    from rsdlib.models import model_location
     from rsdlib.train import model_source
 
     source = model_source(model_location(student))

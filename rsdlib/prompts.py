@@ -142,3 +142,22 @@ def worked_solution_completion(solution: str, gold: str | None, think_close: str
     """
     text = f"{(solution or '').strip()}\n{think_close}"
     return text + (f"\n\nThe final answer is $\\boxed{{{gold}}}$." if gold else "")
+
+
+def prompt_style(values: dict):
+    """A ``rsdlib.prompts.PromptStyle`` from a parameter dict; a shot may be given by the name of a
+    constant of ``rsdlib.prompts`` (e.g. ``shots: [FORMAT_SHOT]``) instead of its (question, response)."""
+    values = dict(values)
+    name = values.pop("style", "figure7")  # a named style of rsdlib.PROMPT_STYLES, then overrides
+    if name not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {name!r}; styles: {', '.join(PROMPT_STYLES)}")
+    values = {**PROMPT_STYLES[name], **values}
+    shots = []
+    for shot in values.pop("shots", ()) or ():
+        if isinstance(shot, str):
+            if not shot.isupper() or not isinstance(globals().get(shot), tuple):
+                raise ValueError(f"unknown shot {shot!r}: name a (question, response) constant of rsdlib.prompts")
+            shot = globals()[shot]
+        question, response = shot
+        shots.append((question, response))
+    return PromptStyle(**values, shots=tuple(shots))

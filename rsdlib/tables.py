@@ -301,3 +301,37 @@ def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str,
                    "Sub-1% Δ vs teacher", "Sub-1% Δ vs teacher low", "Sub-1% Δ vs teacher high",
                    "Sub-1% Δ vs teacher excludes 0"]
     return {"columns": columns, "csv_columns": csv_columns}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the accuracy tables (Tables 1, 3, 4, 5)
+# ----------------------------------------------------------------------------------------------
+def load_evaluation(profile: str) -> dict:
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
+    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+
+
+def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:
+    """Refuse row keys that are not rows of the paper's table (``rsdlib.reference``)."""
+    known = [r["key"] for r in paper_rows]
+    unknown = set(rows) - set(known)
+    if unknown:
+        raise ValueError(f"rows: unknown {table} keys {sorted(unknown)}; known: {known}")
+
+
+def accuracy_rows(rows: dict, evaluation: dict, columns: Sequence[str]) -> list[dict]:
+    """Our table rows: {paper row key: our evaluated model} -> [{"key", column: value}], evaluated ones only."""
+    models = evaluation["models"]
+    return [{"key": key, **{c: models[m].get(c) for c in columns}} for key, m in rows.items() if m in models]
+
+
+def name_our_student(table: list[dict], base_key: str, student_spec: str) -> None:
+    """The paper's base student is not ours: name both in the base row's label (in place)."""
+    from rsdlib.models import display_name
+
+    ours = display_name(student_spec)
+    for r in table:
+        if r["key"] == base_key:
+            r["Models"] = f"{r['Models']} (ours: {ours})"
+
+

@@ -16,7 +16,7 @@ PREFIX-ONLY generation by the same method (one sample of ``prefix_tokens`` token
 whose tokens become its prefix example. Every generated method (teacher, self-distill, SKD, RSD) is
 treated alike; the teacher attempts all problems, so its unsolved ones get prefixes of its own
 samples. ``prefix_scope: attempted`` keeps examples to the attempted problems. The composition
-(full / prefix / total) is in ``summary.json`` and ``rsdlib.reproduce.trace_run_stats``.
+(full / prefix / total) is in ``summary.json`` and ``rsdlib.traces.trace_run_stats``.
 
 A teacher that ends its thinking in its own format (s1.1-7B: ``<|im_start|>answer``, s1's layout)
 has that marker mapped to the student's ``think_close`` (``PromptStyle.think_close_aliases``,
@@ -571,3 +571,38 @@ if __name__ == "__main__":
     from rsdlib.launch import trace_main
 
     raise SystemExit(trace_main())
+
+
+def trace_run_stats(folder: str | Path) -> dict:
+    """Table 2 / Table 6 numbers of one trace folder, computed from its files (not its summary.json).
+
+    Reads ``config.json`` (mode, threshold, the problems attempted), ``dataset.jsonl`` (kept full
+    traces and prefixes) and ``samples.jsonl`` (per-token fallback flags). Fallback rate (%) is over
+    the tokens of the kept traces, for rsd/skd runs only; a folder of pre-existing traces (no decoding
+    config) has mode "reference".
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    decoding = (config.get("config") or {}).get("decoding") or {}
+    mode = decoding.get("mode", "reference")
+    dataset = read_jsonl_resumable(folder / "dataset.jsonl")
+    all_samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
+    samples = [s for s in all_samples if not s.get("prefix_only")]  # prefix-only generations are not attempts
+    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
+    full = [e for e in dataset if e["kind"] == "full"]
+    kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
+    tokens = sum(len(e["completion_ids"]) for e in full)
+    fallback = sum(sum(bool(x) for x in (s.get("fallback") or [])) for s in kept)
+    return {
+        "mode": mode,
+        "threshold": decoding.get("threshold") if mode in ("rsd", "skd") else None,
+        "problems": len(config.get("problems", [])),
+        "solved": len(full),
+        "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
+        "training_examples": len(dataset),  # full + prefix: the paper's RSD-1% set is 180 + 820 = 1,000
+        "prefix_only_problems": len(config.get("prefix_only_problems", [])),
+        "samples": len(samples),
+        "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
+        "avg_tokens": tokens / len(full) if full else None,
+        "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
+    }

@@ -104,7 +104,7 @@ N_UNITS = 24  # 4 problems x 6 samples
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment of the launched processes: this tree's rsdlib, 1 thread, results (tiny models) in a temp folder."""
-    from rsdlib.reproduce import tiny_model_folder
+    from rsdlib.standins import tiny_model_folder
 
     results = tmp_path_factory.mktemp("results")
     for role in ("teacher", "student"):
@@ -252,7 +252,7 @@ def test_evaluation_on_two_ranks_equals_one(env, tmp_path):
 
 def test_training_on_two_processes_keeps_the_effective_batch(env, tmp_path):
     """torchrun --nproc-per-node 2 -m rsdlib.train: accumulation halves, the batch of the optimizer step stays."""
-    from rsdlib.reproduce import tiny_tokenizer
+    from rsdlib.standins import tiny_tokenizer
 
     tok = tiny_tokenizer()
     eot = tok.convert_tokens_to_ids("<|im_end|>")

@@ -49,7 +49,8 @@ def test_default_prompt_is_figure7_with_the_real_qwen3_chat_template():
 def test_paper_profiles_use_figure7_and_map_s1s_native_end():
     import yaml
 
-    from rsdlib.reproduce import PARAMS_DIR, prompt_style
+    from rsdlib.reproduce import PARAMS_DIR
+    from rsdlib.prompts import prompt_style
 
     for profile in ("paper", "paper-dry"):
         values = yaml.safe_load((PARAMS_DIR / profile / "10_generate_traces.yaml").read_text())["prompt"]
@@ -128,7 +129,7 @@ def test_every_problem_gets_an_example_full_or_prefix(tmp_path):
     prefix_only = [s for s in samples if s.get("prefix_only")]
     assert {s["problem_id"] for s in prefix_only} == {"q0", "q2", "q4"}
     assert all(len(s["token_ids"]) <= 6 for s in prefix_only)
-    from rsdlib.reproduce import trace_run_stats
+    from rsdlib.traces import trace_run_stats
 
     stats = trace_run_stats(tmp_path / "rsd")
     assert stats["problems"] == 2 and stats["samples"] == 4 and stats["training_examples"] == 5

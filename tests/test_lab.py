@@ -202,7 +202,7 @@ READERS = [p for p in sorted((REPO / "notebooks").glob("*.py"))
 @pytest.mark.parametrize("path", READERS, ids=lambda p: p.stem)
 def test_notebooks_read_earlier_results_through_input_file(path):
     """Every notebook that needs an earlier notebook's results reads them with paths.input_file (directly
-    or through reproduce.load_evaluation), never with a hand-made path that fails deep inside."""
+    or through tables.load_evaluation), never with a hand-made path that fails deep inside."""
     text = path.read_text()
     assert "paths.input_file(profile" in text or "load_evaluation(profile)" in text
     assert "is missing: run notebook" not in text
