@@ -76,7 +76,7 @@ from rsdlib import data as data_mod
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
-from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import (
     ANSWER_FORMATS,
     ANSWER_FROM,
@@ -90,7 +90,16 @@ from rsdlib.grading import (
 )
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable, run_lock, unique_samples
+from rsdlib.traces import (
+    RunConflictError,
+    append_jsonl,
+    claim_folder,
+    read_jsonl_resumable,
+    run_lock,
+    unique_samples,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 __all__ = [
     "EvalConfig",
@@ -119,12 +128,6 @@ HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "so
 
 class BackendUnavailableError(RuntimeError):
     """The requested generation backend is not installed or cannot run here."""
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -226,7 +229,7 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------------------
 # Problems
 # ----------------------------------------------------------------------------------------------
-def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
+def eval_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
     """(canonical benchmark name, problems) after the split, easiest and limit filters, in that order.
 
     Unknown names (ValueError) and missing datasets (DatasetUnavailableError) raise from rsdlib.data.
@@ -532,16 +535,6 @@ def regrade_rows(rows: list[dict], *, answer_format: str = "standard", answer_fr
     return len(stale)
 
 
-def _write_jsonl_atomic(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _stored_config(folder: Path) -> EvalConfig:
     """The EvalConfig stored in an evaluation folder's config.json (keys this version lacks are ignored)."""
     path = folder / "config.json"
@@ -585,7 +578,7 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
             before = [r["status"] for r in rows]
             regrade_rows(rows, **reading, delim=cfg.prompt.think_close,
                          timeout=cfg.grade_timeout if timeout is None else timeout, force=True)
-            _write_jsonl_atomic(samples_path, rows)
+            write_jsonl_atomic(samples_path, rows)
             moved: dict[str, int] = {}
             for old, r in zip(before, rows):
                 if old != r["status"]:
@@ -601,7 +594,7 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
                     entry["error"] = str(err)
                 else:
                     summary.update(reading, grading_version=GRADING_VERSION)
-                    _write_json_atomic(summary_path, summary)
+                    write_json_atomic(summary_path, summary, end="\n")
                     entry["score_after"] = summary["score"]
             report[bench_dir.name] = entry
     return report
@@ -692,19 +685,16 @@ def _model_label(model_or_path) -> str:
 # The job
 # ----------------------------------------------------------------------------------------------
 def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
     mine = {"hash": cfg.hash(), "model": model, "backend": cfg.backend, "config": config_to_dict(cfg)}
-    if path.exists():
-        theirs = json.loads(path.read_text())
-        if theirs.get("hash") != mine["hash"] or theirs.get("model") != model:
-            what = "config" if theirs.get("hash") != mine["hash"] else f"model ({theirs.get('model')!r} there, {model!r} now)"
-            raise RunConflictError(
-                f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
-                f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them."
-            )
-        return
-    _write_json_atomic(path, mine)
+
+    def conflict(theirs: dict) -> str | None:
+        if theirs.get("hash") == mine["hash"] and theirs.get("model") == model:
+            return None
+        what = "config" if theirs.get("hash") != mine["hash"] else f"model ({theirs.get('model')!r} there, {model!r} now)"
+        return (f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
+                f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them.")
+
+    claim_folder(out_dir, mine, conflict, end="\n")
 
 
 def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
@@ -715,7 +705,7 @@ def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
             raise RunConflictError(f"{bench_dir} was evaluated on another problem list ({len(stored)} problems there, "
                                    f"{len(problem_ids)} now): the dataset changed. Use another folder or force=True.")
         return
-    _write_json_atomic(path, problem_ids)
+    write_json_atomic(path, problem_ids, end="\n")
 
 
 def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progress: bool = True,
@@ -728,7 +718,7 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     results first. Rows of finished samples are kept across reruns (see the module docstring).
     """
     out_dir = Path(out_dir)
-    problems_by_bench = [select_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
+    problems_by_bench = [eval_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
     empty = [name for name, problems in problems_by_bench if not problems]
     if empty:
         raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
@@ -847,14 +837,14 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     order = {p.id: i for i, p in enumerate(problems)}  # one order whatever the ranks (float sums)
     done.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["problem_id"], r["sample_index"]))
     if regrade_rows(done, **reading, delim=close, timeout=cfg.grade_timeout):  # rows graded another way before
-        _write_jsonl_atomic(bench_dir / "samples.jsonl", done)
+        write_jsonl_atomic(bench_dir / "samples.jsonl", done)
 
     summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n), **reading,
                "grading_version": GRADING_VERSION,
                "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
                "versions": library_versions(), "config": config_to_dict(cfg), "ranks": ranks}
-    _write_json_atomic(bench_dir / "summary.json", summary)
+    write_json_atomic(bench_dir / "summary.json", summary, end="\n")
     return shards.result([bench_dir / "summary.json"])[0]
 
 

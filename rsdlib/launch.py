@@ -138,8 +138,8 @@ def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", 
 
 
 def trace_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.models import load_pair
     from rsdlib.data import select_problems
+    from rsdlib.models import load_pair
     from rsdlib.traces import run_trace_job
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "

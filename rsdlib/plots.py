@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -86,17 +85,9 @@ def set_style() -> None:
     )
 
 
-def figures_dir(profile: str) -> Path:
-    """Folder for a profile's figures and tables (``$RSDLIB_FIGURES/<profile>`` overrides it)."""
-    env = os.environ.get("RSDLIB_FIGURES")
-    folder = Path(env).expanduser() / profile if env else paths.figures_dir(profile)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def save_figure(fig, name: str, profile: str, *, close: bool = False) -> list[Path]:
     """Save ``fig`` as ``<name>.pdf`` and ``<name>.png`` in the profile's figures folder."""
-    folder = figures_dir(profile)
+    folder = paths.figures_dir(profile)
     out = []
     for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None, "Creator": "rsdlib"}),
                       ("png", {"Software": "rsdlib"})):
@@ -237,7 +228,7 @@ def write_table(
     Markdown tables, each (heading, rows, columns), after the main one (e.g. paired differences).
     Returns both paths.
     """
-    folder = figures_dir(profile)
+    folder = paths.figures_dir(profile)
     rows = list(rows)
     columns = list(columns or (rows[0].keys() if rows else []))
     md = [f"# {title}", "", f"Ours: rsdlib reproduction, profile **{profile}**. Paper: arXiv 2509.22230.", ""]

@@ -21,6 +21,7 @@ The prompt is built in the STUDENT's ids; the teacher sees it through the vocabu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -98,14 +99,22 @@ def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int
     return list(tokenizer(prompt_text(tokenizer, problem, style), add_special_tokens=False)["input_ids"])
 
 
-def turn_end_id(tokenizer) -> int:
-    """The id that closes an assistant turn: ``<|im_end|>`` / ``<|eot_id|>`` when present, else eos.
+def vocab_id(tokenizer, token: str) -> int | None:
+    """Id of one token of the tokenizer's vocabulary (added tokens included), else None."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == token:
+        return tid
+    return None
+
+
+def turn_end_id(tokenizer, tokens: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> int:
+    """The id that closes an assistant turn: the first of ``tokens`` in the vocabulary, else eos.
 
     A full training example must end with it (rsdlib.train supervises it so the student learns to stop).
     """
-    for token in ("<|im_end|>", "<|eot_id|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == token:
+    for token in tokens:
+        tid = vocab_id(tokenizer, token)
+        if tid is not None:
             return tid
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no end-of-turn or eos token")
@@ -114,12 +123,7 @@ def turn_end_id(tokenizer) -> int:
 
 def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
     """Ids that end an assistant turn: ``<|im_end|>`` when the vocabulary has it, and eos."""
-    ids = set()
-    for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
-            if tokenizer.convert_ids_to_tokens(tid) == token:
-                ids.add(tid)
+    ids = {tid for t in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>") if (tid := vocab_id(tokenizer, t)) is not None}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     if not ids:

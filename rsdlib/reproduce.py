@@ -534,8 +534,6 @@ def reproduce(
     ``threads``: torch CPU threads in the kernels (on a CPU shared with other busy processes, 1 thread
     decodes several times faster than 2). All parameter files are checked before the first notebook starts.
     """
-    from rsdlib.plots import figures_dir
-
     resolved = resolve_profile(profile, params_dir)
     profile, params_dir = resolved.name, resolved.params_dir
     names = [nb.name for nb in NOTEBOOKS]
@@ -570,7 +568,7 @@ def reproduce(
             raise RunConflictError(
                 f"profile {profile!r} is being reproduced by another run (lock {results_root / '.lock'} is held): "
                 "wait for it to finish or stop it; nothing was run or overwritten") from None
-        return _run_plan(plan, profile, results_root, figures_dir(profile), force=force,
+        return _run_plan(plan, profile, results_root, paths.figures_dir(profile), force=force,
                          skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo)
 
 

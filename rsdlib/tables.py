@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rsdlib import paths, reference
 from rsdlib.metrics import (
-    SEED,
     RESAMPLES,
+    SEED,
     Interval,
     accuracy_difference_se,
     bootstrap_accuracy,

@@ -53,14 +53,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
-from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
@@ -220,28 +220,43 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+def write_json_atomic(path: Path, data, *, end: str = "") -> None:
+    """``data`` as indented JSON (then ``end``), through a temporary file renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + end, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def write_jsonl_atomic(path: Path, records: Sequence[dict], *, tmp: Path | None = None) -> None:
+    """One JSON line per record, fsynced in a temporary file (``tmp``) that is then renamed over ``path``."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def claim_folder(out_dir: Path, mine: dict, conflict: Callable[[dict], str | None], *, end: str = "") -> None:
+    """Write ``out_dir/config.json`` (``mine``) for a new run, or check the stored one: ``conflict(stored)``
+    says what differs (None: the same run, which may go on), raised as a RunConflictError."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    if not path.exists():
+        write_json_atomic(path, mine, end=end)
+        return
+    problem = conflict(json.loads(path.read_text()))
+    if problem:
+        raise RunConflictError(problem)
 
 
 def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = ()) -> None:
     """Write config.json, or check that the folder's run has the same config and problems."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
     mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids,
             "prefix_only_problems": list(prefix_ids)}
-    if path.exists():
-        theirs = json.loads(path.read_text())
+
+    def conflict(theirs: dict) -> str | None:
         if theirs.get("hash") != mine["hash"]:
             what = f"config (stored hash {theirs.get('hash')}, this run {mine['hash']})"
         elif theirs.get("problems") != problem_ids:
@@ -253,11 +268,11 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], pr
             what = (f"list of prefix-only problems ({len(stored)} stored, {len(prefix_ids)} in this run, "
                     f"{len(set(stored) ^ set(prefix_ids))} differing ids)")
         else:
-            return
-        raise RunConflictError(
-            f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
-            "(or pass force=True) to redo it.")
-    _write_json_atomic(path, mine)
+            return None
+        return (f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
+                "(or pass force=True) to redo it.")
+
+    claim_folder(out_dir, mine, conflict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,7 +541,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         for s in done:
             by_problem.setdefault(s["problem_id"], []).append(s)
         examples = [e for p in everything for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
-        _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
+        write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
         summary = summarize_run(done, examples, cfg, len(problems))
         summary["prefix_only_problems"] = len(prefix_only)
         summary["problems_without_gold"] = len(no_gold)
@@ -534,7 +549,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
         summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), and why
         summary["ranks"] = ranks  # units done in this call and wall seconds, per rank
-        _write_json_atomic(out_dir / "summary.json", summary)
+        write_json_atomic(out_dir / "summary.json", summary)
     return shards.result([out_dir / "summary.json"])[0]
 
 

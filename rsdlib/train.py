@@ -63,6 +63,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
+from rsdlib.models import load_student
+from rsdlib.prompts import turn_end_id, vocab_id
 
 log = logging.getLogger(__name__)
 
@@ -327,24 +329,6 @@ def build_dataset(examples: Iterable[Mapping], pad_id: int, eot_id: int, block_s
 # ----------------------------------------------------------------------------------------------
 # Tokenizer helpers: text examples, end-of-turn and pad tokens
 # ----------------------------------------------------------------------------------------------
-def token_id(tokenizer, token: str) -> int | None:
-    """Id of a single token in the tokenizer's vocabulary (added tokens included), else None."""
-    tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-        return None
-    return int(tid)
-
-
-def end_of_turn_id(tokenizer, eot_token: str = "<|im_end|>") -> int:
-    """Id of the end-of-turn token (``<|im_end|>``; the tokenizer's eos when it has no such token)."""
-    tid = token_id(tokenizer, eot_token)
-    if tid is None:
-        tid = tokenizer.eos_token_id
-    if tid is None:
-        raise ValueError(f"tokenizer has no {eot_token!r} and no eos token")
-    return int(tid)
-
-
 def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
                      avoid_ids: Iterable[int] = ()) -> tuple[str, int, bool]:
     """Pick a never-used pad token distinct from end-of-turn and set it on the tokenizer.
@@ -358,18 +342,18 @@ def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
     """
     avoid = set(avoid_ids)
     for token in (preferred, *PAD_CANDIDATES):
-        tid = token_id(tokenizer, token)
+        tid = vocab_id(tokenizer, token)
         if tid is not None and tid in avoid:
             log.warning("pad token %r (id %d) occurs in the training examples; using another pad token", token, tid)
             continue
         if tid is not None and tid not in (eot_id, tokenizer.eos_token_id):
             tokenizer.pad_token = token
             return token, tid, False
-    added = token_id(tokenizer, FALLBACK_PAD) is None
+    added = vocab_id(tokenizer, FALLBACK_PAD) is None
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": [FALLBACK_PAD]})
     tokenizer.pad_token = FALLBACK_PAD
-    tid = token_id(tokenizer, FALLBACK_PAD)
+    tid = vocab_id(tokenizer, FALLBACK_PAD)
     if tid is None or tid == eot_id or tid in avoid:
         raise ValueError("could not set a pad token distinct from the end-of-turn token and from every token "
                          "of the training examples")
@@ -483,22 +467,6 @@ def model_source(name: str) -> str:
 
         return str(embedded.prepare(embedded.EMBEDDED[name.removeprefix("embedded:")]))
     return name
-
-
-def load_student(config: TrainConfig):
-    """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device).
-
-    Uses the project's loader (``rsdlib.models.load_model``: folders, hub ids, GGUF, ``embedded:``)
-    so training reads exactly what the decoder and the evaluator read.
-    """
-    try:
-        from rsdlib.models import load_model
-    except ImportError:  # the loader module is optional for this stage
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(model_source(config.model), dtype=getattr(torch, config.model_dtype))
-    model, _ = load_model(config.model, dtype=config.model_dtype, device="cpu")
-    return model.train()
 
 
 def _apply_lora(model, config: TrainConfig):
@@ -688,7 +656,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
-    eot_id = end_of_turn_id(tokenizer, config.eot_token)
+    eot_id = turn_end_id(tokenizer, (config.eot_token,))
     examples = load_examples(dataset_path_or_examples, tokenizer, config.eot_token)
     used_ids = {int(t) for ex in examples for key in ("prompt_ids", "completion_ids") for t in ex.get(key, ())}
     pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token, avoid_ids=used_ids)
@@ -703,7 +671,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 
     set_seed(config.seed)
     if model is None:
-        model = load_student(config)
+        model = load_student(config.model, dtype=config.model_dtype, device="cpu")[0].train()
     if pad_id >= model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.config.pad_token_id = pad_id
