@@ -62,15 +62,20 @@ def stage_params(notebook: str, path: str | Path | None = None, profile: str | N
     return params
 
 
+def notebook_values(notebook: str, namespace: dict) -> dict:
+    """The parameters ``notebook`` declares, as they are in ``namespace`` (a notebook's globals)."""
+    from rsdlib.reproduce import notebook_parameters
+
+    return {name: namespace[name] for name in notebook_parameters(notebook) if name in namespace}
+
+
 def save_params(notebook: str, namespace: dict, path: str | Path) -> Path:
     """Write the parameters ``notebook`` declares, as they are in ``namespace`` (a notebook's globals)."""
     import yaml
 
-    from rsdlib.reproduce import notebook_parameters
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {name: namespace[name] for name in notebook_parameters(notebook) if name in namespace}
+    values = notebook_values(notebook, namespace)
     path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -98,27 +103,6 @@ def _expect(cfg, expected: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Trace generation: python -m rsdlib.traces
 # ----------------------------------------------------------------------------------------------
-def trace_job_config(params: dict, method: str, teacher: str, student: str):
-    """The TraceJobConfig of one method, as notebook 10 builds it: shared decoding/job keys, then the method's."""
-    from rsdlib.decoding import DecodingConfig
-    from rsdlib.prompts import prompt_style
-    from rsdlib.traces import TraceJobConfig
-
-    methods = params["methods"]
-    if method not in methods:
-        raise ValueError(f"--method {method!r}: not a method of the parameter file ({', '.join(methods)})")
-    spec = methods[method]
-    decoding_fields = set(DecodingConfig.__dataclass_fields__)
-    job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
-    unknown = set(spec) - decoding_fields - job_fields
-    if unknown:
-        raise ValueError(f"method {method!r}: unknown key(s) {sorted(unknown)}")
-    dec = {**params["decoding"], **{k: v for k, v in spec.items() if k in decoding_fields}}
-    job = {**params["job"], **{k: v for k, v in spec.items() if k in job_fields}}
-    return TraceJobConfig(method=method, teacher=teacher, student=student, decoding=DecodingConfig(**dec),
-                          prompt=prompt_style(params["prompt"]), **job)
-
-
 def _stage_parser(module: str, notebook: str, description: str) -> argparse.ArgumentParser:
     """The arguments both stage command lines share: where the parameters come from, the expected hash."""
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
@@ -138,9 +122,8 @@ def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", 
 
 
 def trace_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.data import select_problems
     from rsdlib.models import load_pair
-    from rsdlib.traces import run_trace_job
+    from rsdlib.traces import method_job_config, run_trace_job, trace_problems
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
                       "under torchrun / srun each rank does its share.")
@@ -158,7 +141,7 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
         teacher, student = params["extra_pairs"][ns.pair]["teacher"], params["extra_pairs"][ns.pair]["student"]
     else:
         p.error(f"--pair {ns.pair!r}: not main nor a run of extra_pairs ({', '.join(params['extra_pairs'])})")
-    cfg = trace_job_config(params, ns.method, teacher, student)
+    cfg = method_job_config(params, ns.method, teacher, student)
     _expect(cfg, ns.expect_hash)
     trace_root = paths.results_dir(params["profile"]) / "traces"
     out = Path(ns.out) if ns.out else trace_root / ns.pair / ns.method
@@ -166,9 +149,7 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
         restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
     else:
         restrict = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] and ns.method != "teacher" else None
-    problems = select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
-                               split_fraction=params["split_fraction"], split_salt=params["split_salt"],
-                               require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
+    problems = trace_problems(params)
     pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
     summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
     if world.is_main:

@@ -582,12 +582,6 @@ def pair_reference(reference_rows, problems, think_close: str = "</think>") -> l
     return out
 
 
-if __name__ == "__main__":
-    from rsdlib.launch import trace_main
-
-    raise SystemExit(trace_main())
-
-
 def trace_run_stats(folder: str | Path) -> dict:
     """Table 2 / Table 6 numbers of one trace folder, computed from its files (not its summary.json).
 
@@ -621,3 +615,202 @@ def trace_run_stats(folder: str | Path) -> dict:
         "avg_tokens": tokens / len(full) if full else None,
         "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 10's stage: every method's traces, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+TRACE_MODES = ("rsd", "skd", "teacher", "student")
+REFERENCES = ("", "s1k-1.1", "standin:s1k-1.1", "math500_solutions")  # pre-existing traces: paper, dry run, offline
+TRACES_NOTEBOOK = "10_generate_traces"
+
+
+def method_job_config(params: dict, method: str, teacher: str, student: str) -> TraceJobConfig:
+    """The TraceJobConfig of one method of notebook 10's ``params``: the shared ``decoding`` / ``job`` keys,
+    then the method's own keys (any DecodingConfig or TraceJobConfig field)."""
+    from rsdlib.prompts import prompt_style
+
+    methods = params["methods"]
+    if method not in methods:
+        raise ValueError(f"method {method!r}: not a method of the parameters ({', '.join(methods)})")
+    spec = methods[method]
+    decoding_fields = set(DecodingConfig.__dataclass_fields__)
+    job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
+    unknown = set(spec) - decoding_fields - job_fields
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown key(s) {sorted(unknown)}; "
+                         f"DecodingConfig: {sorted(decoding_fields)}; TraceJobConfig: {sorted(job_fields)}")
+    dec = {**params["decoding"], **{k: v for k, v in spec.items() if k in decoding_fields}}
+    job = {**params["job"], **{k: v for k, v in spec.items() if k in job_fields}}
+    return TraceJobConfig(method=method, teacher=teacher, student=student, decoding=DecodingConfig(**dec),
+                          prompt=prompt_style(params["prompt"]), **job)
+
+
+def check_trace_params(params: dict) -> None:
+    """Refuse notebook 10's parameters before any model loads: modes, source, benchmark, reference, every
+    method's job config and the extra pairs."""
+    from rsdlib.data import SOURCES
+
+    methods = params["methods"]
+    if "teacher" not in methods or methods["teacher"].get("mode") != "teacher":
+        raise ValueError("methods must include 'teacher' with mode 'teacher' "
+                         "(the other methods are restricted to its solved problems)")
+    for name, spec in methods.items():
+        if spec.get("mode") not in TRACE_MODES:
+            raise ValueError(f"method {name!r}: mode must be one of {TRACE_MODES}, got {spec.get('mode')!r}")
+    if params["source"] not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {params['source']!r}")
+    if params["benchmark"].lower().startswith("gpqa"):
+        raise ValueError("traces are generated for s1K / MATH500 problems; GPQA Diamond is evaluation-only "
+                         "(and must stay unpublished)")
+    if params["reference"] not in REFERENCES:
+        raise ValueError(f"reference must be '', 's1k-1.1', 'standin:s1k-1.1' or 'math500_solutions', "
+                         f"got {params['reference']!r}")
+    for name in methods:  # validate every config before the first model loads
+        try:
+            method_job_config(params, name, params["teacher"], params["student"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"methods[{name!r}] with decoding/job (parameters of {TRACES_NOTEBOOK}, "
+                             f"params/{params['profile']}/{TRACES_NOTEBOOK}.yaml unless overridden): {err}") from None
+    for run, extra in params["extra_pairs"].items():
+        missing = {"teacher", "student", "methods"} - set(extra)
+        if missing or not set(extra["methods"]) <= set(methods):
+            raise ValueError(f"extra_pairs[{run!r}] needs teacher, student and methods among {sorted(methods)}")
+
+
+def trace_problems(params: dict) -> list:
+    """The problems of notebook 10's ``params`` (gold-less ones included: the trace job counts them)."""
+    from rsdlib.data import select_problems
+
+    return select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
+                           split_fraction=params["split_fraction"], split_salt=params["split_salt"],
+                           require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
+
+
+def reference_records(params: dict, problems) -> list[tuple]:
+    """(problem, completion text) of the pre-existing traces, in the student's chat format: s1K-1.1
+    (the paper, from the hub; the dry run's stand-in) or the problems' own worked solutions (offline)."""
+    from rsdlib.prompts import prompt_style
+
+    reference, close = params["reference"], prompt_style(params["prompt"]).think_close
+    if reference in ("s1k-1.1", "standin:s1k-1.1"):
+        from rsdlib.data import load_benchmark
+
+        local = None
+        if reference.startswith("standin:"):  # the dry run: s1K's own solutions in s1K-1.1's columns
+            from rsdlib import paths
+            from rsdlib.standins import write_standin_s1k11
+
+            local = write_standin_s1k11(paths.results_dir(params["profile"]) / "standins" / "data").parent
+        rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
+        return pair_reference(rows, problems, close)
+    out = []
+    for p in problems:
+        text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution
+        if text:
+            out.append((p, f"{text.strip()}\n{close}\n\nThe final answer is $\\boxed{{{p.gold}}}$."))
+    return out
+
+
+def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
+    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples."""
+    from rsdlib.prompts import prompt_style
+
+    style = prompt_style(params["prompt"])
+    eot = end_of_turn_ids(tok)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    records = reference_records(params, problems)
+    for name in ("samples.jsonl", "dataset.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for p, text in records:
+        completion = list(tok(text, add_special_tokens=False)["input_ids"]) + [eot]
+        rec = {"problem_id": p.id, "sample_index": 0, "prompt_ids": prompt_ids(tok, p, style),
+               "token_ids": completion, "status": "correct", "kind": "full", "source": "reference"}
+        append_jsonl(out / "samples.jsonl", rec)
+        append_jsonl(out / "dataset.jsonl", {"id": f"{p.id}#0", "problem_id": p.id, "source": "reference",
+                                             "sample_index": 0, "prompt_ids": rec["prompt_ids"],
+                                             "completion_ids": completion, "kind": "full"})
+    config = {"reference": params["reference"], "problems": [p.id for p, _ in records]}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    stats = {"method": "reference", **trace_run_stats(out)}
+    (out / "summary.json").write_text(json.dumps(stats, indent=2))
+    print(f"reference ({params['reference']}): {len(records)} traces, mean {stats['avg_tokens'] or 0:.0f} tokens")
+    return stats
+
+
+def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
+    """Notebook 10: every method of the main pair (the teacher first, the others on the problems it solved
+    when ``restrict_to_teacher_solved``), the reference traces, the extra pairs' methods, and
+    ``traces/manifest.json``. Returns {pair run: {method: trace_run_stats row}}."""
+    from rsdlib import launch, paths
+    from rsdlib.config import config_to_dict
+    from rsdlib.models import load_pair
+    from rsdlib.prompts import prompt_style
+
+    check_trace_params(params)
+    profile, methods, force = params["profile"], params["methods"], params["force"]
+    trace_root = paths.results_dir(profile) / "traces"
+    trace_root.mkdir(parents=True, exist_ok=True)
+    problems = trace_problems(params)
+    print(f"{len(problems)} {params['benchmark']} problems ({params['pick']}, split {params['split']}); "
+          f"methods: {', '.join(methods)}")
+    pairs = {"main": (params["teacher"], params["student"])}
+    workers = launch.workers_for(params["workers"])
+    params_file = None
+
+    def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
+        cfg = method_job_config(params, method, *pairs[run])
+        out = trace_root / run / method
+        start = time.perf_counter()
+        try:
+            if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
+                launch.traces_with_torchrun(params_file, method, out, workers, pair=run, restrict_to=restrict_dir,
+                                            force=force, expect_hash=cfg.hash())
+            else:
+                run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
+        except RunConflictError as err:
+            raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
+                                   f"(rsdlib reproduce --force) to regenerate it.") from None
+        stats = {"method": method, **trace_run_stats(out)}
+        print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
+              f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = "
+              f"{stats['training_examples']} examples ({stats['prefix_only_problems']} prefix-only problems), "
+              f"{time.perf_counter() - start:.0f} s")
+        return stats
+
+    if workers > 1:  # the ranks load the models; this kernel needs only the student's tokenizer
+        params_file = launch.save_params(TRACES_NOTEBOOK, params, trace_root / "launch_params.yaml")
+        pair = launch.TokenizerOnly(launch.student_tokenizer(params["student"]))
+    else:
+        pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
+        print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+    summaries = {"main": {"teacher": run_method(pair, "main", "teacher")}}
+    restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
+    for method in methods:
+        if method != "teacher":
+            summaries["main"][method] = run_method(pair, "main", method, restrict_dir)
+    if params["reference"]:
+        out = trace_root / "main" / "reference"
+        summaries["main"]["reference"] = write_reference_run(params, pair.student_tokenizer, problems, out)
+    del pair
+    for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
+        pairs[run] = (extra["teacher"], extra["student"])
+        other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"]) if workers == 1 else None
+        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
+        del other
+    manifest = {
+        "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
+        "problems": [p.id for p in problems],
+        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
+        "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
+        "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
+        "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
+    }
+    (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return summaries
+
+
+if __name__ == "__main__":
+    from rsdlib.launch import trace_main
+
+    raise SystemExit(trace_main())
