@@ -874,6 +874,149 @@ def run_regrade(args) -> int:
     return 0
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 40's stage: the base student and every trained student, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+EVAL_NOTEBOOK = "40_evaluate"
+TABLE_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA Diamond", "math500": "MATH500"}
+
+
+def _manifest_models(path: Path) -> dict:
+    return json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+
+
+def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool = True) -> str:
+    """Model folder/spec of a name: base (the untrained student of pair main), a method trained on pair
+    main's traces, ``<pair>-<method>``, a model of notebook 35, an extra model; else, unless ``strict``,
+    the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
+    from rsdlib import paths
+    from rsdlib.models import model_location
+
+    results = paths.results_dir(profile)
+    trained = _manifest_models(results / "models" / "manifest.json")
+    trained.update(_manifest_models(results / "multistep" / "manifest.json"))  # notebook 35: <method>-<n>step
+    if name == "base":
+        manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+        return model_location(manifest["pairs"]["main"]["student"])
+    for key in (f"main-{name}", name):
+        if key in trained:
+            return trained[key]["final"]
+    spec = extra_models.get(name, None if strict else name)
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}: not 'base', not trained by notebook 30 ({sorted(trained)}), "
+                         f"not in extra_models")
+    return trained[spec]["final"] if spec in trained else model_location(spec)
+
+
+def stage_eval_config(params: dict) -> tuple[dict, EvalConfig]:
+    """(``evaluation`` with backend auto resolved, its EvalConfig): the students are asked exactly as during
+    trace generation unless ``evaluation`` sets its own prompt; unknown keys refused."""
+    from rsdlib import paths
+
+    evaluation = params["evaluation"]
+    traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
+        import importlib.util
+
+        import torch
+
+        backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+        evaluation = {**evaluation, "backend": backend}
+        print(f"backend auto -> {evaluation['backend']}")
+    return evaluation, load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})
+
+
+def model_eval_config(params: dict, cfg: EvalConfig, name: str) -> EvalConfig:
+    """Model ``name``'s EvalConfig: where its answers are read (``answer_from``), validated again."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, answer_from=params["answer_from"].get(name, cfg.answer_from))
+
+
+def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
+    """Refuse bad parameters before any model loads; returns ``stage_eval_config`` and {model name: folder
+    or spec}."""
+    evaluation, cfg = stage_eval_config(params)
+    plan = {name: resolve_model(params["profile"], name, params["extra_models"])
+            for name in [*params["models"], *params["extra_models"]]}
+    unknown = sorted(set(params["answer_from"]) - set(plan))
+    if unknown:
+        raise ValueError(f"answer_from: unknown model name(s) {unknown}; models: {sorted(plan)}")
+    return evaluation, cfg, plan
+
+
+def model_stamp(where: str) -> dict:
+    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated."""
+    folder = Path(where)
+    if not folder.is_dir():
+        return {"spec": where}  # a hub id or embedded: spec
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
+    return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def _score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
+    row = {TABLE_NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
+    row["Average"] = sum(row.values()) / len(row) if len(row) == len(benchmarks) else None
+    row["no answer (%)"] = 100 * sum(s["no_answer_rate"] * s["n_samples"] for s in summaries.values()) / \
+        max(1, sum(s["n_samples"] for s in summaries.values()))
+    row["problems"] = {b: s["n_problems"] for b, s in summaries.items()}
+    row["metric"] = {b: s["paper_metric"] for b, s in summaries.items()}
+    row["answers_found"] = {b: s["answers_found"] for b, s in summaries.items()}  # boxed / stated / last_expr. / none
+    return row
+
+
+def run_eval_stage(params: dict) -> dict[str, dict]:
+    """Notebook 40: evaluate every model (a model retrained since its last evaluation is redone), then
+    ``eval/summary.json``; returns {model: its row (accuracy in % per benchmark, Average, ...)}."""
+    from rsdlib import launch, paths, reference
+    from rsdlib.evalproc import evaluate_isolated, isolate_models
+
+    profile, force = params["profile"], params["force"]
+    results = paths.results_dir(profile)
+    evaluation, cfg, plan = check_eval_params(params)
+    print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
+          f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
+    for name, where in plan.items():
+        print(f"  {name}: {where or 'not trained (no examples): skipped'}")
+    workers = launch.workers_for(params["workers"])
+    scores = {}
+    for name, where in plan.items():
+        if where is None:
+            continue
+        out = results / "eval" / name
+        stamp = model_stamp(where)
+        if (out / "model_stamp.json").is_file():
+            stale = json.loads((out / "model_stamp.json").read_text()) != stamp
+        else:  # results of unknown provenance
+            stale = (out / "config.json").is_file()
+        if stale:
+            print(f"{name}: the model changed since its last evaluation: redoing it")
+        model_cfg = model_eval_config(params, cfg, name)
+        if workers > 1:  # each rank evaluates its share of the (problem, sample) units; rank 0 merges them
+            params_file = launch.save_params(EVAL_NOTEBOOK, params, results / "eval" / "launch_params.yaml")
+            summaries = launch.evaluate_with_torchrun(params_file, name, out, workers, cfg.benchmarks,
+                                                      force=force or stale, expect_hash=model_cfg.hash())
+        elif isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed
+            summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
+        else:
+            summaries = evaluate(where, model_cfg, out, force=force or stale)
+        (out / "model_stamp.json").write_text(json.dumps(stamp))
+        scores[name] = _score_row(summaries, cfg.benchmarks)
+    doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
+           "paper_metrics": reference.METRICS}
+    (results / "eval").mkdir(parents=True, exist_ok=True)
+    (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
+    return scores
+
+
+def answers_found_table(scores: dict):
+    """How answers were found (% of samples), per model and benchmark: boxed / stated / last expression / none."""
+    import pandas as pd
+
+    return pd.DataFrame({(k, TABLE_NAMES.get(b, b)): {f: round(100 * v, 1) for f, v in per.items()}
+                         for k, r in scores.items() for b, per in r["answers_found"].items()}).T
+
 if __name__ == "__main__":
     from rsdlib.launch import evaluate_main
 

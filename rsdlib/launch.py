@@ -170,45 +170,15 @@ def traces_with_torchrun(params_file: Path, method: str, out: Path, workers: int
 # ----------------------------------------------------------------------------------------------
 # Evaluation: python -m rsdlib.evaluate
 # ----------------------------------------------------------------------------------------------
-def _manifest(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def resolve_model(profile: str, name: str, extra_models: dict) -> str:
-    """Model folder/spec of a name, as notebook 40 resolves it: base, a trained method, <pair>-<method>,
-    an extra model, else the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
-    from rsdlib.models import model_location
-
-    results = paths.results_dir(profile)
-    trained = _manifest(results / "models" / "manifest.json").get("models", {})
-    trained.update(_manifest(results / "multistep" / "manifest.json").get("models", {}))
-    if name == "base":
-        manifest = _manifest(results / "traces" / "manifest.json")
-        if not manifest:
-            raise FileNotFoundError(f"--model base: {results / 'traces' / 'manifest.json'} is missing (run notebook 10)")
-        return model_location(manifest["pairs"]["main"]["student"])
-    for key in (f"main-{name}", name):
-        if key in trained:
-            return trained[key]["final"]
-    spec = extra_models.get(name, name)
-    return trained[spec]["final"] if spec in trained else model_location(spec)
-
-
 def eval_config(params: dict, name: str):
     """Notebook 40's EvalConfig for model ``name``: the traces' prompt unless `evaluation` sets one."""
-    import dataclasses
+    from rsdlib.evaluate import model_eval_config, stage_eval_config
 
-    from rsdlib.config import load_yaml_config
-    from rsdlib.evaluate import EvalConfig
-
-    manifest = _manifest(paths.results_dir(params["profile"]) / "traces" / "manifest.json")
-    base = {"prompt": manifest["prompt"]} if "prompt" in manifest else {}
-    cfg = load_yaml_config(EvalConfig, {**base, **params["evaluation"]})
-    return dataclasses.replace(cfg, answer_from=params["answer_from"].get(name, cfg.answer_from))
+    return model_eval_config(params, stage_eval_config(params)[1], name)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.evaluate import evaluate
+    from rsdlib.evaluate import evaluate, resolve_model
 
     p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
                       "torchrun / srun each rank does its share of the samples.")
@@ -222,7 +192,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
-    where = resolve_model(params["profile"], ns.model, params["extra_models"])
+    where = resolve_model(params["profile"], ns.model, params["extra_models"], strict=False)
     out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
     summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
     if world.is_main:
