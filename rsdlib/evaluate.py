@@ -909,13 +909,16 @@ def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool =
     return trained[spec]["final"] if spec in trained else model_location(spec)
 
 
-def stage_eval_config(params: dict) -> tuple[dict, EvalConfig]:
+def stage_eval_config(params: dict, *, need_traces: bool = True) -> tuple[dict, EvalConfig]:
     """(``evaluation`` with backend auto resolved, its EvalConfig): the students are asked exactly as during
-    trace generation unless ``evaluation`` sets its own prompt; unknown keys refused."""
+    trace generation unless ``evaluation`` sets its own prompt; unknown keys refused. Without notebook 10's
+    manifest: an error naming it, or (``need_traces`` false) the EvalConfig's own prompt."""
     from rsdlib import paths
 
     evaluation = params["evaluation"]
-    traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    traces_manifest = {}
+    if need_traces or (paths.results_dir(params["profile"]) / "traces" / "manifest.json").is_file():
+        traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
     if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
         import importlib.util
 
@@ -924,7 +927,8 @@ def stage_eval_config(params: dict) -> tuple[dict, EvalConfig]:
         backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
         evaluation = {**evaluation, "backend": backend}
         print(f"backend auto -> {evaluation['backend']}")
-    return evaluation, load_yaml_config(EvalConfig, {"prompt": traces_manifest["prompt"], **evaluation})
+    prompt = {"prompt": traces_manifest["prompt"]} if "prompt" in traces_manifest else {}
+    return evaluation, load_yaml_config(EvalConfig, {**prompt, **evaluation})
 
 
 def model_eval_config(params: dict, cfg: EvalConfig, name: str) -> EvalConfig:

@@ -174,7 +174,7 @@ def eval_config(params: dict, name: str):
     """Notebook 40's EvalConfig for model ``name``: the traces' prompt unless `evaluation` sets one."""
     from rsdlib.evaluate import model_eval_config, stage_eval_config
 
-    return model_eval_config(params, stage_eval_config(params)[1], name)
+    return model_eval_config(params, stage_eval_config(params, need_traces=False)[1], name)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:

@@ -337,3 +337,75 @@ def token_block_height(tokens: Sequence[str], axes_width_in: float, fontsize: fl
     width = max(10, int(axes_width_in * 72 / (MONO_ADVANCE * fontsize)) - 1)
     n_lines = len(token_lines(tokens, width)) + (1.3 if title else 0) + 0.5
     return n_lines * 1.45 * fontsize / 72
+
+
+def plot_loss_curves(trained: Mapping[str, Mapping], models_dir: Path, profile: str):
+    """Training loss per optimizer step of each trained model (``train_log.json``): a check, not a paper figure."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    set_style()
+    fig, ax = plt.subplots()
+    for i, (name, info) in enumerate(trained.items()):
+        log_path = Path(models_dir) / name / "train_log.json"
+        if info["final"] and log_path.is_file():
+            points = [(r["step"], r["loss"]) for r in json.loads(log_path.read_text()) if "loss" in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name, color=method_color(info["method"], i))
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"Training loss per dataset ({profile})")
+    ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures 5 and 7: a teacher-written trace beside the RSD trace of the same problem
+# ----------------------------------------------------------------------------------------------
+def pick_excerpt_pair(scores, left: Sequence[str], right: str):
+    """(left row, right row) of notebook 20's scores: same problem, kept traces preferred, the ``left``
+    methods in the given order; without a common problem, any left trace."""
+    rights = scores[scores["method"] == right].sort_values("kept", ascending=False)
+    for want_kept in (True, False):
+        for _, r in rights.iterrows():
+            if want_kept and not r["kept"]:
+                continue
+            for m in left:
+                cand = scores[(scores["method"] == m) & (scores["problem_id"] == r["problem_id"])]
+                cand = cand.sort_values("kept", ascending=False)
+                if len(cand) and (cand.iloc[0]["kept"] or not want_kept):
+                    return cand.iloc[0], r
+    for m in left:  # no common problem: any left trace
+        cand = scores[scores["method"] == m]
+        if len(cand):
+            return cand.sort_values("kept", ascending=False).iloc[0], rights.iloc[0]
+    raise ValueError(f"no scored trace of any of {left}")
+
+
+def render_excerpts(rows: Sequence, n_tokens: int, name: str, fontsize: float, title: str, *, threshold: float,
+                    profile: str, run: str, width: float = 12.0):
+    """Two traces side by side, their first ``n_tokens`` tokens, those below ``threshold`` in red; saved."""
+    import matplotlib.pyplot as plt
+
+    log_th = math.log(threshold)
+
+    def side_title(row, n):
+        low = sum(lp < log_th for lp in row["token_logprobs"][:n])
+        kept = "" if row["kept"] else ", not a kept trace"
+        return (f"{row['method']} (sample {row['sample_index']}{kept}): {low} of {min(n, row['n_tokens'])} tokens "
+                f"< {threshold:g}")
+
+    left_row, right_row = rows
+    set_style()
+    need = max(token_block_height(list(r["tokens"][:n_tokens]), width * 0.46, fontsize) for r in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(width, min(24.0, need + 0.9)))
+    same = left_row["problem_id"] == right_row["problem_id"]
+    problem = left_row["problem_id"] if same else f"{left_row['problem_id']} / {right_row['problem_id']}"
+    fig.suptitle(f"{title}: {problem} (red: probability < {threshold:g} under the student)", fontsize=10)
+    fig.tight_layout()  # before drawing: the token layout follows the final axes size
+    for ax, row in zip(axes, rows):
+        toks = list(row["tokens"][:n_tokens])
+        hl = [lp < log_th for lp in row["token_logprobs"][:n_tokens]]
+        draw_tokens(ax, toks, hl, fontsize=fontsize, title=side_title(row, n_tokens))
+    profile_note(profile, fig, extra=f"pair {run}")
+    save_figure(fig, name, profile)
+    return fig

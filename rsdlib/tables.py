@@ -334,3 +334,96 @@ def name_our_student(table: list[dict], base_key: str, student_spec: str) -> Non
             r["Models"] = f"{r['Models']} (ours: {ours})"
 
 
+# ----------------------------------------------------------------------------------------------
+# Table 2: dataset characteristics of each trace generator
+# ----------------------------------------------------------------------------------------------
+NOT_APPLICABLE = "Not Applicable"
+REFERENCE_LABEL = {"s1k-1.1": "s1K-1.1", "math500_solutions": "s1K-1.1 stand-in: MATH500 worked solutions"}
+
+
+def dataset_stats(profile: str, run: str, analysis: Mapping, manifest: Mapping) -> dict:
+    """Table 2's rows (ours beside the paper's) with 95% intervals: Wilson for solved counts, bootstrap over
+    traces for the shares, each method's sub-1% share against the teacher's. Returns {"rows", "columns",
+    "csv_columns", "differences"}."""
+    from rsdlib.plots import comparison_rows
+
+    threshold = analysis["threshold"]
+    full_scale = "s1k-solutions" in analysis["runs"][run]  # notebook 20 scored the 1,000 s1K worked solutions
+    # our method name -> the paper's row key: the pre-existing-traces row is the full s1K set where it was scored
+    key_of = {"s1k-solutions": "s1k-1.1", "reference": "reference (training)"} if full_scale else {"reference": "s1k-1.1"}
+    ours = []
+    for method, row in analysis["runs"][run].items():
+        key = key_of.get(method, method)
+        solved = f"{row['solved']}/{row['problems']}"
+        fallback = row["fallback_rate"] if row["mode"] in ("rsd", "skd") else NOT_APPLICABLE
+        if row["mode"] in ("rsd", "skd") and row["kept_traces"] == 0:
+            fallback = None  # no training trace: nothing to measure
+        label = REFERENCE_LABEL.get(manifest.get("reference"), "s1K-1.1") if method == "reference" else None
+        if method == "s1k-solutions":
+            label = (f"s1K-1.1 stand-in: {row['problems']:,} of the 1,000 s1K worked solutions "
+                     "(teacher-forced, no generation)")
+        elif method == "reference" and full_scale:
+            label = f"{label} (the '+ s1K-1.1' training set)"
+        ours.append({"key": key, "method": method, "label": label or method, "Correctly solved": solved,
+                     "Fallback rate (%)": fallback, "Sub-1% tokens (%)": row["sub_threshold_tokens"],
+                     "kept traces": row["kept_traces"]})
+    paper = [dict(r, **{"Fallback rate (%)": r["Fallback rate (%)"] if r["Fallback rate (%)"] is not None
+                        else NOT_APPLICABLE}) for r in reference.TABLE2]
+    rows = comparison_rows(ours, paper, ["Correctly solved", "Fallback rate (%)", "Sub-1% tokens (%)"])
+    by_key = {r["key"]: r for r in ours}
+    for r in rows:  # our labels for rows the paper lacks, and the reference stand-in's name
+        if r["key"] in by_key and (r["key"] == "s1k-1.1" or r["label"] == r["key"]):
+            r["label"] = by_key[r["key"]]["label"]
+    rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in rows]  # the paper's header
+    scores = read_scores(profile)
+    uncertainty = trace_uncertainty(scores, analysis["runs"][run], run=run, threshold=threshold)
+    differences = {m: sub_share_difference(scores, m, "teacher", run=run, threshold=threshold)
+                   for m, r in analysis["runs"][run].items() if m != "teacher" and r["mode"] != "reference"}
+    layout = add_trace_intervals(rows, uncertainty, {r["key"]: r["method"] for r in ours}, differences)
+    return {"rows": rows, "columns": layout["columns"], "csv_columns": layout["csv_columns"],
+            "differences": differences}
+
+
+def training_composition_rows(profile: str, manifest: Mapping) -> list[dict]:
+    """Full / prefix / total training examples of every trace run (the hybrid recipe), printed as well."""
+    from rsdlib.traces import trace_run_stats
+
+    composition = []
+    for run_name, run_methods in manifest["methods"].items():
+        for m in run_methods:
+            st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
+            composition.append({"pair": run_name, "method": m, "full": st["solved"], "prefix": st["prefix_examples"],
+                                "total": st["training_examples"]})
+            print(f"{run_name}/{m}: {st['solved']} full + {st['prefix_examples']} prefix = "
+                  f"{st['training_examples']} examples")
+    return composition
+
+
+def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differences: Mapping) -> list[str]:
+    """The notes under Table 2: what was run, how each column is counted, the intervals."""
+    from rsdlib.models import display_name
+
+    trace_cfg = manifest["job"] | {"max_new_tokens": manifest["decoding"].get("max_new_tokens")}
+    pair = manifest["pairs"][run]
+    notes = [
+        f"Ours: {display_name(pair['teacher'])} teaching {display_name(pair['student'])}, "
+        f"{len(manifest['problems'])} {manifest['benchmark']} problems, {trace_cfg.get('samples_per_problem')} samples "
+        f"per problem, at most {trace_cfg.get('max_new_tokens')} new tokens. Paper: s1.1-7B teaching Qwen3-0.6B, "
+        "1,000 s1K problems, 16 samples, 8k context.",
+        "Correctly solved: the teacher over all problems; the other methods over the problems the teacher solved"
+        + ("" if manifest["restrict_to_teacher_solved"] else " (not restricted in this profile: over all problems)")
+        + ".",
+        f"Sub-1% tokens: tokens of the kept (training) traces with probability below {threshold:g} under the "
+        "student, teacher-forced, pooled over all tokens. Fallback rate: over the same traces.",
+        "— : not produced (the method kept no trace, or the paper has no such row).",
+        "95% CI: Wilson interval for Correctly solved; bootstrap over traces (2,000 resamples, seeded; a trace's "
+        "tokens stay together) for the fallback rate and the sub-1% share. Δ vs teacher: the row's sub-1% share "
+        "minus the teacher's, problems resampled jointly; * : its interval excludes 0. The paper reports no "
+        "intervals.",
+        difference_mde_note("a sub-1% share difference to the teacher", [d for d in differences.values() if d],
+                            "points"),
+    ]
+    if manifest.get("reference") == "math500_solutions":
+        notes.append("s1K-1.1 (DeepSeek-R1 traces) needs the Hugging Face hub; offline, the problems' worked "
+                     "MATH500 solutions stand in as pre-existing traces the student did not write.")
+    return notes

@@ -794,5 +794,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 30's stage: one student per trace dataset, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+def check_train_params(params: dict) -> list[tuple[str, str]]:
+    """Refuse bad parameters before any work; returns the (pair run, method) datasets to train on."""
+    from rsdlib import paths
+
+    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())  # notebook 10
+    training = params["training"]
+    for bad in ("model", "output_dir"):
+        if bad in training:
+            raise ValueError(f"training.{bad} is set by this notebook (the pair's student / results/<profile>/models/...)")
+    load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+    for keys in params["method_training"].values():
+        load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+    runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
+    for run, method in runs:
+        if method not in manifest["methods"].get(run, []):
+            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
+    return runs
+
+
+def run_train_stage(params: dict) -> dict[str, dict]:
+    """Notebook 30: train one student per (pair run, method) dataset, then ``models/manifest.json``;
+    returns {<run>-<method>: what was trained (final folder, examples, loss, steps, seconds)}."""
+    import time
+
+    from rsdlib import paths
+    from rsdlib.models import model_location
+    from rsdlib.standins import carry_steering
+    from rsdlib.traces import check_trainable
+
+    runs = check_train_params(params)
+    profile, training = params["profile"], params["training"]
+    results = paths.results_dir(profile)
+    manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+    models_dir = results / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    trained = {}
+    for run, method in runs:
+        dataset = results / "traces" / run / method / "dataset.jsonl"
+        examples = load_examples(dataset)  # a malformed line is named by file and line
+        name = f"{run}-{method}"
+        out = models_dir / name
+        n_full = check_trainable(dataset, name, require_kept=params["require_kept_traces"])["full_examples"]
+        keys = {**training, **params["method_training"].get(method, {})}
+        lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
+        over = sum(n > keys["block_size"] for n in lengths)
+        print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
+              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
+              f"({'cut' if keys.get('truncate') else 'refused by training'})")
+        if params["force"] and out.exists():
+            shutil.rmtree(out)
+        cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
+                                             "output_dir": str(out)})
+        start = time.perf_counter()
+        final = train(cfg, dataset)
+        carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
+        seconds = time.perf_counter() - start
+        summary_path = out / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
+        trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
+                         "final": str(final) if final.is_dir() else None, "examples": len(examples),
+                         "full": kinds["full"], "prefix": kinds["prefix"],
+                         "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
+                         "seconds": round(seconds, 1)}
+        print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
+    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+    return trained
+
 if __name__ == "__main__":
     raise SystemExit(main())
