@@ -97,7 +97,8 @@ class Problem:
             raise ValueError(f"problem {self.id}: kind must be math|integer|choice, got {self.kind!r}")
         if self.kind == "choice" and self.options is not None:
             if self.gold and self.gold not in CHOICE_LETTERS[: len(self.options)]:
-                raise ValueError(f"problem {self.id}: gold letter {self.gold!r} outside the {len(self.options)} options")
+                raise ValueError(f"problem {self.id}: gold letter {self.gold!r} outside the {len(self.options)} "
+                                 "options")
 
     @property
     def private(self) -> bool:
@@ -381,12 +382,14 @@ def _gpqa(rows: Sequence[dict], seed: int = 0) -> list[Problem]:
     for r in rows:
         question = str(_field(r, "Question", what="question", dataset="gpqa_diamond")).strip()
         correct = str(_field(r, "Correct Answer", what="correct answer", dataset="gpqa_diamond")).strip()
-        wrong = [str(_field(r, f"Incorrect Answer {j}", what="incorrect answer", dataset="gpqa_diamond")).strip() for j in (1, 2, 3)]
+        wrong = [str(_field(r, f"Incorrect Answer {j}", what="incorrect answer", dataset="gpqa_diamond")).strip()
+                 for j in (1, 2, 3)]
         meta = {"answer_options": [correct, *wrong], "private": True}
         for k in ("Record ID", "Subdomain", "High-level domain"):
             if r.get(k) is not None:
                 meta[k.lower().replace(" ", "_").replace("-", "_")] = r[k]
-        base = Problem(id=gpqa_id(question), question=question, gold="A", kind="choice", options=[correct, *wrong], source="gpqa_diamond", meta=meta)
+        base = Problem(id=gpqa_id(question), question=question, gold="A", kind="choice", options=[correct, *wrong],
+                       source="gpqa_diamond", meta=meta)
         out.append(shuffle_choices(base, 0, seed))
     return out
 
@@ -415,7 +418,8 @@ def _s1k_11(rows: Sequence[dict]) -> list[Problem]:
         meta["trace"] = _field(r, "deepseek_thinking_trajectory", what="R1 trace", dataset="s1k-1.1")
         meta["attempt"] = _field(r, "deepseek_attempt", what="R1 attempt", dataset="s1k-1.1")
         out.append(
-            _s1k_problem(i, _field(r, "question", "problem", what="question", dataset="s1k-1.1"), str(_field(r, "solution", what="solution", dataset="s1k-1.1")), "s1k-1.1", meta)
+            _s1k_problem(i, _field(r, "question", "problem", what="question", dataset="s1k-1.1"),
+                         str(_field(r, "solution", what="solution", dataset="s1k-1.1")), "s1k-1.1", meta)
         )
     return out
 
@@ -606,7 +610,8 @@ def load_benchmark(
                 origin = f"hub:{hub_id}"
                 break
             except Exception as exc:  # offline, gated, missing: report all, never the data
-                failures.append(f"hub {hub_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                failures.append(f"hub {hub_id}: {type(exc).__name__}: {first}")
     if rows is None:
         hubs = " or ".join(h for h, _, _ in spec.hub)
         gated = " (gated: accept its terms on the hub, then `huggingface-cli login`)" if key == "gpqa_diamond" else ""

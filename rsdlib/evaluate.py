@@ -123,7 +123,8 @@ PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
-HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")  # do not change any sample
+HASH_FREE_FIELDS = (  # do not change any sample
+    "benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -136,13 +137,17 @@ class EvalConfig:
 
     benchmarks: tuple[str, ...] = ("aime24", "aime25", "gpqa_diamond", "math500")  # names known to rsdlib.data
     samples: dict[str, int] = field(default_factory=dict)  # samples per problem; unlisted: PAPER_SAMPLES, else 1
-    max_tokens: dict[str, int] = field(default_factory=dict)  # generated-token budget; unlisted: PAPER_MAX_TOKENS, else 8192
-    think_budget: dict[str, int] = field(default_factory=dict)  # force the delimiter after this many tokens; unlisted: PAPER_THINK_BUDGET, else none
+    # generated-token budget; unlisted: PAPER_MAX_TOKENS, else 8192
+    max_tokens: dict[str, int] = field(default_factory=dict)
+    # force the delimiter after this many tokens; unlisted: PAPER_THINK_BUDGET, else none
+    think_budget: dict[str, int] = field(default_factory=dict)
     temperature: float = 0.7  # sampling temperature (not stated in the paper; its traces use 0.7); 0 = greedy
     top_p: float = 0.95  # nucleus filter (authors' early code: 0.95)
     prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, think delimiters
     force_text: str = ""  # text appended when forcing; "" = "\n" + prompt.think_close + "\n\n"
-    limit: int | dict[str, int] | None = None  # keep the first N problems of each benchmark (after the filters below); a dict sets N per benchmark (unlisted: all)
+    # keep the first N problems of each benchmark (after the filters below); a dict sets N per benchmark
+    # (unlisted: all)
+    limit: int | dict[str, int] | None = None
     math500_easiest: int | None = None  # MATH500: keep the N lowest-level problems (file order within a level)
     split_fraction: float | None = None  # hash split (rsdlib.data.split_by_hash) to keep apart from trace problems
     split_salt: str = ""  # salt of the hash split
@@ -154,10 +159,12 @@ class EvalConfig:
     device: str = "auto"  # hf: auto | cpu | cuda[:i]
     grade_timeout: float = 10.0  # seconds per math-verify extraction + comparison
     answer_format: str = "standard"  # standard (math-verify's extraction; GPQA letter forms) | boxed (only \boxed{})
-    answer_from: str = "auto"  # where answers are read: after_thinking | whole (a model that does not think) | auto (rsdlib.grading.resolve_answer_from)
+    # where answers are read: after_thinking | whole (a model that does not think) | auto
+    # (rsdlib.grading.resolve_answer_from)
+    answer_from: str = "auto"
     source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub
     data_dir: str | None = None  # folder of local benchmark files; wins over source (default: $RSDLIB_DATA_DIR)
-    vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, max_model_len...)
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, ...)
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, dict):
@@ -171,7 +178,8 @@ class EvalConfig:
             table = dict(getattr(self, name) or {})
             unknown = sorted(set(table) - set(data_mod.BENCHMARKS))
             if unknown:
-                raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; known: {', '.join(data_mod.BENCHMARKS)}")
+                raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; "
+                                 f"known: {', '.join(data_mod.BENCHMARKS)}")
             bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 1}
             if bad:
                 raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
@@ -438,7 +446,8 @@ def generate_with_budget(
             job, so_far, forced = items[i]
             on_done(job, so_far + ids, finish, forced, True)
 
-        generate([j.prompt_ids + so_far for j, so_far, _ in items], [j.answer_seed for j, _, _ in items], room, after_second)
+        generate([j.prompt_ids + so_far for j, so_far, _ in items], [j.answer_seed for j, _, _ in items], room,
+                 after_second)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,7 +525,8 @@ def regrade_rows(rows: list[dict], *, answer_format: str = "standard", answer_fr
     is read back for grading and its row protected again.
     """
     if answer_from == "auto":
-        raise ValueError("regrade_rows: resolve answer_from='auto' for the model first (rsdlib.grading.resolve_answer_from)")
+        raise ValueError("regrade_rows: resolve answer_from='auto' for the model first "
+                         "(rsdlib.grading.resolve_answer_from)")
     stale = [r for r in rows if (r.get("response") is not None or "response_protected" in r) and (force or (
         r.get("answer_format"), r.get("answer_from"), r.get("grading_version"))
         != (answer_format, answer_from, GRADING_VERSION))]
@@ -690,7 +700,8 @@ def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
     def conflict(theirs: dict) -> str | None:
         if theirs.get("hash") == mine["hash"] and theirs.get("model") == model:
             return None
-        what = "config" if theirs.get("hash") != mine["hash"] else f"model ({theirs.get('model')!r} there, {model!r} now)"
+        what = ("config" if theirs.get("hash") != mine["hash"]
+                else f"model ({theirs.get('model')!r} there, {model!r} now)")
         return (f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
                 f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them.")
 
@@ -721,8 +732,9 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     problems_by_bench = [eval_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
     empty = [name for name, problems in problems_by_bench if not problems]
     if empty:
-        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
-                         f"{cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); nothing to evaluate")
+        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, "
+                         f"split_part {cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); "
+                         "nothing to evaluate")
     world = distributed.World.from_env()
     distributed.init(world)
     if force and out_dir.exists() and world.is_main:
@@ -742,7 +754,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             raise ValueError("evaluate: pass tokenizer=... with a loaded model")
         model = model_or_path
     elif cfg.backend == "hf":
-        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=distributed.device_for(world, cfg.device),
+        device = distributed.device_for(world, cfg.device)
+        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=device,
                                             base_model=base_model)
         tokenizer = tokenizer or loaded_tok
     if cfg.backend == "vllm":
@@ -758,7 +771,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     summaries = {}
     for name, problems in problems_by_bench:
         with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress, shards)
+            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
+                                                  shards)
     return summaries
 
 
@@ -803,7 +817,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
             "seed": job.seed, "answer_seed": job.answer_seed if continued else None,
             "prompt_tokens": len(job.prompt_ids), "n_tokens": len(ids), "finish_reason": finish,
             "forced": forced, "continued": continued, "closed_thinking": graded["closed_thinking"],
-            "status": graded["status"], "answer": graded["answer"], "vote": vote_key(graded["answer"], variant.kind, order),
+            "status": graded["status"], "answer": graded["answer"],
+            "vote": vote_key(graded["answer"], variant.kind, order),
             "gold": variant.gold, "kind": variant.kind, "timed_out": graded.get("timed_out", False),
             "found": graded["found"], **reading, "grading_version": GRADING_VERSION, "response": text,
         }

@@ -103,14 +103,18 @@ def _expect(cfg, expected: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Trace generation: python -m rsdlib.traces
 # ----------------------------------------------------------------------------------------------
-def _stage_parser(module: str, notebook: str, description: str) -> argparse.ArgumentParser:
-    """The arguments both stage command lines share: where the parameters come from, the expected hash."""
+def _stage_parser(module: str, notebook: str, description: str, own: dict[str, dict]) -> argparse.ArgumentParser:
+    """The arguments both stage command lines share (where the parameters come from, the expected hash), then
+    the stage's ``own`` ({flag: add_argument keywords})."""
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     p.add_argument("--params", help=f"a parameter file of notebook {notebook} (default: the profile's, "
                    f"params/<profile>/{notebook}.yaml)")
-    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p.add_argument("--profile",
+                   help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
     p.add_argument("--expect-hash", help=f"refuse to run unless the job's config hash is this (notebook {notebook} "
                    "passes it)")
+    for flag, kw in own.items():
+        p.add_argument(flag, **kw)
     return p
 
 
@@ -126,13 +130,14 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.traces import method_job_config, run_trace_job, trace_problems
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
-                      "under torchrun / srun each rank does its share.")
-    p.add_argument("--method", required=True, help="a method of the file's `methods`")
-    p.add_argument("--out", help="run folder (default: results/<profile>/traces/<pair>/<method>)")
-    p.add_argument("--pair", default="main", help="main, or a run of the file's extra_pairs")
-    p.add_argument("--restrict-to", help="only the problems this run folder solved; 'none' for all (default: the "
-                   "main teacher's folder when restrict_to_teacher_solved and the method is not teacher)")
-    p.add_argument("--force", action="store_true", help="redo the run")
+                      "under torchrun / srun each rank does its share.", {
+                          "--method": {"required": True, "help": "a method of the file's `methods`"},
+                          "--out": {"help": "run folder (default: results/<profile>/traces/<pair>/<method>)"},
+                          "--pair": {"default": "main", "help": "main, or a run of the file's extra_pairs"},
+                          "--restrict-to": {"help": "only the problems this run folder solved; 'none' for all "
+                                            "(default: the main teacher's folder when restrict_to_teacher_solved "
+                                            "and the method is not teacher)"},
+                          "--force": {"action": "store_true", "help": "redo the run"}})
     ns = p.parse_args(argv)
     world, params = _start(TRACES_NOTEBOOK, ns)
     if ns.pair == "main":
@@ -148,7 +153,8 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     if ns.restrict_to:
         restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
     else:
-        restrict = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] and ns.method != "teacher" else None
+        restricted = params["restrict_to_teacher_solved"] and ns.method != "teacher"
+        restrict = trace_root / "main" / "teacher" if restricted else None
     problems = trace_problems(params)
     pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
     summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
@@ -181,10 +187,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.evaluate import evaluate, resolve_model
 
     p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
-                      "torchrun / srun each rank does its share of the samples.")
-    p.add_argument("--model", required=True, help="base, a trained method, an extra model, or a model spec")
-    p.add_argument("--out", help="evaluation folder (default: results/<profile>/eval/<model>)")
-    p.add_argument("--force", action="store_true", help="delete the folder's results first")
+                      "torchrun / srun each rank does its share of the samples.", {
+                          "--model": {"required": True,
+                                      "help": "base, a trained method, an extra model, or a model spec"},
+                          "--out": {"help": "evaluation folder (default: results/<profile>/eval/<model>)"},
+                          "--force": {"action": "store_true", "help": "delete the folder's results first"}})
     ns = p.parse_args(argv)
     world, params = _start(EVAL_NOTEBOOK, ns)
     cfg = eval_config(params, ns.model)

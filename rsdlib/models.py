@@ -233,7 +233,8 @@ def load_pair(teacher: str | Path, student: str | Path, **kw: Any) -> ModelPair:
 
     Specs: ``tiny:teacher`` / ``tiny:student`` (random tiny models, smoke profile), ``embedded:teacher`` /
     ``embedded:student`` (the embedded pair), ``standin:<hub id>`` (the dry run), a local folder, a .gguf
-    file or a hub id (`model_location`). The vocabulary bridge is built from the two tokenizers and logit row counts; an unbridgeable
+    file or a hub id (`model_location`). The vocabulary bridge is built from the two tokenizers and logit row
+    counts; an unbridgeable
     pair raises `rsdlib.bridge.BridgeError`.
     """
     teacher_model, teacher_tokenizer = load_model(model_location(teacher), **kw)

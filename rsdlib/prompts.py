@@ -13,7 +13,8 @@ assistant turn is opened with ``<think>\\n``. Other styles are named options (``
   "Please reason step by step, and put your final answer within \\boxed{}." (Qwen's math prompt;
   the demo profile's, tuned on the embedded coder pair).
 
-The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>`` as tokens (Qwen3) get them
+The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>``
+as tokens (Qwen3) get them
 as single ids; others (the embedded Qwen2.5 pair, s1.1) get the same delimiters as plain text.
 The prompt is built in the STUDENT's ids; the teacher sees it through the vocabulary bridge.
 """
@@ -62,7 +63,8 @@ class PromptStyle:
     def __post_init__(self) -> None:
         self.think_close_aliases = tuple(self.think_close_aliases)
         if any(not a or a == self.think_close for a in self.think_close_aliases):
-            raise ValueError(f"think_close_aliases must be non-empty and differ from think_close, got {self.think_close_aliases!r}")
+            raise ValueError("think_close_aliases must be non-empty and differ from think_close, "
+                             f"got {self.think_close_aliases!r}")
 
     @classmethod
     def named(cls, name: str, **overrides) -> "PromptStyle":

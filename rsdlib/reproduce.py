@@ -81,7 +81,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("40_evaluate", depends=("30_train",), reads=("35_multistep",)),  # its models too, when present
     NotebookSpec("tab1_main_results", depends=("40_evaluate",), tables=("tab1_main_results",)),
     NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
-    NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"), tables=("tab3_compute_equivalent",)),
+    NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"),
+                 tables=("tab3_compute_equivalent",)),
     NotebookSpec("tab4_cross_model", depends=("40_evaluate",), tables=("tab4_cross_model",)),
     NotebookSpec("tab5_multistep", depends=("40_evaluate",), reads=("35_multistep",), tables=("tab5_multistep",)),
     NotebookSpec("tab6_trace_lengths", depends=("20_trace_analysis",), tables=("tab6_trace_lengths",)),
@@ -200,7 +201,8 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
         try:
             default = ast.literal_eval(node.value)
         except ValueError:
-            raise ParameterError(f"{where}, line {node.lineno}: the value of {node.target.id!r} is not a literal") from None
+            raise ParameterError(f"{where}, line {node.lineno}: the value of {node.target.id!r} is not a "
+                                 "literal") from None
         line = lines[node.end_lineno - 1]
         help_text = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
         out[node.target.id] = Parameter(node.target.id, ast.unparse(node.annotation), default, help_text)
@@ -356,7 +358,8 @@ def _error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}"
 
 
-def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Path, timeout: float | None) -> NotebookResult:
+def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Path,
+                 timeout: float | None) -> NotebookResult:
     """Convert and execute one notebook; never raises for a failure inside the notebook."""
     import jupytext
     import papermill as pm

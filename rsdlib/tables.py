@@ -26,21 +26,8 @@ import math
 from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
-from rsdlib import paths, reference
-from rsdlib.metrics import (
-    RESAMPLES,
-    SEED,
-    Interval,
-    accuracy_difference_se,
-    bootstrap_accuracy,
-    bootstrap_average_accuracy,
-    bootstrap_mean,
-    bootstrap_ratio,
-    minimum_detectable_effect,
-    paired_accuracy_difference,
-    paired_ratio_difference,
-    wilson_interval,
-)
+from rsdlib import metrics, paths, reference
+from rsdlib.metrics import RESAMPLES, SEED, Interval, wilson_interval
 from rsdlib.plots import interval_cell
 
 CI = "95% CI"
@@ -60,7 +47,8 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
 
     out = {}
     for bench in benchmarks:
-        path = paths.results_dir(profile) / "eval" / model / reference.BENCHMARK_KEYS.get(bench, bench) / "samples.jsonl"
+        folder = paths.results_dir(profile) / "eval" / model
+        path = folder / reference.BENCHMARK_KEYS.get(bench, bench) / "samples.jsonl"
         if not path.is_file():
             continue
         by_problem: dict[str, dict[int, bool]] = defaultdict(dict)
@@ -86,14 +74,14 @@ def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str
     for key, per_bench in correctness.items():
         if not per_bench:
             continue
-        ours = {b: bootstrap_accuracy(list(per_bench[b].values()), seed=seed, resamples=resamples).scaled(100)
+        ours = {b: metrics.bootstrap_accuracy(list(per_bench[b].values()), seed=seed, resamples=resamples).scaled(100)
                 for b in benchmarks if b in per_bench}
         if len(ours) == len(benchmarks):
-            ours["Average"] = bootstrap_average_accuracy({b: list(per_bench[b].values()) for b in benchmarks},
+            ours["Average"] = metrics.bootstrap_average_accuracy({b: list(per_bench[b].values()) for b in benchmarks},
                                                          seed=seed, resamples=resamples).scaled(100)
         entry = {"ours": ours, "vs_base": {}}
         if key != base_key and base and set(base) == set(per_bench):
-            diffs = paired_accuracy_difference(per_bench, base, seed=seed, resamples=resamples)
+            diffs = metrics.paired_accuracy_difference(per_bench, base, seed=seed, resamples=resamples)
             if set(per_bench) != set(benchmarks):
                 diffs.pop("Average", None)
             entry["vs_base"] = {b: iv.scaled(100) for b, iv in diffs.items()}
@@ -106,11 +94,11 @@ def accuracy_mde_note(problems: Mapping[str, int]) -> str:
     if not problems:
         return ""
     def points(se: float) -> str:  # an MDE above 100 points: no difference between two rows is detectable
-        mde = 100 * minimum_detectable_effect(se)
+        mde = 100 * metrics.minimum_detectable_effect(se)
         return f"{mde:.0f}" if mde <= 100 else "none (> 100)"
 
-    per = ", ".join(f"{b}: {points(accuracy_difference_se([n]))}" for b, n in problems.items())
-    avg = points(accuracy_difference_se(problems))
+    per = ", ".join(f"{b}: {points(metrics.accuracy_difference_se([n]))}" for b, n in problems.items())
+    avg = points(metrics.accuracy_difference_se(problems))
     return (f"Minimum detectable effect (the smallest true accuracy difference between two rows that this "
             f"profile's problem counts detect with 80% power, two-sided 5%, worst case p = 0.5, one sample per "
             f"problem): {per} points; Average: {avg} points. A smaller difference, or one whose interval "
@@ -169,6 +157,16 @@ def accuracy_interval_notes(problems: Mapping[str, int]) -> list[str]:
     ]
 
 
+def write_accuracy_table(table: list[dict], name: str, profile: str, intervals: Mapping, notes: Sequence[str],
+                         title: str) -> list:
+    """An accuracy table (Tables 1, 3, 4, 5) with its interval columns, the interval notes and the MDE section."""
+    from rsdlib.plots import write_table
+
+    return write_table(table, name, profile, columns=intervals["columns"], title=title,
+                       notes=[*notes, *accuracy_interval_notes(intervals["problems"])],
+                       csv_columns=intervals["csv_columns"], sections=[intervals["section"]])
+
+
 def _plain(value: Any, digits: int) -> str:
     from rsdlib.plots import format_value
 
@@ -211,12 +209,12 @@ def trace_uncertainty(scores: Sequence[dict], analysis: Mapping[str, Mapping], *
         if row.get("problems") and row.get("mode") != "reference":  # pre-existing traces are not attempts
             entry["solved"] = wilson_interval(int(row["solved"]), int(row["problems"])).scaled(100)
         if mine:
-            entry["sub_threshold"] = bootstrap_ratio([_low_count(r, threshold) for r in mine],
+            entry["sub_threshold"] = metrics.bootstrap_ratio([_low_count(r, threshold) for r in mine],
                                                      [r["n_tokens"] for r in mine], **kw).scaled(100)
-            entry["perplexity"] = bootstrap_mean([r["perplexity"] for r in mine], **kw)
-            entry["length"] = bootstrap_mean([r["n_tokens"] for r in mine], **kw)
+            entry["perplexity"] = metrics.bootstrap_mean([r["perplexity"] for r in mine], **kw)
+            entry["length"] = metrics.bootstrap_mean([r["n_tokens"] for r in mine], **kw)
             if row.get("mode") in ("rsd", "skd") and all(r.get("fallback") for r in mine):
-                entry["fallback"] = bootstrap_ratio([sum(bool(x) for x in r["fallback"]) for r in mine],
+                entry["fallback"] = metrics.bootstrap_ratio([sum(bool(x) for x in r["fallback"]) for r in mine],
                                                     [len(r["fallback"]) for r in mine], **kw).scaled(100)
         out[method] = entry
     return out
@@ -237,7 +235,7 @@ def sub_share_difference(scores: Sequence[dict], method: str, baseline: str = "t
     ids = sorted(set(per[method]) | set(per[baseline]))
     a = [per[method].get(i, [0, 0]) for i in ids]
     b = [per[baseline].get(i, [0, 0]) for i in ids]
-    return paired_ratio_difference([x[0] for x in a], [x[1] for x in a], [x[0] for x in b], [x[1] for x in b],
+    return metrics.paired_ratio_difference([x[0] for x in a], [x[1] for x in a], [x[0] for x in b], [x[1] for x in b],
                                    seed=seed, resamples=resamples).scaled(100)
 
 
@@ -253,7 +251,7 @@ def difference_mde_note(what: str, intervals: Sequence[Interval], units: str, *,
     se = ses[len(ses) // 2] * (math.sqrt(2) if two_rows else 1.0)
     how = "2.80 x sqrt(2) x a row's bootstrap standard error" if two_rows else "2.80 x its bootstrap standard error"
     return (f"Minimum detectable effect of {what} (80% power, two-sided 5%; {how}, median over the rows): "
-            f"{minimum_detectable_effect(se):.2f} {units}.")
+            f"{metrics.minimum_detectable_effect(se):.2f} {units}.")
 
 
 def add_solved_interval(row: dict, column: str, solved: int, problems: int, digits: int = 0) -> None:
@@ -350,7 +348,8 @@ def dataset_stats(profile: str, run: str, analysis: Mapping, manifest: Mapping) 
     threshold = analysis["threshold"]
     full_scale = "s1k-solutions" in analysis["runs"][run]  # notebook 20 scored the 1,000 s1K worked solutions
     # our method name -> the paper's row key: the pre-existing-traces row is the full s1K set where it was scored
-    key_of = {"s1k-solutions": "s1k-1.1", "reference": "reference (training)"} if full_scale else {"reference": "s1k-1.1"}
+    key_of = ({"s1k-solutions": "s1k-1.1", "reference": "reference (training)"} if full_scale
+              else {"reference": "s1k-1.1"})
     ours = []
     for method, row in analysis["runs"][run].items():
         key = key_of.get(method, method)

@@ -92,7 +92,8 @@ class TraceJobConfig:
     keep: str = "shortest"  # which correct sample becomes the example: shortest | first | random
     prefix_tokens: int = 128  # length of the UPFT prefix for unsolved problems (paper: 128); 0 = none
     prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
-    prefix_scope: str = "all"  # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
+    # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
+    prefix_scope: str = "all"
     base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
     max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
@@ -108,7 +109,8 @@ class TraceJobConfig:
         if not isinstance(self.decoding, DecodingConfig):
             raise ValueError(f"TraceJobConfig.decoding must be a mapping of DecodingConfig keys, got {self.decoding!r}")
         if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"TraceJobConfig.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+            raise ValueError(f"TraceJobConfig.answer_format must be one of {ANSWER_FORMATS}, "
+                             f"got {self.answer_format!r}")
         check_number("TraceJobConfig", "samples_per_problem", self.samples_per_problem, minimum=1, integer=True)
         check_number("TraceJobConfig", "max_fallback_rate", self.max_fallback_rate, minimum=0, maximum=1)
         check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
@@ -121,7 +123,8 @@ class TraceJobConfig:
         if self.prefix_tokens < 0:
             raise ValueError("prefix_tokens must be >= 0")
         if self.max_cache_gib is not None and not self.max_cache_gib > 0:
-            raise ValueError(f"max_cache_gib must be > 0 (or null: no limit but free CUDA memory), got {self.max_cache_gib}")
+            raise ValueError("max_cache_gib must be > 0 (or null: no limit but free CUDA memory), "
+                             f"got {self.max_cache_gib}")
         if self.prefix_scope not in PREFIX_SCOPES:
             raise ValueError(f"prefix_scope must be one of {PREFIX_SCOPES}, got {self.prefix_scope!r}")
 
@@ -547,7 +550,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         summary["problems_without_gold"] = len(no_gold)
         summary["config_hash"] = cfg.hash()
         summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
-        summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), and why
+        summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), why
         summary["ranks"] = ranks  # units done in this call and wall seconds, per rank
         write_json_atomic(out_dir / "summary.json", summary)
     return shards.result([out_dir / "summary.json"])[0]

@@ -28,7 +28,8 @@ Engine: the transformers ``Trainer`` over a plain torch Dataset (no TRL: its ``m
 silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no code here::
 
     accelerate launch -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
-    torchrun --nproc-per-node 8 -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
+    torchrun --nproc-per-node 8 -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl \\
+        model=... output_dir=...
 
 (``--params`` reads the ``training`` keys of notebook 30's parameter file; ``--config`` a file of
 TrainConfig keys.)
@@ -41,7 +42,8 @@ Rerunning the same command resumes from the newest complete one and says which; 
 ``checkpoint-*`` folder (no seal, a file missing or of another size: a kill under an older rsdlib, a
 full disk) is moved to ``output_dir/incomplete/`` with a message and never blocks. One process writes
 a run folder at a time: a second run of the same folder is refused at once, naming it (the lock
-``output_dir/.lock``, as for trace and evaluation runs; under torchrun the rank-0 process holds it). ``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
+``output_dir/.lock``, as for trace and evaluation runs; under torchrun the rank-0 process holds it).
+``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
 (safetensors + tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads (LoRA: merged by default,
 the adapter alone in ``output_dir/final_adapter``), so it can be evaluated or serve as the next
 student of multi-step RSD (Table 5).
@@ -360,7 +362,8 @@ def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
     return FALLBACK_PAD, tid, added
 
 
-def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|>", system_prompt: str | None = None) -> dict:
+def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|>",
+                        system_prompt: str | None = None) -> dict:
     """Render a text example with the chat template and return a token-id example.
 
     Accepts ``messages`` (the last one the assistant's) or ``prompt_text`` + ``completion_text``
@@ -385,7 +388,8 @@ def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|
     prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     if not full_text.startswith(prompt_text):
-        raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the conversation")
+        raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the "
+                         "conversation")
     completion_text = full_text[len(prompt_text):]
     cut = completion_text.rfind(eot_token)
     if cut < 0:
@@ -413,7 +417,8 @@ def load_examples(source: str | Path | Iterable[Mapping], tokenizer=None, eot_to
                 try:
                     raw.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{source}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                    raise ValueError(f"{source}, line {number}: not valid JSON ({err.msg}, "
+                                     f"column {err.colno})") from None
                 if not isinstance(raw[-1], dict):
                     raise ValueError(f"{source}, line {number}: expected a JSON object per line")
     else:
@@ -606,7 +611,8 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
         stored = json.loads(stored_cfg.read_text())
         if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
             mine = config_to_dict(config)
-            diff = sorted(k for k in set(stored) | set(mine) if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
+            diff = sorted(k for k in set(stored) | set(mine)
+                          if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
             raise ValueError(
                 f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
                 "use another output_dir, or resume: false to start over there"
@@ -648,7 +654,8 @@ def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, mode
     lock = run_lock(output_dir, reason="two trainings in one folder would resume from and delete each "
                     "other's checkpoints") if _is_main_process() else nullcontext()
     with lock:
-        return _train(config, output_dir, dataset_path_or_examples, tokenizer=tokenizer, model=model, callbacks=callbacks)
+        return _train(config, output_dir, dataset_path_or_examples, tokenizer=tokenizer, model=model,
+                      callbacks=callbacks)
 
 
 def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, tokenizer, model, callbacks) -> Path:
@@ -750,9 +757,11 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
         trainer.processing_class.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         save_config(config, final / "train_config.json")
-        summary = {**info, **metrics, "global_step": trainer.state.global_step, "merged_lora": is_peft and config.merge_lora,
-                   "world_size": world_size(), "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-                   "effective_batch_size": trainer.args.gradient_accumulation_steps * config.micro_batch_size * world_size()}
+        accumulation = trainer.args.gradient_accumulation_steps
+        summary = {**info, **metrics, "global_step": trainer.state.global_step,
+                   "merged_lora": is_peft and config.merge_lora, "world_size": world_size(),
+                   "gradient_accumulation_steps": accumulation,
+                   "effective_batch_size": accumulation * config.micro_batch_size * world_size()}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return final
@@ -770,9 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or torchrun --nproc-per-node N -m rsdlib.train ...).",
     )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
-    parser.add_argument("--params", help="a notebook-30 parameter file (params/<profile>/30_train.yaml): its `training` keys")
+    parser.add_argument("--params",
+                        help="a notebook-30 parameter file (params/<profile>/30_train.yaml): its `training` keys")
     parser.add_argument("--data", required=True, help="JSONL training examples (format: rsdlib.train docstring)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides, values parsed as YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="TrainConfig overrides, values parsed as YAML")
     ns = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     for item in ns.overrides:
@@ -806,7 +817,8 @@ def check_train_params(params: dict) -> list[tuple[str, str]]:
     training = params["training"]
     for bad in ("model", "output_dir"):
         if bad in training:
-            raise ValueError(f"training.{bad} is set by this notebook (the pair's student / results/<profile>/models/...)")
+            raise ValueError(f"training.{bad} is set by this notebook "
+                             "(the pair's student / results/<profile>/models/...)")
     load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
     for keys in params["method_training"].values():
         load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})

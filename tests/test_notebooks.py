@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 

@@ -8,7 +8,6 @@ import argparse
 import os
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
