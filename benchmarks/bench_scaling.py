@@ -87,7 +87,7 @@ def main() -> None:
         if teacher.startswith("tiny:"):  # made once, not by several processes at a time
             os.environ["RSDLIB_RESULTS"] = env["RSDLIB_RESULTS"]
             sys.path.insert(0, str(ROOT))
-            from rsdlib.reproduce import tiny_model_folder
+            from rsdlib.standins import tiny_model_folder
 
             for role in ("teacher", "student"):
                 tiny_model_folder(role)
