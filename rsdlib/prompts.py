@@ -102,11 +102,15 @@ def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int
 
 
 def vocab_id(tokenizer, token: str) -> int | None:
-    """Id of one token of the tokenizer's vocabulary (added tokens included), else None."""
+    """Id of one token of the tokenizer's vocabulary (added tokens included), else None (not the unknown
+    token's id; the id must map back to the token where the tokenizer can say so)."""
     tid = tokenizer.convert_tokens_to_ids(token)
-    if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == token:
-        return tid
-    return None
+    if not isinstance(tid, int) or tid < 0:
+        return None
+    if tid == getattr(tokenizer, "unk_token_id", None) and token != getattr(tokenizer, "unk_token", None):
+        return None
+    back = getattr(tokenizer, "convert_ids_to_tokens", None)
+    return tid if back is None or back(tid) == token else None
 
 
 def turn_end_id(tokenizer, tokens: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> int:

@@ -65,7 +65,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
-from rsdlib.models import load_student
 from rsdlib.prompts import turn_end_id, vocab_id
 
 log = logging.getLogger(__name__)
@@ -474,6 +473,21 @@ def model_source(name: str) -> str:
     return name
 
 
+def _model_to_train(config: TrainConfig):
+    """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device): read by the
+    project's loader (``rsdlib.models.load_student``: folders, hub ids, GGUF, ``embedded:``) so training reads
+    exactly what the decoder and the evaluator read; by transformers alone where that module cannot be
+    imported (the GPU check's minimal environment)."""
+    try:
+        from rsdlib.models import load_student
+    except ImportError:
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, config.model_dtype)
+        return AutoModelForCausalLM.from_pretrained(model_source(config.model), dtype=dtype)
+    return load_student(config.model, dtype=config.model_dtype, device="cpu")[0].train()
+
+
 def _apply_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
@@ -678,7 +692,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 
     set_seed(config.seed)
     if model is None:
-        model = load_student(config.model, dtype=config.model_dtype, device="cpu")[0].train()
+        model = _model_to_train(config)
     if pad_id >= model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.config.pad_token_id = pad_id

@@ -297,8 +297,8 @@ def test_notebook_10_with_two_workers_goes_through_torchrun(env, monkeypatch):
 
 def test_stage_parameters_are_the_notebooks_as_reproduce_runs_them(tmp_path):
     from rsdlib.launch import stage_params
-    from rsdlib.traces import method_job_config
     from rsdlib.reproduce import ParameterError, notebook_parameters, resolved_params
+    from rsdlib.traces import method_job_config
 
     demo = stage_params("10_generate_traces", profile="demo")
     assert demo == {**{p.name: p.default for p in notebook_parameters("10_generate_traces").values()}, "profile": "demo"}

@@ -49,8 +49,8 @@ def test_default_prompt_is_figure7_with_the_real_qwen3_chat_template():
 def test_paper_profiles_use_figure7_and_map_s1s_native_end():
     import yaml
 
-    from rsdlib.reproduce import PARAMS_DIR
     from rsdlib.prompts import prompt_style
+    from rsdlib.reproduce import PARAMS_DIR
 
     for profile in ("paper", "paper-dry"):
         values = yaml.safe_load((PARAMS_DIR / profile / "10_generate_traces.yaml").read_text())["prompt"]
@@ -203,9 +203,13 @@ def test_a_training_stage_refuses_a_dataset_without_kept_traces(tmp_path):
 def test_training_notebooks_use_the_check_instead_of_skipping():
     from rsdlib.reproduce import notebook_path
 
-    for name in ("30_train", "35_multistep"):
+    stages = {"30_train": ("rsdlib/train.py", "run_train_stage(params)"),
+              "35_multistep": ("rsdlib/multistep.py", "run_multistep(params)")}
+    for name, (module, call) in stages.items():
         source = notebook_path(name).read_text()
-        assert "check_trainable(" in source and "require_kept=require_kept_traces" in source and "not trained" not in source and "the student stays" not in source
+        assert call in source and "not trained" not in source and "the student stays" not in source
+        stage = (notebook_path(name).parents[1] / module).read_text()
+        assert "check_trainable(" in stage and 'require_kept=params["require_kept_traces"]' in stage
 
 
 # ------------------------------------------------------------------------------------- item 10
