@@ -313,7 +313,8 @@ def cache_problems(folder: Path, full: bool = True) -> list[str]:
             continue
         stat = path.stat()
         if stat.st_size != record["size"]:
-            problems.append(f"{name} has {stat.st_size:,} bytes, {record['size']:,} were written (truncated or replaced)")
+            problems.append(f"{name} has {stat.st_size:,} bytes, {record['size']:,} were written "
+                            "(truncated or replaced)")
         elif (full or stat.st_mtime_ns != record.get("mtime_ns")) and sha256_of(path) != record["sha256"]:
             problems.append(f"{name} does not have the bytes that were written (sha256 differs: the file was "
                             "modified or damaged)")
