@@ -40,7 +40,9 @@ def child(spec: dict) -> dict:
     import torch
     from transformers import AutoTokenizer, TrainerCallback
 
-    from rsdlib.train import TrainConfig, end_of_turn_id, load_student, model_source, train
+    from rsdlib.models import load_student
+    from rsdlib.prompts import turn_end_id
+    from rsdlib.train import TrainConfig, model_source, train
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,9 +53,9 @@ def child(spec: dict) -> dict:
             lr_scheduler="constant_with_warmup", bf16=spec["bf16"],
         )
         tok = AutoTokenizer.from_pretrained(model_source(cfg.model))
-        eot = end_of_turn_id(tok, cfg.eot_token)
+        eot = turn_end_id(tok, (cfg.eot_token,))
         t0 = time.perf_counter()
-        model = load_student(cfg)
+        model = load_student(cfg.model, dtype=cfg.model_dtype, device="cpu")[0].train()
         load_s = time.perf_counter() - t0
         top = min(len(tok), 151643)  # ordinary (non-special) ids of a Qwen vocabulary
         gen = torch.Generator().manual_seed(0)

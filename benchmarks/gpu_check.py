@@ -492,9 +492,17 @@ class PaperScale:
 
 
 def _yaml(name: str) -> dict:
+    """The paper profile's parameters of notebook ``name``: the notebook's defaults (its parameters cell), then
+    what params/paper/<name>.yaml changes (as rsdlib.reproduce.resolved_params, without that module's imports)."""
+    import ast
+
     import yaml
 
-    return yaml.safe_load((REPO / "params" / "paper" / f"{name}.yaml").read_text())
+    source = (REPO / "notebooks" / f"{name}.py").read_text()
+    cell = source.split('# %% tags=["parameters"]\n', 1)[1].split("\n# %%", 1)[0]
+    defaults = {node.target.id: ast.literal_eval(node.value) for node in ast.parse(cell).body}
+    path = REPO / "params" / "paper" / f"{name}.yaml"
+    return {**defaults, **((yaml.safe_load(path.read_text()) or {}) if path.is_file() else {})}
 
 
 def paper_work(scale: PaperScale) -> dict:

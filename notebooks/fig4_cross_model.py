@@ -31,15 +31,16 @@
 import json
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from rsdlib import paths, reference
-from rsdlib.plots import PAPER_COLOR, error_bar, profile_note, save_figure, set_style
+from rsdlib.plots import error_bar, profile_note, save_figure, set_style
 from rsdlib.tables import accuracy_uncertainty
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwen3-0.6B/tailored": "rsd-p1"}  # paper bar (student/setting) -> our evaluated model
+rows: dict = {
+    "Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwen3-0.6B/tailored": "rsd-p1",
+}  # paper bar (student/setting) -> our evaluated model
 
 # %%
 eval_path = paths.results_dir(profile) / "eval" / "summary.json"
@@ -79,7 +80,8 @@ for ax, panel in zip(axes, panels):
                    label=f"ours ({profile})" if ours_x and j == 0 else None)
         ours_keys = [k for k, m in zip(keys, mine) if m is not None]
         if ours_x:  # our 95% bootstrap intervals over problems
-            ax.errorbar(ours_x, [m for m in mine if m is not None], yerr=error_bar([intervals.get(k) for k in ours_keys]),
+            ax.errorbar(ours_x, [m for m in mine if m is not None],
+                        yerr=error_bar([intervals.get(k) for k in ours_keys]),
                         fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=3)
     ax.set_xticks(range(len(students)), [s.replace("-Instruct", "\n-Instruct").replace("-Reasoning", "\n-Reasoning")
                                          for s in students], fontsize=8)
@@ -87,11 +89,12 @@ for ax, panel in zip(axes, panels):
 axes[0].set_ylabel("average accuracy (%)")
 handles, labels = {}, {}
 for ax in axes:
-    for h, l in zip(*ax.get_legend_handles_labels()):
-        handles.setdefault(l, h)
+    for h, label in zip(*ax.get_legend_handles_labels()):
+        handles.setdefault(label, h)
 order = sorted(handles, key=lambda label: label.startswith("ours"))  # the paper's settings first, ours last
 fig.legend([handles[k] for k in order], order, loc="upper center", ncol=5, bbox_to_anchor=(0.5, 1.08), fontsize=8)
-note = "black diamonds: ours, with 95% bootstrap intervals over problems" if ours else "no evaluation of these students in this profile: paper bars only"
+note = ("black diamonds: ours, with 95% bootstrap intervals over problems" if ours
+        else "no evaluation of these students in this profile: paper bars only")
 profile_note(profile, fig, extra=note)
 fig.tight_layout()
 save_figure(fig, "fig4_cross_model", profile)

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from rsdlib import paths
-from rsdlib.plots import draw_tokens, profile_note, save_figure, set_style, token_block_height
+from rsdlib.plots import pick_excerpt_pair, render_excerpts
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
@@ -59,28 +59,7 @@ if right not in available:  # e.g. the teacher solved nothing, so the restricted
         raise ValueError(f"no scored trace of {right!r} nor of any other method; methods: {available}")
     print(f"no scored trace of {right!r}: showing {fallback[0]!r} instead")
     right = fallback[0]
-
-
-def pick_pair():
-    """(left row, right row): same problem, kept traces preferred, left methods in the given order."""
-    rights = scores[scores["method"] == right].sort_values("kept", ascending=False)
-    for want_kept in (True, False):
-        for _, r in rights.iterrows():
-            if want_kept and not r["kept"]:
-                continue
-            for m in left:
-                cand = scores[(scores["method"] == m) & (scores["problem_id"] == r["problem_id"])]
-                cand = cand.sort_values("kept", ascending=False)
-                if len(cand) and (cand.iloc[0]["kept"] or not want_kept):
-                    return cand.iloc[0], r
-    for m in left:  # no common problem: any left trace
-        cand = scores[scores["method"] == m]
-        if len(cand):
-            return cand.sort_values("kept", ascending=False).iloc[0], rights.iloc[0]
-    raise ValueError(f"no scored trace of any of {left}")
-
-
-left_row, right_row = pick_pair()
+left_row, right_row = pick_excerpt_pair(scores, left, right)
 log_th = math.log(threshold)
 for side, row in (("left", left_row), ("right", right_row)):
     low = sum(lp < log_th for lp in row["token_logprobs"])
@@ -88,28 +67,10 @@ for side, row in (("left", left_row), ("right", right_row)):
           f"{low}/{row['n_tokens']} tokens below {threshold:g}")
 
 # %%
-def side_title(row, n):
-    low = sum(lp < log_th for lp in row["token_logprobs"][:n])
-    kept = "" if row["kept"] else ", not a kept trace"
-    return f"{row['method']} (sample {row['sample_index']}{kept}): {low} of {min(n, row['n_tokens'])} tokens < {threshold:g}"
-
-
-def render(n_tokens, name, fontsize, title, width=12.0):
-    set_style()
-    need = max(token_block_height(list(r["tokens"][:n_tokens]), width * 0.46, fontsize) for r in (left_row, right_row))
-    fig, axes = plt.subplots(1, 2, figsize=(width, min(24.0, need + 0.9)))
-    same = left_row["problem_id"] == right_row["problem_id"]
-    problem = left_row["problem_id"] if same else f"{left_row['problem_id']} / {right_row['problem_id']}"
-    fig.suptitle(f"{title}: {problem} (red: probability < {threshold:g} under the student)", fontsize=10)
-    fig.tight_layout()  # before drawing: the token layout follows the final axes size
-    for ax, row in zip(axes, (left_row, right_row)):
-        toks = list(row["tokens"][:n_tokens])
-        hl = [lp < log_th for lp in row["token_logprobs"][:n_tokens]]
-        draw_tokens(ax, toks, hl, fontsize=fontsize, title=side_title(row, n_tokens))
-    profile_note(profile, fig, extra=f"pair {run}")
-    save_figure(fig, name, profile)
-    plt.show()
-
-
-render(excerpt_tokens, "fig5_excerpts", 7.5, "Trace excerpts of the same problem")
-render(comparison_tokens, "fig7_comparison", 6.5, "Detailed trace comparison")
+options = {"threshold": threshold, "profile": profile, "run": run}
+render_excerpts((left_row, right_row), excerpt_tokens, "fig5_excerpts", 7.5, "Trace excerpts of the same problem",
+                **options)
+plt.show()
+render_excerpts((left_row, right_row), comparison_tokens, "fig7_comparison", 6.5, "Detailed trace comparison",
+                **options)
+plt.show()

@@ -39,7 +39,7 @@ from rsdlib.plots import profile_note, save_figure, set_style
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-sources: list = ["main/s1k-solutions", "main/reference", "main/teacher"]  # pair/method whose low-probability tokens are counted; the first non-empty is drawn
+sources: list = ["main/s1k-solutions", "main/reference", "main/teacher"]  # pair/method counted: the first non-empty
 max_words: int = 120  # words in the cloud
 min_letters: int = 2  # keep tokens with at least this many letters or digits
 

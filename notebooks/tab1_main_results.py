@@ -31,25 +31,27 @@ import json
 
 import pandas as pd
 
-from rsdlib import paths, reference
-from rsdlib.plots import comparison_rows, write_table
-from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
-from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
+from rsdlib import paths, reference, tables
+from rsdlib.models import display_name
+from rsdlib.plots import comparison_rows
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd", "rsd-p10": "rsd-p10", "rsd-p1": "rsd-p1"}  # paper row key -> our evaluated model
+rows: dict = {
+    "base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd",
+    "rsd-p10": "rsd-p10", "rsd-p1": "rsd-p1",
+}  # paper row key -> our evaluated model
 
 # %%
-evaluation = load_evaluation(profile)
-check_row_keys(rows, reference.TABLE1, "Table 1")
+evaluation = tables.load_evaluation(profile)
+tables.check_row_keys(rows, reference.TABLE1, "Table 1")
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE1, columns, label_as="Models")
-name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+table = comparison_rows(tables.accuracy_rows(rows, evaluation, columns), reference.TABLE1, columns, label_as="Models")
+tables.name_our_student(table, "base", manifest["pairs"]["main"]["student"])
+intervals = tables.add_accuracy_intervals(table, tables.accuracy_uncertainty(rows, profile, base_key="base"), columns)
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
@@ -66,7 +68,5 @@ notes = [
     "MATH500 problems of the evaluation are the hash half never used for trace generation.",
     "— : not produced in this profile (method not run or not evaluated).",
 ]
-notes += accuracy_interval_notes(intervals["problems"])
-write_table(table, "tab1_main_results", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
-            sections=[intervals["section"]],
-            title="Table 1: accuracy of the student trained on each kind of trace (ours beside the paper)")
+tables.write_accuracy_table(table, "tab1_main_results", profile, intervals, notes,
+                     title="Table 1: accuracy of the student trained on each kind of trace (ours beside the paper)")

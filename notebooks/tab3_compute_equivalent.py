@@ -34,21 +34,21 @@ import json
 
 import pandas as pd
 
-from rsdlib import paths, reference
-from rsdlib.plots import comparison_rows, write_table
-from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals, add_solved_interval
-from rsdlib.reproduce import check_row_keys, load_evaluation, name_our_student
+from rsdlib import paths, reference, tables
+from rsdlib.plots import comparison_rows
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "self-distill": "self-distill", "self-distill-203": "self-distill-ce", "rsd-p1": "rsd-p1"}  # paper row key -> our model (and trace method)
+rows: dict = {
+    "base": "base", "self-distill": "self-distill", "self-distill-203": "self-distill-ce", "rsd-p1": "rsd-p1",
+}  # paper row key -> our model (and trace method)
 
 # %%
 results = paths.results_dir(profile)
-evaluation = load_evaluation(profile)
+evaluation = tables.load_evaluation(profile)
 analysis = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())["runs"]["main"]
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
-check_row_keys(rows, reference.TABLE3, "Table 3")
+tables.check_row_keys(rows, reference.TABLE3, "Table 3")
 columns = [*reference.BENCHMARKS, "Average", "Correctly solved", "attempts"]
 
 # %%
@@ -71,11 +71,12 @@ for r in paper:
         r["Correctly solved"] = f"{solved}/{of}"
     r["attempts"] = {"self-distill": 16, "self-distill-203": 203, "rsd-p1": 16}.get(r["key"])
 table = comparison_rows(ours, paper, columns, label_as="Models")
-name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+tables.name_our_student(table, "base", manifest["pairs"]["main"]["student"])
+intervals = tables.add_accuracy_intervals(table, tables.accuracy_uncertainty(rows, profile, base_key="base"), columns)
 for r in table:  # solved counts: Wilson intervals
     if r["key"] in rows and rows[r["key"]] in analysis:
-        add_solved_interval(r, "Correctly solved", analysis[rows[r["key"]]]["solved"], analysis[rows[r["key"]]]["problems"])
+        mine = analysis[rows[r["key"]]]
+        tables.add_solved_interval(r, "Correctly solved", mine["solved"], mine["problems"])
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
@@ -88,7 +89,5 @@ notes = [
     "profile's teacher/student size ratio).",
     "— : not produced in this profile.",
 ]
-notes += accuracy_interval_notes(intervals["problems"])
-write_table(table, "tab3_compute_equivalent", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
-            sections=[intervals["section"]],
-            title="Table 3: compute-equivalent self-distillation vs RSD (ours beside the paper)")
+tables.write_accuracy_table(table, "tab3_compute_equivalent", profile, intervals, notes,
+                     title="Table 3: compute-equivalent self-distillation vs RSD (ours beside the paper)")

@@ -31,27 +31,29 @@ import json
 
 import pandas as pd
 
-from rsdlib import paths, reference
-from rsdlib.plots import comparison_rows, write_table
-from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
-from rsdlib.reproduce import accuracy_rows, check_row_keys, display_name, load_evaluation, name_our_student
+from rsdlib import paths, reference, tables
+from rsdlib.models import display_name
+from rsdlib.plots import comparison_rows
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwen3-0.6B/tailored": "rsd-p1"}  # paper row key (student/setting) -> our evaluated model
+rows: dict = {
+    "Qwen3-0.6B/base": "base", "Qwen3-0.6B/s1k-1.1": "reference", "Qwen3-0.6B/tailored": "rsd-p1",
+}  # paper row key (student/setting) -> our evaluated model
 
 # %%
-evaluation = load_evaluation(profile)
+evaluation = tables.load_evaluation(profile)
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
-check_row_keys(rows, reference.TABLE4, "Table 4")
+tables.check_row_keys(rows, reference.TABLE4, "Table 4")
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-ours = accuracy_rows(rows, evaluation, columns)
+ours = tables.accuracy_rows(rows, evaluation, columns)
 paper = [dict(r, label=r["label"] if r["setting"] != "base" else r["student"]) for r in reference.TABLE4]
 table = comparison_rows(ours, paper, columns, label_as="Models")
-name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
-intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="Qwen3-0.6B/base"), columns)
+tables.name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
+uncertainty = tables.accuracy_uncertainty(rows, profile, base_key="Qwen3-0.6B/base")
+intervals = tables.add_accuracy_intervals(table, uncertainty, columns)
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
@@ -64,7 +66,6 @@ notes = [
     "Transferred: trained on RSD traces made for Qwen3-0.6B; Tailored: trained on RSD traces made for itself.",
     "— : not produced in this profile.",
 ]
-notes += accuracy_interval_notes(intervals["problems"])
-write_table(table, "tab4_cross_model", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
-            sections=[intervals["section"]],
-            title="Table 4: cross-model evaluation, transferred vs tailored RSD traces (ours beside the paper)")
+tables.write_accuracy_table(table, "tab4_cross_model", profile, intervals, notes,
+                     title="Table 4: cross-model evaluation, transferred vs tailored RSD traces (ours beside the "
+                           "paper)")

@@ -31,25 +31,23 @@ import json
 
 import pandas as pd
 
-from rsdlib import paths, reference
-from rsdlib.plots import comparison_rows, write_table
-from rsdlib.tables import accuracy_interval_notes, accuracy_uncertainty, add_accuracy_intervals
-from rsdlib.reproduce import accuracy_rows, check_row_keys, load_evaluation, name_our_student
+from rsdlib import paths, reference, tables
+from rsdlib.plots import comparison_rows
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "rsd-p1": "rsd-p1", "rsd-p1-3step": "rsd-p1-3step"}  # paper row key -> our evaluated model
+rows: dict = {"base": "base", "rsd-p1": "rsd-p1", "rsd-p1-3step": "rsd-p1-3step"}  # paper row key -> our model
 
 # %%
-evaluation = load_evaluation(profile)
-check_row_keys(rows, reference.TABLE5, "Table 5")
+evaluation = tables.load_evaluation(profile)
+tables.check_row_keys(rows, reference.TABLE5, "Table 5")
 columns = [*reference.BENCHMARKS, "Average"]
 
 # %%
-table = comparison_rows(accuracy_rows(rows, evaluation, columns), reference.TABLE5, columns, label_as="Models")
+table = comparison_rows(tables.accuracy_rows(rows, evaluation, columns), reference.TABLE5, columns, label_as="Models")
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
-name_our_student(table, "base", manifest["pairs"]["main"]["student"])
-intervals = add_accuracy_intervals(table, accuracy_uncertainty(rows, profile, base_key="base"), columns)
+tables.name_our_student(table, "base", manifest["pairs"]["main"]["student"])
+intervals = tables.add_accuracy_intervals(table, tables.accuracy_uncertainty(rows, profile, base_key="base"), columns)
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
 
@@ -65,7 +63,5 @@ notes = [
      f"Multi-step row: no evaluated model {multi!r} (run notebooks 35_multistep and 40_evaluate)."),
     "— : not produced in this profile.",
 ]
-notes += accuracy_interval_notes(intervals["problems"])
-write_table(table, "tab5_multistep", profile, columns=shown, notes=notes, csv_columns=intervals["csv_columns"],
-            sections=[intervals["section"]],
-            title="Table 5: multi-step RSD (ours beside the paper)")
+tables.write_accuracy_table(table, "tab5_multistep", profile, intervals, notes,
+                     title="Table 5: multi-step RSD (ours beside the paper)")

@@ -32,20 +32,21 @@ import json
 import pandas as pd
 
 from rsdlib import paths, reference
+from rsdlib.models import display_name
 from rsdlib.plots import comparison_rows, interval_cell, write_table
 from rsdlib.tables import difference_mde_note, read_scores, trace_uncertainty
-from rsdlib.reproduce import display_name
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-pair_keys: dict = {"main": ""}  # pair run -> suffix of the paper row keys: "" for the Qwen3-0.6B rows, "-llama" for the Llama row
+pair_keys: dict = {"main": ""}  # pair run -> suffix of the paper row keys: "" (Qwen3-0.6B rows), "-llama" (Llama row)
 
 # %%
 analysis = json.loads(paths.input_file(profile, "analysis", "summary.json").read_text())
 manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
 unknown = set(pair_keys) - set(analysis["runs"])
 if unknown:
-    raise ValueError(f"pair_keys names runs notebook 10 did not make: {sorted(unknown)}; runs: {list(analysis['runs'])}")
+    raise ValueError(f"pair_keys names runs notebook 10 did not make: {sorted(unknown)}; "
+                     f"runs: {list(analysis['runs'])}")
 
 # %%
 ours = []
@@ -76,12 +77,14 @@ for run, methods in analysis["runs"].items():
 for r in rows:
     length = lengths.get(r["key"])
     r["Average token count (ours, 95% CI)"] = interval_cell(length, 0) if length else None
-    r["Average token count (ours) low"], r["Average token count (ours) high"] = (length.low, length.high) if length else (None, None)
+    low_high = (length.low, length.high) if length else (None, None)
+    r["Average token count (ours) low"], r["Average token count (ours) high"] = low_high
 rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in rows]  # the paper's header
 csv_columns = [c for c in rows[0] if c not in ("key", "Average token count (ours, 95% CI)")] if rows else []
 hidden = {"Average token count (ours)", "Average token count (ours) low", "Average token count (ours) high"}
 columns = ["Datasets", "Average token count (ours, 95% CI)",
-           *[c for c in rows[0] if c not in {"key", "Datasets", "Average token count (ours, 95% CI)", *hidden}]] if rows else []
+           *[c for c in rows[0] if c not in {"key", "Datasets", "Average token count (ours, 95% CI)", *hidden}]
+           ] if rows else []
 pd.DataFrame(rows)[columns]
 
 # %%

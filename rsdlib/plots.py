@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -86,17 +85,9 @@ def set_style() -> None:
     )
 
 
-def figures_dir(profile: str) -> Path:
-    """Folder for a profile's figures and tables (``$RSDLIB_FIGURES/<profile>`` overrides it)."""
-    env = os.environ.get("RSDLIB_FIGURES")
-    folder = Path(env).expanduser() / profile if env else paths.figures_dir(profile)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def save_figure(fig, name: str, profile: str, *, close: bool = False) -> list[Path]:
     """Save ``fig`` as ``<name>.pdf`` and ``<name>.png`` in the profile's figures folder."""
-    folder = figures_dir(profile)
+    folder = paths.figures_dir(profile)
     out = []
     for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None, "Creator": "rsdlib"}),
                       ("png", {"Software": "rsdlib"})):
@@ -237,7 +228,7 @@ def write_table(
     Markdown tables, each (heading, rows, columns), after the main one (e.g. paired differences).
     Returns both paths.
     """
-    folder = figures_dir(profile)
+    folder = paths.figures_dir(profile)
     rows = list(rows)
     columns = list(columns or (rows[0].keys() if rows else []))
     md = [f"# {title}", "", f"Ours: rsdlib reproduction, profile **{profile}**. Paper: arXiv 2509.22230.", ""]
@@ -346,3 +337,141 @@ def token_block_height(tokens: Sequence[str], axes_width_in: float, fontsize: fl
     width = max(10, int(axes_width_in * 72 / (MONO_ADVANCE * fontsize)) - 1)
     n_lines = len(token_lines(tokens, width)) + (1.3 if title else 0) + 0.5
     return n_lines * 1.45 * fontsize / 72
+
+
+def plot_loss_curves(trained: Mapping[str, Mapping], models_dir: Path, profile: str):
+    """Training loss per optimizer step of each trained model (``train_log.json``): a check, not a paper figure."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    set_style()
+    fig, ax = plt.subplots()
+    for i, (name, info) in enumerate(trained.items()):
+        log_path = Path(models_dir) / name / "train_log.json"
+        if info["final"] and log_path.is_file():
+            points = [(r["step"], r["loss"]) for r in json.loads(log_path.read_text()) if "loss" in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name, color=method_color(info["method"], i))
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"Training loss per dataset ({profile})")
+    ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures 5 and 7: a teacher-written trace beside the RSD trace of the same problem
+# ----------------------------------------------------------------------------------------------
+def pick_excerpt_pair(scores, left: Sequence[str], right: str):
+    """(left row, right row) of notebook 20's scores: same problem, kept traces preferred, the ``left``
+    methods in the given order; without a common problem, any left trace."""
+    rights = scores[scores["method"] == right].sort_values("kept", ascending=False)
+    for want_kept in (True, False):
+        for _, r in rights.iterrows():
+            if want_kept and not r["kept"]:
+                continue
+            for m in left:
+                cand = scores[(scores["method"] == m) & (scores["problem_id"] == r["problem_id"])]
+                cand = cand.sort_values("kept", ascending=False)
+                if len(cand) and (cand.iloc[0]["kept"] or not want_kept):
+                    return cand.iloc[0], r
+    for m in left:  # no common problem: any left trace
+        cand = scores[scores["method"] == m]
+        if len(cand):
+            return cand.sort_values("kept", ascending=False).iloc[0], rights.iloc[0]
+    raise ValueError(f"no scored trace of any of {left}")
+
+
+def render_excerpts(rows: Sequence, n_tokens: int, name: str, fontsize: float, title: str, *, threshold: float,
+                    profile: str, run: str, width: float = 12.0):
+    """Two traces side by side, their first ``n_tokens`` tokens, those below ``threshold`` in red; saved."""
+    import matplotlib.pyplot as plt
+
+    log_th = math.log(threshold)
+
+    def side_title(row, n):
+        low = sum(lp < log_th for lp in row["token_logprobs"][:n])
+        kept = "" if row["kept"] else ", not a kept trace"
+        return (f"{row['method']} (sample {row['sample_index']}{kept}): {low} of {min(n, row['n_tokens'])} tokens "
+                f"< {threshold:g}")
+
+    left_row, right_row = rows
+    set_style()
+    need = max(token_block_height(list(r["tokens"][:n_tokens]), width * 0.46, fontsize) for r in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(width, min(24.0, need + 0.9)))
+    same = left_row["problem_id"] == right_row["problem_id"]
+    problem = left_row["problem_id"] if same else f"{left_row['problem_id']} / {right_row['problem_id']}"
+    fig.suptitle(f"{title}: {problem} (red: probability < {threshold:g} under the student)", fontsize=10)
+    fig.tight_layout()  # before drawing: the token layout follows the final axes size
+    for ax, row in zip(axes, rows):
+        toks = list(row["tokens"][:n_tokens])
+        hl = [lp < log_th for lp in row["token_logprobs"][:n_tokens]]
+        draw_tokens(ax, toks, hl, fontsize=fontsize, title=side_title(row, n_tokens))
+    profile_note(profile, fig, extra=f"pair {run}")
+    save_figure(fig, name, profile)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure 1: the RSD loop, and the average accuracy bars
+# ----------------------------------------------------------------------------------------------
+def draw_rsd_loop(ax) -> None:
+    """Figure 1, left: the teacher proposes, the student keeps the token or samples its own (Algorithm 1)."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    def box(xy, w, h, text, color):
+        ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02,rounding_size=0.03", fc=color, ec="#333333",
+                                    lw=1))
+        ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=8.5, wrap=True)
+
+    def arrow(a, b, text="", color="#333333", offset=(0, 0), rad=0.0):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=12, lw=1.2, color=color,
+                                     connectionstyle=f"arc3,rad={rad}"))
+        if text:
+            ax.text((a[0] + b[0]) / 2 + offset[0], (a[1] + b[1]) / 2 + offset[1], text, fontsize=7.5,
+                    ha="center", va="center", color=color)
+
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    box((0.02, 0.72), 0.26, 0.18, "Teacher\n(large model)\nproposes y ~ P_t", "#fde0c5")
+    box((0.38, 0.72), 0.28, 0.18, "Student checks\nP_s(y) ≥ p_th ?", "#dbe9f6")
+    box((0.74, 0.72), 0.24, 0.18, "keep the\nteacher's token y", "#d9f0d3")
+    box((0.38, 0.34), 0.28, 0.18, "fallback:\nstudent samples\ny ~ P_s", "#e7e1ef")
+    box((0.38, 0.02), 0.60, 0.16, "context ← context + y   (stop at end of turn)\n"
+        "rejection sampling keeps a correct trace per problem", "#f0f0f0")
+    arrow((0.28, 0.81), (0.38, 0.81), "y", offset=(0, 0.035))
+    arrow((0.66, 0.81), (0.74, 0.81), "yes", color="#238b45", offset=(0, 0.035))
+    arrow((0.52, 0.72), (0.52, 0.52), "no: improbable\nfor the student", color="#cb181d", offset=(0.12, 0))
+    arrow((0.86, 0.72), (0.86, 0.18))
+    arrow((0.52, 0.34), (0.52, 0.18))
+    arrow((0.38, 0.10), (0.15, 0.72), "next\nstep", rad=-0.25, offset=(-0.11, -0.02))
+    ax.set_title("Reverse Speculative Decoding: teacher proposes, student decides", fontsize=10)
+
+
+def draw_accuracy_bars(ax, ours: Mapping[str, float], intervals: Mapping, rsd_method: str, profile: str) -> None:
+    """Figure 1, right: the paper's average accuracy bars, ours beside them (with 95% intervals) when evaluated."""
+    from rsdlib import reference
+
+    labels = [b["label"] for b in reference.FIGURE1_BARS]
+    keys = [b["key"] for b in reference.FIGURE1_BARS]
+    xs = range(len(keys))
+    width = 0.38 if ours else 0.6
+    paper_x = [x - width / 2 for x in xs] if ours else list(xs)
+    bars = ax.bar(paper_x, [b["Average"] for b in reference.FIGURE1_BARS], width=width, color=PAPER_COLOR,
+                  edgecolor="#555555", label="paper (Qwen3-0.6B)")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    if ours:
+        ours_bars = ax.bar([x + width / 2 for x in xs], [ours.get(k, 0) for k in keys], width=width,
+                           color=[method_color({"rsd-p1": rsd_method}.get(k, k)) for k in keys],
+                           label=f"ours ({profile})", yerr=error_bar([intervals.get(k) for k in keys]), capsize=4,
+                           error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        ax.bar_label(ours_bars, labels=[f"{ours[k]:.2f}" if k in ours else "not run" for k in keys], fontsize=8)
+    else:
+        ax.text(0.98, 0.98, "ours: no evaluation results\nfor this profile yet\n(evaluation stage not run)",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#cb181d")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_ylim(0, max([b["Average"] * 1.35 for b in reference.FIGURE1_BARS]
+                       + [iv.high * 1.1 for iv in intervals.values() if iv is not None]))
+    ax.set_title("Average of AIME24, AIME25, GPQA Diamond, MATH500", fontsize=10)
+    ax.legend(loc="upper left")

@@ -13,7 +13,8 @@ assistant turn is opened with ``<think>\\n``. Other styles are named options (``
   "Please reason step by step, and put your final answer within \\boxed{}." (Qwen's math prompt;
   the demo profile's, tuned on the embedded coder pair).
 
-The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>`` as tokens (Qwen3) get them
+The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>``
+as tokens (Qwen3) get them
 as single ids; others (the embedded Qwen2.5 pair, s1.1) get the same delimiters as plain text.
 The prompt is built in the STUDENT's ids; the teacher sees it through the vocabulary bridge.
 """
@@ -21,6 +22,7 @@ The prompt is built in the STUDENT's ids; the teacher sees it through the vocabu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -61,7 +63,8 @@ class PromptStyle:
     def __post_init__(self) -> None:
         self.think_close_aliases = tuple(self.think_close_aliases)
         if any(not a or a == self.think_close for a in self.think_close_aliases):
-            raise ValueError(f"think_close_aliases must be non-empty and differ from think_close, got {self.think_close_aliases!r}")
+            raise ValueError("think_close_aliases must be non-empty and differ from think_close, "
+                             f"got {self.think_close_aliases!r}")
 
     @classmethod
     def named(cls, name: str, **overrides) -> "PromptStyle":
@@ -98,14 +101,26 @@ def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int
     return list(tokenizer(prompt_text(tokenizer, problem, style), add_special_tokens=False)["input_ids"])
 
 
-def turn_end_id(tokenizer) -> int:
-    """The id that closes an assistant turn: ``<|im_end|>`` / ``<|eot_id|>`` when present, else eos.
+def vocab_id(tokenizer, token: str) -> int | None:
+    """Id of one token of the tokenizer's vocabulary (added tokens included), else None (not the unknown
+    token's id; the id must map back to the token where the tokenizer can say so)."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(tid, int) or tid < 0:
+        return None
+    if tid == getattr(tokenizer, "unk_token_id", None) and token != getattr(tokenizer, "unk_token", None):
+        return None
+    back = getattr(tokenizer, "convert_ids_to_tokens", None)
+    return tid if back is None or back(tid) == token else None
+
+
+def turn_end_id(tokenizer, tokens: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> int:
+    """The id that closes an assistant turn: the first of ``tokens`` in the vocabulary, else eos.
 
     A full training example must end with it (rsdlib.train supervises it so the student learns to stop).
     """
-    for token in ("<|im_end|>", "<|eot_id|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid >= 0 and tokenizer.convert_ids_to_tokens(tid) == token:
+    for token in tokens:
+        tid = vocab_id(tokenizer, token)
+        if tid is not None:
             return tid
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no end-of-turn or eos token")
@@ -114,12 +129,7 @@ def turn_end_id(tokenizer) -> int:
 
 def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
     """Ids that end an assistant turn: ``<|im_end|>`` when the vocabulary has it, and eos."""
-    ids = set()
-    for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
-            if tokenizer.convert_ids_to_tokens(tid) == token:
-                ids.add(tid)
+    ids = {tid for t in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>") if (tid := vocab_id(tokenizer, t)) is not None}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     if not ids:
@@ -142,3 +152,22 @@ def worked_solution_completion(solution: str, gold: str | None, think_close: str
     """
     text = f"{(solution or '').strip()}\n{think_close}"
     return text + (f"\n\nThe final answer is $\\boxed{{{gold}}}$." if gold else "")
+
+
+def prompt_style(values: dict):
+    """A ``rsdlib.prompts.PromptStyle`` from a parameter dict; a shot may be given by the name of a
+    constant of ``rsdlib.prompts`` (e.g. ``shots: [FORMAT_SHOT]``) instead of its (question, response)."""
+    values = dict(values)
+    name = values.pop("style", "figure7")  # a named style of rsdlib.PROMPT_STYLES, then overrides
+    if name not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {name!r}; styles: {', '.join(PROMPT_STYLES)}")
+    values = {**PROMPT_STYLES[name], **values}
+    shots = []
+    for shot in values.pop("shots", ()) or ():
+        if isinstance(shot, str):
+            if not shot.isupper() or not isinstance(globals().get(shot), tuple):
+                raise ValueError(f"unknown shot {shot!r}: name a (question, response) constant of rsdlib.prompts")
+            shot = globals()[shot]
+        question, response = shot
+        shots.append((question, response))
+    return PromptStyle(**values, shots=tuple(shots))

@@ -34,10 +34,6 @@ For each notebook ``notebooks/<name>.py`` (jupytext percent format) the driver
 The profile name is passed to every notebook as its ``profile`` parameter; ``--force`` sets the
 ``force`` parameter of the notebooks that declare one (the expensive stages).
 
-Also here, because several notebooks need them: ``make_pair`` (a teacher/student pair from two
-model specs, including ``tiny:teacher`` / ``tiny:student``, the random tiny pair of the smoke
-profile) and ``select_problems`` (the benchmark subset of a profile, disjoint trace / evaluation
-halves by ``rsdlib.data.split_by_hash``).
 """
 
 from __future__ import annotations
@@ -85,7 +81,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec("40_evaluate", depends=("30_train",), reads=("35_multistep",)),  # its models too, when present
     NotebookSpec("tab1_main_results", depends=("40_evaluate",), tables=("tab1_main_results",)),
     NotebookSpec("tab2_dataset_stats", depends=("20_trace_analysis",), tables=("tab2_dataset_stats",)),
-    NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"), tables=("tab3_compute_equivalent",)),
+    NotebookSpec("tab3_compute_equivalent", depends=("20_trace_analysis", "40_evaluate"),
+                 tables=("tab3_compute_equivalent",)),
     NotebookSpec("tab4_cross_model", depends=("40_evaluate",), tables=("tab4_cross_model",)),
     NotebookSpec("tab5_multistep", depends=("40_evaluate",), reads=("35_multistep",), tables=("tab5_multistep",)),
     NotebookSpec("tab6_trace_lengths", depends=("20_trace_analysis",), tables=("tab6_trace_lengths",)),
@@ -204,7 +201,8 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, P
         try:
             default = ast.literal_eval(node.value)
         except ValueError:
-            raise ParameterError(f"{where}, line {node.lineno}: the value of {node.target.id!r} is not a literal") from None
+            raise ParameterError(f"{where}, line {node.lineno}: the value of {node.target.id!r} is not a "
+                                 "literal") from None
         line = lines[node.end_lineno - 1]
         help_text = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
         out[node.target.id] = Parameter(node.target.id, ast.unparse(node.annotation), default, help_text)
@@ -360,7 +358,8 @@ def _error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}"
 
 
-def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Path, timeout: float | None) -> NotebookResult:
+def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Path,
+                 timeout: float | None) -> NotebookResult:
     """Convert and execute one notebook; never raises for a failure inside the notebook."""
     import jupytext
     import papermill as pm
@@ -538,8 +537,6 @@ def reproduce(
     ``threads``: torch CPU threads in the kernels (on a CPU shared with other busy processes, 1 thread
     decodes several times faster than 2). All parameter files are checked before the first notebook starts.
     """
-    from rsdlib.plots import figures_dir
-
     resolved = resolve_profile(profile, params_dir)
     profile, params_dir = resolved.name, resolved.params_dir
     names = [nb.name for nb in NOTEBOOKS]
@@ -574,7 +571,7 @@ def reproduce(
             raise RunConflictError(
                 f"profile {profile!r} is being reproduced by another run (lock {results_root / '.lock'} is held): "
                 "wait for it to finish or stop it; nothing was run or overwritten") from None
-        return _run_plan(plan, profile, results_root, figures_dir(profile), force=force,
+        return _run_plan(plan, profile, results_root, paths.figures_dir(profile), force=force,
                          skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo)
 
 
@@ -733,184 +730,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per notebook kernel")
     return main_reproduce(parser.parse_args(argv))
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers shared by the notebooks: model pairs and problem subsets
-# ----------------------------------------------------------------------------------------------
-from rsdlib.standins import (STANDIN_PREFIX, TINY_PREFIX, TINY_SPECS, standin_folder,  # noqa: E402,F401
-                             tiny_model_folder, tiny_tokenizer)
-
-
-def model_location(spec: str) -> str:
-    """What ``rsdlib.models.load_model`` (and training) should read for a model spec."""
-    if spec.startswith(TINY_PREFIX):
-        return str(tiny_model_folder(spec[len(TINY_PREFIX):]))
-    if spec.startswith(STANDIN_PREFIX):  # params/paper-dry: the stand-in of a paper model (rsdlib.standins)
-        return str(standin_folder(spec[len(STANDIN_PREFIX):]))
-    return spec
-
-
-def display_name(spec: str) -> str:
-    """Short model name for labels: the embedded model's name, the last part of a path or hub id."""
-    if spec.startswith("embedded:"):
-        from rsdlib import embedded
-
-        role = spec.split(":", 1)[1]
-        return embedded.EMBEDDED[role].name if role in embedded.EMBEDDED else spec
-    if spec.startswith(TINY_PREFIX):
-        return "tiny-" + spec[len(TINY_PREFIX):]
-    if spec.startswith(STANDIN_PREFIX):
-        return "standin-" + spec[len(STANDIN_PREFIX):].rstrip("/").rsplit("/", 1)[-1]
-    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
-
-
-def make_pair(teacher: str, student: str, *, dtype: str = "auto", device: str = "auto"):
-    """A ``rsdlib.models.ModelPair`` with its vocabulary bridge, from two model specs.
-
-    Specs: ``tiny:teacher`` / ``tiny:student`` (random tiny models, smoke profile), ``embedded:teacher`` /
-    ``embedded:student`` (the embedded pair), a local folder, a .gguf file or a hub id.
-    """
-    from rsdlib.bridge import VocabBridge
-    from rsdlib.models import ModelPair, load_model, logit_rows
-
-    t_model, t_tok = load_model(model_location(teacher), dtype=dtype, device=device)
-    s_model, s_tok = load_model(model_location(student), dtype=dtype, device=device)
-    bridge = VocabBridge.from_tokenizers(t_tok, s_tok, logit_rows(t_model), logit_rows(s_model))
-    name = f"{display_name(teacher)}->{display_name(student)}"
-    return ModelPair(teacher=t_model, student=s_model, teacher_tokenizer=t_tok, student_tokenizer=s_tok,
-                     name=name, bridge=bridge)
-
-
-def load_student(student: str, *, dtype: str = "auto", device: str = "auto"):
-    """(model, tokenizer) of one model spec (used to score traces under the student)."""
-    from rsdlib.models import load_model
-
-    return load_model(model_location(student), dtype=dtype, device=device)
-
-
-def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: str = "all",
-                    split_fraction: float = 0.5, split_salt: str = "rsdlib", require_gold: bool = True,
-                    skip_diagrams: bool = False, source: str = "shipped") -> list:
-    """A profile's problems: ``split`` "trace" / "eval" are the two disjoint halves of ``split_by_hash``
-    (trace generation and evaluation never share a problem), "all" the whole benchmark; then ``pick``
-    "first" (file order) or "easiest" (lowest MATH500 level) ``n`` problems (0 = all).
-    ``skip_diagrams`` leaves out problems drawn with Asymptote code (``[asy]``), hard for text models.
-    ``source``: "shipped" (the pinned copy in rsdlib, default) or "hub" (``rsdlib.data.load_benchmark``).
-    """
-    from rsdlib.data import answer_checkable, easiest, load_benchmark, split_by_hash
-
-    if pick not in ("first", "easiest"):
-        raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
-    if split not in ("all", "trace", "eval"):
-        raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
-    problems = load_benchmark(benchmark, source=source)
-    if require_gold:
-        problems, _ = answer_checkable(problems)
-    if split != "all":
-        trace_part, eval_part = split_by_hash(problems, split_fraction, salt=split_salt)
-        problems = trace_part if split == "trace" else eval_part
-    if skip_diagrams:
-        problems = [p for p in problems if "[asy]" not in p.question]
-    if n:
-        problems = easiest(problems, n) if pick == "easiest" else problems[:n]
-    if not problems:
-        raise ValueError(f"no {benchmark} problems selected (split {split!r}, split_fraction {split_fraction}, "
-                         f"split_salt {split_salt!r}, n {n}, skip_diagrams {skip_diagrams}): nothing to run. "
-                         "Check split_fraction (0 leaves the trace half empty, 1 the eval half) and n_problems.")
-    return problems
-
-
-
-
-def trace_run_stats(folder: str | Path) -> dict:
-    """Table 2 / Table 6 numbers of one trace folder, computed from its files (not its summary.json).
-
-    Reads ``config.json`` (mode, threshold, the problems attempted), ``dataset.jsonl`` (kept full
-    traces and prefixes) and ``samples.jsonl`` (per-token fallback flags). Fallback rate (%) is over
-    the tokens of the kept traces, for rsd/skd runs only; a folder of pre-existing traces (no decoding
-    config) has mode "reference".
-    """
-    import json
-
-    from rsdlib.traces import read_jsonl_resumable, unique_samples
-
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    decoding = (config.get("config") or {}).get("decoding") or {}
-    mode = decoding.get("mode", "reference")
-    dataset = read_jsonl_resumable(folder / "dataset.jsonl")
-    all_samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
-    samples = [s for s in all_samples if not s.get("prefix_only")]  # prefix-only generations are not attempts
-    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
-    full = [e for e in dataset if e["kind"] == "full"]
-    kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
-    tokens = sum(len(e["completion_ids"]) for e in full)
-    fallback = sum(sum(bool(x) for x in (s.get("fallback") or [])) for s in kept)
-    return {
-        "mode": mode,
-        "threshold": decoding.get("threshold") if mode in ("rsd", "skd") else None,
-        "problems": len(config.get("problems", [])),
-        "solved": len(full),
-        "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
-        "training_examples": len(dataset),  # full + prefix: the paper's RSD-1% set is 180 + 820 = 1,000
-        "prefix_only_problems": len(config.get("prefix_only_problems", [])),
-        "samples": len(samples),
-        "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
-        "avg_tokens": tokens / len(full) if full else None,
-        "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
-    }
-
-
-def prompt_style(values: dict):
-    """A ``rsdlib.prompts.PromptStyle`` from a parameter dict; a shot may be given by the name of a
-    constant of ``rsdlib.prompts`` (e.g. ``shots: [FORMAT_SHOT]``) instead of its (question, response)."""
-    from rsdlib import prompts
-
-    values = dict(values)
-    name = values.pop("style", "figure7")  # a named style of rsdlib.prompts.PROMPT_STYLES, then overrides
-    if name not in prompts.PROMPT_STYLES:
-        raise ValueError(f"unknown prompt style {name!r}; styles: {', '.join(prompts.PROMPT_STYLES)}")
-    values = {**prompts.PROMPT_STYLES[name], **values}
-    shots = []
-    for shot in values.pop("shots", ()) or ():
-        if isinstance(shot, str):
-            if not shot.isupper() or not isinstance(getattr(prompts, shot, None), tuple):
-                raise ValueError(f"unknown shot {shot!r}: name a (question, response) constant of rsdlib.prompts")
-            shot = getattr(prompts, shot)
-        question, response = shot
-        shots.append((question, response))
-    return prompts.PromptStyle(**values, shots=tuple(shots))
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared by the accuracy tables (Tables 1, 3, 4, 5)
-# ----------------------------------------------------------------------------------------------
-def load_evaluation(profile: str) -> dict:
-    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
-    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
-
-
-def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:
-    """Refuse row keys that are not rows of the paper's table (``rsdlib.reference``)."""
-    known = [r["key"] for r in paper_rows]
-    unknown = set(rows) - set(known)
-    if unknown:
-        raise ValueError(f"rows: unknown {table} keys {sorted(unknown)}; known: {known}")
-
-
-def accuracy_rows(rows: dict, evaluation: dict, columns: Sequence[str]) -> list[dict]:
-    """Our table rows: {paper row key: our evaluated model} -> [{"key", column: value}], evaluated ones only."""
-    models = evaluation["models"]
-    return [{"key": key, **{c: models[m].get(c) for c in columns}} for key, m in rows.items() if m in models]
-
-
-def name_our_student(table: list[dict], base_key: str, student_spec: str) -> None:
-    """The paper's base student is not ours: name both in the base row's label (in place)."""
-    ours = display_name(student_spec)
-    for r in table:
-        if r["key"] == base_key:
-            r["Models"] = f"{r['Models']} (ours: {ours})"
 
 
 if __name__ == "__main__":

@@ -24,24 +24,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rsdlib import paths, reference
-from rsdlib.metrics import (
-    SEED,
-    RESAMPLES,
-    Interval,
-    accuracy_difference_se,
-    bootstrap_accuracy,
-    bootstrap_average_accuracy,
-    bootstrap_mean,
-    bootstrap_ratio,
-    minimum_detectable_effect,
-    paired_accuracy_difference,
-    paired_ratio_difference,
-    wilson_interval,
-)
+from rsdlib import metrics, paths, reference
+from rsdlib.metrics import RESAMPLES, SEED, Interval, wilson_interval
 from rsdlib.plots import interval_cell
 
 CI = "95% CI"
@@ -61,7 +47,8 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
 
     out = {}
     for bench in benchmarks:
-        path = paths.results_dir(profile) / "eval" / model / reference.BENCHMARK_KEYS.get(bench, bench) / "samples.jsonl"
+        folder = paths.results_dir(profile) / "eval" / model
+        path = folder / reference.BENCHMARK_KEYS.get(bench, bench) / "samples.jsonl"
         if not path.is_file():
             continue
         by_problem: dict[str, dict[int, bool]] = defaultdict(dict)
@@ -87,14 +74,14 @@ def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str
     for key, per_bench in correctness.items():
         if not per_bench:
             continue
-        ours = {b: bootstrap_accuracy(list(per_bench[b].values()), seed=seed, resamples=resamples).scaled(100)
+        ours = {b: metrics.bootstrap_accuracy(list(per_bench[b].values()), seed=seed, resamples=resamples).scaled(100)
                 for b in benchmarks if b in per_bench}
         if len(ours) == len(benchmarks):
-            ours["Average"] = bootstrap_average_accuracy({b: list(per_bench[b].values()) for b in benchmarks},
+            ours["Average"] = metrics.bootstrap_average_accuracy({b: list(per_bench[b].values()) for b in benchmarks},
                                                          seed=seed, resamples=resamples).scaled(100)
         entry = {"ours": ours, "vs_base": {}}
         if key != base_key and base and set(base) == set(per_bench):
-            diffs = paired_accuracy_difference(per_bench, base, seed=seed, resamples=resamples)
+            diffs = metrics.paired_accuracy_difference(per_bench, base, seed=seed, resamples=resamples)
             if set(per_bench) != set(benchmarks):
                 diffs.pop("Average", None)
             entry["vs_base"] = {b: iv.scaled(100) for b, iv in diffs.items()}
@@ -107,11 +94,11 @@ def accuracy_mde_note(problems: Mapping[str, int]) -> str:
     if not problems:
         return ""
     def points(se: float) -> str:  # an MDE above 100 points: no difference between two rows is detectable
-        mde = 100 * minimum_detectable_effect(se)
+        mde = 100 * metrics.minimum_detectable_effect(se)
         return f"{mde:.0f}" if mde <= 100 else "none (> 100)"
 
-    per = ", ".join(f"{b}: {points(accuracy_difference_se([n]))}" for b, n in problems.items())
-    avg = points(accuracy_difference_se(problems))
+    per = ", ".join(f"{b}: {points(metrics.accuracy_difference_se([n]))}" for b, n in problems.items())
+    avg = points(metrics.accuracy_difference_se(problems))
     return (f"Minimum detectable effect (the smallest true accuracy difference between two rows that this "
             f"profile's problem counts detect with 80% power, two-sided 5%, worst case p = 0.5, one sample per "
             f"problem): {per} points; Average: {avg} points. A smaller difference, or one whose interval "
@@ -170,6 +157,16 @@ def accuracy_interval_notes(problems: Mapping[str, int]) -> list[str]:
     ]
 
 
+def write_accuracy_table(table: list[dict], name: str, profile: str, intervals: Mapping, notes: Sequence[str],
+                         title: str) -> list:
+    """An accuracy table (Tables 1, 3, 4, 5) with its interval columns, the interval notes and the MDE section."""
+    from rsdlib.plots import write_table
+
+    return write_table(table, name, profile, columns=intervals["columns"], title=title,
+                       notes=[*notes, *accuracy_interval_notes(intervals["problems"])],
+                       csv_columns=intervals["csv_columns"], sections=[intervals["section"]])
+
+
 def _plain(value: Any, digits: int) -> str:
     from rsdlib.plots import format_value
 
@@ -212,12 +209,12 @@ def trace_uncertainty(scores: Sequence[dict], analysis: Mapping[str, Mapping], *
         if row.get("problems") and row.get("mode") != "reference":  # pre-existing traces are not attempts
             entry["solved"] = wilson_interval(int(row["solved"]), int(row["problems"])).scaled(100)
         if mine:
-            entry["sub_threshold"] = bootstrap_ratio([_low_count(r, threshold) for r in mine],
+            entry["sub_threshold"] = metrics.bootstrap_ratio([_low_count(r, threshold) for r in mine],
                                                      [r["n_tokens"] for r in mine], **kw).scaled(100)
-            entry["perplexity"] = bootstrap_mean([r["perplexity"] for r in mine], **kw)
-            entry["length"] = bootstrap_mean([r["n_tokens"] for r in mine], **kw)
+            entry["perplexity"] = metrics.bootstrap_mean([r["perplexity"] for r in mine], **kw)
+            entry["length"] = metrics.bootstrap_mean([r["n_tokens"] for r in mine], **kw)
             if row.get("mode") in ("rsd", "skd") and all(r.get("fallback") for r in mine):
-                entry["fallback"] = bootstrap_ratio([sum(bool(x) for x in r["fallback"]) for r in mine],
+                entry["fallback"] = metrics.bootstrap_ratio([sum(bool(x) for x in r["fallback"]) for r in mine],
                                                     [len(r["fallback"]) for r in mine], **kw).scaled(100)
         out[method] = entry
     return out
@@ -238,7 +235,7 @@ def sub_share_difference(scores: Sequence[dict], method: str, baseline: str = "t
     ids = sorted(set(per[method]) | set(per[baseline]))
     a = [per[method].get(i, [0, 0]) for i in ids]
     b = [per[baseline].get(i, [0, 0]) for i in ids]
-    return paired_ratio_difference([x[0] for x in a], [x[1] for x in a], [x[0] for x in b], [x[1] for x in b],
+    return metrics.paired_ratio_difference([x[0] for x in a], [x[1] for x in a], [x[0] for x in b], [x[1] for x in b],
                                    seed=seed, resamples=resamples).scaled(100)
 
 
@@ -254,7 +251,7 @@ def difference_mde_note(what: str, intervals: Sequence[Interval], units: str, *,
     se = ses[len(ses) // 2] * (math.sqrt(2) if two_rows else 1.0)
     how = "2.80 x sqrt(2) x a row's bootstrap standard error" if two_rows else "2.80 x its bootstrap standard error"
     return (f"Minimum detectable effect of {what} (80% power, two-sided 5%; {how}, median over the rows): "
-            f"{minimum_detectable_effect(se):.2f} {units}.")
+            f"{metrics.minimum_detectable_effect(se):.2f} {units}.")
 
 
 def add_solved_interval(row: dict, column: str, solved: int, problems: int, digits: int = 0) -> None:
@@ -301,3 +298,131 @@ def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str,
                    "Sub-1% Δ vs teacher", "Sub-1% Δ vs teacher low", "Sub-1% Δ vs teacher high",
                    "Sub-1% Δ vs teacher excludes 0"]
     return {"columns": columns, "csv_columns": csv_columns}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the accuracy tables (Tables 1, 3, 4, 5)
+# ----------------------------------------------------------------------------------------------
+def load_evaluation(profile: str) -> dict:
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
+    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+
+
+def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:
+    """Refuse row keys that are not rows of the paper's table (``rsdlib.reference``)."""
+    known = [r["key"] for r in paper_rows]
+    unknown = set(rows) - set(known)
+    if unknown:
+        raise ValueError(f"rows: unknown {table} keys {sorted(unknown)}; known: {known}")
+
+
+def accuracy_rows(rows: dict, evaluation: dict, columns: Sequence[str]) -> list[dict]:
+    """Our table rows: {paper row key: our evaluated model} -> [{"key", column: value}], evaluated ones only."""
+    models = evaluation["models"]
+    return [{"key": key, **{c: models[m].get(c) for c in columns}} for key, m in rows.items() if m in models]
+
+
+def name_our_student(table: list[dict], base_key: str, student_spec: str) -> None:
+    """The paper's base student is not ours: name both in the base row's label (in place)."""
+    from rsdlib.models import display_name
+
+    ours = display_name(student_spec)
+    for r in table:
+        if r["key"] == base_key:
+            r["Models"] = f"{r['Models']} (ours: {ours})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 2: dataset characteristics of each trace generator
+# ----------------------------------------------------------------------------------------------
+NOT_APPLICABLE = "Not Applicable"
+REFERENCE_LABEL = {"s1k-1.1": "s1K-1.1", "math500_solutions": "s1K-1.1 stand-in: MATH500 worked solutions"}
+
+
+def dataset_stats(profile: str, run: str, analysis: Mapping, manifest: Mapping) -> dict:
+    """Table 2's rows (ours beside the paper's) with 95% intervals: Wilson for solved counts, bootstrap over
+    traces for the shares, each method's sub-1% share against the teacher's. Returns {"rows", "columns",
+    "csv_columns", "differences"}."""
+    from rsdlib.plots import comparison_rows
+
+    threshold = analysis["threshold"]
+    full_scale = "s1k-solutions" in analysis["runs"][run]  # notebook 20 scored the 1,000 s1K worked solutions
+    # our method name -> the paper's row key: the pre-existing-traces row is the full s1K set where it was scored
+    key_of = ({"s1k-solutions": "s1k-1.1", "reference": "reference (training)"} if full_scale
+              else {"reference": "s1k-1.1"})
+    ours = []
+    for method, row in analysis["runs"][run].items():
+        key = key_of.get(method, method)
+        solved = f"{row['solved']}/{row['problems']}"
+        fallback = row["fallback_rate"] if row["mode"] in ("rsd", "skd") else NOT_APPLICABLE
+        if row["mode"] in ("rsd", "skd") and row["kept_traces"] == 0:
+            fallback = None  # no training trace: nothing to measure
+        label = REFERENCE_LABEL.get(manifest.get("reference"), "s1K-1.1") if method == "reference" else None
+        if method == "s1k-solutions":
+            label = (f"s1K-1.1 stand-in: {row['problems']:,} of the 1,000 s1K worked solutions "
+                     "(teacher-forced, no generation)")
+        elif method == "reference" and full_scale:
+            label = f"{label} (the '+ s1K-1.1' training set)"
+        ours.append({"key": key, "method": method, "label": label or method, "Correctly solved": solved,
+                     "Fallback rate (%)": fallback, "Sub-1% tokens (%)": row["sub_threshold_tokens"],
+                     "kept traces": row["kept_traces"]})
+    paper = [dict(r, **{"Fallback rate (%)": r["Fallback rate (%)"] if r["Fallback rate (%)"] is not None
+                        else NOT_APPLICABLE}) for r in reference.TABLE2]
+    rows = comparison_rows(ours, paper, ["Correctly solved", "Fallback rate (%)", "Sub-1% tokens (%)"])
+    by_key = {r["key"]: r for r in ours}
+    for r in rows:  # our labels for rows the paper lacks, and the reference stand-in's name
+        if r["key"] in by_key and (r["key"] == "s1k-1.1" or r["label"] == r["key"]):
+            r["label"] = by_key[r["key"]]["label"]
+    rows = [{("Datasets" if k == "label" else k): v for k, v in r.items()} for r in rows]  # the paper's header
+    scores = read_scores(profile)
+    uncertainty = trace_uncertainty(scores, analysis["runs"][run], run=run, threshold=threshold)
+    differences = {m: sub_share_difference(scores, m, "teacher", run=run, threshold=threshold)
+                   for m, r in analysis["runs"][run].items() if m != "teacher" and r["mode"] != "reference"}
+    layout = add_trace_intervals(rows, uncertainty, {r["key"]: r["method"] for r in ours}, differences)
+    return {"rows": rows, "columns": layout["columns"], "csv_columns": layout["csv_columns"],
+            "differences": differences}
+
+
+def training_composition_rows(profile: str, manifest: Mapping) -> list[dict]:
+    """Full / prefix / total training examples of every trace run (the hybrid recipe), printed as well."""
+    from rsdlib.traces import trace_run_stats
+
+    composition = []
+    for run_name, run_methods in manifest["methods"].items():
+        for m in run_methods:
+            st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
+            composition.append({"pair": run_name, "method": m, "full": st["solved"], "prefix": st["prefix_examples"],
+                                "total": st["training_examples"]})
+            print(f"{run_name}/{m}: {st['solved']} full + {st['prefix_examples']} prefix = "
+                  f"{st['training_examples']} examples")
+    return composition
+
+
+def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differences: Mapping) -> list[str]:
+    """The notes under Table 2: what was run, how each column is counted, the intervals."""
+    from rsdlib.models import display_name
+
+    trace_cfg = manifest["job"] | {"max_new_tokens": manifest["decoding"].get("max_new_tokens")}
+    pair = manifest["pairs"][run]
+    notes = [
+        f"Ours: {display_name(pair['teacher'])} teaching {display_name(pair['student'])}, "
+        f"{len(manifest['problems'])} {manifest['benchmark']} problems, {trace_cfg.get('samples_per_problem')} samples "
+        f"per problem, at most {trace_cfg.get('max_new_tokens')} new tokens. Paper: s1.1-7B teaching Qwen3-0.6B, "
+        "1,000 s1K problems, 16 samples, 8k context.",
+        "Correctly solved: the teacher over all problems; the other methods over the problems the teacher solved"
+        + ("" if manifest["restrict_to_teacher_solved"] else " (not restricted in this profile: over all problems)")
+        + ".",
+        f"Sub-1% tokens: tokens of the kept (training) traces with probability below {threshold:g} under the "
+        "student, teacher-forced, pooled over all tokens. Fallback rate: over the same traces.",
+        "— : not produced (the method kept no trace, or the paper has no such row).",
+        "95% CI: Wilson interval for Correctly solved; bootstrap over traces (2,000 resamples, seeded; a trace's "
+        "tokens stay together) for the fallback rate and the sub-1% share. Δ vs teacher: the row's sub-1% share "
+        "minus the teacher's, problems resampled jointly; * : its interval excludes 0. The paper reports no "
+        "intervals.",
+        difference_mde_note("a sub-1% share difference to the teacher", [d for d in differences.values() if d],
+                            "points"),
+    ]
+    if manifest.get("reference") == "math500_solutions":
+        notes.append("s1K-1.1 (DeepSeek-R1 traces) needs the Hugging Face hub; offline, the problems' worked "
+                     "MATH500 solutions stand in as pre-existing traces the student did not write.")
+    return notes

@@ -16,7 +16,7 @@ PREFIX-ONLY generation by the same method (one sample of ``prefix_tokens`` token
 whose tokens become its prefix example. Every generated method (teacher, self-distill, SKD, RSD) is
 treated alike; the teacher attempts all problems, so its unsolved ones get prefixes of its own
 samples. ``prefix_scope: attempted`` keeps examples to the attempted problems. The composition
-(full / prefix / total) is in ``summary.json`` and ``rsdlib.reproduce.trace_run_stats``.
+(full / prefix / total) is in ``summary.json`` and ``rsdlib.traces.trace_run_stats``.
 
 A teacher that ends its thinking in its own format (s1.1-7B: ``<|im_start|>answer``, s1's layout)
 has that marker mapped to the student's ``think_close`` (``PromptStyle.think_close_aliases``,
@@ -53,14 +53,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
-from rsdlib.decoding import DecodingConfig, Decoder, derive_seed
+from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
@@ -92,7 +92,8 @@ class TraceJobConfig:
     keep: str = "shortest"  # which correct sample becomes the example: shortest | first | random
     prefix_tokens: int = 128  # length of the UPFT prefix for unsolved problems (paper: 128); 0 = none
     prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
-    prefix_scope: str = "all"  # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
+    # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
+    prefix_scope: str = "all"
     base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
     max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
@@ -108,7 +109,8 @@ class TraceJobConfig:
         if not isinstance(self.decoding, DecodingConfig):
             raise ValueError(f"TraceJobConfig.decoding must be a mapping of DecodingConfig keys, got {self.decoding!r}")
         if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"TraceJobConfig.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+            raise ValueError(f"TraceJobConfig.answer_format must be one of {ANSWER_FORMATS}, "
+                             f"got {self.answer_format!r}")
         check_number("TraceJobConfig", "samples_per_problem", self.samples_per_problem, minimum=1, integer=True)
         check_number("TraceJobConfig", "max_fallback_rate", self.max_fallback_rate, minimum=0, maximum=1)
         check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
@@ -121,7 +123,8 @@ class TraceJobConfig:
         if self.prefix_tokens < 0:
             raise ValueError("prefix_tokens must be >= 0")
         if self.max_cache_gib is not None and not self.max_cache_gib > 0:
-            raise ValueError(f"max_cache_gib must be > 0 (or null: no limit but free CUDA memory), got {self.max_cache_gib}")
+            raise ValueError("max_cache_gib must be > 0 (or null: no limit but free CUDA memory), "
+                             f"got {self.max_cache_gib}")
         if self.prefix_scope not in PREFIX_SCOPES:
             raise ValueError(f"prefix_scope must be one of {PREFIX_SCOPES}, got {self.prefix_scope!r}")
 
@@ -220,28 +223,43 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+def write_json_atomic(path: Path, data, *, end: str = "") -> None:
+    """``data`` as indented JSON (then ``end``), through a temporary file renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + end, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def write_jsonl_atomic(path: Path, records: Sequence[dict], *, tmp: Path | None = None) -> None:
+    """One JSON line per record, fsynced in a temporary file (``tmp``) that is then renamed over ``path``."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def claim_folder(out_dir: Path, mine: dict, conflict: Callable[[dict], str | None], *, end: str = "") -> None:
+    """Write ``out_dir/config.json`` (``mine``) for a new run, or check the stored one: ``conflict(stored)``
+    says what differs (None: the same run, which may go on), raised as a RunConflictError."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.json"
+    if not path.exists():
+        write_json_atomic(path, mine, end=end)
+        return
+    problem = conflict(json.loads(path.read_text()))
+    if problem:
+        raise RunConflictError(problem)
 
 
 def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = ()) -> None:
     """Write config.json, or check that the folder's run has the same config and problems."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
     mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids,
             "prefix_only_problems": list(prefix_ids)}
-    if path.exists():
-        theirs = json.loads(path.read_text())
+
+    def conflict(theirs: dict) -> str | None:
         if theirs.get("hash") != mine["hash"]:
             what = f"config (stored hash {theirs.get('hash')}, this run {mine['hash']})"
         elif theirs.get("problems") != problem_ids:
@@ -253,11 +271,11 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], pr
             what = (f"list of prefix-only problems ({len(stored)} stored, {len(prefix_ids)} in this run, "
                     f"{len(set(stored) ^ set(prefix_ids))} differing ids)")
         else:
-            return
-        raise RunConflictError(
-            f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
-            "(or pass force=True) to redo it.")
-    _write_json_atomic(path, mine)
+            return None
+        return (f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
+                "(or pass force=True) to redo it.")
+
+    claim_folder(out_dir, mine, conflict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,15 +544,15 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         for s in done:
             by_problem.setdefault(s["problem_id"], []).append(s)
         examples = [e for p in everything for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
-        _write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
+        write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
         summary = summarize_run(done, examples, cfg, len(problems))
         summary["prefix_only_problems"] = len(prefix_only)
         summary["problems_without_gold"] = len(no_gold)
         summary["config_hash"] = cfg.hash()
         summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
-        summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), and why
+        summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), why
         summary["ranks"] = ranks  # units done in this call and wall seconds, per rank
-        _write_json_atomic(out_dir / "summary.json", summary)
+        write_json_atomic(out_dir / "summary.json", summary)
     return shards.result([out_dir / "summary.json"])[0]
 
 
@@ -565,6 +583,234 @@ def pair_reference(reference_rows, problems, think_close: str = "</think>") -> l
         if r is not None and r.meta.get("trace"):
             out.append((p, f"{r.meta['trace'].strip()}\n{think_close}\n\n{str(r.meta.get('attempt', '')).strip()}"))
     return out
+
+
+def trace_run_stats(folder: str | Path) -> dict:
+    """Table 2 / Table 6 numbers of one trace folder, computed from its files (not its summary.json).
+
+    Reads ``config.json`` (mode, threshold, the problems attempted), ``dataset.jsonl`` (kept full
+    traces and prefixes) and ``samples.jsonl`` (per-token fallback flags). Fallback rate (%) is over
+    the tokens of the kept traces, for rsd/skd runs only; a folder of pre-existing traces (no decoding
+    config) has mode "reference".
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    decoding = (config.get("config") or {}).get("decoding") or {}
+    mode = decoding.get("mode", "reference")
+    dataset = read_jsonl_resumable(folder / "dataset.jsonl")
+    all_samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
+    samples = [s for s in all_samples if not s.get("prefix_only")]  # prefix-only generations are not attempts
+    by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
+    full = [e for e in dataset if e["kind"] == "full"]
+    kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
+    tokens = sum(len(e["completion_ids"]) for e in full)
+    fallback = sum(sum(bool(x) for x in (s.get("fallback") or [])) for s in kept)
+    return {
+        "mode": mode,
+        "threshold": decoding.get("threshold") if mode in ("rsd", "skd") else None,
+        "problems": len(config.get("problems", [])),
+        "solved": len(full),
+        "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
+        "training_examples": len(dataset),  # full + prefix: the paper's RSD-1% set is 180 + 820 = 1,000
+        "prefix_only_problems": len(config.get("prefix_only_problems", [])),
+        "samples": len(samples),
+        "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
+        "avg_tokens": tokens / len(full) if full else None,
+        "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 10's stage: every method's traces, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+TRACE_MODES = ("rsd", "skd", "teacher", "student")
+REFERENCES = ("", "s1k-1.1", "standin:s1k-1.1", "math500_solutions")  # pre-existing traces: paper, dry run, offline
+TRACES_NOTEBOOK = "10_generate_traces"
+
+
+def method_job_config(params: dict, method: str, teacher: str, student: str) -> TraceJobConfig:
+    """The TraceJobConfig of one method of notebook 10's ``params``: the shared ``decoding`` / ``job`` keys,
+    then the method's own keys (any DecodingConfig or TraceJobConfig field)."""
+    from rsdlib.prompts import prompt_style
+
+    methods = params["methods"]
+    if method not in methods:
+        raise ValueError(f"method {method!r}: not a method of the parameters ({', '.join(methods)})")
+    spec = methods[method]
+    decoding_fields = set(DecodingConfig.__dataclass_fields__)
+    job_fields = set(TraceJobConfig.__dataclass_fields__) - {"decoding", "prompt", "method", "teacher", "student"}
+    unknown = set(spec) - decoding_fields - job_fields
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown key(s) {sorted(unknown)}; "
+                         f"DecodingConfig: {sorted(decoding_fields)}; TraceJobConfig: {sorted(job_fields)}")
+    dec = {**params["decoding"], **{k: v for k, v in spec.items() if k in decoding_fields}}
+    job = {**params["job"], **{k: v for k, v in spec.items() if k in job_fields}}
+    return TraceJobConfig(method=method, teacher=teacher, student=student, decoding=DecodingConfig(**dec),
+                          prompt=prompt_style(params["prompt"]), **job)
+
+
+def check_trace_params(params: dict) -> None:
+    """Refuse notebook 10's parameters before any model loads: modes, source, benchmark, reference, every
+    method's job config and the extra pairs."""
+    from rsdlib.data import SOURCES
+
+    methods = params["methods"]
+    if "teacher" not in methods or methods["teacher"].get("mode") != "teacher":
+        raise ValueError("methods must include 'teacher' with mode 'teacher' "
+                         "(the other methods are restricted to its solved problems)")
+    for name, spec in methods.items():
+        if spec.get("mode") not in TRACE_MODES:
+            raise ValueError(f"method {name!r}: mode must be one of {TRACE_MODES}, got {spec.get('mode')!r}")
+    if params["source"] not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {params['source']!r}")
+    if params["benchmark"].lower().startswith("gpqa"):
+        raise ValueError("traces are generated for s1K / MATH500 problems; GPQA Diamond is evaluation-only "
+                         "(and must stay unpublished)")
+    if params["reference"] not in REFERENCES:
+        raise ValueError(f"reference must be '', 's1k-1.1', 'standin:s1k-1.1' or 'math500_solutions', "
+                         f"got {params['reference']!r}")
+    for name in methods:  # validate every config before the first model loads
+        try:
+            method_job_config(params, name, params["teacher"], params["student"])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"methods[{name!r}] with decoding/job (parameters of {TRACES_NOTEBOOK}, "
+                             f"params/{params['profile']}/{TRACES_NOTEBOOK}.yaml unless overridden): {err}") from None
+    for run, extra in params["extra_pairs"].items():
+        missing = {"teacher", "student", "methods"} - set(extra)
+        if missing or not set(extra["methods"]) <= set(methods):
+            raise ValueError(f"extra_pairs[{run!r}] needs teacher, student and methods among {sorted(methods)}")
+
+
+def trace_problems(params: dict) -> list:
+    """The problems of notebook 10's ``params`` (gold-less ones included: the trace job counts them)."""
+    from rsdlib.data import select_problems
+
+    return select_problems(params["benchmark"], params["n_problems"], pick=params["pick"], split=params["split"],
+                           split_fraction=params["split_fraction"], split_salt=params["split_salt"],
+                           require_gold=False, skip_diagrams=params["skip_diagrams"], source=params["source"])
+
+
+def reference_records(params: dict, problems) -> list[tuple]:
+    """(problem, completion text) of the pre-existing traces, in the student's chat format: s1K-1.1
+    (the paper, from the hub; the dry run's stand-in) or the problems' own worked solutions (offline)."""
+    from rsdlib.prompts import prompt_style
+
+    reference, close = params["reference"], prompt_style(params["prompt"]).think_close
+    if reference in ("s1k-1.1", "standin:s1k-1.1"):
+        from rsdlib.data import load_benchmark
+
+        local = None
+        if reference.startswith("standin:"):  # the dry run: s1K's own solutions in s1K-1.1's columns
+            from rsdlib import paths
+            from rsdlib.standins import write_standin_s1k11
+
+            local = write_standin_s1k11(paths.results_dir(params["profile"]) / "standins" / "data").parent
+        rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
+        return pair_reference(rows, problems, close)
+    out = []
+    for p in problems:
+        text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution
+        if text:
+            out.append((p, f"{text.strip()}\n{close}\n\nThe final answer is $\\boxed{{{p.gold}}}$."))
+    return out
+
+
+def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
+    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples."""
+    from rsdlib.prompts import prompt_style
+
+    style = prompt_style(params["prompt"])
+    eot = end_of_turn_ids(tok)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    records = reference_records(params, problems)
+    for name in ("samples.jsonl", "dataset.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for p, text in records:
+        completion = list(tok(text, add_special_tokens=False)["input_ids"]) + [eot]
+        rec = {"problem_id": p.id, "sample_index": 0, "prompt_ids": prompt_ids(tok, p, style),
+               "token_ids": completion, "status": "correct", "kind": "full", "source": "reference"}
+        append_jsonl(out / "samples.jsonl", rec)
+        append_jsonl(out / "dataset.jsonl", {"id": f"{p.id}#0", "problem_id": p.id, "source": "reference",
+                                             "sample_index": 0, "prompt_ids": rec["prompt_ids"],
+                                             "completion_ids": completion, "kind": "full"})
+    config = {"reference": params["reference"], "problems": [p.id for p, _ in records]}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    stats = {"method": "reference", **trace_run_stats(out)}
+    (out / "summary.json").write_text(json.dumps(stats, indent=2))
+    print(f"reference ({params['reference']}): {len(records)} traces, mean {stats['avg_tokens'] or 0:.0f} tokens")
+    return stats
+
+
+def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
+    """Notebook 10: every method of the main pair (the teacher first, the others on the problems it solved
+    when ``restrict_to_teacher_solved``), the reference traces, the extra pairs' methods, and
+    ``traces/manifest.json``. Returns {pair run: {method: trace_run_stats row}}."""
+    from rsdlib import launch, paths
+    from rsdlib.config import config_to_dict
+    from rsdlib.models import load_pair
+    from rsdlib.prompts import prompt_style
+
+    check_trace_params(params)
+    profile, methods, force = params["profile"], params["methods"], params["force"]
+    trace_root = paths.results_dir(profile) / "traces"
+    trace_root.mkdir(parents=True, exist_ok=True)
+    problems = trace_problems(params)
+    print(f"{len(problems)} {params['benchmark']} problems ({params['pick']}, split {params['split']}); "
+          f"methods: {', '.join(methods)}")
+    pairs = {"main": (params["teacher"], params["student"])}
+    workers = launch.workers_for(params["workers"])
+    params_file = None
+
+    def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
+        cfg = method_job_config(params, method, *pairs[run])
+        out = trace_root / run / method
+        start = time.perf_counter()
+        try:
+            if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
+                launch.traces_with_torchrun(params_file, method, out, workers, pair=run, restrict_to=restrict_dir,
+                                            force=force, expect_hash=cfg.hash())
+            else:
+                run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
+        except RunConflictError as err:
+            raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
+                                   f"(rsdlib reproduce --force) to regenerate it.") from None
+        stats = {"method": method, **trace_run_stats(out)}
+        print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
+              f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = "
+              f"{stats['training_examples']} examples ({stats['prefix_only_problems']} prefix-only problems), "
+              f"{time.perf_counter() - start:.0f} s")
+        return stats
+
+    if workers > 1:  # the ranks load the models; this kernel needs only the student's tokenizer
+        params_file = launch.save_params(TRACES_NOTEBOOK, params, trace_root / "launch_params.yaml")
+        pair = launch.TokenizerOnly(launch.student_tokenizer(params["student"]))
+    else:
+        pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
+        print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+    summaries = {"main": {"teacher": run_method(pair, "main", "teacher")}}
+    restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
+    for method in methods:
+        if method != "teacher":
+            summaries["main"][method] = run_method(pair, "main", method, restrict_dir)
+    if params["reference"]:
+        out = trace_root / "main" / "reference"
+        summaries["main"]["reference"] = write_reference_run(params, pair.student_tokenizer, problems, out)
+    del pair
+    for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
+        pairs[run] = (extra["teacher"], extra["student"])
+        other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"]) if workers == 1 else None
+        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
+        del other
+    manifest = {
+        "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
+        "problems": [p.id for p in problems],
+        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
+        "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
+        "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
+        "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
+    }
+    (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return summaries
 
 
 if __name__ == "__main__":

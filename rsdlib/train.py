@@ -28,7 +28,8 @@ Engine: the transformers ``Trainer`` over a plain torch Dataset (no TRL: its ``m
 silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no code here::
 
     accelerate launch -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
-    torchrun --nproc-per-node 8 -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl model=... output_dir=...
+    torchrun --nproc-per-node 8 -m rsdlib.train --params params/paper/30_train.yaml --data dataset.jsonl \\
+        model=... output_dir=...
 
 (``--params`` reads the ``training`` keys of notebook 30's parameter file; ``--config`` a file of
 TrainConfig keys.)
@@ -41,7 +42,8 @@ Rerunning the same command resumes from the newest complete one and says which; 
 ``checkpoint-*`` folder (no seal, a file missing or of another size: a kill under an older rsdlib, a
 full disk) is moved to ``output_dir/incomplete/`` with a message and never blocks. One process writes
 a run folder at a time: a second run of the same folder is refused at once, naming it (the lock
-``output_dir/.lock``, as for trace and evaluation runs; under torchrun the rank-0 process holds it). ``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
+``output_dir/.lock``, as for trace and evaluation runs; under torchrun the rank-0 process holds it).
+``train_log.json`` holds the loss / learning-rate curve; ``output_dir/final`` a model folder
 (safetensors + tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads (LoRA: merged by default,
 the adapter alone in ``output_dir/final_adapter``), so it can be evaluated or serve as the next
 student of multi-step RSD (Table 5).
@@ -63,6 +65,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
+from rsdlib.prompts import turn_end_id, vocab_id
 
 log = logging.getLogger(__name__)
 
@@ -327,24 +330,6 @@ def build_dataset(examples: Iterable[Mapping], pad_id: int, eot_id: int, block_s
 # ----------------------------------------------------------------------------------------------
 # Tokenizer helpers: text examples, end-of-turn and pad tokens
 # ----------------------------------------------------------------------------------------------
-def token_id(tokenizer, token: str) -> int | None:
-    """Id of a single token in the tokenizer's vocabulary (added tokens included), else None."""
-    tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-        return None
-    return int(tid)
-
-
-def end_of_turn_id(tokenizer, eot_token: str = "<|im_end|>") -> int:
-    """Id of the end-of-turn token (``<|im_end|>``; the tokenizer's eos when it has no such token)."""
-    tid = token_id(tokenizer, eot_token)
-    if tid is None:
-        tid = tokenizer.eos_token_id
-    if tid is None:
-        raise ValueError(f"tokenizer has no {eot_token!r} and no eos token")
-    return int(tid)
-
-
 def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
                      avoid_ids: Iterable[int] = ()) -> tuple[str, int, bool]:
     """Pick a never-used pad token distinct from end-of-turn and set it on the tokenizer.
@@ -358,25 +343,26 @@ def choose_pad_token(tokenizer, eot_id: int, preferred: str = "<|fim_pad|>",
     """
     avoid = set(avoid_ids)
     for token in (preferred, *PAD_CANDIDATES):
-        tid = token_id(tokenizer, token)
+        tid = vocab_id(tokenizer, token)
         if tid is not None and tid in avoid:
             log.warning("pad token %r (id %d) occurs in the training examples; using another pad token", token, tid)
             continue
         if tid is not None and tid not in (eot_id, tokenizer.eos_token_id):
             tokenizer.pad_token = token
             return token, tid, False
-    added = token_id(tokenizer, FALLBACK_PAD) is None
+    added = vocab_id(tokenizer, FALLBACK_PAD) is None
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": [FALLBACK_PAD]})
     tokenizer.pad_token = FALLBACK_PAD
-    tid = token_id(tokenizer, FALLBACK_PAD)
+    tid = vocab_id(tokenizer, FALLBACK_PAD)
     if tid is None or tid == eot_id or tid in avoid:
         raise ValueError("could not set a pad token distinct from the end-of-turn token and from every token "
                          "of the training examples")
     return FALLBACK_PAD, tid, added
 
 
-def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|>", system_prompt: str | None = None) -> dict:
+def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|>",
+                        system_prompt: str | None = None) -> dict:
     """Render a text example with the chat template and return a token-id example.
 
     Accepts ``messages`` (the last one the assistant's) or ``prompt_text`` + ``completion_text``
@@ -401,7 +387,8 @@ def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|
     prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     if not full_text.startswith(prompt_text):
-        raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the conversation")
+        raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the "
+                         "conversation")
     completion_text = full_text[len(prompt_text):]
     cut = completion_text.rfind(eot_token)
     if cut < 0:
@@ -429,7 +416,8 @@ def load_examples(source: str | Path | Iterable[Mapping], tokenizer=None, eot_to
                 try:
                     raw.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{source}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                    raise ValueError(f"{source}, line {number}: not valid JSON ({err.msg}, "
+                                     f"column {err.colno})") from None
                 if not isinstance(raw[-1], dict):
                     raise ValueError(f"{source}, line {number}: expected a JSON object per line")
     else:
@@ -485,20 +473,19 @@ def model_source(name: str) -> str:
     return name
 
 
-def load_student(config: TrainConfig):
-    """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device).
-
-    Uses the project's loader (``rsdlib.models.load_model``: folders, hub ids, GGUF, ``embedded:``)
-    so training reads exactly what the decoder and the evaluator read.
-    """
+def _model_to_train(config: TrainConfig):
+    """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device): read by the
+    project's loader (``rsdlib.models.load_student``: folders, hub ids, GGUF, ``embedded:``) so training reads
+    exactly what the decoder and the evaluator read; by transformers alone where that module cannot be
+    imported (the GPU check's minimal environment)."""
     try:
-        from rsdlib.models import load_model
-    except ImportError:  # the loader module is optional for this stage
+        from rsdlib.models import load_student
+    except ImportError:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(model_source(config.model), dtype=getattr(torch, config.model_dtype))
-    model, _ = load_model(config.model, dtype=config.model_dtype, device="cpu")
-    return model.train()
+        dtype = getattr(torch, config.model_dtype)
+        return AutoModelForCausalLM.from_pretrained(model_source(config.model), dtype=dtype)
+    return load_student(config.model, dtype=config.model_dtype, device="cpu")[0].train()
 
 
 def _apply_lora(model, config: TrainConfig):
@@ -638,7 +625,8 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
         stored = json.loads(stored_cfg.read_text())
         if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
             mine = config_to_dict(config)
-            diff = sorted(k for k in set(stored) | set(mine) if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
+            diff = sorted(k for k in set(stored) | set(mine)
+                          if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
             raise ValueError(
                 f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
                 "use another output_dir, or resume: false to start over there"
@@ -680,7 +668,8 @@ def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, mode
     lock = run_lock(output_dir, reason="two trainings in one folder would resume from and delete each "
                     "other's checkpoints") if _is_main_process() else nullcontext()
     with lock:
-        return _train(config, output_dir, dataset_path_or_examples, tokenizer=tokenizer, model=model, callbacks=callbacks)
+        return _train(config, output_dir, dataset_path_or_examples, tokenizer=tokenizer, model=model,
+                      callbacks=callbacks)
 
 
 def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, tokenizer, model, callbacks) -> Path:
@@ -688,7 +677,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
-    eot_id = end_of_turn_id(tokenizer, config.eot_token)
+    eot_id = turn_end_id(tokenizer, (config.eot_token,))
     examples = load_examples(dataset_path_or_examples, tokenizer, config.eot_token)
     used_ids = {int(t) for ex in examples for key in ("prompt_ids", "completion_ids") for t in ex.get(key, ())}
     pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token, avoid_ids=used_ids)
@@ -703,7 +692,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 
     set_seed(config.seed)
     if model is None:
-        model = load_student(config)
+        model = _model_to_train(config)
     if pad_id >= model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.config.pad_token_id = pad_id
@@ -782,9 +771,11 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
         trainer.processing_class.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         save_config(config, final / "train_config.json")
-        summary = {**info, **metrics, "global_step": trainer.state.global_step, "merged_lora": is_peft and config.merge_lora,
-                   "world_size": world_size(), "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-                   "effective_batch_size": trainer.args.gradient_accumulation_steps * config.micro_batch_size * world_size()}
+        accumulation = trainer.args.gradient_accumulation_steps
+        summary = {**info, **metrics, "global_step": trainer.state.global_step,
+                   "merged_lora": is_peft and config.merge_lora, "world_size": world_size(),
+                   "gradient_accumulation_steps": accumulation,
+                   "effective_batch_size": accumulation * config.micro_batch_size * world_size()}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return final
@@ -802,9 +793,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or torchrun --nproc-per-node N -m rsdlib.train ...).",
     )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
-    parser.add_argument("--params", help="a notebook-30 parameter file (params/<profile>/30_train.yaml): its `training` keys")
+    parser.add_argument("--params",
+                        help="a notebook-30 parameter file (params/<profile>/30_train.yaml): its `training` keys")
     parser.add_argument("--data", required=True, help="JSONL training examples (format: rsdlib.train docstring)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides, values parsed as YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="TrainConfig overrides, values parsed as YAML")
     ns = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     for item in ns.overrides:
@@ -825,6 +818,79 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(final)
     return 0
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 30's stage: one student per trace dataset, from the notebook's parameters
+# ----------------------------------------------------------------------------------------------
+def check_train_params(params: dict) -> list[tuple[str, str]]:
+    """Refuse bad parameters before any work; returns the (pair run, method) datasets to train on."""
+    from rsdlib import paths
+
+    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())  # notebook 10
+    training = params["training"]
+    for bad in ("model", "output_dir"):
+        if bad in training:
+            raise ValueError(f"training.{bad} is set by this notebook "
+                             "(the pair's student / results/<profile>/models/...)")
+    load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+    for keys in params["method_training"].values():
+        load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+    runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
+    for run, method in runs:
+        if method not in manifest["methods"].get(run, []):
+            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
+    return runs
+
+
+def run_train_stage(params: dict) -> dict[str, dict]:
+    """Notebook 30: train one student per (pair run, method) dataset, then ``models/manifest.json``;
+    returns {<run>-<method>: what was trained (final folder, examples, loss, steps, seconds)}."""
+    import time
+
+    from rsdlib import paths
+    from rsdlib.models import model_location
+    from rsdlib.standins import carry_steering
+    from rsdlib.traces import check_trainable
+
+    runs = check_train_params(params)
+    profile, training = params["profile"], params["training"]
+    results = paths.results_dir(profile)
+    manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+    models_dir = results / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    trained = {}
+    for run, method in runs:
+        dataset = results / "traces" / run / method / "dataset.jsonl"
+        examples = load_examples(dataset)  # a malformed line is named by file and line
+        name = f"{run}-{method}"
+        out = models_dir / name
+        n_full = check_trainable(dataset, name, require_kept=params["require_kept_traces"])["full_examples"]
+        keys = {**training, **params["method_training"].get(method, {})}
+        lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
+        over = sum(n > keys["block_size"] for n in lengths)
+        print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
+              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
+              f"({'cut' if keys.get('truncate') else 'refused by training'})")
+        if params["force"] and out.exists():
+            shutil.rmtree(out)
+        cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
+                                             "output_dir": str(out)})
+        start = time.perf_counter()
+        final = train(cfg, dataset)
+        carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
+        seconds = time.perf_counter() - start
+        summary_path = out / "train_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
+        trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
+                         "final": str(final) if final.is_dir() else None, "examples": len(examples),
+                         "full": kinds["full"], "prefix": kinds["prefix"],
+                         "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
+                         "seconds": round(seconds, 1)}
+        print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
+    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+    return trained
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -301,8 +301,9 @@ def test_notebook_10_with_two_workers_goes_through_torchrun(env, monkeypatch):
 
 
 def test_stage_parameters_are_the_notebooks_as_reproduce_runs_them(tmp_path):
-    from rsdlib.launch import stage_params, trace_job_config
+    from rsdlib.launch import stage_params
     from rsdlib.reproduce import ParameterError, notebook_parameters, resolved_params
+    from rsdlib.traces import method_job_config
 
     demo = stage_params("10_generate_traces", profile="demo")
     defaults = {p.name: p.default for p in notebook_parameters("10_generate_traces").values()}
@@ -310,7 +311,7 @@ def test_stage_parameters_are_the_notebooks_as_reproduce_runs_them(tmp_path):
     assert stage_params("10_generate_traces", profile="smoke") == resolved_params("smoke", "10_generate_traces")
     smoke = stage_params("10_generate_traces", ROOT / "params" / "smoke" / "10_generate_traces.yaml")
     assert smoke["profile"] == "smoke" and smoke["teacher"] == "tiny:teacher"
-    cfg = trace_job_config(smoke, "self-distill-ce", "t", "s")  # the method's own keys win over the shared job's
+    cfg = method_job_config(smoke, "self-distill-ce", "t", "s")  # the method's own keys win over the shared job's
     assert cfg.samples_per_problem == smoke["methods"]["self-distill-ce"]["samples_per_problem"]
     assert cfg.decoding.mode == "student" and cfg.decoding.max_new_tokens == smoke["decoding"]["max_new_tokens"]
     bad = tmp_path / "10_generate_traces.yaml"

@@ -297,13 +297,13 @@ def test_gpqa_rows_hold_the_letter_order_but_no_question_text(tok, data_dir, tmp
 # ----------------------------------------------------------------------------------------------
 def test_subsets_split_easiest_and_limit(data_dir):
     cfg = EvalConfig(benchmarks=("math500",), data_dir=str(data_dir), math500_easiest=2)
-    name, problems = ev.select_problems("math500", cfg)
+    name, problems = ev.eval_problems("math500", cfg)
     assert name == "math500" and [p.meta["level"] for p in problems] == [1, 1]
-    a, b = (ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), split_fraction=0.5, split_salt="s",
-                                                     split_part=part))[1] for part in "ab")
+    a, b = (ev.eval_problems("math500", EvalConfig(data_dir=str(data_dir), split_fraction=0.5, split_salt="s",
+                                                   split_part=part))[1] for part in "ab")
     assert {p.id for p in a} | {p.id for p in b} == {"math500/" + r["unique_id"] for r in MATH}
     assert not {p.id for p in a} & {p.id for p in b}
-    assert len(ev.select_problems("math500", EvalConfig(data_dir=str(data_dir), limit=1))[1]) == 1
+    assert len(ev.eval_problems("math500", EvalConfig(data_dir=str(data_dir), limit=1))[1]) == 1
 
 
 def test_config_defaults_follow_the_paper_and_yaml_refuses_unknown_keys(tmp_path):
@@ -346,12 +346,12 @@ def test_the_shipped_copies_are_the_default_source_and_hub_is_a_choice(tmp_path,
     calls = []
     monkeypatch.setattr(data, "_read_hub",
                         lambda hub_id, config, split: calls.append(hub_id) or [{"problem": "Hub?", "answer": "1"}])
-    name, problems = ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",)))
+    name, problems = ev.eval_problems("aime25", EvalConfig(benchmarks=("aime25",)))
     assert len(problems) == 30 and problems[0].meta["loaded_from"] == "shipped:aime25.jsonl" and calls == []
     empty = tmp_path / "empty"
     empty.mkdir()  # a data_dir without the file: the shipped copy
-    assert len(ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",), data_dir=str(empty)))[1]) == 30
-    hub = ev.select_problems("aime25", EvalConfig(benchmarks=("aime25",), source="hub"))[1]
+    assert len(ev.eval_problems("aime25", EvalConfig(benchmarks=("aime25",), data_dir=str(empty)))[1]) == 30
+    hub = ev.eval_problems("aime25", EvalConfig(benchmarks=("aime25",), source="hub"))[1]
     assert calls == ["simplescaling/aime25_nofigures"] and [p.id for p in hub] == ["aime25-0"]
     # the source picks the same problems from another copy: it is not part of the sample hash
     assert EvalConfig(source="hub").hash() == EvalConfig().hash()
@@ -391,13 +391,13 @@ def test_lora_adapter_folder_loads_merged(tok, tmp_path):
 
 
 def test_limit_per_benchmark(data_dir):
-    from rsdlib.evaluate import select_problems
+    from rsdlib.evaluate import eval_problems
 
     cfg = EvalConfig(benchmarks=("math500", "gpqa_diamond"), limit={"math500": 2}, data_dir=str(data_dir))
-    assert len(select_problems("math500", cfg)[1]) == 2
-    assert len(select_problems("gpqa_diamond", cfg)[1]) == 2  # unlisted: all (the file has 2)
+    assert len(eval_problems("math500", cfg)[1]) == 2
+    assert len(eval_problems("gpqa_diamond", cfg)[1]) == 2  # unlisted: all (the file has 2)
     cfg = EvalConfig(benchmarks=("math500",), limit=1, data_dir=str(data_dir))
-    assert len(select_problems("math500", cfg)[1]) == 1
+    assert len(eval_problems("math500", cfg)[1]) == 1
     with pytest.raises(ValueError, match="limit"):
         EvalConfig(limit={"math500": 0})
 

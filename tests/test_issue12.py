@@ -55,7 +55,8 @@ def test_default_prompt_is_figure7_with_the_real_qwen3_chat_template():
 def test_paper_profiles_use_figure7_and_map_s1s_native_end():
     import yaml
 
-    from rsdlib.reproduce import PARAMS_DIR, prompt_style
+    from rsdlib.prompts import prompt_style
+    from rsdlib.reproduce import PARAMS_DIR
 
     for profile in ("paper", "paper-dry"):
         values = yaml.safe_load((PARAMS_DIR / profile / "10_generate_traces.yaml").read_text())["prompt"]
@@ -134,7 +135,7 @@ def test_every_problem_gets_an_example_full_or_prefix(tmp_path):
     prefix_only = [s for s in samples if s.get("prefix_only")]
     assert {s["problem_id"] for s in prefix_only} == {"q0", "q2", "q4"}
     assert all(len(s["token_ids"]) <= 6 for s in prefix_only)
-    from rsdlib.reproduce import trace_run_stats
+    from rsdlib.traces import trace_run_stats
 
     stats = trace_run_stats(tmp_path / "rsd")
     assert stats["problems"] == 2 and stats["samples"] == 4 and stats["training_examples"] == 5
@@ -211,10 +212,13 @@ def test_a_training_stage_refuses_a_dataset_without_kept_traces(tmp_path):
 def test_training_notebooks_use_the_check_instead_of_skipping():
     from rsdlib.reproduce import notebook_path
 
-    for name in ("30_train", "35_multistep"):
+    stages = {"30_train": ("rsdlib/train.py", "run_train_stage(params)"),
+              "35_multistep": ("rsdlib/multistep.py", "run_multistep(params)")}
+    for name, (module, call) in stages.items():
         source = notebook_path(name).read_text()
-        assert "check_trainable(" in source and "require_kept=require_kept_traces" in source
-        assert "not trained" not in source and "the student stays" not in source
+        assert call in source and "not trained" not in source and "the student stays" not in source
+        stage = (notebook_path(name).parents[1] / module).read_text()
+        assert "check_trainable(" in stage and 'require_kept=params["require_kept_traces"]' in stage
 
 
 # ------------------------------------------------------------------------------------- item 10

@@ -195,17 +195,37 @@ def test_a_missing_input_is_one_line_naming_the_notebook_that_makes_it(tmp_path,
     assert paths.input_file("demo", "analysis", "summary.json") == tmp_path / "demo" / "analysis" / "summary.json"
 
 
-READERS = [p for p in sorted((REPO / "notebooks").glob("*.py"))
-           if p.stem not in ("00_walkthrough", "10_generate_traces", "fig1_overview", "fig4_cross_model")]
+# stage notebooks whose library stage reads the earlier results: notebook -> (module, the call in the notebook)
+STAGE_READERS = {"20_trace_analysis": ("rsdlib.analysis", "run_analysis"),
+                 "30_train": ("rsdlib.train", "check_train_params"),
+                 "35_multistep": ("rsdlib.multistep", "check_multistep_params"),
+                 "40_evaluate": ("rsdlib.evaluate", "check_eval_params")}
+READERS = [p for p in sorted((REPO / "notebooks").glob("*.py")) if p.stem not in (
+    "00_walkthrough", "10_generate_traces", "fig1_overview", "fig4_cross_model", *STAGE_READERS)]
 
 
 @pytest.mark.parametrize("path", READERS, ids=lambda p: p.stem)
 def test_notebooks_read_earlier_results_through_input_file(path):
     """Every notebook that needs an earlier notebook's results reads them with paths.input_file (directly
-    or through reproduce.load_evaluation), never with a hand-made path that fails deep inside."""
+    or through tables.load_evaluation), never with a hand-made path that fails deep inside."""
     text = path.read_text()
     assert "paths.input_file(profile" in text or "load_evaluation(profile)" in text
     assert "is missing: run notebook" not in text
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_READERS))
+def test_stage_notebooks_read_earlier_results_through_input_file(name, tmp_path, monkeypatch):
+    """The stage notebooks call a library stage that reads notebook 10's results with paths.input_file:
+    run before them, it stops with the line naming notebook 10."""
+    from importlib import import_module
+
+    from rsdlib import paths, reproduce
+
+    module, call = STAGE_READERS[name]
+    assert f"{call}(params)" in (REPO / "notebooks" / f"{name}.py").read_text()
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path))
+    with pytest.raises(paths.MissingInputError, match="traces/manifest.json is missing: notebook 10_generate_traces"):
+        getattr(import_module(module), call)(reproduce.resolved_params("smoke", name))
 
 
 def test_a_notebook_run_by_hand_before_its_inputs_exist_says_which_notebook_makes_them(tmp_path, monkeypatch):

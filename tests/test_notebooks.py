@@ -95,6 +95,23 @@ def test_the_demo_profile_is_the_notebooks_defaults(spec):
     assert reproduce.resolved_params("demo", spec.name) == {p.name: p.default for p in declared.values()}
 
 
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "demo"])
+def test_no_parameter_file_restates_a_notebook_default(profile):
+    """One source of defaults: a profile's file holds only the keys it changes from the notebook's
+    parameters cell (a restated default would silently stop following the notebook)."""
+    import yaml
+
+    restated = {}
+    for spec in reproduce.NOTEBOOKS:
+        path = REPO / "params" / profile / f"{spec.name}.yaml"
+        values = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        declared = reproduce.notebook_parameters(spec.name)
+        same = sorted(k for k, v in values.items() if k in declared and declared[k].default == v)
+        if same:
+            restated[spec.name] = same
+    assert not restated, f"params/{profile} restates notebook defaults (leave these keys out): {restated}"
+
 def test_demo_traces_never_use_the_evaluation_half():
     traces = reproduce.resolved_params("demo", "10_generate_traces")
     assert traces["split"] == "trace" and traces["benchmark"] == "math500"

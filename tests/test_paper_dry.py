@@ -47,8 +47,10 @@ def _flatten(value, prefix=""):
 
 
 def _profile(name):
-    return {nb.name: _flatten(yaml.safe_load((PARAMS_DIR / name / f"{nb.name}.yaml").read_text()) or {})
-            for nb in NOTEBOOKS}
+    """Flattened parameter files of a profile (a notebook without a file: its defaults, nothing changed)."""
+    files = {nb.name: PARAMS_DIR / name / f"{nb.name}.yaml" for nb in NOTEBOOKS}
+    return {nb: _flatten((yaml.safe_load(path.read_text()) or {}) if path.is_file() else {})
+            for nb, path in files.items()}
 
 
 def profile_differences(paper: dict, dry: dict) -> list[str]:

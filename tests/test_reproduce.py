@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rsdlib import reproduce
+from rsdlib import data, reproduce, tables
 from rsdlib.reproduce import NotebookSpec, ParameterError
 from rsdlib.traces import RunConflictError
 
@@ -141,17 +141,17 @@ def test_accuracy_table_helpers(tmp_path, monkeypatch):
     monkeypatch.setattr(rpaths, "results_dir", lambda profile: tmp_path / profile)
     missing = r"notebook 40_evaluate makes it .*rsdlib reproduce --profile x --only 40_evaluate"
     with pytest.raises(FileNotFoundError, match=missing):
-        reproduce.load_evaluation("x")
+        tables.load_evaluation("x")
     (tmp_path / "x" / "eval").mkdir(parents=True)
     (tmp_path / "x" / "eval" / "summary.json").write_text('{"models": {"m1": {"A": 1.0, "B": 2.0}}}')
-    evaluation = reproduce.load_evaluation("x")
-    assert reproduce.accuracy_rows({"k1": "m1", "k2": "missing"}, evaluation, ["A", "B"]) == [
+    evaluation = tables.load_evaluation("x")
+    assert tables.accuracy_rows({"k1": "m1", "k2": "missing"}, evaluation, ["A", "B"]) == [
         {"key": "k1", "A": 1.0, "B": 2.0}]
     with pytest.raises(ValueError, match=r"unknown Table 9 keys \['nope'\]; known: \['base'\]"):
-        reproduce.check_row_keys({"nope": "m1"}, [{"key": "base"}], "Table 9")
-    reproduce.check_row_keys({"base": "m1"}, [{"key": "base"}], "Table 9")
+        tables.check_row_keys({"nope": "m1"}, [{"key": "base"}], "Table 9")
+    tables.check_row_keys({"base": "m1"}, [{"key": "base"}], "Table 9")
     table = [{"key": "base", "Models": "Qwen3-0.6B"}, {"key": "other", "Models": "+ RSD"}]
-    reproduce.name_our_student(table, "base", "/models/my-student")
+    tables.name_our_student(table, "base", "/models/my-student")
     assert [r["Models"] for r in table] == ["Qwen3-0.6B (ours: my-student)", "+ RSD"]
 
 
@@ -162,9 +162,9 @@ def test_empty_problem_selection_is_refused(tmp_path, monkeypatch):
         {"problem": f"What is {i}+{i}?", "answer": str(2 * i), "level": 1, "unique_id": f"test/a/{i}.json"}) + "\n"
         for i in range(4)))
     monkeypatch.setenv("RSDLIB_DATA_DIR", str(tmp_path))
-    assert len(reproduce.select_problems("math500", 0, split="trace", split_fraction=1.0)) == 4
+    assert len(data.select_problems("math500", 0, split="trace", split_fraction=1.0)) == 4
     with pytest.raises(ValueError, match=r"no math500 problems selected \(split 'trace', split_fraction 0.0"):
-        reproduce.select_problems("math500", 0, split="trace", split_fraction=0.0)
+        data.select_problems("math500", 0, split="trace", split_fraction=0.0)
 
 
 def test_kernels_never_get_a_benchmark_folder_from_beside_the_repository(tmp_path, monkeypatch):

@@ -50,16 +50,16 @@ def test_standin_has_the_real_architecture_rows_and_tokenizer(root, hub_id):
 
 
 def test_the_paper_pair_bridge_has_the_student_only_thinking_ids(root):
-    import rsdlib.reproduce as rp
-    from rsdlib.reproduce import make_pair
+    import rsdlib.standins as rp
+    from rsdlib.models import load_pair
 
     old = rp.standin_folder
     rp.standin_folder = lambda hub_id: old(hub_id, root=root)
     try:
-        pair = make_pair("standin:simplescaling/s1.1-7B", "standin:Qwen/Qwen3-0.6B", dtype="float32", device="cpu")
+        pair = load_pair("standin:simplescaling/s1.1-7B", "standin:Qwen/Qwen3-0.6B", dtype="float32", device="cpu")
         assert sorted(pair.bridge.student_only) == [151665, 151666, 151667, 151668]
         assert pair.bridge.student_to_teacher([151668]) == [522, 26865, 29]  # </think> as the teacher spells it
-        llama = make_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+        llama = load_pair("standin:deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
                           "standin:meta-llama/Llama-3.2-1B-Instruct", dtype="float32", device="cpu")
         assert not llama.bridge.is_identity  # renamed special tokens
     finally:

@@ -103,7 +103,7 @@ def test_bad_line_before_the_end_is_an_error_naming_file_and_line(tmp_path):
 
 def test_trace_run_stats_never_modifies_a_live_run(tmp_path):
     """A reader beside a writer (notebook 20, trace_run_stats) must leave a torn last line alone."""
-    from rsdlib.reproduce import trace_run_stats
+    from rsdlib.traces import trace_run_stats
 
     cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", threshold=0.01))
     (tmp_path / "config.json").write_text(json.dumps({"hash": cfg.hash(), "config": {"decoding": {"mode": "rsd"}},

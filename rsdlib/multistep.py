@@ -1,0 +1,110 @@
+"""Notebook 35's stage: multi-step RSD (Section 5.4, Appendix E, Table 5).
+
+In each cycle RSD traces are generated with the *current* student (notebook 10's problems, prompt and
+trace-job config of ``method``, only the student changes), the current student is trained on them, and
+the trained model becomes the next cycle's student. Cycle 1's student is the base student, so cycle 1
+reuses notebook 10's traces. Writes ``results/<profile>/multistep/cycle<c>/traces/`` (cycles 2, 3, ...),
+``cycle<c>/model/`` and ``multistep/manifest.json``, which names the model after the last cycle
+``<method>-<cycles>step`` (and each cycle's ``<method>-cycle<c>``) for the evaluation notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+
+from rsdlib import paths
+from rsdlib.config import load_yaml_config
+
+
+def check_multistep_params(params: dict) -> dict:
+    """Refuse bad parameters before any work; returns notebook 10's trace manifest."""
+    from rsdlib.train import TrainConfig
+
+    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    method, training = params["method"], params["training"]
+    if method not in manifest["methods"].get("main", []):
+        raise ValueError(f"method {method!r} has no traces of pair main; "
+                         f"notebook 10 made {manifest['methods']['main']}")
+    if params["cycles"] < 1:
+        raise ValueError("cycles must be at least 1")
+    for bad in ("model", "output_dir"):
+        if bad in training:
+            raise ValueError(f"training.{bad} is set by this notebook (the current student / multistep/cycle<c>/model)")
+    if training.get("lora") and not training.get("merge_lora", True):
+        raise ValueError("training.lora needs merge_lora: true here: each cycle's model is the next cycle's student")
+    load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
+    return manifest
+
+
+def run_multistep(params: dict) -> list[dict]:
+    """Every cycle (traces, then training), then ``multistep/manifest.json``; returns one row per cycle."""
+    from rsdlib.data import load_benchmark
+    from rsdlib.models import load_pair, model_location
+    from rsdlib.standins import carry_steering
+    from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job, trace_run_stats
+    from rsdlib.train import TrainConfig, train
+
+    manifest = check_multistep_params(params)
+    profile, method, cycles, training, force = (params[k] for k in ("profile", "method", "cycles", "training", "force"))
+    results = paths.results_dir(profile)
+    first_dir = results / "traces" / "main" / method
+    stored = json.loads((first_dir / "config.json").read_text())
+    base_job = load_yaml_config(TraceJobConfig, stored["config"])
+    if base_job.decoding.mode not in ("rsd", "skd"):
+        raise ValueError(f"method {method!r} is a {base_job.decoding.mode!r} run; multi-step RSD needs an rsd "
+                         "(or skd) method")
+    # the problems of notebook 10's run: attempted (teacher-solved when restricted) + prefix-only (the hybrid recipe)
+    wanted = set(stored["problems"]) | set(stored.get("prefix_only_problems", []))
+    problems = [p for p in load_benchmark(manifest["benchmark"], source=manifest.get("source", "shipped"))
+                if p.id in wanted]
+    restrict_dir = results / "traces" / "main" / "teacher" if manifest.get("restrict_to_teacher_solved") else None
+    teacher = manifest["pairs"]["main"]["teacher"]
+    root = results / "multistep"
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"{cycles} cycle(s) of {method} (threshold {base_job.decoding.threshold}) on {len(problems)} problems; "
+          f"{training.get('epochs')} epoch(s) per cycle")
+    rows = []
+    current = model_location(manifest["pairs"]["main"]["student"])
+    for cycle in range(1, cycles + 1):
+        cycle_dir = root / f"cycle{cycle}"
+        if cycle == 1:
+            trace_dir = first_dir  # the base student's traces: notebook 10 already made them
+        else:
+            trace_dir = cycle_dir / "traces"
+            job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=current)
+            start = time.perf_counter()
+            pair = load_pair(teacher, current, dtype=params["dtype"])
+            run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force, progress=True)
+            del pair
+            print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
+        stats = trace_run_stats(trace_dir)
+        dataset = trace_dir / "dataset.jsonl"
+        composition = check_trainable(dataset, f"cycle {cycle}", require_kept=params["require_kept_traces"])
+        n_examples = composition["training_examples"]
+        print(f"cycle {cycle}: training set {composition['full_examples']} full + {composition['prefix_examples']} "
+              f"prefix = {n_examples} examples")
+        model_dir = cycle_dir / "model"
+        if force and model_dir.exists():
+            shutil.rmtree(model_dir)
+        cfg = load_yaml_config(TrainConfig, {**training, "model": current, "output_dir": str(model_dir)})
+        start = time.perf_counter()
+        final = train(cfg, dataset)
+        carry_steering(current, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
+        summary = json.loads((model_dir / "train_summary.json").read_text())
+        print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
+              f"{time.perf_counter() - start:.0f} s -> {final}")
+        rows.append({"cycle": cycle, "student": current, **stats, "examples": n_examples,
+                     "train_loss": summary.get("train_loss"), "model": str(final)})
+        current = str(final)
+    final_name = f"{method}-{cycles}step"
+    (root / "manifest.json").write_text(json.dumps({
+        "profile": profile, "method": method, "cycles": cycles, "training": training,
+        "models": {final_name: {"final": current, "method": method, "cycles": cycles},
+                   **{f"{method}-cycle{r['cycle']}": {"final": r["model"], "method": method, "cycles": r["cycle"]}
+                      for r in rows}},
+        "rows": rows}, indent=2))
+    print(f"{final_name}: {current}")
+    return rows
