@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+
 
 def _gib(num_bytes: int) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
@@ -41,14 +41,16 @@ def run_prepare(args: argparse.Namespace) -> int:
         gguf = embedded.gguf_path(spec)
         print(f"{role}: {spec.name}")
         print(f"  safetensors: {folder} ({_gib(weights)}, float32)")
-        print(f"  gguf:        {gguf}" + (f" ({_gib(gguf.stat().st_size)}, sha256 checked at assembly)" if gguf.exists() else ""))
+        checked = f" ({_gib(gguf.stat().st_size)}, sha256 checked at assembly)" if gguf.exists() else ""
+        print(f"  gguf:        {gguf}{checked}")
         print(f"  {'already cached, every file re-hashed' if was_cached else 'fetched + verified + converted'} "
               f"in {elapsed:.1f} s")
         if args.check:
             start = time.perf_counter()
             model, tokenizer = models.load_model(folder, dtype="float32", device="cpu")
             print(f"  cached load: {time.perf_counter() - start:.1f} s; logit rows {models.logit_rows(model):,}, "
-                  f"tokenizer length {len(tokenizer):,}, chat template {'present' if tokenizer.chat_template else 'MISSING'}")
+                  f"tokenizer length {len(tokenizer):,}, "
+                  f"chat template {'present' if tokenizer.chat_template else 'MISSING'}")
             del model
     return 0
 
@@ -61,7 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
     probability, then the same sub-1% share for plain teacher sampling of the same problems.
     """
     from rsdlib import data, grading, models, prompts
-    from rsdlib.decoding import DecodingConfig, Decoder
+    from rsdlib.decoding import Decoder, DecodingConfig
 
     start = time.perf_counter()
     pair = models.load_demo_pair(dtype=args.dtype, device=args.device)
@@ -125,7 +127,8 @@ def add_demo(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed (one per sample)")
     p.add_argument("--show-chars", type=int, default=400, help="print the last N characters of each RSD answer")
     p.add_argument("--verbose", action="store_true", help="also print the teacher-mode answers")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run_demo)
 

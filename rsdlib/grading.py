@@ -22,8 +22,9 @@ How the answer is read (``answer_format``; ``extract``):
   first, then the anchored forms ("final answer is ...", "Answer: ...", "the answer is ..."), then
   the last LaTeX or plain expression. Like math-verify, the last box is read together with the
   boxes just before it (less than 10 characters apart, or less than 70 across a comma, "and", "or"
-  or ";"): ``\\boxed{(1,2)}, \\boxed{(2,1)}`` is one answer, judged whole. For "choice" (GPQA letters), in this order, the first rule that finds a letter
-  deciding (within a rule, the last occurrence in the text):
+  or ";"): ``\\boxed{(1,2)}, \\boxed{(2,1)}`` is one answer, judged whole.
+  For "choice" (GPQA letters), in this order, the first rule that finds a letter deciding (within a
+  rule, the last occurrence in the text):
     1. ``\\boxed{X}`` (also ``\\boxed{(X)}``, ``\\boxed{\\text{Option X}}``, ``\\boxed{X) ...}``);
     2. "Answer: X" / "Answer: (X)" (also "Final Answer:", "**Answer:** X");
     3. "the answer is X" ("correct answer/option/choice is", "would be", "I choose X");
@@ -451,7 +452,8 @@ def _check(kind: str, answer_format: str) -> None:
         raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
 
 
-def _extract_region(region: str | None, kind: str, answer_format: str, letters: str) -> tuple[str | None, str, list, str | None]:
+def _extract_region(region: str | None, kind: str, answer_format: str,
+                    letters: str) -> tuple[str | None, str, list, str | None]:
     """(answer, found, parsed, letter) of an answer region (None: no region)."""
     if region is None:
         return None, "none", [], None

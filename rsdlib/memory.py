@@ -34,7 +34,8 @@ def dtype_bytes(dtype: torch.dtype | str) -> int:
         name = dtype.removeprefix("torch.")
         value = getattr(torch, _DTYPE_ALIASES.get(name, name), None)
         if not isinstance(value, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r} (give a resolved dtype such as 'bfloat16' or 'float32', not 'auto')")
+            raise ValueError(f"unknown dtype {dtype!r} "
+                             "(give a resolved dtype such as 'bfloat16' or 'float32', not 'auto')")
         dtype = value
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__}")

@@ -298,7 +298,8 @@ def score_traces(
         entropy = torch.empty(len(targets), dtype=torch.float32, device=device)  # (N,)
         if len(targets):
             if chunked:
-                hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, L, H)
+                decoder = model.get_decoder()
+                hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, L, H)
                 head = model.get_output_embeddings()
                 picked = hidden[rows_t, pos_t]  # (N, H)
                 for s in range(0, len(targets), chunk_tokens):
