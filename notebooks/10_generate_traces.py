@@ -40,7 +40,8 @@
 import pandas as pd
 
 from rsdlib.launch import notebook_values
-from rsdlib.traces import check_trace_params, run_trace_stage
+from rsdlib.stages import run_trace_stage
+from rsdlib.traces import check_trace_params
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>

@@ -45,8 +45,9 @@
 # %%
 import pandas as pd
 
-from rsdlib.evaluate import answers_found_table, check_eval_params, run_eval_stage
+from rsdlib.evaluate import answers_found_table, check_eval_params
 from rsdlib.launch import notebook_values
+from rsdlib.stages import run_eval_stage
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
@@ -74,7 +75,7 @@ params = notebook_values("40_evaluate", globals())
 check_eval_params(params)  # every model resolved and its config checked before any model loads
 
 # %% [markdown]
-# ## Every model on every benchmark (`rsdlib.evaluate.run_eval_stage`)
+# ## Every model on every benchmark (`rsdlib.stages.run_eval_stage`)
 
 # %%
 scores = run_eval_stage(params)

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from rsdlib import paths
-from rsdlib.traces import read_jsonl_resumable, trace_run_stats
+from rsdlib.store import read_jsonl_resumable
+from rsdlib.traces import trace_run_stats
 
 S1K_METHOD = "s1k-solutions"
 

@@ -42,6 +42,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from rsdlib.store import read_jsonl_resumable, write_jsonl_atomic
+
 SHARDS_DIR = "shards"
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks that finish early wait at the final barrier for the slowest
 
@@ -214,7 +216,6 @@ class Shards:
 
         Run before ``take``: each rank repairs (cuts a torn last line off) only the files it writes.
         """
-        from rsdlib.traces import read_jsonl_resumable
 
         merged = self.folder / name
         records = read_jsonl_resumable(merged, repair=self.world.world_size == 1)
@@ -259,8 +260,6 @@ class Shards:
         if shards:
             rank = {pid: i for i, pid in enumerate(order or ())}
             records.sort(key=lambda r: (rank.get(r["problem_id"], len(rank)), r["problem_id"], r["sample_index"]))
-            from rsdlib.traces import write_jsonl_atomic
-
             write_jsonl_atomic(self.folder / name, records, tmp=self.folder / f".{name}.merging")
         for path in shards + [p for e in extra for p in self.shard_files(e)]:
             path.unlink(missing_ok=True)

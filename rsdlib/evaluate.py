@@ -90,7 +90,7 @@ from rsdlib.grading import (
 )
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
-from rsdlib.traces import (
+from rsdlib.store import (
     RunConflictError,
     append_jsonl,
     claim_folder,
@@ -974,7 +974,7 @@ def model_stamp(where: str) -> dict:
     return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def _score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
+def score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
     row = {TABLE_NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
     row["Average"] = sum(row.values()) / len(row) if len(row) == len(benchmarks) else None
     row["no answer (%)"] = 100 * sum(s["no_answer_rate"] * s["n_samples"] for s in summaries.values()) / \
@@ -983,50 +983,6 @@ def _score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
     row["metric"] = {b: s["paper_metric"] for b, s in summaries.items()}
     row["answers_found"] = {b: s["answers_found"] for b, s in summaries.items()}  # boxed / stated / last_expr. / none
     return row
-
-
-def run_eval_stage(params: dict) -> dict[str, dict]:
-    """Notebook 40: evaluate every model (a model retrained since its last evaluation is redone), then
-    ``eval/summary.json``; returns {model: its row (accuracy in % per benchmark, Average, ...)}."""
-    from rsdlib import launch, paths, reference
-    from rsdlib.evalproc import evaluate_isolated, isolate_models
-
-    profile, force = params["profile"], params["force"]
-    results = paths.results_dir(profile)
-    evaluation, cfg, plan = check_eval_params(params)
-    print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
-          f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
-    for name, where in plan.items():
-        print(f"  {name}: {where or 'not trained (no examples): skipped'}")
-    workers = launch.workers_for(params["workers"])
-    scores = {}
-    for name, where in plan.items():
-        if where is None:
-            continue
-        out = results / "eval" / name
-        stamp = model_stamp(where)
-        if (out / "model_stamp.json").is_file():
-            stale = json.loads((out / "model_stamp.json").read_text()) != stamp
-        else:  # results of unknown provenance
-            stale = (out / "config.json").is_file()
-        if stale:
-            print(f"{name}: the model changed since its last evaluation: redoing it")
-        model_cfg = model_eval_config(params, cfg, name)
-        if workers > 1:  # each rank evaluates its share of the (problem, sample) units; rank 0 merges them
-            params_file = launch.save_params(EVAL_NOTEBOOK, params, results / "eval" / "launch_params.yaml")
-            summaries = launch.evaluate_with_torchrun(params_file, name, out, workers, cfg.benchmarks,
-                                                      force=force or stale, expect_hash=model_cfg.hash())
-        elif isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed
-            summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
-        else:
-            summaries = evaluate(where, model_cfg, out, force=force or stale)
-        (out / "model_stamp.json").write_text(json.dumps(stamp))
-        scores[name] = _score_row(summaries, cfg.benchmarks)
-    doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
-           "paper_metrics": reference.METRICS}
-    (results / "eval").mkdir(parents=True, exist_ok=True)
-    (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
-    return scores
 
 
 def answers_found_table(scores: dict):

@@ -561,7 +561,7 @@ def reproduce(
     if unknown_overrides:
         raise ParameterError(f"overrides for notebooks not run: {', '.join(unknown_overrides)}")
 
-    from rsdlib.traces import RunConflictError, run_lock
+    from rsdlib.store import RunConflictError, run_lock
 
     results_root = paths.results_dir(profile)
     with contextlib.ExitStack() as stack:
@@ -708,7 +708,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def main_reproduce(args: argparse.Namespace) -> int:
     """Entry point of ``rsdlib reproduce``: 0 when every notebook succeeded (or was unchanged), 1 otherwise,
     2 when refused before anything ran (bad parameters or profile, another run of the profile)."""
-    from rsdlib.traces import RunConflictError
+    from rsdlib.store import RunConflictError
 
     if getattr(args, "list", False):
         for spec in NOTEBOOKS:

@@ -43,7 +43,7 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
     Reads ``results/<profile>/eval/<model>/<key>/samples.jsonl`` (notebook 40; ``status`` field only,
     never a response). A benchmark without a samples file is left out.
     """
-    from rsdlib.traces import read_jsonl_resumable, unique_samples
+    from rsdlib.store import read_jsonl_resumable, unique_samples
 
     out = {}
     for bench in benchmarks:

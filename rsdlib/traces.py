@@ -47,15 +47,12 @@ adds ``ranks``: units and wall seconds per rank). On the command line::
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib import distributed
@@ -64,6 +61,17 @@ from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
+from rsdlib.store import (  # noqa: F401  (re-exported: the store's names were first defined here)
+    JsonlLineError,
+    RunConflictError,
+    append_jsonl,
+    claim_folder,
+    read_jsonl_resumable,
+    run_lock,
+    unique_samples,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 KEEP_RULES = ("shortest", "first", "random")
 PREFIX_RULES = ("first", "longest", "random")
@@ -72,10 +80,6 @@ PREFIX_SCOPES = ("all", "attempted")
 
 class EmptyTrainingSetError(RuntimeError):
     """A trace run that must feed a training stage has nothing to train on (loud, never a silent skip)."""
-
-
-class RunConflictError(RuntimeError):
-    """The output folder holds a run made with a different config."""
 
 
 @dataclass
@@ -142,116 +146,8 @@ class TraceJobConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# The append-only store
+# A trace run's folder (the append-only store itself: rsdlib.store)
 # ----------------------------------------------------------------------------------------------
-class JsonlLineError(ValueError):
-    """A line of a JSONL file that is not one JSON object (names the file and the 1-based line)."""
-
-
-def read_jsonl_resumable(path: Path, *, repair: bool = False) -> list[dict]:
-    """Records of a JSONL file written by appends (``append_jsonl``), for readers and for its writer.
-
-    Only a torn FINAL line (no trailing newline: an append cut by a kill, or one still being
-    written) is left out. A bad line anywhere else raises ``JsonlLineError`` naming the file and the
-    line: records after it are never dropped silently. ``repair=True`` is for the one writer, under
-    its ``run_lock``: it cuts the torn final line off the file so the next append starts a new line.
-    Readers (the default) never modify the file.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    records, good_bytes = [], 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                break  # the torn final line
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise JsonlLineError(
-                        f"{path}, line {number}: not valid JSON ({getattr(err, 'msg', err)}); the records after it "
-                        "are intact. Fix or delete that line (or delete the file to redo the run).") from None
-                if not isinstance(record, dict):
-                    raise JsonlLineError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-                records.append(record)
-            good_bytes += len(line)
-    if repair and good_bytes != path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return records
-
-
-def unique_samples(records: Sequence[dict]) -> list[dict]:
-    """Drop repeated (problem_id, sample_index) records, keeping the first (defends older folders)."""
-    seen, out = set(), []
-    for r in records:
-        key = (r["problem_id"], r["sample_index"])
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
-
-
-@contextmanager
-def run_lock(out_dir: Path, reason: str = "two writers would duplicate samples"):
-    """Hold an exclusive lock on a run folder; a second process writing the same run is refused.
-
-    Two processes appending to one ``samples.jsonl`` would duplicate samples, so the second one
-    fails at once with RunConflictError instead of waiting (``reason`` says why in the message).
-    Used by trace, evaluation and training runs.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out_dir / ".lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RunConflictError(
-            f"{out_dir} is being written by another process (lock {out_dir / '.lock'} is held). "
-            f"Wait for it to finish or stop it; {reason}.") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record and make it durable before returning."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_json_atomic(path: Path, data, *, end: str = "") -> None:
-    """``data`` as indented JSON (then ``end``), through a temporary file renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + end, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, records: Sequence[dict], *, tmp: Path | None = None) -> None:
-    """One JSON line per record, fsynced in a temporary file (``tmp``) that is then renamed over ``path``."""
-    tmp = tmp or path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def claim_folder(out_dir: Path, mine: dict, conflict: Callable[[dict], str | None], *, end: str = "") -> None:
-    """Write ``out_dir/config.json`` (``mine``) for a new run, or check the stored one: ``conflict(stored)``
-    says what differs (None: the same run, which may go on), raised as a RunConflictError."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "config.json"
-    if not path.exists():
-        write_json_atomic(path, mine, end=end)
-        return
-    problem = conflict(json.loads(path.read_text()))
-    if problem:
-        raise RunConflictError(problem)
 
 
 def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = ()) -> None:
@@ -739,78 +635,6 @@ def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
     (out / "summary.json").write_text(json.dumps(stats, indent=2))
     print(f"reference ({params['reference']}): {len(records)} traces, mean {stats['avg_tokens'] or 0:.0f} tokens")
     return stats
-
-
-def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
-    """Notebook 10: every method of the main pair (the teacher first, the others on the problems it solved
-    when ``restrict_to_teacher_solved``), the reference traces, the extra pairs' methods, and
-    ``traces/manifest.json``. Returns {pair run: {method: trace_run_stats row}}."""
-    from rsdlib import launch, paths
-    from rsdlib.config import config_to_dict
-    from rsdlib.models import load_pair
-    from rsdlib.prompts import prompt_style
-
-    check_trace_params(params)
-    profile, methods, force = params["profile"], params["methods"], params["force"]
-    trace_root = paths.results_dir(profile) / "traces"
-    trace_root.mkdir(parents=True, exist_ok=True)
-    problems = trace_problems(params)
-    print(f"{len(problems)} {params['benchmark']} problems ({params['pick']}, split {params['split']}); "
-          f"methods: {', '.join(methods)}")
-    pairs = {"main": (params["teacher"], params["student"])}
-    workers = launch.workers_for(params["workers"])
-    params_file = None
-
-    def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
-        cfg = method_job_config(params, method, *pairs[run])
-        out = trace_root / run / method
-        start = time.perf_counter()
-        try:
-            if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
-                launch.traces_with_torchrun(params_file, method, out, workers, pair=run, restrict_to=restrict_dir,
-                                            force=force, expect_hash=cfg.hash())
-            else:
-                run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
-        except RunConflictError as err:
-            raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
-                                   f"(rsdlib reproduce --force) to regenerate it.") from None
-        stats = {"method": method, **trace_run_stats(out)}
-        print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
-              f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = "
-              f"{stats['training_examples']} examples ({stats['prefix_only_problems']} prefix-only problems), "
-              f"{time.perf_counter() - start:.0f} s")
-        return stats
-
-    if workers > 1:  # the ranks load the models; this kernel needs only the student's tokenizer
-        params_file = launch.save_params(TRACES_NOTEBOOK, params, trace_root / "launch_params.yaml")
-        pair = launch.TokenizerOnly(launch.student_tokenizer(params["student"]))
-    else:
-        pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
-        print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
-    summaries = {"main": {"teacher": run_method(pair, "main", "teacher")}}
-    restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
-    for method in methods:
-        if method != "teacher":
-            summaries["main"][method] = run_method(pair, "main", method, restrict_dir)
-    if params["reference"]:
-        out = trace_root / "main" / "reference"
-        summaries["main"]["reference"] = write_reference_run(params, pair.student_tokenizer, problems, out)
-    del pair
-    for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
-        pairs[run] = (extra["teacher"], extra["student"])
-        other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"]) if workers == 1 else None
-        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
-        del other
-    manifest = {
-        "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
-        "problems": [p.id for p in problems],
-        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
-        "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
-        "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
-        "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
-    }
-    (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return summaries
 
 
 if __name__ == "__main__":

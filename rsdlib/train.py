@@ -661,7 +661,7 @@ def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, mode
     """
     from contextlib import nullcontext
 
-    from rsdlib.traces import run_lock
+    from rsdlib.store import run_lock
 
     output_dir = resolve_output_dir(config)
     # One writer per run folder (rank 0 holds the lock for a torchrun / accelerate job).

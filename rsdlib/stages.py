@@ -1,0 +1,146 @@
+"""The stage notebooks' one call each where a stage may fan out over GPUs: trace generation (notebook
+10) and evaluation (notebook 40).
+
+These functions sit above the library they orchestrate: they read a notebook's parameters, run
+``rsdlib.traces`` / ``rsdlib.evaluate`` in this process, or hand the work to ``torchrun`` ranks through
+``rsdlib.launch`` when ``workers`` > 1, and write the stage's summary files. Keeping them here (not in
+traces.py / evaluate.py) keeps the import graph one-way: launch imports traces and evaluate, this
+module imports launch, and nothing below imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rsdlib import launch, paths, reference
+from rsdlib.config import config_to_dict
+from rsdlib.evalproc import evaluate_isolated, isolate_models
+from rsdlib.evaluate import (
+    EVAL_NOTEBOOK,
+    check_eval_params,
+    evaluate,
+    model_eval_config,
+    model_stamp,
+    score_row,
+)
+from rsdlib.models import load_pair
+from rsdlib.prompts import prompt_style
+from rsdlib.store import RunConflictError
+from rsdlib.traces import (
+    TRACES_NOTEBOOK,
+    check_trace_params,
+    method_job_config,
+    run_trace_job,
+    trace_problems,
+    trace_run_stats,
+    write_reference_run,
+)
+
+
+def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
+    """Notebook 10: every method of the main pair (the teacher first, the others on the problems it solved
+    when ``restrict_to_teacher_solved``), the reference traces, the extra pairs' methods, and
+    ``traces/manifest.json``. Returns {pair run: {method: trace_run_stats row}}."""
+    check_trace_params(params)
+    profile, methods, force = params["profile"], params["methods"], params["force"]
+    trace_root = paths.results_dir(profile) / "traces"
+    trace_root.mkdir(parents=True, exist_ok=True)
+    problems = trace_problems(params)
+    print(f"{len(problems)} {params['benchmark']} problems ({params['pick']}, split {params['split']}); "
+          f"methods: {', '.join(methods)}")
+    pairs = {"main": (params["teacher"], params["student"])}
+    workers = launch.workers_for(params["workers"])
+    params_file = None
+
+    def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
+        cfg = method_job_config(params, method, *pairs[run])
+        out = trace_root / run / method
+        start = time.perf_counter()
+        try:
+            if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
+                launch.traces_with_torchrun(params_file, method, out, workers, pair=run, restrict_to=restrict_dir,
+                                            force=force, expect_hash=cfg.hash())
+            else:
+                run_trace_job(pair, problems, cfg, out, restrict_to=restrict_dir, force=force, progress=True)
+        except RunConflictError as err:
+            raise RunConflictError(f"{err}\nThe parameters changed since this run was made: rerun with force: true "
+                                   f"(rsdlib reproduce --force) to regenerate it.") from None
+        stats = {"method": method, **trace_run_stats(out)}
+        print(f"{run}/{method}: solved {stats['solved']}/{stats['problems']}, {stats['samples']} samples; "
+              f"training set {stats['solved']} full + {stats['prefix_examples']} prefix = "
+              f"{stats['training_examples']} examples ({stats['prefix_only_problems']} prefix-only problems), "
+              f"{time.perf_counter() - start:.0f} s")
+        return stats
+
+    if workers > 1:  # the ranks load the models; this kernel needs only the student's tokenizer
+        params_file = launch.save_params(TRACES_NOTEBOOK, params, trace_root / "launch_params.yaml")
+        pair = launch.TokenizerOnly(launch.student_tokenizer(params["student"]))
+    else:
+        pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
+        print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+    summaries = {"main": {"teacher": run_method(pair, "main", "teacher")}}
+    restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
+    for method in methods:
+        if method != "teacher":
+            summaries["main"][method] = run_method(pair, "main", method, restrict_dir)
+    if params["reference"]:
+        out = trace_root / "main" / "reference"
+        summaries["main"]["reference"] = write_reference_run(params, pair.student_tokenizer, problems, out)
+    del pair
+    for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
+        pairs[run] = (extra["teacher"], extra["student"])
+        other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"]) if workers == 1 else None
+        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
+        del other
+    manifest = {
+        "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
+        "problems": [p.id for p in problems],
+        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
+        "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
+        "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
+        "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
+    }
+    (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return summaries
+
+
+def run_eval_stage(params: dict) -> dict[str, dict]:
+    """Notebook 40: evaluate every model (a model retrained since its last evaluation is redone), then
+    ``eval/summary.json``; returns {model: its row (accuracy in % per benchmark, Average, ...)}."""
+    profile, force = params["profile"], params["force"]
+    results = paths.results_dir(profile)
+    evaluation, cfg, plan = check_eval_params(params)
+    print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
+          f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
+    for name, where in plan.items():
+        print(f"  {name}: {where or 'not trained (no examples): skipped'}")
+    workers = launch.workers_for(params["workers"])
+    scores = {}
+    for name, where in plan.items():
+        if where is None:
+            continue
+        out = results / "eval" / name
+        stamp = model_stamp(where)
+        if (out / "model_stamp.json").is_file():
+            stale = json.loads((out / "model_stamp.json").read_text()) != stamp
+        else:  # results of unknown provenance
+            stale = (out / "config.json").is_file()
+        if stale:
+            print(f"{name}: the model changed since its last evaluation: redoing it")
+        model_cfg = model_eval_config(params, cfg, name)
+        if workers > 1:  # each rank evaluates its share of the (problem, sample) units; rank 0 merges them
+            params_file = launch.save_params(EVAL_NOTEBOOK, params, results / "eval" / "launch_params.yaml")
+            summaries = launch.evaluate_with_torchrun(params_file, name, out, workers, cfg.benchmarks,
+                                                      force=force or stale, expect_hash=model_cfg.hash())
+        elif isolate_models(model_cfg):  # vLLM: one process per model, so each engine's GPU memory is freed
+            summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
+        else:
+            summaries = evaluate(where, model_cfg, out, force=force or stale)
+        (out / "model_stamp.json").write_text(json.dumps(stamp))
+        scores[name] = score_row(summaries, cfg.benchmarks)
+    doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
+           "paper_metrics": reference.METRICS}
+    (results / "eval").mkdir(parents=True, exist_ok=True)
+    (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
+    return scores
