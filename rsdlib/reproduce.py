@@ -11,7 +11,7 @@ A profile is a name under ``params/`` (``smoke``, ``demo``, ``paper``) or a fold
 repository (its name names the results, ``results/<folder name>``); anything else, such as a path
 into the repository's tracked tree, is refused. The demo profile is the notebooks' own defaults:
 ``params/demo/`` holds no parameter file, and a notebook without a file in a profile runs with its
-defaults. One run per profile at a time: ``results/<profile>/.lock`` (``rsdlib.traces.run_lock``)
+defaults. One run per profile at a time: ``results/<profile>/.lock`` (``rsdlib.store.run_lock``)
 is taken before anything runs, and a second run is refused by name.
 
 For each notebook ``notebooks/<name>.py`` (jupytext percent format) the driver

@@ -55,23 +55,12 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from rsdlib import distributed
+from rsdlib import distributed, store
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
-from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
+from rsdlib.decoding import MODES, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
-from rsdlib.store import (  # noqa: F401  (re-exported: the store's names were first defined here)
-    JsonlLineError,
-    RunConflictError,
-    append_jsonl,
-    claim_folder,
-    read_jsonl_resumable,
-    run_lock,
-    unique_samples,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
 
 KEEP_RULES = ("shortest", "first", "random")
 PREFIX_RULES = ("first", "longest", "random")
@@ -171,7 +160,7 @@ def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], pr
         return (f"{out_dir} holds a trace run with a different {what}. Use another folder, or delete it "
                 "(or pass force=True) to redo it.")
 
-    claim_folder(out_dir, mine, conflict)
+    store.claim_folder(out_dir, mine, conflict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +292,7 @@ def check_trainable(dataset_path: str | Path, name: str, *, require_kept: bool =
     path = Path(dataset_path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no dataset {path} (run the trace notebook first)")
-    examples = read_jsonl_resumable(path)
+    examples = store.read_jsonl_resumable(path)
     composition = training_composition(examples)
     if composition["full_examples"] == 0 and (require_kept or not examples):
         raise EmptyTrainingSetError(
@@ -329,7 +318,7 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
     if not problems:
         raise ValueError(f"run_trace_job: no problems given for {out_dir} (an empty selection: check the "
                          "benchmark, n_problems and split_fraction); refusing to write an empty run")
-    with distributed.Shards(out_dir).locked(run_lock) as shards:  # one process: run_lock(out_dir)
+    with distributed.Shards(out_dir).locked(store.run_lock) as shards:  # one process: run_lock(out_dir)
         return _run_trace_job(pair, problems, cfg, out_dir, progress=progress, restrict_to=restrict_to, force=force,
                               shards=shards)
 
@@ -390,7 +379,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
             "fallback_rate": trace.fallback_rate, "n_tokens": len(trace.token_ids), **trace.to_dict(),
             "think_close_mapped_from": mapped,
         }
-        append_jsonl(samples_path, record)
+        store.append_jsonl(samples_path, record)
         done.append(record)
         counts["tokens"] += len(trace.token_ids)
         counts["fallback"] += sum(trace.fallback)
@@ -423,7 +412,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                       "text": tok.decode(trace.token_ids, skip_special_tokens=False), "status": "not_attempted",
                       "answer": None, "think_closes": 0, "ended_turn": False, "fallback_rate": trace.fallback_rate,
                       "n_tokens": len(trace.token_ids), **trace.to_dict()}
-            append_jsonl(samples_path, record)
+            store.append_jsonl(samples_path, record)
             done.append(record)
 
         decoder.generate([prompt_ids(tok, p, cfg.prompt) for p in prefix_todo],
@@ -440,7 +429,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         for s in done:
             by_problem.setdefault(s["problem_id"], []).append(s)
         examples = [e for p in everything for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
-        write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
+        store.write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
         summary = summarize_run(done, examples, cfg, len(problems))
         summary["prefix_only_problems"] = len(prefix_only)
         summary["problems_without_gold"] = len(no_gold)
@@ -448,7 +437,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
         summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), why
         summary["ranks"] = ranks  # units done in this call and wall seconds, per rank
-        write_json_atomic(out_dir / "summary.json", summary)
+        store.write_json_atomic(out_dir / "summary.json", summary)
     return shards.result([out_dir / "summary.json"])[0]
 
 
@@ -457,7 +446,7 @@ def solved_problem_ids(run_dir: str | Path) -> set[str]:
     path = Path(run_dir) / "dataset.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"restrict_to: {path} does not exist (run that trace job first)")
-    return {e["problem_id"] for e in read_jsonl_resumable(path) if e["kind"] == "full"}
+    return {e["problem_id"] for e in store.read_jsonl_resumable(path) if e["kind"] == "full"}
 
 
 def _question_key(text: str) -> str:
@@ -493,8 +482,8 @@ def trace_run_stats(folder: str | Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     decoding = (config.get("config") or {}).get("decoding") or {}
     mode = decoding.get("mode", "reference")
-    dataset = read_jsonl_resumable(folder / "dataset.jsonl")
-    all_samples = unique_samples(read_jsonl_resumable(folder / "samples.jsonl"))  # as run_trace_job counts them
+    dataset = store.read_jsonl_resumable(folder / "dataset.jsonl")
+    all_samples = store.unique_samples(store.read_jsonl_resumable(folder / "samples.jsonl"))  # as counted in a run
     samples = [s for s in all_samples if not s.get("prefix_only")]  # prefix-only generations are not attempts
     by_key = {(s["problem_id"], s["sample_index"]): s for s in samples}
     full = [e for e in dataset if e["kind"] == "full"]
@@ -519,7 +508,7 @@ def trace_run_stats(folder: str | Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Notebook 10's stage: every method's traces, from the notebook's parameters
 # ----------------------------------------------------------------------------------------------
-TRACE_MODES = ("rsd", "skd", "teacher", "student")
+TRACE_MODES = MODES  # one list: rsdlib.decoding.MODES
 REFERENCES = ("", "s1k-1.1", "standin:s1k-1.1", "math500_solutions")  # pre-existing traces: paper, dry run, offline
 TRACES_NOTEBOOK = "10_generate_traces"
 
@@ -625,8 +614,8 @@ def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
         completion = list(tok(text, add_special_tokens=False)["input_ids"]) + [eot]
         rec = {"problem_id": p.id, "sample_index": 0, "prompt_ids": prompt_ids(tok, p, style),
                "token_ids": completion, "status": "correct", "kind": "full", "source": "reference"}
-        append_jsonl(out / "samples.jsonl", rec)
-        append_jsonl(out / "dataset.jsonl", {"id": f"{p.id}#0", "problem_id": p.id, "source": "reference",
+        store.append_jsonl(out / "samples.jsonl", rec)
+        store.append_jsonl(out / "dataset.jsonl", {"id": f"{p.id}#0", "problem_id": p.id, "source": "reference",
                                              "sample_index": 0, "prompt_ids": rec["prompt_ids"],
                                              "completion_ids": completion, "kind": "full"})
     config = {"reference": params["reference"], "problems": [p.id for p, _ in records]}

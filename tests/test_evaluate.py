@@ -16,7 +16,7 @@ import rsdlib.evaluate as ev
 from rsdlib.data import DatasetUnavailableError
 from rsdlib.decoding import Decoder
 from rsdlib.evaluate import EvalConfig, RunConflictError, SampleJob, evaluate, generate_with_budget, summarize_rows
-from rsdlib.traces import append_jsonl, read_jsonl_resumable
+from rsdlib.store import append_jsonl, read_jsonl_resumable
 
 MATH = [
     {"problem": "What is 1+1?", "answer": "2", "level": 1, "unique_id": "test/a/1.json"},

@@ -14,7 +14,7 @@ import pytest
 
 from rsdlib import data, reproduce, tables
 from rsdlib.reproduce import NotebookSpec, ParameterError
-from rsdlib.traces import RunConflictError
+from rsdlib.store import RunConflictError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,7 +330,7 @@ def test_a_failed_notebook_is_not_skipped_next_time(tmp_path, monkeypatch):
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from rsdlib.traces import run_lock
+from rsdlib.store import run_lock
 with run_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -12,15 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from rsdlib.decoding import DecodingConfig
-from rsdlib.traces import (
-    JsonlLineError,
-    RunConflictError,
-    TraceJobConfig,
-    read_jsonl_resumable,
-    run_trace_job,
-    select_examples,
-    summarize_run,
-)
+from rsdlib.store import JsonlLineError, RunConflictError, read_jsonl_resumable
+from rsdlib.traces import TraceJobConfig, run_trace_job, select_examples, summarize_run
 
 HERE = Path(__file__).resolve().parent
 EOT = 7

@@ -300,7 +300,7 @@ def test_kill_during_a_checkpoint_save_never_blocks_resumption(tok, tmp_path, mo
 
 
 def test_a_second_training_of_one_folder_is_refused(tok, tmp_path):
-    from rsdlib.traces import RunConflictError, run_lock
+    from rsdlib.store import RunConflictError, run_lock
 
     cfg = tiny_config(tmp_path, max_steps=1)
     with run_lock(tmp_path / "run"):  # another process training in this folder
