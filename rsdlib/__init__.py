@@ -9,9 +9,11 @@ __version__ = "0.1.0"
 
 # The oldest transformers whose KV-cache API the decoder uses (``DynamicCache`` built from
 # ``cache_utils.DynamicLayer`` subclasses, ``DynamicLayer.lazy_initialization(key_states, value_states)``):
-# 4.57.x fails (its lazy_initialization takes one argument), 5.0.0 passes. pyproject.toml's bound
-# (``transformers>=5.0,<6``) says the same; tests/test_requirements.py keeps them equal.
+# 4.57.x fails (its lazy_initialization takes one argument), 5.0.0 passes. pyproject.toml's lower bound
+# says the same (tests/test_requirements.py keeps them equal); its upper bound, <5.40, is the release
+# that removes the ``past_key_values`` argument the engine passes (transformers' deprecation warning).
 MIN_TRANSFORMERS = "5.0"
+TRANSFORMERS_REQUIREMENT = "transformers>=5.0,<5.40"  # as in pyproject.toml
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -41,7 +43,7 @@ def check_transformers(installed: str | None = None) -> None:
         raise ImportError(
             f"rsdlib needs transformers >= {MIN_TRANSFORMERS} (its KV-cache API: DynamicCache layers, "
             f"DynamicLayer.lazy_initialization(key_states, value_states)), but transformers {installed} is "
-            f"installed. Upgrade it: pip install 'transformers>={MIN_TRANSFORMERS},<6'"
+            f"installed. Upgrade it: pip install '{TRANSFORMERS_REQUIREMENT}'"
         )
 
 

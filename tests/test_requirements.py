@@ -34,6 +34,7 @@ def test_pyproject_transformers_bound_is_min_transformers():
     assert lower == [rsdlib.MIN_TRANSFORMERS]
     assert Version(lower[0]) == Version(rsdlib.MIN_TRANSFORMERS)
     assert any(s.operator == "<" for s in req.specifier), "transformers keeps an upper bound"
+    assert req == Requirement(rsdlib.TRANSFORMERS_REQUIREMENT)  # the one the import check tells users to install
     assert Version(metadata.version("transformers")) in req.specifier  # the tests run on a supported release
 
 
@@ -46,7 +47,7 @@ def test_check_refuses_an_older_transformers_naming_both_versions(monkeypatch, o
     message = str(info.value)
     assert f"transformers {old} is installed" in message
     assert f"transformers >= {rsdlib.MIN_TRANSFORMERS}" in message
-    assert f"pip install 'transformers>={rsdlib.MIN_TRANSFORMERS},<6'" in message
+    assert f"pip install '{rsdlib.TRANSFORMERS_REQUIREMENT}'" in message
 
 
 @pytest.mark.parametrize("ok", ["5.0.0", "5.0", "5", "5.24.0", "5.1.0.dev0"])
