@@ -51,7 +51,7 @@ training: dict = {
     "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no",
 }  # TrainConfig keys shared by every run
 method_training: dict = {}  # method -> TrainConfig keys over `training` (paper: s1's 32,768-token block for s1K-1.1)
-require_kept_traces: bool = True  # 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
+require_kept_traces: bool = False  # True: 0 kept (full) traces stops training (paper); False: prefixes alone
 force: bool = False  # retrain even if a finished run with the same config exists
 
 # %%

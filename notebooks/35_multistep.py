@@ -53,7 +53,7 @@ training: dict = {
     "merge_lora": True, "learning_rate": 5e-4, "save_strategy": "no",
 }  # TrainConfig keys of each cycle (a LoRA run must merge: its model is the next student)
 dtype: str = "auto"  # trace generation: auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
-require_kept_traces: bool = True  # 0 kept (full) traces stops training (smoke: false, its random models solve nothing)
+require_kept_traces: bool = False  # True: 0 kept (full) traces stops training (paper); False: prefixes alone
 force: bool = False  # redo traces and training even if finished cycles exist
 
 # %%
