@@ -58,7 +58,7 @@ split_fraction: float = 0.5  # share of the benchmark in the trace half
 split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebook uses the same)
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
 decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
-job: dict = {"samples_per_problem": 4, "prefix_tokens": 64, "batch_size": 8}  # TraceJobConfig keys of all methods
+job: dict = {"samples_per_problem": 2, "prefix_tokens": 64, "batch_size": 16}  # TraceJobConfig keys of all methods
 prompt: dict = {
     # a named style of rsdlib.prompts.PROMPT_STYLES (the demo: Qwen math instruction in the user turn), then
     # PromptStyle keys; a shot may name a constant of rsdlib.prompts (FORMAT_SHOT shows the embedded pair
@@ -68,9 +68,9 @@ prompt: dict = {
 }  # prompt style and PromptStyle keys (see above)
 methods: dict = {
     # method -> mode, threshold and any other DecodingConfig/TraceJobConfig key; self-distill-ce: the
-    # compute-equivalent run of Table 3, 16 attempts for (1.5B / 0.5B + 1) x 4 samples
+    # compute-equivalent run of Table 3, 8 attempts for (1.5B / 0.5B + 1) x 2 samples
     "teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"},
-    "self-distill-ce": {"mode": "student", "samples_per_problem": 16}, "skd": {"mode": "skd", "threshold": 0.01},
+    "self-distill-ce": {"mode": "student", "samples_per_problem": 8}, "skd": {"mode": "skd", "threshold": 0.01},
     "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01},
 }  # method -> mode, threshold and DecodingConfig/TraceJobConfig keys
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)

@@ -46,7 +46,7 @@ from rsdlib.multistep import check_multistep_params, run_multistep
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
 method: str = "rsd-p1"  # the trace method of notebook 10 applied in every cycle (paper: RSD with a 1 percent threshold)
-cycles: int = 3  # generate -> train cycles (paper: 3)
+cycles: int = 2  # generate -> train cycles (paper: 3; the demo 2, within its 45-minute budget)
 training: dict = {
     # TrainConfig keys of each cycle (paper: 5 epochs); a LoRA run must merge, its model is the next student
     "epochs": 1, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True,

@@ -52,19 +52,19 @@ from rsdlib.stages import run_eval_stage
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
 models: list = [
-    "base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1", "rsd-p1-3step",
+    "base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1", "rsd-p1-2step",
 ]  # "base" is the untrained student of pair main; the others were trained on that method's traces
 extra_models: dict = {}  # name -> model spec or "<pair>-<method>" of notebook 30, for Tables 3-5
 evaluation: dict = {
-    # EvalConfig keys; here 1 AIME problem of each year and 2 GPQA at 192 tokens (they only exercise the path),
+    # EvalConfig keys; here 1 AIME problem of each year and 2 GPQA at 48 tokens (they only exercise the path),
     # and the 6 easiest MATH500 problems of the hash half trace generation never used (split_part b of the
     # split of notebook 10) at 256
     "benchmarks": ["aime24", "aime25", "gpqa_diamond", "math500"],
     "samples": {"aime24": 1, "aime25": 1, "gpqa_diamond": 1, "math500": 1},
     "limit": {"aime24": 1, "aime25": 1, "gpqa_diamond": 2}, "math500_easiest": 6,
     "split_fraction": 0.5, "split_salt": "rsdlib-demo", "split_part": "b",
-    "max_tokens": {"aime24": 192, "aime25": 192, "gpqa_diamond": 192, "math500": 256},
-    "think_budget": {"gpqa_diamond": 160}, "temperature": 0.7, "top_p": 0.95, "batch_size": 8,
+    "max_tokens": {"aime24": 48, "aime25": 48, "gpqa_diamond": 48, "math500": 256},
+    "think_budget": {"gpqa_diamond": 32}, "temperature": 0.7, "top_p": 0.95, "batch_size": 8,
 }  # EvalConfig keys (see above)
 force: bool = False  # redo the evaluation even if finished samples exist
 workers: int = 1  # processes per model: above 1, torchrun (one model per GPU, rsdlib.distributed); 0: one per GPU

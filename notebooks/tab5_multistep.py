@@ -36,7 +36,7 @@ from rsdlib.plots import comparison_rows
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
-rows: dict = {"base": "base", "rsd-p1": "rsd-p1", "rsd-p1-3step": "rsd-p1-3step"}  # paper row key -> our model
+rows: dict = {"base": "base", "rsd-p1": "rsd-p1", "rsd-p1-3step": "rsd-p1-2step"}  # paper row key -> our model
 
 # %%
 evaluation = tables.load_evaluation(profile)
