@@ -45,6 +45,15 @@ def load(args):
     return model, tok, source
 
 
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model arguments ``load`` reads (shared with bench_scoring.py)."""
+    ap.add_argument("--model", default=None, help="model folder / hub id / embedded:student (default)")
+    ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random model instead of the embedded student")
+
+
 def run_once(generate, prompt, batch, new_tokens):
     """Generated tokens and seconds for ``batch`` copies of ``prompt``."""
     lengths = []
@@ -55,14 +64,10 @@ def run_once(generate, prompt, batch, new_tokens):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model folder / hub id / embedded:student (default)")
+    add_model_arguments(ap)
     ap.add_argument("--backends", nargs="+", default=["hf"], choices=["hf", "vllm"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--tiny", action="store_true", help="tiny random model instead of the embedded student")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

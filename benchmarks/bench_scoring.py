@@ -22,33 +22,18 @@ import os
 import time
 
 import torch
+from bench_eval import add_model_arguments, load  # this folder's evaluation benchmark: the same model loading
 
 from rsdlib.analysis import s1k_rows
 from rsdlib.metrics import score_traces
 from rsdlib.reproduce import notebook_parameters
 
 
-def load(args):
-    if args.tiny:
-        from rsdlib.standins import tiny_model, tiny_tokenizer
-
-        tok = tiny_tokenizer()
-        return tiny_model(tok, layers=4, hidden=128), tok, "tiny"
-    from rsdlib.models import load_student
-
-    model, tok = load_student(args.model, dtype=args.dtype, device=args.device)
-    return model, tok, args.model
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="embedded:student", help="student spec (default: embedded:student)")
+    add_model_arguments(ap)
     ap.add_argument("--solutions", type=int, default=16, help="s1K solutions to time (evenly spaced)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--tiny", action="store_true", help="tiny random model instead of the embedded student")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
