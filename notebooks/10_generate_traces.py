@@ -71,7 +71,7 @@ methods: dict = {
     # compute-equivalent run of Table 3, 8 attempts for (1.5B / 0.5B + 1) x 2 samples
     "teacher": {"mode": "teacher"}, "self-distill": {"mode": "student"},
     "self-distill-ce": {"mode": "student", "samples_per_problem": 8}, "skd": {"mode": "skd", "threshold": 0.01},
-    "rsd-p10": {"mode": "rsd", "threshold": 0.1}, "rsd-p1": {"mode": "rsd", "threshold": 0.01},
+    "rsd-p1": {"mode": "rsd", "threshold": 0.01},
 }  # method -> mode, threshold and DecodingConfig/TraceJobConfig keys
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper) | math500_solutions (offline) | "" (none)

@@ -44,10 +44,10 @@ from rsdlib.train import check_train_params, run_train_stage
 
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
-methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1"]  # pair main
+methods: list = ["reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p1"]  # pair main
 extra_runs: dict = {}  # pair run -> list of methods, e.g. tailored students of Table 4
 training: dict = {
-    "epochs": 2, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True,
+    "epochs": 1, "global_batch_size": 2, "micro_batch_size": 1, "block_size": 1024, "truncate": True, "lora": True,
     "merge_lora": False, "learning_rate": 5e-4, "save_strategy": "no",
 }  # TrainConfig keys shared by every run
 method_training: dict = {}  # method -> TrainConfig keys over `training` (paper: s1's 32,768-token block for s1K-1.1)

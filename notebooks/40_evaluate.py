@@ -52,7 +52,7 @@ from rsdlib.stages import run_eval_stage
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile>
 models: list = [
-    "base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p10", "rsd-p1", "rsd-p1-2step",
+    "base", "reference", "teacher", "self-distill", "self-distill-ce", "skd", "rsd-p1", "rsd-p1-2step",
 ]  # "base" is the untrained student of pair main; the others were trained on that method's traces
 extra_models: dict = {}  # name -> model spec or "<pair>-<method>" of notebook 30, for Tables 3-5
 evaluation: dict = {

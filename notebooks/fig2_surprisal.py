@@ -39,7 +39,7 @@ from rsdlib.plots import method_color, profile_note, save_figure, set_style
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces
-methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # one panel each, top to bottom
+methods: list = ["reference", "teacher", "self-distill", "skd", "rsd-p1"]  # one panel each, top to bottom
 max_tokens: int = 256  # tokens shown per trace
 
 # %%

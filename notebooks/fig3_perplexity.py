@@ -42,7 +42,7 @@ from rsdlib.plots import error_bar, method_color, profile_note, save_figure, set
 # %% tags=["parameters"]
 profile: str = "demo"  # results/<profile> and figures/<profile>
 run: str = "main"  # which pair's traces
-methods: list = ["s1k-solutions", "reference", "teacher", "self-distill", "skd", "rsd-p10", "rsd-p1"]  # left to right
+methods: list = ["s1k-solutions", "reference", "teacher", "self-distill", "skd", "rsd-p1"]  # left to right
 log_scale: bool = False  # perplexity axis in log scale
 
 # %%

@@ -39,7 +39,7 @@ from rsdlib.plots import comparison_rows
 profile: str = "demo"  # results/<profile> and figures/<profile>
 rows: dict = {
     "base": "base", "s1k-1.1": "reference", "teacher": "teacher", "self-distill": "self-distill", "skd": "skd",
-    "rsd-p10": "rsd-p10", "rsd-p1": "rsd-p1",
+    "rsd-p1": "rsd-p1",
 }  # paper row key -> our evaluated model
 
 # %%
