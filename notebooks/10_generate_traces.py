@@ -32,7 +32,7 @@
 # `dataset.jsonl`, `summary.json` (rsdlib.traces), and `results/<profile>/traces/manifest.json`.
 # A rerun with the same parameters skips finished samples; `force: true` redoes them.
 #
-# **Time:** smoke about 20 s; demo (embedded 1.5B/0.5B pair, 2 CPU cores, bf16) about 15 min (864 s measured);
+# **Time:** smoke about 20 s; demo (embedded 1.5B/0.5B pair, 2 CPU cores, bf16) about 14 min (845 s measured);
 # paper (s1.1-7B + Qwen3-0.6B, 1,000 s1K problems x 16 samples x up to 7k new tokens, 7 methods):
 # GPU-days with the lockstep HF decoder (not measured here).
 

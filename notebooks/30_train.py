@@ -29,7 +29,7 @@
 # (which model came from which dataset, for the evaluation notebook). A finished run with the same
 # config and dataset is not redone; `force: true` retrains.
 #
-# **Time:** smoke about 20 s; demo (LoRA on the 0.5B student, a few steps per method) about 5-10 min
+# **Time:** smoke about 20 s; demo (LoRA on the 0.5B student, a few steps per method) about 3 min
 # on CPU; paper (full fine-tuning of Qwen3-0.6B, 15 epochs on ~1,000 examples of up to 8k tokens)
 # about 1-2 GPU-hours per method on one H100 (not measured here).
 

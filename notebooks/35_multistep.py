@@ -32,7 +32,7 @@
 # `<method>-<cycles>step` for the evaluation notebook (Table 5). Finished traces and trained cycles
 # are kept across reruns; `force: true` redoes them.
 #
-# **Time:** smoke about 20 s; demo (LoRA merged after each cycle, a few problems) about 5-8 min on CPU;
+# **Time:** smoke about 20 s; demo (LoRA merged after each cycle, a few problems) about 5 min on CPU;
 # paper (three cycles of RSD generation with s1.1-7B and 5 epochs of full fine-tuning each): about
 # three times notebook 10's RSD run plus a third of notebook 30's training per cycle, GPU-days (not
 # measured here).
