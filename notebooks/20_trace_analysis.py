@@ -31,10 +31,11 @@
 # With `s1k_solutions` > 0 the worked solutions of N s1K problems (shipped with rsdlib; evenly spaced
 # over the 1,000, all of them at N = 1000) are scored too, under the main pair's student, as method
 # `s1k-solutions`: pre-existing traces the student did not write, toward the paper's scale (its Figure 6
-# covers the 1,000 s1K traces). Teacher-forced scoring needs no generation, but all 1,000 are 730,738
-# prompt + solution tokens under the 0.5B student, measured at 25 ms of CPU per token on the shared
-# 2-core machine (hours for all 1,000), so the demo scores 16 (~14k tokens) to stay within its 45-minute
-# budget; on a GPU all 1,000 take minutes. Table 2's pre-existing-traces row and Figures 3 and 6 use it.
+# covers the 1,000 s1K traces). Teacher-forced scoring needs no generation, but all 1,000 are 729,265
+# prompt + solution tokens under the 0.5B student, 15.6 ms each on a quiet 2-core machine
+# (`benchmarks/bench_scoring.py`: about 3.2 h for all 1,000), so the demo scores 16 (6,992 solution
+# tokens) to stay within its 45-minute budget; on a GPU all 1,000 take minutes. Table 2's
+# pre-existing-traces row and Figures 3 and 6 use it.
 #
 # The traces scored are each method's training traces (the kept, correct ones). A method that kept
 # none (always so with the smoke profile's random models) gets up to `unkept_samples` of its samples
