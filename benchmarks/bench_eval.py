@@ -32,7 +32,9 @@ QUESTION = "A rectangle has a perimeter of 30 and its length is twice its width.
 
 
 def load(args):
-    """(model or None, tokenizer, model source string)."""
+    """(model or None, tokenizer, model source string), with torch's threads set from ``--threads`` first."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.tiny:
         from rsdlib.standins import tiny_model, tiny_tokenizer
 
@@ -69,8 +71,6 @@ def main(argv=None):
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model, tok, source = load(args)
     problem = Problem(id="bench", question=QUESTION, gold="50", kind="integer", source="bench")
     prompt = prompt_ids(tok, problem, PromptStyle())

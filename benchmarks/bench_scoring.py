@@ -35,8 +35,6 @@ def main(argv=None):
     ap.add_argument("--solutions", type=int, default=16, help="s1K solutions to time (evenly spaced)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model, tok, source = load(args)
     prompt = notebook_parameters("10_generate_traces")["prompt"].default  # the demo's prompt style and shot
     every = s1k_rows(tok, prompt, 1000)
