@@ -392,10 +392,25 @@ def training_composition_rows(profile: str, manifest: Mapping) -> list[dict]:
         for m in run_methods:
             st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
             composition.append({"pair": run_name, "method": m, "full": st["solved"], "prefix": st["prefix_examples"],
-                                "total": st["training_examples"]})
+                                "total": st["training_examples"], "ungradable": st["ungradable_problems"]})
             print(f"{run_name}/{m}: {st['solved']} full + {st['prefix_examples']} prefix = "
-                  f"{st['training_examples']} examples")
+                  f"{st['training_examples']} examples ({st['ungradable_problems']} problems without a trusted "
+                  "gold: unsolved, prefixes)")
     return composition
+
+
+def keep_rule_lengths(profile: str, manifest: Mapping) -> dict[tuple[str, str], dict]:
+    """{(pair run, method): {"keep", "first", "shortest"}}: each run's mean kept-trace length under its own
+    keep rule's two candidates, "first" and "shortest", from the same samples (Table 6 under both rules)."""
+    from rsdlib.traces import trace_run_stats
+
+    out = {}
+    for run_name, run_methods in manifest["methods"].items():
+        for m in run_methods:
+            st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
+            out[(run_name, m)] = {"keep": st["keep"], "first": st["avg_tokens_first"],
+                                  "shortest": st["avg_tokens_shortest"]}
+    return out
 
 
 def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differences: Mapping) -> list[str]:
