@@ -4,8 +4,10 @@ For each problem, ``samples_per_problem`` samples go through the decoder (rsd, s
 student), batched across samples and problems. A sample is KEPT when it closes its thinking exactly
 once, ends its turn (emits an end-of-turn id), has a fallback rate <= ``max_fallback_rate`` and is
 correct; one kept sample per problem (``keep``: shortest, first or random; by default the authors'
-rule for the mode, ``KEEP_BY_MODE``) becomes a full training example. A problem with no kept sample contributes a PREFIX example: the first ``prefix_tokens``
-tokens of one of its samples, without any end-of-turn token (training supervises only the prefix).
+rule for the mode, ``KEEP_BY_MODE``) becomes a full training example. A problem with no kept sample
+contributes a PREFIX example: the first ``prefix_tokens`` tokens of one of its samples, without any
+end-of-turn token (training supervises only the prefix). A problem without a trusted gold
+(``rsdlib.grading.gold_trust``) cannot be graded: it is unsolved, never attempted, and gets a prefix.
 
 Training-set composition (the hybrid recipe, Sections 3.3 and 4.2): the paper trains RSD-1% on
 1,000 examples, "only 180 are complete reasoning traces, while the remainder consists of 128 token

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import pytest
 from _tiny import tiny_model, tiny_tokenizer
 
 from rsdlib.bridge import VocabBridge
