@@ -57,7 +57,7 @@ split: str = "trace"  # trace: the hash half kept apart from evaluation | all
 split_fraction: float = 0.5  # share of the benchmark in the trace half
 split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebook uses the same)
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
-decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
+decoding: dict = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}  # DecodingConfig keys of all methods
 job: dict = {"samples_per_problem": 2, "prefix_tokens": 64, "batch_size": 16}  # TraceJobConfig keys of all methods
 prompt: dict = {
     # a named style of rsdlib.prompts.PROMPT_STYLES (the demo: Qwen math instruction in the user turn), then

@@ -82,9 +82,15 @@ class DecodingConfig:
 
     mode: str = "rsd"  # rsd | skd | teacher | student
     temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax), teacher/student modes (or threshold_on "raw") only
-    top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code: 0.95)
+    top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code and profiles: 0.95)
     threshold: float = 0.01  # p_th: minimum verifier probability of a proposed token
-    threshold_on: str = "tempered"  # "tempered": test the distribution actually sampled from; "raw": T=1, no top-p
+    # Which verifier probability meets the threshold (issue 30). "raw" (default): the model's own
+    # probability, softmax of its logits at T = 1 without top-p, as the paper writes it (Algorithm 1 tests
+    # P_s(y) with P_s = M_s(.|context); Section 3.2 counts sub-1% tokens under the student's distribution)
+    # and as the authors' code did (vLLM returns raw, untempered logprobs by default; field notes s.1).
+    # "tempered": the distribution actually sampled from (temperature and top-p applied). Both are exact:
+    # P(y) = P_t(y) 1[test(y) >= tau] + r P_s(y), r = sum_{test(z) < tau} P_t(z) (tests/test_issue30.py).
+    threshold_on: str = "raw"
     trials: int = 1  # proposer draws before falling back (paper: 1; authors' early code: 5)
     max_new_tokens: int = 1024  # generation budget per sequence
     stop_ids: tuple[int, ...] = ()  # student ids that end a sequence (end-of-turn, eos); kept in the trace

@@ -37,11 +37,14 @@ DIFF = "Δ vs base"
 # ----------------------------------------------------------------------------------------------
 # Accuracy tables (Tables 1, 3, 4, 5; Figures 1 and 4)
 # ----------------------------------------------------------------------------------------------
-def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = reference.BENCHMARKS) -> dict:
+def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = reference.BENCHMARKS, *,
+                     paper_samples: bool = True) -> dict:
     """{benchmark (paper name): {problem_id: [correct, ...] by sample index}} of one evaluated model.
 
     Reads ``results/<profile>/eval/<model>/<key>/samples.jsonl`` (notebook 40; ``status`` field only,
-    never a response). A benchmark without a samples file is left out.
+    never a response). A benchmark without a samples file is left out. ``paper_samples``: keep only the
+    first samples the paper's metric uses (``reference.SAMPLES``: MATH500's pass@1 is sample 0), as the
+    evaluation summary's score does; False keeps every sample (avg@n).
     """
     from rsdlib.store import read_jsonl_resumable, unique_samples
 
@@ -54,7 +57,21 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
         by_problem: dict[str, dict[int, bool]] = defaultdict(dict)
         for r in unique_samples(read_jsonl_resumable(path)):
             by_problem[r["problem_id"]][int(r["sample_index"])] = r["status"] == "correct"
-        out[bench] = {pid: [s[i] for i in sorted(s)] for pid, s in by_problem.items()}
+        keep = reference.SAMPLES.get(bench) if paper_samples else None
+        out[bench] = {pid: [s[i] for i in sorted(s)][:keep] for pid, s in by_problem.items()}
+    return out
+
+
+def extra_sample_columns(rows: Mapping[str, str], profile: str,
+                         benchmarks: Sequence[str] = reference.BENCHMARKS) -> dict[str, str]:
+    """{column name: benchmark} for benchmarks evaluated with more samples than the paper's metric uses
+    ("MATH500 avg@4" beside the paper's pass@1, issue 30): the avg@n columns ``accuracy_uncertainty`` fills."""
+    out = {}
+    for model in rows.values():
+        for bench, per in load_correctness(profile, model, benchmarks, paper_samples=False).items():
+            n = min((len(v) for v in per.values()), default=0)
+            if n > reference.SAMPLES.get(bench, n):
+                out[f"{bench} avg@{n}"] = bench
     return out
 
 
@@ -86,6 +103,24 @@ def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str
                 diffs.pop("Average", None)
             entry["vs_base"] = {b: iv.scaled(100) for b, iv in diffs.items()}
         out[key] = entry
+    # avg@n beside the paper's metric where more samples were drawn (not part of the Average)
+    extra = extra_sample_columns(rows, profile, benchmarks)
+    every = {key: load_correctness(profile, model, sorted(set(extra.values())), paper_samples=False)
+             for key, model in rows.items()} if extra else {}
+    for column, bench in extra.items():
+        n = int(column.rsplit("@", 1)[1])
+        base_all = every.get(base_key, {}).get(bench)
+        for key, per_bench in every.items():
+            if key not in out or bench not in per_bench:
+                continue
+            mine = {pid: v[:n] for pid, v in per_bench[bench].items()}
+            out[key]["ours"][column] = metrics.bootstrap_accuracy(list(mine.values()), seed=seed,
+                                                                  resamples=resamples).scaled(100)
+            if key != base_key and base_all and set(base_all) == set(mine):
+                diff = metrics.paired_accuracy_difference({column: mine}, {column: {p: v[:n] for p, v in
+                                                                                    base_all.items()}},
+                                                          seed=seed, resamples=resamples)
+                out[key]["vs_base"][column] = diff[column].scaled(100)
     return out
 
 

@@ -665,11 +665,24 @@ def reference_records(params: dict, problems) -> list[tuple]:
     return out
 
 
-def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
-    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples."""
+def reference_prompt_style(params: dict):
+    """The prompt the pre-existing traces are stored (and trained, and scored) under: Figure 7, left, for
+    s1K-1.1 (``figure7-s1k``), the profile's own prompt for any other reference."""
     from rsdlib.prompts import prompt_style
 
-    style = prompt_style(params["prompt"])
+    if params["reference"] in ("s1k-1.1", "standin:s1k-1.1"):
+        return prompt_style({**params["prompt"], "style": "figure7-s1k"})
+    return prompt_style(params["prompt"])
+
+
+def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
+    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples.
+
+    s1K-1.1 (the paper's, or the dry run's stand-in) is wrapped in Figure 7's LEFT prompt (style
+    ``figure7-s1k``: the plain Qwen system prompt, the bare question), as the figure shows it; the
+    profile's own prompt keys (delimiters) stay. Other references keep the profile's prompt.
+    """
+    style = reference_prompt_style(params)
     eot = end_of_turn_ids(tok)[0]
     out.mkdir(parents=True, exist_ok=True)
     records = reference_records(params, problems)

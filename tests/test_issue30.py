@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 from _tiny import tiny_model, tiny_tokenizer
 
 from rsdlib.bridge import VocabBridge
@@ -133,3 +134,122 @@ def test_paper_profiles_keep_by_the_authors_rule():
         keep = {m: method_job_config(params, m, "t", "s").keep for m in params["methods"]}
         assert keep["teacher"] == keep["self-distill"] == keep["self-distill-ce"] == "first"
         assert keep["rsd-p1"] == keep["skd"] == "shortest"
+
+
+# ------------------------------------------------------------------------------------- point 3
+@pytest.mark.parametrize("threshold_on", ["raw", "tempered"])
+@pytest.mark.parametrize("mode", ["rsd", "skd"])
+def test_threshold_variants_are_exact_mixtures(mode, threshold_on):
+    """The decoder's step rule (step_probs + choose_tokens) at T = 0.7, top-p 0.95 samples exactly
+    P(y) = P_prop(y) 1[test(y) >= tau] + r P_fallback(y), test = the raw (T = 1, no top-p) or the sampled
+    verifier probability; r = the fallback probability (chi-square and a z-test on the fallback share)."""
+    import math
+
+    import torch
+    from scipy import stats
+
+    from rsdlib.sampling import choose_tokens, draw_uniforms, proposal_mixture, step_probs
+
+    ident = SimpleNamespace(mask_student_logits=lambda x: x, mask_teacher_logits=lambda x: x,
+                            teacher_to_student=lambda x: x)
+    gen = torch.Generator().manual_seed(11)
+    vocab, n, alpha = 12, 200_000, 1e-3
+    # the verifier's 5th token has raw probability 0.047 but tempered 0.024: on one side of tau = 0.03 or the
+    # other; top-p 0.95 also zeroes the verifier's tail in the tempered variant only
+    verifier, proposer = torch.linspace(3, -3, vocab)[None], 0.3 * torch.linspace(-1, 1, vocab)[None]
+    t_logits, s_logits = (proposer, verifier) if mode == "rsd" else (verifier, proposer)
+    cfg = DecodingConfig(mode=mode, temperature=0.7, top_p=0.95, threshold=0.03, threshold_on=threshold_on)
+    assert DecodingConfig().threshold_on == "raw"  # the paper's and the authors' choice is the default
+    probs = step_probs(t_logits, s_logits, ident, cfg)
+    raw_t, raw_s = torch.softmax(t_logits, -1), torch.softmax(s_logits, -1)
+    if mode == "rsd":
+        test = raw_s if threshold_on == "raw" else probs.student
+        exact, r = proposal_mixture(probs.teacher, test, cfg.threshold, p_fallback=probs.student)
+        other = proposal_mixture(probs.teacher, probs.student if threshold_on == "raw" else raw_s, cfg.threshold,
+                                 p_fallback=probs.student)[1]
+    else:
+        test = raw_t if threshold_on == "raw" else probs.teacher
+        exact, r = proposal_mixture(probs.student, test, cfg.threshold, p_fallback=probs.teacher)
+        other = proposal_mixture(probs.student, probs.teacher if threshold_on == "raw" else raw_t, cfg.threshold,
+                                 p_fallback=probs.teacher)[1]
+    assert abs(r.item() - other.item()) > 0.01, "the two variants must differ here, or the test shows nothing"
+    batch = type(probs)  # StepProbs
+    expanded = batch(*(None if x is None else x.expand(n, -1) for x in
+                       (probs.teacher, probs.student, probs.student_raw, probs.teacher_raw)))
+    tokens, fallback, _ = choose_tokens(expanded, cfg, draw_uniforms(gen, n, cfg.trials + 1))
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    expected = exact[0].double() * n
+    live = expected > 0
+    assert counts[~live].sum() == 0
+    chi2 = (((counts - expected) ** 2)[live] / expected[live]).sum().item()
+    assert chi2 < stats.chi2.ppf(1 - alpha, int(live.sum()) - 1)
+    z = (fallback.double().mean().item() - r.item()) / math.sqrt(r.item() * (1 - r.item()) / n)
+    assert abs(z) < stats.norm.ppf(1 - alpha / 2)
+
+
+# ------------------------------------------------------------------------------------- points 3-5: the profiles
+def _paper_params(profile, notebook):
+    import yaml
+
+    from rsdlib.reproduce import PARAMS_DIR
+
+    return yaml.safe_load((PARAMS_DIR / profile / f"{notebook}.yaml").read_text())
+
+
+@pytest.mark.parametrize("profile", ["paper", "paper-dry"])
+def test_paper_sampling_is_the_authors(profile):
+    from rsdlib.traces import method_job_config
+
+    params = _paper_params(profile, "10_generate_traces")
+    for method in params["methods"]:
+        dec = method_job_config(params, method, "t", "s").decoding
+        assert dec.top_p == 0.95 and dec.temperature == 0.7  # authors' trace sampling
+        assert dec.threshold_on == "raw"  # Algorithm 1's P_s; the authors' vLLM logprobs are raw
+    assert _paper_params(profile, "40_evaluate")["evaluation"]["top_p"] == 0.95
+
+
+def test_s1k11_reference_uses_figure7_left_prompt():
+    from rsdlib.prompts import FIGURE7_SYSTEM, QWEN_SYSTEM_PROMPT, prompt_style
+    from rsdlib.traces import reference_prompt_style
+
+    params = _paper_params("paper", "10_generate_traces")
+    style = reference_prompt_style(params)
+    assert style.system == QWEN_SYSTEM_PROMPT and style.math_instruction == ""  # Figure 7, left
+    assert style.think_open == prompt_style(params["prompt"]).think_open
+    assert reference_prompt_style({**params, "reference": "standin:s1k-1.1"}).system == QWEN_SYSTEM_PROMPT
+    offline = {"reference": "math500_solutions", "prompt": {"style": "figure7"}}
+    assert reference_prompt_style(offline).system == FIGURE7_SYSTEM  # other references: the profile's prompt
+
+
+# ------------------------------------------------------------------------------------- point 8
+def test_math500_reports_the_papers_pass1_and_avg_at_k(tmp_path, monkeypatch):
+    from rsdlib import tables
+    from rsdlib.evaluate import PAPER_SAMPLES, score_row, summarize_rows
+    from rsdlib.metrics import avg_at_k
+
+    # 3 problems x 4 samples; sample 0 is the paper's pass@1
+    correct = {"p0": [1, 0, 0, 0], "p1": [0, 1, 1, 1], "p2": [1, 1, 1, 0]}
+    rows = [{"problem_id": pid, "sample_index": k, "status": "correct" if c else "wrong", "vote": str(c),
+             "n_tokens": 5} for pid, cs in correct.items() for k, c in enumerate(cs)]
+    s = summarize_rows(rows, 4, PAPER_SAMPLES["math500"])
+    assert s["paper_metric"] == "pass@1" and s["score"] == pytest.approx(2 / 3)  # samples 0: 1, 0, 1
+    assert s["avg_at_k"] == pytest.approx(avg_at_k(list(correct.values()), 4)) == pytest.approx(7 / 12)
+    assert summarize_rows(rows, 4)["score"] == s["avg_at_k"]  # no paper k: avg@n, as before
+    row = score_row({"math500": s}, ["math500"])
+    assert row["MATH500"] == pytest.approx(200 / 3) and row["MATH500 avg@4"] == pytest.approx(700 / 12)
+    assert row["Average"] == pytest.approx(200 / 3)  # the paper's metric only
+    # the tables: the paper's column on sample 0, avg@4 beside it, each with its interval
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+    for model, flip in (("base", False), ("rsd-p1", True)):
+        folder = tmp_path / "results" / "paper" / "eval" / model / "math500"
+        folder.mkdir(parents=True)
+        (folder / "samples.jsonl").write_text("".join(
+            json.dumps({**r, "status": "wrong" if flip and r["problem_id"] == "p0" else r["status"]}) + "\n"
+            for r in rows))
+    models = {"base": "base", "rsd-p1": "rsd-p1"}
+    assert tables.extra_sample_columns(models, "paper") == {"MATH500 avg@4": "MATH500"}
+    unc = tables.accuracy_uncertainty(models, "paper", benchmarks=["MATH500"])
+    assert unc["base"]["ours"]["MATH500"].estimate == pytest.approx(200 / 3)
+    assert unc["base"]["ours"]["MATH500 avg@4"].estimate == pytest.approx(700 / 12)
+    assert unc["rsd-p1"]["vs_base"]["MATH500 avg@4"].estimate == pytest.approx(-100 / 12)
+    assert unc["rsd-p1"]["vs_base"]["MATH500"].estimate == pytest.approx(-100 / 3)
