@@ -253,3 +253,166 @@ def test_math500_reports_the_papers_pass1_and_avg_at_k(tmp_path, monkeypatch):
     assert unc["base"]["ours"]["MATH500 avg@4"].estimate == pytest.approx(700 / 12)
     assert unc["rsd-p1"]["vs_base"]["MATH500 avg@4"].estimate == pytest.approx(-100 / 12)
     assert unc["rsd-p1"]["vs_base"]["MATH500"].estimate == pytest.approx(-100 / 3)
+
+
+# ------------------------------------------------------------------------------------- point 7: preflight
+class _FakeHub:
+    """A local hub: 'nobody/*' does not exist, 'gated/*' refuses this token, anything else answers with one
+    1 GiB safetensors file."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                path = self.path.split("?")[0]
+                if "/nobody/" in path:
+                    self._send(404, {"error": "Repository not found"}, "RepoNotFound")
+                elif "/gated/" in path:
+                    self._send(403, {"error": "Access to this model is restricted"}, "GatedRepo")
+                elif path.endswith("/auth-check"):
+                    self._send(200, {})
+                else:
+                    repo = path.split("/api/models/", 1)[-1].split("/revision/")[0]
+                    self._send(200, {"id": repo, "siblings": [{"rfilename": "model.safetensors", "size": 2**30},
+                                                              {"rfilename": "config.json", "size": 10}]})
+
+            def _send(self, status, body, code=None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if code:
+                    self.send_header("X-Error-Code", code)
+                    self.send_header("X-Error-Message", body["error"])
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' own setting, read at import
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return tmp_path / "hub"
+
+
+def test_preflight_names_every_hub_id_of_the_paper_profile():
+    from rsdlib.preflight import hub_ids
+
+    ids = hub_ids("paper")
+    assert set(ids.models) == {"simplescaling/s1.1-7B", "Qwen/Qwen3-0.6B", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                               "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B"}
+    assert ids.datasets == ["simplescaling/s1K-1.1"]
+    dry = hub_ids("paper-dry")
+    assert dry.models == [] and dry.datasets == []  # stand-ins only
+
+
+def test_preflight_fails_fast_with_one_line(empty_hub_cache, monkeypatch):
+    from rsdlib.preflight import HubIds, PreflightError, check_disk, check_hub
+
+    ids = HubIds(["Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B-Instruct"], ["simplescaling/s1K-1.1"])
+    with _FakeHub() as hub:
+        assert check_hub(ids, endpoint=hub) == 2 * 2**30  # two models of 1 GiB to download
+        for bad, words in (("nobody/no-such-model", "does not exist"), ("gated/Llama-3.2-1B-Instruct", "gated")):
+            with pytest.raises(PreflightError) as err:
+                check_hub(HubIds(["Qwen/Qwen3-0.6B", bad]), endpoint=hub)
+            assert bad in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(PreflightError, match="unreachable") as err:  # nothing listens on port 9
+        check_hub(ids, endpoint="http://127.0.0.1:9")
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: only the cache counts
+    with pytest.raises(PreflightError, match="Qwen/Qwen3-0.6B is not in the local hub cache") as err:
+        check_hub(ids, endpoint="http://127.0.0.1:9")
+    assert "\n" not in str(err.value)
+    with pytest.raises(PreflightError, match="GiB free"):
+        check_disk(2**60, empty_hub_cache)
+
+
+def test_preflight_cuda_driver_against_torch_build():
+    from rsdlib.preflight import PreflightError, check_cuda
+
+    with pytest.raises(PreflightError, match="CPU build"):
+        check_cuda(torch_cuda="")
+    with pytest.raises(PreflightError, match="supports CUDA up to 12.4, torch is built for CUDA 13.0"):
+        check_cuda(torch_cuda="13.0", driver=("550.54", "12.4"), available=True)
+    with pytest.raises(PreflightError, match="no NVIDIA driver"):
+        check_cuda(torch_cuda="12.8", driver=(None, None))
+    assert "CUDA 13.0" in check_cuda(torch_cuda="13.0", driver=("580.65", "13.0"), available=True)
+
+
+def test_preflight_command_offline_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    proc = subprocess.run([sys.executable, "-m", "rsdlib.cli", "preflight", "--profile", "paper"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "simplescaling/s1.1-7B" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- point 6
+def test_prefix_only_pass_is_sized_like_the_main_pass(tmp_path, monkeypatch):
+    import rsdlib.traces as traces_mod
+
+    calls = []
+    real = traces_mod.Decoder.generate
+
+    def spy(self, prompts, seeds, **kw):
+        calls.append((self.config.max_new_tokens, kw.get("max_cache_gib")))
+        return real(self, prompts, seeds, **kw)
+
+    monkeypatch.setattr(traces_mod.Decoder, "generate", spy)
+    pair = _tiny_pair()
+    problems = [Problem(id=f"q{i}", question=f"What is {i}+{i}?", gold=str(2 * i), kind="integer") for i in range(3)]
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    solved = {"problem_id": "q1", "kind": "full", "sample_index": 0}
+    (teacher_dir / "dataset.jsonl").write_text(json.dumps(solved) + "\n")
+    cfg = TraceJobConfig(method="rsd", decoding=DecodingConfig(mode="rsd", max_new_tokens=8), samples_per_problem=1,
+                         prefix_tokens=4, grade_timeout=None, max_cache_gib=0.5)
+    run_trace_job(pair, problems, cfg, tmp_path / "rsd", restrict_to=teacher_dir, progress=False)
+    assert calls == [(8, 0.5), (4, 0.5)]  # the main pass, then the prefix-only pass, both under the budget
+
+
+# ------------------------------------------------------------------------------------- point 7: quick check
+def test_quick_check_keeps_one_method_per_path():
+    from rsdlib.quickcheck import quick_params
+
+    params = quick_params("paper-dry")
+    assert params["n_problems"] == 6 and params["workers"] == 1
+    methods = params["methods"]
+    assert list(methods) == ["teacher", "rsd-p1", "self-distill", "self-distill-ce", "skd"]
+    assert methods["self-distill-ce"]["samples_per_problem"] == params["job"]["samples_per_problem"] + 1
+    assert set(params["extra_pairs"]) == {"llama", "qwen3-1.7b"}
+    assert all(extra["methods"] == ["rsd-p1"] for extra in params["extra_pairs"].values())
+    paper = quick_params("paper", samples=4, max_new_tokens=4096)
+    assert paper["job"]["samples_per_problem"] == 4 and paper["decoding"]["max_new_tokens"] == 4096
+    assert paper["methods"]["self-distill-ce"]["samples_per_problem"] == 5  # not 203
+
+
+@pytest.mark.slow
+def test_quick_check_on_the_dry_run(tmp_path):
+    from rsdlib.quickcheck import quickcheck
+
+    lines = []
+    assert quickcheck(tmp_path, problems=6, echo=lines.append) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "main/teacher: " in text and "(problems 6, 2 ungradable)" in text
+    assert "llama/rsd-p1" in text and "grading: the filter's boxed reading" in text

@@ -91,6 +91,7 @@ def test_the_diff_check_catches_a_changed_recipe():
 def test_paper_dry_reproduction(tmp_path, monkeypatch):
     from rsdlib.reproduce import reproduce
     from rsdlib.standins import standin_tokenizers_dir
+    from rsdlib.traces import trace_run_stats
 
     standin_tokenizers_dir()  # a clear error when the real tokenizer files are not provided
     monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
@@ -106,5 +107,8 @@ def test_paper_dry_reproduction(tmp_path, monkeypatch):
             dataset = tmp_path / "results" / "paper-dry" / "traces" / run / method / "dataset.jsonl"
             kinds = [json.loads(line)["kind"] for line in dataset.read_text().splitlines()]
             assert kinds.count("full") >= 1, f"{run}/{method} kept no trace"
-            if method != "reference":  # the hybrid recipe: every problem with a gold gives an example
+            if method != "reference":  # the hybrid recipe: every problem gives an example (issue 30)
                 assert kinds.count("prefix") >= 1, f"{run}/{method} has no prefix example"
+                assert len(kinds) == len(manifest["problems"]), f"{run}/{method}: not every problem accounted for"
+    teacher = trace_run_stats(tmp_path / "results" / "paper-dry" / "traces" / "main" / "teacher")
+    assert teacher["problems"] == len(manifest["problems"]) and teacher["ungradable_problems"] >= 1  # Table 2's /N
