@@ -105,11 +105,15 @@ def _check_run(folder: Path, tok, problems: dict, echo) -> list[str]:
          f"{sum(bool(s['ended_turn']) for s in attempted)}; native end of thinking mapped to {close!r}: {mapped}")
     if attempted:
         items = [(s["text"], problems[s["problem_id"]].gold, problems[s["problem_id"]].kind) for s in attempted]
-        standard = grade_many(items, timeout=job.get("grade_timeout") or 10.0, delim=close, answer_format="standard")
+        # a generous limit: a check on a loaded machine must not report a slow sympy as a disagreement
+        standard = grade_many(items, timeout=max(job.get("grade_timeout") or 10.0, 60.0), delim=close,
+                              answer_format="standard")
+        timed_out = sum(bool(g.get("timed_out")) for g in standard)
         differ = [(s, g) for s, g in zip(attempted, standard)
-                  if (s["status"] == "correct") != (g["status"] == "correct")]
+                  if not g.get("timed_out") and (s["status"] == "correct") != (g["status"] == "correct")]
         echo(f"    grading: the filter's {job.get('answer_format', 'boxed')} reading and the standard reading agree "
-             f"on {len(attempted) - len(differ)}/{len(attempted)} samples")
+             f"on {len(attempted) - len(differ) - timed_out}/{len(attempted)} samples"
+             + (f" ({timed_out} timed out)" if timed_out else ""))
         for s, g in differ[:3]:
             echo(f"      look at {s['problem_id']}#{s['sample_index']}: filter {s['status']} ({s['answer']!r}), "
                  f"standard {g['status']} ({g['answer']!r}), gold {problems[s['problem_id']].gold!r}")

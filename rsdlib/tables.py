@@ -459,7 +459,8 @@ def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differenc
         f"{len(manifest['problems'])} {manifest['benchmark']} problems, {trace_cfg.get('samples_per_problem')} samples "
         f"per problem, at most {trace_cfg.get('max_new_tokens')} new tokens. Paper: s1.1-7B teaching Qwen3-0.6B, "
         "1,000 s1K problems, 16 samples, 8k context.",
-        "Correctly solved: the teacher over all problems; the other methods over the problems the teacher solved"
+        "Correctly solved: the teacher over all problems (those without a trusted gold, rsdlib.grading.gold_trust, "
+        "count as unsolved and give prefixes); the other methods over the problems the teacher solved"
         + ("" if manifest["restrict_to_teacher_solved"] else " (not restricted in this profile: over all problems)")
         + ".",
         f"Sub-1% tokens: tokens of the kept (training) traces with probability below {threshold:g} under the "
