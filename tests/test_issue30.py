@@ -7,9 +7,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from _tiny import tiny_model, tiny_tokenizer
+from test_issue12 import _tiny_pair  # the tiny identical-vocabulary pair
 
-from rsdlib.bridge import VocabBridge
 from rsdlib.data import Problem
 from rsdlib.decoding import DecodingConfig
 from rsdlib.grading import TRUSTED_GOLD_RULES, gold_trust
@@ -21,14 +20,6 @@ from rsdlib.traces import (
     select_examples,
     trace_run_stats,
 )
-
-
-def _tiny_pair():
-    tok = tiny_tokenizer()
-    teacher, student = tiny_model(tok, seed=1), tiny_model(tok, seed=2)
-    V = teacher.config.vocab_size
-    return SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
-                           bridge=VocabBridge.from_tokenizers(tok, tok, V, V))
 
 
 def _s1k_like(i: int, gold: str, rule: str, question: str = "", solution: str = "") -> Problem:
