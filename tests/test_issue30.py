@@ -7,7 +7,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from test_issue12 import _tiny_pair  # the tiny identical-vocabulary pair
+from _tiny import tiny_pair as _tiny_pair
 
 from rsdlib.data import Problem
 from rsdlib.decoding import DecodingConfig
