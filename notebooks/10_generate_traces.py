@@ -93,7 +93,10 @@ check_trace_params(params)  # every method's config, before the first model load
 # A teacher that solves nothing stops here with the count (EmptyTrainingSetError), never a silent skip.
 # Training sets (the hybrid recipe, `job.prefix_scope: all`): full traces of the solved problems +
 # prefixes for every other problem (prefix-only generations for those the teacher did not solve);
-# the paper's RSD-1% set is 180 + 820 = 1,000. Then the pre-existing traces (the "+ s1K-1.1" row: the
+# the paper's RSD-1% set is 180 + 820 = 1,000. A problem without a trusted gold (`rsdlib.grading.gold_trust`:
+# proofs, partial answers) cannot be graded: it is unsolved and gets a prefix, so all problems are accounted
+# for. Which correct sample is kept: the authors' rule per mode (`rsdlib.traces.KEEP_BY_MODE`: shortest for
+# RSD and SKD, first for the teacher and self-distill). Then the pre-existing traces (the "+ s1K-1.1" row: the
 # paper's s1K-1.1 traces need the hub; offline, the benchmark's worked solutions are the stand-in, text
 # the student did not write), then the other pairs (Tables 4 and 6: traces tailored to another student).
 
