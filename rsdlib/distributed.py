@@ -33,7 +33,6 @@ before, and merges shards left by an interrupted multi-rank run.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -42,7 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from rsdlib.store import read_jsonl_resumable, write_jsonl_atomic
+from rsdlib.store import read_json, read_jsonl_resumable, write_jsonl_atomic
 
 SHARDS_DIR = "shards"
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks that finish early wait at the final barrier for the slowest
@@ -268,4 +267,4 @@ class Shards:
     def result(self, paths: Sequence[Path]) -> list[dict]:
         """The JSON files rank 0 wrote after the merge, read by every rank once they exist."""
         barrier(self.world)
-        return [json.loads(Path(p).read_text()) for p in paths]
+        return [read_json(Path(p)) for p in paths]

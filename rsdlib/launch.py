@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rsdlib import distributed, paths
+from rsdlib.store import read_json
 
 TRACES_NOTEBOOK, EVAL_NOTEBOOK = "10_generate_traces", "40_evaluate"
 
@@ -39,16 +40,20 @@ def stage_params(notebook: str, path: str | Path | None = None, profile: str | N
     profile is ``profile``, else the file's ``profile`` key, else its folder's name when that is a
     profile (``params/<profile>/...``), else "demo".
     """
-    import yaml
 
-    from rsdlib.reproduce import PROFILES, ParameterError, check_parameters, notebook_parameters, resolved_params
+    from rsdlib.reproduce import (
+        PROFILES,
+        ParameterError,
+        check_parameters,
+        notebook_parameters,
+        read_params_yaml,
+        resolved_params,
+    )
 
     if path is None:
         return resolved_params(profile or "demo", notebook)
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"--params {path}: no such file")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = read_params_yaml(path)  # a dangling link or /dev/null is refused
     if not isinstance(values, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
     declared = notebook_parameters(notebook)
@@ -149,7 +154,7 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     cfg = method_job_config(params, ns.method, teacher, student)
     _expect(cfg, ns.expect_hash)
     trace_root = paths.results_dir(params["profile"]) / "traces"
-    out = Path(ns.out) if ns.out else trace_root / ns.pair / ns.method
+    out = Path(ns.out) if ns.out else paths.results_path(params["profile"], "traces", ns.pair, ns.method)
     if ns.restrict_to:
         restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
     else:
@@ -170,7 +175,7 @@ def traces_with_torchrun(params_file: Path, method: str, out: Path, workers: int
             "--restrict-to", restrict_to or "none"]
     args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
     run_with_torchrun("rsdlib.traces", args, workers)
-    return json.loads((Path(out) / "summary.json").read_text())
+    return read_json((Path(out) / "summary.json"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
     where = resolve_model(params["profile"], ns.model, params["extra_models"], strict=False)
-    out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
+    out = Path(ns.out) if ns.out else paths.results_path(params["profile"], "eval", ns.model)
     summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
     if world.is_main:
         print(json.dumps({b: {k: s[k] for k in ("score", "n_samples", "ranks")} for b, s in summaries.items()}))
@@ -213,7 +218,7 @@ def evaluate_with_torchrun(params_file: Path, model: str, out: Path, workers: in
     args = ["--params", params_file, "--model", model, "--out", out]
     args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
     run_with_torchrun("rsdlib.evaluate", args, workers)
-    return {b: json.loads((Path(out) / b / "summary.json").read_text()) for b in benchmarks}
+    return {b: read_json((Path(out) / b / "summary.json")) for b in benchmarks}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,20 +11,21 @@ reuses notebook 10's traces. Writes ``results/<profile>/multistep/cycle<c>/trace
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
+from rsdlib.store import read_json, write_json_atomic
 
 
 def check_multistep_params(params: dict) -> dict:
     """Refuse bad parameters before any work; returns notebook 10's trace manifest."""
     from rsdlib.train import TrainConfig
 
-    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))
     method, training = params["method"], params["training"]
+    paths.check_name(method, "method")  # names folders (traces/main/<method>) and models
     if method not in manifest["methods"].get("main", []):
         raise ValueError(f"method {method!r} has no traces of pair main; "
                          f"notebook 10 made {manifest['methods']['main']}")
@@ -51,7 +52,7 @@ def run_multistep(params: dict) -> list[dict]:
     profile, method, cycles, training, force = (params[k] for k in ("profile", "method", "cycles", "training", "force"))
     results = paths.results_dir(profile)
     first_dir = results / "traces" / "main" / method
-    stored = json.loads((first_dir / "config.json").read_text())
+    stored = read_json((first_dir / "config.json"))
     base_job = load_yaml_config(TraceJobConfig, stored["config"])
     if base_job.decoding.mode not in ("rsd", "skd"):
         raise ValueError(f"method {method!r} is a {base_job.decoding.mode!r} run; multi-step RSD needs an rsd "
@@ -88,23 +89,23 @@ def run_multistep(params: dict) -> list[dict]:
               f"prefix = {n_examples} examples")
         model_dir = cycle_dir / "model"
         if force and model_dir.exists():
-            shutil.rmtree(model_dir)
+            shutil.rmtree(paths.check_inside(model_dir, results, "multi-step model folder"))
         cfg = load_yaml_config(TrainConfig, {**training, "model": current, "output_dir": str(model_dir)})
         start = time.perf_counter()
         final = train(cfg, dataset)
         carry_steering(current, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
-        summary = json.loads((model_dir / "train_summary.json").read_text())
+        summary = read_json((model_dir / "train_summary.json"))
         print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
               f"{time.perf_counter() - start:.0f} s -> {final}")
         rows.append({"cycle": cycle, "student": current, **stats, "examples": n_examples,
                      "train_loss": summary.get("train_loss"), "model": str(final)})
         current = str(final)
     final_name = f"{method}-{cycles}step"
-    (root / "manifest.json").write_text(json.dumps({
+    write_json_atomic(root / "manifest.json", {
         "profile": profile, "method": method, "cycles": cycles, "training": training,
         "models": {final_name: {"final": current, "method": method, "cycles": cycles},
                    **{f"{method}-cycle{r['cycle']}": {"final": r["model"], "method": method, "cycles": r["cycle"]}
                       for r in rows}},
-        "rows": rows}, indent=2))
+        "rows": rows})
     print(f"{final_name}: {current}")
     return rows

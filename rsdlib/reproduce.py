@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rsdlib import paths
+from rsdlib.store import read_json
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
@@ -139,8 +140,11 @@ def resolve_profile(profile: str, params_dir: str | Path | None = None) -> Profi
                                  f"(profiles: {', '.join(known)}; or give a folder outside the repository)")
         return Profile(profile, params_dir / profile)
     folder = Path(profile).expanduser().resolve()
-    repo = paths.REPO_ROOT.resolve()
-    if _inside(folder, repo) and not _inside(folder, paths.results_dir().resolve()):
+    repo, results = paths.REPO_ROOT.resolve(), paths.results_dir().resolve()
+    # under the results folder is outside the tracked tree only when the results folder is not the repository
+    # or one of its parents (RSDLIB_RESULTS=/ would otherwise let rsdlib/ or notebooks/ pass as a profile)
+    in_results = _inside(folder, results) and not _inside(repo, results)
+    if _inside(folder, repo) and not in_results:
         raise ParameterError(
             f"--profile {profile!r} is a folder inside the repository ({folder}): a profile is a name under "
             f"{params_dir} ({', '.join(known)}) or a folder outside the repository's tracked tree")
@@ -249,10 +253,9 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
 
     A profile without a file for the notebook runs it with the notebook's own defaults (the demo's).
     """
-    import yaml
 
     path = params_file(profile, name, params_dir)
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    values = read_params_yaml(path) if os.path.lexists(path) else {}
     if not isinstance(values, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
     declared = declared if declared is not None else notebook_parameters(name)
@@ -262,6 +265,25 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
     if "profile" in declared:
         values["profile"] = profile
     return values
+
+
+def read_params_yaml(path: Path):
+    """The YAML of a parameter file that must exist as a regular file (a symbolic link to one is fine): a
+    dangling link, ``/dev/null``, a folder or a pipe is refused (silently running the defaults would not be
+    what the file asked for)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            why = f"a symbolic link to {os.readlink(path)}, which does not exist"
+        elif not path.exists():
+            why = "no such file"
+        else:
+            why = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ParameterError(f"parameter file {path}: {why}; a parameter file must be a regular YAML file "
+                             "(delete it to run the notebook's defaults)")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def resolved_params(profile: str, name: str, params_dir: Path | None = None) -> dict:
@@ -333,12 +355,14 @@ def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
     return [nb for nb in NOTEBOOKS if nb in chosen]  # always in dependency order
 
 
-def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
+def _environment(profile: str, threads: int | None = None, folder: Path | None = None) -> dict[str, str]:
     """Environment of the kernels: headless matplotlib, quiet progress bars, and ``threads`` CPU threads
     for torch (OMP/MKL) when given. Benchmarks come from the copies shipped in rsdlib (or the user's
     own ``RSDLIB_DATA_DIR``, inherited): nothing outside the repository is looked for."""
     env = {"MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
+    if folder is not None:  # error messages name the real parameter file (rsdlib.paths.params_source)
+        env["RSDLIB_PROFILE_DIR"] = str(Path(folder).resolve())
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     # one GPU per kernel: 30_train trains inside the notebook, and the transformers Trainer would silently
@@ -498,16 +522,16 @@ def _why_rerun(record: dict | None, key: dict, output: Path, outputs: dict[str, 
 
 def _read_record(path: Path) -> dict | None:
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 
 
 def _write_record(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    from rsdlib.store import write_json_atomic
+
+    write_json_atomic(path, record, indent=1)
 
 
 def _echo(line: str) -> None:
@@ -561,9 +585,10 @@ def reproduce(
     if unknown_overrides:
         raise ParameterError(f"overrides for notebooks not run: {', '.join(unknown_overrides)}")
 
-    from rsdlib.store import RunConflictError, run_lock
+    from rsdlib.store import RunConflictError, check_writable, run_lock
 
     results_root = paths.results_dir(profile)
+    check_writable(results_root, f"the results of profile {profile!r} (notebook outputs, run records, the lock)")
     with contextlib.ExitStack() as stack:
         try:  # one run per profile: refused here, before anything runs or is overwritten
             stack.enter_context(run_lock(results_root))
@@ -572,15 +597,17 @@ def reproduce(
                 f"profile {profile!r} is being reproduced by another run (lock {results_root / '.lock'} is held): "
                 "wait for it to finish or stop it; nothing was run or overwritten") from None
         return _run_plan(plan, profile, results_root, paths.figures_dir(profile), force=force,
-                         skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo)
+                         skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo,
+                         folder=resolved.folder)
 
 
 def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: bool, skip_unchanged: bool,
-              timeout: float | None, threads: int | None, echo: Callable[[str], None]) -> Report:
+              timeout: float | None, threads: int | None, echo: Callable[[str], None],
+              folder: Path | None = None) -> Report:
     """Run (or skip as unchanged) each planned notebook, in order, while the profile's lock is held."""
     out_dir = results_root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(profile, threads)
+    env = _environment(profile, threads, folder)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     before = {p: p.stat().st_mtime_ns for p in fig_dir.glob("*") if p.is_file()}

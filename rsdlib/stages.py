@@ -10,7 +10,6 @@ module imports launch, and nothing below imports this module.
 
 from __future__ import annotations
 
-import json
 import time
 
 from rsdlib import launch, paths, reference
@@ -26,7 +25,7 @@ from rsdlib.evaluate import (
 )
 from rsdlib.models import load_pair
 from rsdlib.prompts import prompt_style
-from rsdlib.store import RunConflictError
+from rsdlib.store import RunConflictError, check_writable, read_json, write_json_atomic
 from rsdlib.traces import (
     TRACES_NOTEBOOK,
     check_trace_params,
@@ -44,8 +43,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
     ``traces/manifest.json``. Returns {pair run: {method: trace_run_stats row}}."""
     check_trace_params(params)
     profile, methods, force = params["profile"], params["methods"], params["force"]
-    trace_root = paths.results_dir(profile) / "traces"
-    trace_root.mkdir(parents=True, exist_ok=True)
+    trace_root = check_writable(paths.results_path(profile, "traces"), "notebook 10's traces")
     problems = trace_problems(params)
     print(f"{len(problems)} {params['benchmark']} problems ({params['pick']}, split {params['split']}); "
           f"methods: {', '.join(methods)}")
@@ -55,7 +53,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
 
     def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
         cfg = method_job_config(params, method, *pairs[run])
-        out = trace_root / run / method
+        out = paths.results_path(profile, "traces", run, method)  # keys checked: never outside results/<profile>
         start = time.perf_counter()
         try:
             if workers > 1:  # each rank generates its share of the (problem, sample) units; rank 0 merges them
@@ -85,7 +83,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
         if method != "teacher":
             summaries["main"][method] = run_method(pair, "main", method, restrict_dir)
     if params["reference"]:
-        out = trace_root / "main" / "reference"
+        out = paths.results_path(profile, "traces", "main", "reference")
         summaries["main"]["reference"] = write_reference_run(params, pair.student_tokenizer, problems, out)
     del pair
     for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
@@ -101,7 +99,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
         "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
         "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
     }
-    (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(trace_root / "manifest.json", manifest)
     return summaries
 
 
@@ -111,6 +109,7 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
     profile, force = params["profile"], params["force"]
     results = paths.results_dir(profile)
     evaluation, cfg, plan = check_eval_params(params)
+    check_writable(results / "eval", "notebook 40's evaluations")
     print(f"benchmarks {cfg.benchmarks}; samples {[cfg.samples_for(b) for b in cfg.benchmarks]}; "
           f"max tokens {[cfg.max_tokens_for(b) for b in cfg.benchmarks]}")
     for name, where in plan.items():
@@ -120,10 +119,10 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
     for name, where in plan.items():
         if where is None:
             continue
-        out = results / "eval" / name
+        out = paths.results_path(profile, "eval", name)  # a model key names the folder: checked
         stamp = model_stamp(where)
         if (out / "model_stamp.json").is_file():
-            stale = json.loads((out / "model_stamp.json").read_text()) != stamp
+            stale = read_json((out / "model_stamp.json")) != stamp
         else:  # results of unknown provenance
             stale = (out / "config.json").is_file()
         if stale:
@@ -137,10 +136,9 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
             summaries = evaluate_isolated(where, model_cfg, out, force=force or stale)
         else:
             summaries = evaluate(where, model_cfg, out, force=force or stale)
-        (out / "model_stamp.json").write_text(json.dumps(stamp))
+        write_json_atomic(out / "model_stamp.json", stamp, indent=None)
         scores[name] = score_row(summaries, cfg.benchmarks)
     doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
            "paper_metrics": reference.METRICS}
-    (results / "eval").mkdir(parents=True, exist_ok=True)
-    (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
+    write_json_atomic(results / "eval" / "summary.json", doc)
     return scores

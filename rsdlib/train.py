@@ -52,12 +52,14 @@ student of multi-step RSD (Table 5).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -66,6 +68,7 @@ import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
 from rsdlib.prompts import turn_end_id, vocab_id
+from rsdlib.store import check_writable, explained_writes, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candida
 RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
 CHECKPOINT_SEAL = "rsdlib-checkpoint.json"  # written last into a checkpoint: its files and their sizes
 STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into output_dir
+MAX_EPOCHS = 1000  # sane ceiling (paper: 15; s1: 5): more is a typo such as 1e9
 INCOMPLETE_DIR = "incomplete"  # damaged / partial checkpoint folders are moved here, never resumed from
 
 
@@ -131,7 +135,7 @@ class TrainConfig:
             self.bf16 = value if value == "auto" else value == "true"
         self.lora_target_modules = tuple(self.lora_target_modules)
         checks = {
-            "epochs > 0": self.epochs > 0,
+            f"0 < epochs <= {MAX_EPOCHS}": 0 < self.epochs <= MAX_EPOCHS,
             "learning_rate > 0": self.learning_rate > 0,
             "0 <= warmup_ratio < 1": 0 <= self.warmup_ratio < 1,
             "0 <= adam_beta1 < 1": 0 <= self.adam_beta1 < 1,
@@ -457,9 +461,7 @@ def _log_callback(path: Path):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state.log_history, indent=1))
-                tmp.replace(path)
+                write_json_atomic(path, state.log_history, indent=1)
 
     return WriteLog()
 
@@ -521,7 +523,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         return (f"it has no {CHECKPOINT_SEAL} (its save was cut short, e.g. by a kill, or an older rsdlib wrote it); "
                 f"{sum(1 for p in folder.rglob('*') if p.is_file())} file(s) in it")
     try:
-        files = json.loads(seal.read_text())["files"]
+        files = read_json(seal)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"its {CHECKPOINT_SEAL} is unreadable"
     for name, size in files.items():
@@ -578,6 +580,29 @@ def _seal_and_publish(staged: Path, target: Path) -> None:
         os.close(dir_fd)
 
 
+SAVE_FAILURES = ("No space left", "StorageFull", "file write failed", "inline_container")  # torch / safetensors
+
+
+@contextmanager
+def _explained_save(path: Path, what: str):
+    """A failed save as one line naming the place: an OSError through ``explain_os_error``, and the RuntimeError
+    torch raises for a write that fails on a full disk ("[enforce fail at inline_container.cc] ... file write
+    failed") or safetensors' "No space left on device" as "no space left on <path>"."""
+    with explained_writes(path, what):
+        try:
+            yield
+        except RuntimeError as err:  # torch.save / safetensors report a full disk as a RuntimeError
+            if not any(s in str(err) for s in SAVE_FAILURES):
+                raise
+            try:
+                free = f"{shutil.disk_usage(path if path.exists() else path.parent).free / 2**20:,.0f} MiB free"
+            except OSError:
+                free = "free space unknown"
+            raise OSError(errno.ENOSPC, f"no space left on {path} ({free}) while saving {what} "
+                          f"({str(err).splitlines()[0][:160]}): free space and rerun (training resumes from the "
+                          "last complete checkpoint)") from None
+
+
 def _atomic_trainer(**kwargs):
     """A transformers ``Trainer`` whose checkpoints appear only complete (see the module docstring)."""
     from transformers import Trainer
@@ -593,7 +618,8 @@ def _atomic_trainer(**kwargs):
             self.accelerator.wait_for_everyone()
             self._get_output_dir = lambda trial=None: str(staging)  # the Trainer writes into staging/<name>
             try:
-                super()._save_checkpoint(model, trial)
+                with _explained_save(staging / name, f"the checkpoint {name}"):
+                    super()._save_checkpoint(model, trial)
             finally:
                 del self._get_output_dir
             self.accelerator.wait_for_everyone()  # every rank's shards are written
@@ -622,7 +648,7 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
         return None
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
     if stored_cfg.is_file():
-        stored = json.loads(stored_cfg.read_text())
+        stored = read_json(stored_cfg)
         if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
             mine = config_to_dict(config)
             diff = sorted(k for k in set(stored) | set(mine)
@@ -631,7 +657,7 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
                 f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
                 "use another output_dir, or resume: false to start over there"
             )
-    if stored_info.is_file() and json.loads(stored_info.read_text()).get("fingerprint") != info["fingerprint"]:
+    if stored_info.is_file() and read_json(stored_info).get("fingerprint") != info["fingerprint"]:
         raise ValueError(
             f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
             "or resume: false to start over there"
@@ -644,10 +670,10 @@ def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bo
     stored_cfg, summary = output_dir / "final" / "train_config.json", output_dir / "train_summary.json"
     if not (stored_cfg.is_file() and summary.is_file()):
         return False
-    same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
+    same_config = config_hash(read_json(stored_cfg), RESUME_FREE_FIELDS) == config_hash(
         config, RESUME_FREE_FIELDS
     )
-    return same_config and json.loads(summary.read_text()).get("fingerprint") == info["fingerprint"]
+    return same_config and read_json(summary).get("fingerprint") == info["fingerprint"]
 
 
 def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, model=None, callbacks=()) -> Path:
@@ -746,7 +772,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.json")
-        (output_dir / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_json_atomic(output_dir / "dataset_info.json", info, end="\n")
         log.info("training on %s; resuming from %s", info, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.state.global_step < trainer.state.max_steps:  # stopped early by a callback: no final model
@@ -757,6 +783,11 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, metrics: Mapping) -> Path:
     """Final model (or merged LoRA model) + tokenizer + config, in safetensors, to output_dir/final."""
     final = output_dir / "final"
+    with _explained_save(final, "the final model"):
+        return _write_final(trainer, config, output_dir, final, info, metrics)
+
+
+def _write_final(trainer, config: TrainConfig, output_dir: Path, final: Path, info: Mapping, metrics: Mapping) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "merge_and_unload")
     if is_peft:
@@ -776,8 +807,8 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
                    "merged_lora": is_peft and config.merge_lora, "world_size": world_size(),
                    "gradient_accumulation_steps": accumulation,
                    "effective_batch_size": accumulation * config.micro_batch_size * world_size()}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        write_json_atomic(output_dir / "train_summary.json", summary, end="\n")
+        write_json_atomic(output_dir / "train_log.json", trainer.state.log_history, indent=1)
     return final
 
 
@@ -827,17 +858,26 @@ def check_train_params(params: dict) -> list[tuple[str, str]]:
     """Refuse bad parameters before any work; returns the (pair run, method) datasets to train on."""
     from rsdlib import paths
 
-    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())  # notebook 10
+    manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))  # notebook 10
     training = params["training"]
     for bad in ("model", "output_dir"):
         if bad in training:
             raise ValueError(f"training.{bad} is set by this notebook "
                              "(the pair's student / results/<profile>/models/...)")
-    load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
-    for keys in params["method_training"].values():
-        load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+    where = paths.params_source(params["profile"], "30_train")
+    try:  # unknown keys and ranges refused before any work, naming the file
+        load_yaml_config(TrainConfig, {**training, "model": "check"})
+    except ValueError as err:
+        raise ValueError(f"{where}: training: {err}") from None
+    for method, keys in params["method_training"].items():
+        try:
+            load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+        except ValueError as err:
+            raise ValueError(f"{where}: method_training[{method!r}]: {err}") from None
     runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
-    for run, method in runs:
+    for run, method in runs:  # both name folders (traces/<run>/<method>, models/<run>-<method>): simple names only
+        paths.check_name(run, "extra_runs key")
+        paths.check_name(method, "method")
         if method not in manifest["methods"].get(run, []):
             raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
     return runs
@@ -855,16 +895,14 @@ def run_train_stage(params: dict) -> dict[str, dict]:
 
     runs = check_train_params(params)
     profile, training = params["profile"], params["training"]
-    results = paths.results_dir(profile)
-    manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
-    models_dir = results / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_json(paths.input_file(profile, "traces", "manifest.json"))
+    models_dir = check_writable(paths.results_path(profile, "models"), "notebook 30's models")
     trained = {}
     for run, method in runs:
-        dataset = results / "traces" / run / method / "dataset.jsonl"
+        dataset = paths.results_path(profile, "traces", run, method) / "dataset.jsonl"
         examples = load_examples(dataset)  # a malformed line is named by file and line
         name = f"{run}-{method}"
-        out = models_dir / name
+        out = paths.results_path(profile, "models", name)  # refused outside results/<profile> before any rmtree
         n_full = check_trainable(dataset, name, require_kept=params["require_kept_traces"])["full_examples"]
         keys = {**training, **params["method_training"].get(method, {})}
         lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
@@ -881,7 +919,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
         seconds = time.perf_counter() - start
         summary_path = out / "train_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_json(summary_path) if summary_path.is_file() else {}
         kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
         trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
                          "final": str(final) if final.is_dir() else None, "examples": len(examples),
@@ -889,7 +927,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
                          "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
                          "seconds": round(seconds, 1)}
         print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
-    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+    write_json_atomic(models_dir / "manifest.json", {"profile": profile, "models": trained})
     return trained
 
 if __name__ == "__main__":
