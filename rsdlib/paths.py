@@ -135,9 +135,12 @@ def figures_dir(profile: str) -> Path:
     """Figures and tables of a profile (created): `<repo>/figures/<profile>`, or `$RSDLIB_FIGURES/<profile>`."""
     env = os.environ.get("RSDLIB_FIGURES")
     folder = Path(env).expanduser() if env else REPO_ROOT / "figures"
-    from rsdlib.store import check_writable
+    from rsdlib.store import explained_writes
 
-    return check_writable(folder / check_name(profile, "profile"), f"the figures and tables of profile {profile!r}")
+    folder = folder / check_name(profile, "profile")
+    with explained_writes(folder / "x", f"the figures and tables of profile {profile!r}"):  # names a read-only place
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def hub_offline() -> bool:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_embedded import prepared  # noqa: F401  (the fixture: a tiny model prepared into a fresh cache)
 
 from rsdlib import paths
 from rsdlib.data import Problem
@@ -152,17 +153,10 @@ def test_reference_traces_and_golds_are_data_the_delimiter_is_ours():
 
 
 # ------------------------------------------------------------------------- 3. the verified cache
-def test_a_file_dropped_into_the_verified_model_cache_is_refused(tmp_path, monkeypatch):
-    from test_embedded import fake_model, write_tiny_gguf
-
+def test_a_file_dropped_into_the_verified_model_cache_is_refused(prepared):  # noqa: F811
     from rsdlib import embedded, models
 
-    write_tiny_gguf(tmp_path / "source.gguf")
-    cache = tmp_path / "cache"
-    spec = fake_model(cache, (tmp_path / "source.gguf").read_bytes(), 2)
-    folder = embedded.prepare(spec, cache)
-    monkeypatch.setenv("RSDLIB_CACHE", str(cache))
-    monkeypatch.setitem(embedded.EMBEDDED, "student", spec)
+    spec, cache, folder = prepared
     assert embedded.cache_problems(folder) == []
     (folder / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     (folder / "adapter_config.json").write_text("{}")
