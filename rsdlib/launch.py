@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -81,17 +78,12 @@ def save_params(notebook: str, namespace: dict, path: str | Path) -> Path:
 
 
 def run_with_torchrun(module: str, args: Sequence[str], workers: int, *, echo=print) -> None:
-    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (a free port; one machine).
+    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (a free port; one machine), the
+    ranks seeing every GPU of the stage (``rsdlib.distributed.run_ranks``).
 
     Raises RuntimeError with the end of its output when any rank fails.
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-           "-m", module, *map(str, args)]
-    echo(f"launching: torchrun --standalone --nproc-per-node={workers} -m {module} {' '.join(map(str, args))}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{module} under torchrun ({workers} processes) failed (exit {proc.returncode}):\n"
-                           f"{(proc.stdout + proc.stderr)[-6000:]}")
+    distributed.run_ranks(module, args, workers, echo=echo)
 
 
 def _expect(cfg, expected: str | None) -> None:
@@ -131,7 +123,9 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
 
     p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
                       "under torchrun / srun each rank does its share.", {
-                          "--method": {"required": True, "help": "a method of the file's `methods`"},
+                          "--method": {"help": "a method of the file's `methods` (required unless --job)"},
+                          "--job": {"help": "a job file instead (notebook 35's cycles: the trace-job config, models "
+                                    "and problem ids; rsdlib.multistep.run_cycle_traces writes it)"},
                           "--out": {"help": "run folder (default: results/<profile>/traces/<pair>/<method>)"},
                           "--pair": {"default": "main", "help": "main, or a run of the file's extra_pairs"},
                           "--restrict-to": {"help": "only the problems this run folder solved; 'none' for all "
@@ -139,6 +133,10 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
                                             "and the method is not teacher)"},
                           "--force": {"action": "store_true", "help": "redo the run"}})
     ns = p.parse_args(argv)
+    if ns.job:
+        return _trace_job_file(ns)
+    if not ns.method:
+        p.error("--method is required (or --job)")
     world, params = _start(TRACES_NOTEBOOK, ns)
     if ns.pair == "main":
         teacher, student = params["teacher"], params["student"]
@@ -158,6 +156,31 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     problems = trace_problems(params)
     pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
     summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
+    if world.is_main:
+        print(json.dumps(summary))
+    return 0
+
+
+def _trace_job_file(ns: argparse.Namespace) -> int:
+    """``python -m rsdlib.traces --job FILE --out DIR``: the job a notebook-35 cycle wrote, on this rank."""
+    from rsdlib.config import load_yaml_config
+    from rsdlib.data import load_benchmark
+    from rsdlib.models import load_pair
+    from rsdlib.traces import TraceJobConfig, run_trace_job
+
+    if not ns.out:
+        raise SystemExit("error: --job needs --out (the cycle's trace folder)")
+    job = json.loads(Path(ns.job).read_text())
+    world = distributed.World.from_env()
+    distributed.init(world)
+    cfg = load_yaml_config(TraceJobConfig, job["config"])
+    _expect(cfg, ns.expect_hash or job.get("expect_hash"))
+    wanted = set(job["problem_ids"])
+    problems = [p for p in load_benchmark(job["benchmark"], source=job["source"]) if p.id in wanted]
+    pair = load_pair(job["teacher"], job["student"], dtype=job["dtype"], device=distributed.device_for(world, "auto"))
+    restrict = Path(job["restrict_to"]) if job.get("restrict_to") else None
+    summary = run_trace_job(pair, problems, cfg, Path(ns.out), restrict_to=restrict, force=ns.force or job["force"],
+                            progress=world.is_main)
     if world.is_main:
         print(json.dumps(summary))
     return 0
@@ -184,7 +207,7 @@ def eval_config(params: dict, name: str):
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.evaluate import evaluate, resolve_model
+    from rsdlib.evaluate import evaluate, model_stamp, resolve_model
 
     p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
                       "torchrun / srun each rank does its share of the samples.", {
@@ -196,13 +219,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     world, params = _start(EVAL_NOTEBOOK, ns)
     cfg = eval_config(params, ns.model)
     _expect(cfg, ns.expect_hash)
-    if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
+    # a vLLM engine runs in a spawned process that sees only this rank's GPU (rsdlib.vllmproc)
     where = resolve_model(params["profile"], ns.model, params["extra_models"], strict=False)
     out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
     summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
-    if world.is_main:
+    if world.is_main:  # the stamp notebook 40 checks: a hand-run evaluation is not redone by the notebook
+        (out / "model_stamp.json").write_text(json.dumps(model_stamp(where)))
         print(json.dumps({b: {k: s[k] for k in ("score", "n_samples", "ranks")} for b, s in summaries.items()}))
     return 0
 
@@ -242,11 +264,6 @@ def student_tokenizer(student: str):
 
 
 def workers_for(workers: int) -> int:
-    """Processes for a stage notebook's ``workers``: as given, or 0 = one per visible GPU (1 without GPUs)."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"workers must be an integer >= 0 (0 = one per GPU), got {workers!r}")
-    if workers:
-        return workers
-    import torch
-
-    return max(1, torch.cuda.device_count())
+    """Processes for a stage notebook's ``workers``: as given, or 0 = one per device
+    (``rsdlib.distributed.workers_for``: the driver's GPUs, or ``RSDLIB_CPU_DEVICES`` CPU devices; 1 without any)."""
+    return distributed.workers_for(workers)

@@ -51,6 +51,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
           f"methods: {', '.join(methods)}")
     pairs = {"main": (params["teacher"], params["student"])}
     workers = launch.workers_for(params["workers"])
+    print(f"{workers} process(es) per method{' (torchrun ranks)' if workers > 1 else ''}")
     params_file = None
 
     def run_method(pair, run: str, method: str, restrict_dir=None) -> dict:
@@ -100,6 +101,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
         "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
         "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
         "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
+        "world_size": workers,
     }
     (trace_root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return summaries
@@ -116,6 +118,7 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
     for name, where in plan.items():
         print(f"  {name}: {where or 'not trained (no examples): skipped'}")
     workers = launch.workers_for(params["workers"])
+    print(f"{workers} process(es) per model{' (torchrun ranks)' if workers > 1 else ''}")
     scores = {}
     for name, where in plan.items():
         if where is None:
@@ -140,7 +143,7 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
         (out / "model_stamp.json").write_text(json.dumps(stamp))
         scores[name] = score_row(summaries, cfg.benchmarks)
     doc = {"profile": profile, "benchmarks": list(cfg.benchmarks), "config": evaluation, "models": scores,
-           "paper_metrics": reference.METRICS}
+           "paper_metrics": reference.METRICS, "world_size": workers}
     (results / "eval").mkdir(parents=True, exist_ok=True)
     (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
     return scores

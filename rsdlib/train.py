@@ -75,6 +75,9 @@ PAD_CANDIDATES = ("<|fim_pad|>",)  # never-used Qwen tokens, in order of prefere
 FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candidates
 # Fields that may change between an interrupted run and its resumption without changing the run.
 RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
+# Fields two configs may differ in and still be one run in one folder: the resume-free ones, and the folder
+# itself (a relative output_dir of a hand-run command, the notebook's absolute one: the same run; issue 28)
+SAME_RUN_FREE_FIELDS = (*RESUME_FREE_FIELDS, "output_dir")
 CHECKPOINT_SEAL = "rsdlib-checkpoint.json"  # written last into a checkpoint: its files and their sizes
 STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into output_dir
 INCOMPLETE_DIR = "incomplete"  # damaged / partial checkpoint folders are moved here, never resumed from
@@ -169,6 +172,21 @@ class TrainConfig:
                 f"{self.micro_batch_size} x world size {world_size}"
             )
         return self.global_batch_size // per_step
+
+    def batch_plan(self, world_size: int = 1, devices_per_process: int = 1) -> dict[str, int]:
+        """How the global batch is made on ``world_size`` processes: per-device batch, accumulation steps and the
+        effective batch, always ``global_batch_size``. A process that sees several GPUs (``devices_per_process``
+        > 1) would train DataParallel, multiplying the per-device batch by its GPUs: refused."""
+        if devices_per_process > 1:
+            raise ValueError(
+                f"this process sees {devices_per_process} GPUs and is not one of a launch's ranks: the Trainer would "
+                "train DataParallel (batch x GPUs). Launch one process per GPU (torchrun --nproc-per-node N -m "
+                "rsdlib.train ..., accelerate launch, or the notebook's workers), or show it one GPU "
+                "(CUDA_VISIBLE_DEVICES=0)")
+        accumulation = self.gradient_accumulation(world_size)
+        return {"world_size": world_size, "per_device_batch_size": self.micro_batch_size,
+                "gradient_accumulation_steps": accumulation,
+                "effective_batch_size": self.micro_batch_size * accumulation * world_size}
 
     def use_bf16(self) -> bool:
         if self.bf16 == "auto":
@@ -623,10 +641,10 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
     if stored_cfg.is_file():
         stored = json.loads(stored_cfg.read_text())
-        if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
+        if config_hash(stored, SAME_RUN_FREE_FIELDS) != config_hash(config, SAME_RUN_FREE_FIELDS):
             mine = config_to_dict(config)
             diff = sorted(k for k in set(stored) | set(mine)
-                          if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
+                          if k not in SAME_RUN_FREE_FIELDS and stored.get(k) != mine.get(k))
             raise ValueError(
                 f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
                 "use another output_dir, or resume: false to start over there"
@@ -644,8 +662,8 @@ def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bo
     stored_cfg, summary = output_dir / "final" / "train_config.json", output_dir / "train_summary.json"
     if not (stored_cfg.is_file() and summary.is_file()):
         return False
-    same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
-        config, RESUME_FREE_FIELDS
+    same_config = config_hash(json.loads(stored_cfg.read_text()), SAME_RUN_FREE_FIELDS) == config_hash(
+        config, SAME_RUN_FREE_FIELDS
     )
     return same_config and json.loads(summary.read_text()).get("fingerprint") == info["fingerprint"]
 
@@ -699,7 +717,8 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if config.lora:
         model = _apply_lora(model, config)
 
-    accumulation = config.gradient_accumulation(world_size())
+    plan = config.batch_plan(world_size())
+    accumulation = plan["gradient_accumulation_steps"]
     # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
     # over gloo only when told to use the CPU; otherwise every process would train on the whole dataset.
     cpu_processes = world_size() > 1 and not torch.cuda.is_available()
@@ -735,6 +754,11 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
     )
+    plan = config.batch_plan(world_size(), args.n_gpu)  # n_gpu > 1: DataParallel, refused
+    if _is_main_process():
+        _say(f"training on {plan['world_size']} process(es): per-device batch {plan['per_device_batch_size']} x "
+             f"{plan['gradient_accumulation_steps']} accumulation step(s) x {plan['world_size']} = effective batch "
+             f"{plan['effective_batch_size']}")
     trainer = _atomic_trainer(
         model=model,
         args=args,
@@ -771,11 +795,12 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
         trainer.processing_class.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         save_config(config, final / "train_config.json")
-        accumulation = trainer.args.gradient_accumulation_steps
+        args = trainer.args  # what the Trainer ran with: per device x accumulation x processes
         summary = {**info, **metrics, "global_step": trainer.state.global_step,
-                   "merged_lora": is_peft and config.merge_lora, "world_size": world_size(),
-                   "gradient_accumulation_steps": accumulation,
-                   "effective_batch_size": accumulation * config.micro_batch_size * world_size()}
+                   "merged_lora": is_peft and config.merge_lora, "world_size": args.world_size,
+                   "per_device_batch_size": args.per_device_train_batch_size,
+                   "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                   "effective_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return final
@@ -849,12 +874,15 @@ def run_train_stage(params: dict) -> dict[str, dict]:
     import time
 
     from rsdlib import paths
+    from rsdlib.distributed import workers_for
     from rsdlib.models import model_location
     from rsdlib.standins import carry_steering
     from rsdlib.traces import check_trainable
 
     runs = check_train_params(params)
     profile, training = params["profile"], params["training"]
+    workers = workers_for(params.get("workers", 1))  # above 1: DDP over that many torchrun ranks
+    print(f"training on {workers} process(es){' (DDP, torchrun)' if workers > 1 else ''}")
     results = paths.results_dir(profile)
     manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
     models_dir = results / "models"
@@ -877,7 +905,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
                                              "output_dir": str(out)})
         start = time.perf_counter()
-        final = train(cfg, dataset)
+        final = train_launched(cfg, dataset, workers)
         carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
         seconds = time.perf_counter() - start
         summary_path = out / "train_summary.json"
@@ -887,10 +915,30 @@ def run_train_stage(params: dict) -> dict[str, dict]:
                          "final": str(final) if final.is_dir() else None, "examples": len(examples),
                          "full": kinds["full"], "prefix": kinds["prefix"],
                          "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
+                         "world_size": summary.get("world_size"),
+                         "gradient_accumulation_steps": summary.get("gradient_accumulation_steps"),
                          "seconds": round(seconds, 1)}
         print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
-    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "world_size": workers,
+                                                          "models": trained}, indent=2))
     return trained
+
+
+def train_launched(config: TrainConfig, dataset: str | Path, workers: int = 1) -> Path:
+    """``train(config, dataset)`` in this process (``workers`` 1), or DDP over ``workers`` torchrun ranks:
+    ``torchrun --nproc-per-node <workers> -m rsdlib.train --config <output_dir>/train_request.json --data
+    <dataset>``, the command a user can run by hand (the same folder, config and checkpoints). Returns
+    ``output_dir/final``."""
+    if workers <= 1:
+        return train(config, dataset)
+    from rsdlib.distributed import run_ranks
+
+    output_dir = resolve_output_dir(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    request = output_dir / "train_request.json"
+    request.write_text(json.dumps(config_to_dict(config), indent=1) + "\n")
+    run_ranks("rsdlib.train", ["--config", request, "--data", Path(dataset).resolve()], workers)
+    return output_dir / "final"
 
 if __name__ == "__main__":
     raise SystemExit(main())
