@@ -32,9 +32,13 @@ silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no
         model=... output_dir=...
 
 (``--params`` reads the ``training`` keys of notebook 30's parameter file; ``--config`` a file of
-TrainConfig keys.)
+TrainConfig keys.) Notebooks 30 and 35 with ``workers`` > 1 run the same command as torchrun ranks
+(``train_launched``); a run is identified by its folder, so a relative ``output_dir`` and the notebook's
+absolute one are the same run (``SAME_RUN_FREE_FIELDS``).
 
-Gradient accumulation = global_batch_size / (micro_batch_size * world size). Checkpoints go to
+Gradient accumulation = global_batch_size / (micro_batch_size * world size): the effective batch is
+global_batch_size at any world size (``TrainConfig.batch_plan``, printed and in ``train_summary.json``).
+A single process that sees several GPUs (the Trainer would go DataParallel, batch x GPUs) is refused. Checkpoints go to
 ``output_dir/checkpoint-*`` beside ``train_config.json``, atomically: each is written complete into
 ``output_dir/.checkpoint-staging/``, sealed with ``rsdlib-checkpoint.json`` (every file and its size),
 then renamed into place, so a kill during a save never leaves a half checkpoint where resumption looks.
@@ -810,6 +814,16 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
 # Command line: python -m rsdlib.train --config train.yaml --data dataset.jsonl [key=value ...]
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+    config, data = command_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    final = train(config, data)
+    print(final)
+    return 0
+
+
+def command_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, str]:
+    """The (TrainConfig, dataset path) of a ``python -m rsdlib.train`` command line (also under torchrun /
+    accelerate launch): ``--config`` or ``--params``' ``training`` keys, then the key=value overrides."""
     import yaml
 
     parser = argparse.ArgumentParser(
@@ -830,7 +844,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep:
             parser.error(f"override {item!r} is not key=value")
         overrides[key] = yaml.safe_load(value)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if ns.params:  # the profile's recipe, as notebook 30 trains with it
         if ns.config:
             parser.error("give --config or --params, not both")
@@ -838,10 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(training, dict):
             parser.error(f"--params {ns.params}: no `training` mapping of TrainConfig keys")
         overrides = {**training, **overrides}
-    config = load_yaml_config(TrainConfig, ns.config, **overrides)
-    final = train(config, ns.data)
-    print(final)
-    return 0
+    return load_yaml_config(TrainConfig, ns.config, **overrides), ns.data
 
 
 
@@ -875,7 +885,6 @@ def run_train_stage(params: dict) -> dict[str, dict]:
 
     from rsdlib import paths
     from rsdlib.distributed import workers_for
-    from rsdlib.models import model_location
     from rsdlib.standins import carry_steering
     from rsdlib.traces import check_trainable
 
@@ -902,8 +911,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
               f"({'cut' if keys.get('truncate') else 'refused by training'})")
         if params["force"] and out.exists():
             shutil.rmtree(out)
-        cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
-                                             "output_dir": str(out)})
+        cfg = stage_run_config(params, run, method, manifest["pairs"][run]["student"])
         start = time.perf_counter()
         final = train_launched(cfg, dataset, workers)
         carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
@@ -922,6 +930,18 @@ def run_train_stage(params: dict) -> dict[str, dict]:
     (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "world_size": workers,
                                                           "models": trained}, indent=2))
     return trained
+
+
+def stage_run_config(params: dict, run: str, method: str, student: str) -> TrainConfig:
+    """The TrainConfig notebook 30 trains ``<run>-<method>`` with: ``training`` + ``method_training[method]``, the
+    pair's student, folder ``results/<profile>/models/<run>-<method>`` (a hand-run ``rsdlib.train --params``
+    command with the same keys and folder is the same run: ``SAME_RUN_FREE_FIELDS``)."""
+    from rsdlib import paths
+    from rsdlib.models import model_location
+
+    keys = {**params["training"], **params["method_training"].get(method, {})}
+    out = paths.results_dir(params["profile"]) / "models" / f"{run}-{method}"
+    return load_yaml_config(TrainConfig, {**keys, "model": model_location(student), "output_dir": str(out)})
 
 
 def train_launched(config: TrainConfig, dataset: str | Path, workers: int = 1) -> Path:
