@@ -131,7 +131,9 @@ def run_cycle_traces(teacher: str, student: str, dtype: str, problems: list, job
         run_trace_job(pair, problems, job, out, restrict_to=restrict_dir, force=force, progress=True)
         return
     from rsdlib.distributed import run_ranks
+    from rsdlib.models import model_location
 
+    model_location(teacher)  # a stand-in folder made once here, not by every rank at once
     out.mkdir(parents=True, exist_ok=True)
     request = out / "job_request.json"
     request.write_text(json.dumps({

@@ -814,8 +814,14 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
 # Command line: python -m rsdlib.train --config train.yaml --data dataset.jsonl [key=value ...]
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    config, data = command_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if argv[:1] == ["--request"]:  # notebook 30's ranks: several runs, one after the other (train_launched)
+        for path in argv[1:]:
+            request = json.loads(Path(path).read_text())
+            print(train(load_yaml_config(TrainConfig, request["config"]), request["data"]))
+        return 0
+    config, data = command_config(argv)
     final = train(config, data)
     print(final)
     return 0
@@ -829,7 +835,8 @@ def command_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, str]
     parser = argparse.ArgumentParser(
         prog="python -m rsdlib.train",
         description="Fine-tune a student on RSD traces (multi-GPU: accelerate launch -m rsdlib.train ... "
-        "or torchrun --nproc-per-node N -m rsdlib.train ...).",
+        "or torchrun --nproc-per-node N -m rsdlib.train ...). `--request FILE ...` runs the requests notebook 30 "
+        "wrote (<run>/train_request.json: a config and a dataset), one after the other.",
     )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
     parser.add_argument("--params",
@@ -896,7 +903,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
     manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
     models_dir = results / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    trained = {}
+    trained, jobs, launched_seconds = {}, [], 0.0
     for run, method in runs:
         dataset = results / "traces" / run / method / "dataset.jsonl"
         examples = load_examples(dataset)  # a malformed line is named by file and line
@@ -912,10 +919,18 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         if params["force"] and out.exists():
             shutil.rmtree(out)
         cfg = stage_run_config(params, run, method, manifest["pairs"][run]["student"])
+        jobs.append((name, run, method, cfg, dataset, examples))
+    if workers > 1:  # every run in one launch of DDP ranks (they start once), one after the other
         start = time.perf_counter()
-        final = train_launched(cfg, dataset, workers)
+        train_many_launched([(cfg, dataset) for _, _, _, cfg, dataset, _ in jobs], workers)
+        launched_seconds = (time.perf_counter() - start) / max(1, len(jobs))  # each run's share of the launch
+        print(f"{len(jobs)} run(s) in one launch of {workers} ranks, {launched_seconds * len(jobs):.0f} s")
+    for name, run, method, cfg, dataset, examples in jobs:
+        out = models_dir / name
+        start = time.perf_counter()
+        final = train(cfg, dataset) if workers <= 1 else resolve_output_dir(cfg) / "final"
         carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + launched_seconds
         summary_path = out / "train_summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
@@ -945,20 +960,29 @@ def stage_run_config(params: dict, run: str, method: str, student: str) -> Train
 
 
 def train_launched(config: TrainConfig, dataset: str | Path, workers: int = 1) -> Path:
-    """``train(config, dataset)`` in this process (``workers`` 1), or DDP over ``workers`` torchrun ranks:
-    ``torchrun --nproc-per-node <workers> -m rsdlib.train --config <output_dir>/train_request.json --data
-    <dataset>``, the command a user can run by hand (the same folder, config and checkpoints). Returns
-    ``output_dir/final``."""
+    """``train(config, dataset)`` in this process (``workers`` 1), or DDP over ``workers`` torchrun ranks
+    (``train_many_launched``). Returns ``output_dir/final``."""
     if workers <= 1:
         return train(config, dataset)
+    return train_many_launched([(config, dataset)], workers)[0]
+
+
+def train_many_launched(runs: Sequence[tuple[TrainConfig, str | Path]], workers: int) -> list[Path]:
+    """Several trainings as DDP over ``workers`` torchrun ranks, in ONE launch (the ranks start once), one after
+    the other: each run's config and dataset go to ``<output_dir>/train_request.json`` and the ranks run
+    ``python -m rsdlib.train --request <file> ...``. By hand, ``torchrun --nproc-per-node N -m rsdlib.train
+    --params ... --data ... output_dir=<the same folder>`` is the same run. Returns each ``output_dir/final``."""
     from rsdlib.distributed import run_ranks
 
-    output_dir = resolve_output_dir(config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    request = output_dir / "train_request.json"
-    request.write_text(json.dumps(config_to_dict(config), indent=1) + "\n")
-    run_ranks("rsdlib.train", ["--config", request, "--data", Path(dataset).resolve()], workers)
-    return output_dir / "final"
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    requests, finals = [], []
+    for config, dataset in runs:
+        output_dir = resolve_output_dir(config)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        request = output_dir / "train_request.json"
+        request.write_text(json.dumps({"config": config_to_dict(config), "data": str(Path(dataset).resolve())},
+                                      indent=1) + "\n")
+        requests.append(request)
+        finals.append(output_dir / "final")
+    if requests:
+        run_ranks("rsdlib.train", ["--request", *requests], workers)
+    return finals
