@@ -985,4 +985,11 @@ def train_many_launched(runs: Sequence[tuple[TrainConfig, str | Path]], workers:
         finals.append(output_dir / "final")
     if requests:
         run_ranks("rsdlib.train", ["--request", *requests], workers)
+    missing = [str(f.parent) for f in finals if not (f.parent / "train_summary.json").is_file()]
+    if missing:
+        raise RuntimeError(f"the training ranks ended without a trained model in {', '.join(missing)}")
     return finals
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
