@@ -177,10 +177,15 @@ class TrainConfig:
             )
         return self.global_batch_size // per_step
 
-    def batch_plan(self, world_size: int = 1, devices_per_process: int = 1) -> dict[str, int]:
+    def batch_plan(self, world_size: int = 1, devices_per_process: int = 1, n_examples: int | None = None
+                   ) -> dict[str, int]:
         """How the global batch is made on ``world_size`` processes: per-device batch, accumulation steps and the
         effective batch, always ``global_batch_size``. A process that sees several GPUs (``devices_per_process``
-        > 1) would train DataParallel, multiplying the per-device batch by its GPUs: refused."""
+        > 1) would train DataParallel, multiplying the per-device batch by its GPUs: refused.
+
+        ``n_examples``: also ``repeated_examples_per_epoch``, the examples accelerate repeats in an epoch's last
+        step so that every rank gets as many micro-batches (its ``even_batches``; uneven ranks can hang DDP):
+        0 when ``n_examples`` is a multiple of micro-batch x world size (the paper's 1,000 on 1, 2, 4 or 8 GPUs)."""
         if devices_per_process > 1:
             raise ValueError(
                 f"this process sees {devices_per_process} GPUs and is not one of a launch's ranks: the Trainer would "
@@ -188,9 +193,12 @@ class TrainConfig:
                 "rsdlib.train ..., accelerate launch, or the notebook's workers), or show it one GPU "
                 "(CUDA_VISIBLE_DEVICES=0)")
         accumulation = self.gradient_accumulation(world_size)
-        return {"world_size": world_size, "per_device_batch_size": self.micro_batch_size,
+        plan = {"world_size": world_size, "per_device_batch_size": self.micro_batch_size,
                 "gradient_accumulation_steps": accumulation,
                 "effective_batch_size": self.micro_batch_size * accumulation * world_size}
+        if n_examples is not None:
+            plan["repeated_examples_per_epoch"] = -n_examples % (self.micro_batch_size * world_size)
+        return plan
 
     def use_bf16(self) -> bool:
         if self.bf16 == "auto":
@@ -758,11 +766,15 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
     )
-    plan = config.batch_plan(world_size(), args.n_gpu)  # n_gpu > 1: DataParallel, refused
+    plan = config.batch_plan(world_size(), args.n_gpu, len(dataset))  # n_gpu > 1: DataParallel, refused
+    info["repeated_examples_per_epoch"] = plan["repeated_examples_per_epoch"]
     if _is_main_process():
         _say(f"training on {plan['world_size']} process(es): per-device batch {plan['per_device_batch_size']} x "
              f"{plan['gradient_accumulation_steps']} accumulation step(s) x {plan['world_size']} = effective batch "
              f"{plan['effective_batch_size']}")
+        if plan["repeated_examples_per_epoch"]:
+            _say(f"{len(dataset)} examples on {plan['world_size']} processes: {plan['repeated_examples_per_epoch']} "
+                 "example(s) repeated in each epoch's last step so that every rank gets as many micro-batches")
     trainer = _atomic_trainer(
         model=model,
         args=args,

@@ -361,6 +361,9 @@ def test_the_effective_batch_is_the_profiles_at_any_world_size(world_size):
         plan = TrainConfig(global_batch_size=16, micro_batch_size=micro).batch_plan(world_size)
         assert plan == {"world_size": world_size, "per_device_batch_size": micro,
                         "gradient_accumulation_steps": 16 // (micro * world_size), "effective_batch_size": 16}
+    cfg = TrainConfig(global_batch_size=16)
+    assert cfg.batch_plan(world_size, n_examples=1000)["repeated_examples_per_epoch"] == 0  # the paper's set
+    assert cfg.batch_plan(world_size, n_examples=7)["repeated_examples_per_epoch"] == {1: 0, 2: 1, 4: 1}[world_size]
     with pytest.raises(ValueError, match="DataParallel"):  # a process that sees several GPUs
         TrainConfig(global_batch_size=16).batch_plan(world_size, devices_per_process=2)
 
