@@ -135,9 +135,14 @@ def test_paper_dry_reproduction(one_device_run):
 
 
 STAGES = ("10_generate_traces", "30_train", "35_multistep", "40_evaluate")
-# table cells allowed to differ between the 1- and the 2-device run, and why (none needed so far: DDP's
-# gradient sums in another order change trained weights in the last float bits, which has not moved a
-# sampled token of these runs)
+# tables allowed to differ between the 1- and the 2-device run, and why: none. Measured (2026-12-06): every
+# table byte-identical. Below the tables, the float rounding that does differ: per-token probabilities and
+# entropies of the traces (student_prob, teacher_prob, student_entropy: a rank's decoder batch holds other
+# rows, so other padding and summation order), which sampled the same tokens; and three MATH500 samples of
+# the unsteered random stand-ins (llama-base, qwen3-1.7b-base and -tailored), whose near-flat distributions
+# drew another token after the 11th (all "no answer" either way). The dry run's trainings are one optimizer
+# step at warmup's learning rate 0: the trained weights do not test DDP (tests/test_distributed.py checks
+# the batch of each step at 1, 2 and 4 processes).
 FLOAT_ROUNDING: dict[str, str] = {}
 
 
