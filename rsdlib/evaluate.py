@@ -358,34 +358,40 @@ def hf_backend(model, tokenizer, cfg: EvalConfig, stop_ids: Sequence[int]) -> Ge
     return generate
 
 
-def _require_vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
+def _require_vllm() -> None:
+    """vLLM must be installed; it is looked for, not imported: only the engine's own process imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
         raise BackendUnavailableError(
             "backend 'vllm' was asked for but vLLM is not installed (it is an optional dependency for CUDA "
-            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead."
-        ) from err
-    return vllm
+            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead.")
 
 
-def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool) -> GenerateFn:
-    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample."""
-    vllm = _require_vllm()
-    llm = vllm.LLM(model=source, tokenizer=source, dtype=cfg.dtype, seed=cfg.base_seed, **dict(cfg.vllm_args))
+def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool,
+                 world: distributed.World | None = None) -> GenerateFn:
+    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample.
+
+    The engine runs in a spawned process that sees only this rank's GPU and is no part of the torchrun
+    group (``rsdlib.vllmproc``); ``generate.close()`` stops it.
+    """
+    from rsdlib.vllmproc import EngineProcess
+
+    _require_vllm()
+    engine = EngineProcess({"model": source, "tokenizer": source, "dtype": cfg.dtype, "seed": cfg.base_seed,
+                            **dict(cfg.vllm_args)}, world)
 
     def generate(prompts, seeds, max_new_tokens, on_finish):
         for start in range(0, len(prompts), VLLM_CHUNK):
             chunk = range(start, min(start + VLLM_CHUNK, len(prompts)))
-            params = [vllm.SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens,
-                                          seed=int(seeds[i]), stop_token_ids=list(stop_ids),
-                                          skip_special_tokens=False) for i in chunk]
+            params = [{"n": 1, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": max_new_tokens,
+                       "seed": int(seeds[i]), "stop_token_ids": list(stop_ids), "skip_special_tokens": False}
+                      for i in chunk]
             requests = [{"prompt_token_ids": [int(t) for t in prompts[i]]} for i in chunk]
-            outputs = llm.generate(requests, params, use_tqdm=progress)
-            for i, out in zip(chunk, outputs):
-                completion = out.outputs[0]
-                on_finish(i, list(completion.token_ids), "length" if completion.finish_reason == "length" else "stop")
+            for i, (token_ids, finish) in zip(chunk, engine.generate(requests, params, progress)):
+                on_finish(i, token_ids, "length" if finish == "length" else "stop")
 
+    generate.close = engine.close
     return generate
 
 
@@ -770,13 +776,16 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             tokenizer = AutoTokenizer.from_pretrained(source)
     stop_ids = end_of_turn_ids(tokenizer)
     generate = (hf_backend(model, tokenizer, cfg, stop_ids) if cfg.backend == "hf"
-                else vllm_backend(source, cfg, stop_ids, progress))
+                else vllm_backend(source, cfg, stop_ids, progress, world))
 
     summaries = {}
-    for name, problems in problems_by_bench:
-        with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
-                                                  shards)
+    try:
+        for name, problems in problems_by_bench:
+            with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
+                summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label,
+                                                      progress, shards)
+    finally:
+        getattr(generate, "close", lambda: None)()  # the vLLM engine's process
     return summaries
 
 

@@ -365,12 +365,46 @@ def _environment(profile: str, threads: int | None = None, folder: Path | None =
         env["RSDLIB_PROFILE_DIR"] = str(Path(folder).resolve())
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    # one GPU per kernel: 30_train trains inside the notebook, and the transformers Trainer would silently
-    # split batches over every visible GPU (effective batch 16 x GPUs). Multi-GPU training: accelerate launch
-    # (README, GPU machines). RSDLIB_KERNEL_GPUS overrides (e.g. "0,1" for a vLLM tensor-parallel evaluation).
-    visible = os.environ.get("RSDLIB_KERNEL_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
-    env["CUDA_VISIBLE_DEVICES"] = visible if os.environ.get("RSDLIB_KERNEL_GPUS") else visible.split(",")[0].strip()
+    # Every GPU goes to the stages' ranks (issue 28): RSDLIB_GPUS lists them, and a stage with `workers: 0`
+    # launches one torchrun rank per GPU (rsdlib.distributed.run_ranks: traces, DDP training, evaluation).
+    # The kernel itself sees ONE GPU, so work done in the kernel (workers: 1) never goes DataParallel.
+    # RSDLIB_KERNEL_GPUS overrides the kernel's (e.g. "0,1" for a vLLM tensor-parallel evaluation in the kernel);
+    # RSDLIB_CPU_DEVICES=N (inherited) makes the stages treat the CPU as N devices (gloo ranks).
+    gpus = _driver_gpus()
+    env["RSDLIB_GPUS"] = ",".join(gpus)
+    env["CUDA_VISIBLE_DEVICES"] = os.environ.get("RSDLIB_KERNEL_GPUS") or (gpus[0] if gpus else "0")
     return env
+
+
+def _devices_line() -> str:
+    """The run log's line on devices (in the kernels' environment): what `workers: 0` stages launch on."""
+    from rsdlib.distributed import GPUS_ENV, cpu_devices, stage_devices
+
+    devices = stage_devices()
+    if cpu_devices():
+        return (f"devices: the CPU as {len(devices)} device(s) (RSDLIB_CPU_DEVICES): workers: 0 stages run that many "
+                "gloo ranks")
+    if devices:
+        return (f"devices: {len(devices)} GPU(s) ({os.environ.get(GPUS_ENV)}): workers: 0 stages run one rank per GPU; "
+                f"kernels see GPU {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+    return "devices: no GPU: stages run in one process unless their workers says otherwise"
+
+
+def _driver_gpus() -> list[str]:
+    """The GPUs the driver sees (CUDA_VISIBLE_DEVICES's entries, else every device torch counts)."""
+    from rsdlib.distributed import visible_gpus
+
+    return visible_gpus()
+
+
+def stage_world_size(params: dict) -> int | None:
+    """Processes a stage notebook with ``workers`` runs on (None for a notebook without it), in the kernels'
+    environment: what the driver prints and records for it."""
+    if "workers" not in params:
+        return None
+    from rsdlib.distributed import workers_for
+
+    return workers_for(params["workers"])
 
 
 def _error_summary(err: BaseException) -> str:
@@ -616,6 +650,7 @@ def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: b
         echo(f"  benchmark files from {os.environ['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR), where present")
     if threads:
         echo(f"  {threads} CPU thread(s) per kernel")
+    echo(f"  {_devices_line()}")
     started = time.perf_counter()
     results: list[NotebookResult] = []
     broken: set[str] = set()
@@ -653,12 +688,15 @@ def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: b
                 results.append(res)
                 continue
             record_path.unlink(missing_ok=True)  # a run that dies midway leaves no record to trust
-            echo(f"{tag} start   {spec.name:<22} {time.strftime('%H:%M:%S')}" + (f"  ({why})" if why else ""))
+            world = stage_world_size(params)
+            ranks = f"  [{world} process{'es' if world > 1 else ''}]" if world else ""
+            echo(f"{tag} start   {spec.name:<22} {time.strftime('%H:%M:%S')}{ranks}" + (f"  ({why})" if why else ""))
             res = run_notebook(spec, profile, params, out_dir=out_dir, timeout=timeout)
             results.append(res)
             if res.status == "ok":
                 _write_record(record_path, {
                     "notebook": spec.name, "profile": profile, "key": key, "seconds": round(res.seconds, 1),
+                    "world_size": world,
                     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": hashes.tree(own_folders)})
             else:
                 broken.add(spec.name)
