@@ -39,10 +39,10 @@ $(UV):
 # CUDA first; the CPU lock is then resolved under the CUDA lock's pins (torch aside), so every package the two
 # share has one version (tests/test_packaging.py checks it).
 lock: $(UV)         ## regenerate requirements/cuda.lock and requirements/cpu.lock from pyproject.toml
-	$(UV) pip compile pyproject.toml --all-extras $(LOCK_TARGET) --generate-hashes \
+	$(UV) pip compile -q pyproject.toml --all-extras $(LOCK_TARGET) --generate-hashes \
 		--custom-compile-command "make lock" -o $(CUDA_LOCK)
 	grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(CUDA_LOCK) | grep -v '^torch==' > $(TOOLS)/cuda-lock-pins.txt
-	$(UV) pip compile pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
+	$(UV) pip compile -q pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
 		--generate-hashes -c $(TOOLS)/cuda-lock-pins.txt $(TORCH_CPU_SOURCE) \
 		--custom-compile-command "make lock" -o $(CPU_LOCK)
 
@@ -76,7 +76,7 @@ test: lint test-fast test-slow
 test-floor: $(UV)   ## the fast suite on the oldest versions pyproject.toml allows
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(UV) pip compile pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
+	$(UV) pip compile -q pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
 		--resolution lowest-direct $(TORCH_CPU_SOURCE) --no-header -q -o $(FLOOR_VENV)/floors.txt
 	$(UV) pip install -q --python $(FLOOR_VENV)/bin/python $(TORCH_CPU_SOURCE) -r $(FLOOR_VENV)/floors.txt
 	$(UV) pip install -q --python $(FLOOR_VENV)/bin/python --no-deps -e .
