@@ -2,7 +2,7 @@
 
 Modules: `paths` (folders), `models` (loading, embedded pair), `bridge` (vocabulary bridge, App. A),
 `decoding` (Algorithm 1 and its baselines), `data`, `prompts`, `grading`, `metrics`, `traces`,
-`train`, `evaluate`, `plots`, `reproduce`, `cli`.
+`train`, `evaluate`, `plots`, `reproduce`, `cli`, `versions` (the version preflight).
 """
 
 __version__ = "0.1.0"
