@@ -37,12 +37,14 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
 
 # CUDA first; the CPU lock is then resolved under the CUDA lock's pins (torch aside), so every package the two
-# share has one version (tests/test_packaging.py checks it).
+# share has one version (tests/test_packaging.py checks it). uv keeps a lock's versions where they still satisfy
+# pyproject.toml; `make lock UPGRADE=--upgrade` takes the newest releases instead.
+UPGRADE ?=
 lock: $(UV)         ## regenerate requirements/cuda.lock and requirements/cpu.lock from pyproject.toml
-	$(UV) pip compile -q pyproject.toml --all-extras $(LOCK_TARGET) --generate-hashes \
+	$(UV) pip compile -q $(UPGRADE) pyproject.toml --all-extras $(LOCK_TARGET) --generate-hashes \
 		--custom-compile-command "make lock" -o $(CUDA_LOCK)
 	grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(CUDA_LOCK) | grep -v '^torch==' > $(TOOLS)/cuda-lock-pins.txt
-	$(UV) pip compile -q pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
+	$(UV) pip compile -q $(UPGRADE) pyproject.toml requirements/cpu.in --extra test --extra notebooks $(LOCK_TARGET) \
 		--generate-hashes -c $(TOOLS)/cuda-lock-pins.txt $(TORCH_CPU_SOURCE) \
 		--custom-compile-command "make lock" -o $(CPU_LOCK)
 
