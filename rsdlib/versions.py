@@ -34,6 +34,7 @@ WINDOW = {
 }
 # The oldest NVIDIA driver each CUDA major version's runtime runs on (NVIDIA's CUDA toolkit release notes).
 MIN_DRIVER = {12: 525, 13: 580}
+FAST_GQA_TRANSFORMERS = "5.23"  # the first release whose sdpa path avoids repeat_kv under a padding mask
 FIX = {
     "vllm": "pip install --require-hashes -r requirements/cuda.lock (CUDA machines)",
     "default": "pip install --require-hashes -r requirements/cpu.lock (CPU) or requirements/cuda.lock (CUDA)",
@@ -114,10 +115,23 @@ def problems(versions: Versions) -> list[str]:
     return lines
 
 
+def notes(versions: Versions) -> list[str]:
+    """Versions inside the window that are slow where they run: transformers before 5.23 on a CUDA build."""
+    from packaging.version import Version
+
+    transformers = versions.packages.get("transformers")
+    if versions.cuda_runtime and transformers and Version(transformers) < Version(FAST_GQA_TRANSFORMERS):
+        return [f"note: transformers {transformers} < {FAST_GQA_TRANSFORMERS}: sdpa with a padding mask copies the KV "
+                f"heads at every decode step (repeat_kv), so padded batches decode slower on GPUs; "
+                f"requirements/cuda.lock holds a newer one"]
+    return []
+
+
 def preflight(versions: Versions | None = None, out=None) -> Versions:
-    """Print the versions line; exit with one line per version outside the window (SystemExit)."""
+    """Print the versions line (and any note); exit with one line per version outside the window (SystemExit)."""
     versions = collect() if versions is None else versions
-    print(report(versions), file=out or sys.stdout, flush=True)
+    for line in [report(versions), *notes(versions)]:
+        print(line, file=out or sys.stdout, flush=True)
     found = problems(versions)
     if found:
         raise SystemExit("\n".join(found))

@@ -106,3 +106,15 @@ def test_prepare_refuses_before_touching_the_models(monkeypatch, capsys):
         cli.main(["prepare"])
     assert capsys.readouterr().out.startswith("versions: torch 2.13.0+cpu · transformers 5.9.0")
     assert str(info.value.code).startswith("transformers 5.9.0 is outside rsdlib's window transformers")
+
+
+def test_an_old_transformers_on_a_cuda_build_gets_a_note_not_a_refusal():
+    slow = fake(cuda="13.0", driver="580.65.06", transformers="5.22.2")
+    assert versions.problems(slow) == []
+    (note,) = versions.notes(slow)
+    assert note.startswith("note: transformers 5.22.2 < 5.23: ") and "repeat_kv" in note
+    out = io.StringIO()
+    versions.preflight(slow, out=out)
+    assert out.getvalue().splitlines()[1] == note
+    assert versions.notes(fake(transformers="5.22.2")) == []  # CPU build: no note
+    assert versions.notes(fake(cuda="13.0", transformers="5.23.0")) == []
