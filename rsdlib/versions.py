@@ -29,7 +29,7 @@ WINDOW = {
     "torch": "==2.13.0",
     "transformers": TRANSFORMERS_REQUIREMENT.removeprefix("transformers"),
     "peft": ">=0.13",
-    "accelerate": ">=1.3",
+    "accelerate": ">=1.7",
     "vllm": "==0.30.0",
 }
 # The oldest NVIDIA driver each CUDA major version's runtime runs on (NVIDIA's CUDA toolkit release notes).
