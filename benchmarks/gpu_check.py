@@ -802,6 +802,9 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
 
 
 def main(argv=None) -> int:
+    from rsdlib.versions import preflight
+
+    preflight(out=sys.stderr)  # versions of torch..vllm, CUDA runtime, driver (stderr: stdout is the table)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])

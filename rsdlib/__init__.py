@@ -2,18 +2,20 @@
 
 Modules: `paths` (folders), `models` (loading, embedded pair), `bridge` (vocabulary bridge, App. A),
 `decoding` (Algorithm 1 and its baselines), `data`, `prompts`, `grading`, `metrics`, `traces`,
-`train`, `evaluate`, `plots`, `reproduce`, `cli`.
+`train`, `evaluate`, `plots`, `reproduce`, `cli`, `versions` (the version preflight).
 """
 
 __version__ = "0.1.0"
 
-# The oldest transformers whose KV-cache API the decoder uses (``DynamicCache`` built from
-# ``cache_utils.DynamicLayer`` subclasses, ``DynamicLayer.lazy_initialization(key_states, value_states)``):
-# 4.57.x fails (its lazy_initialization takes one argument), 5.0.0 passes. pyproject.toml's lower bound
-# says the same (tests/test_requirements.py keeps them equal); its upper bound, <5.40, is the release
-# that removes the ``past_key_values`` argument the engine passes (transformers' deprecation warning).
-MIN_TRANSFORMERS = "5.0"
-TRANSFORMERS_REQUIREMENT = "transformers>=5.0,<5.40"  # as in pyproject.toml
+# The oldest transformers rsdlib supports: 5.10.4, vLLM 0.30.0's own floor (the vllm extra's pin), on which
+# the fast suite passes (`make test-floor`). The decoder's KV-cache API (``DynamicCache`` built from
+# ``cache_utils.DynamicLayer`` subclasses, ``DynamicLayer.lazy_initialization(key_states, value_states)``)
+# needs 5.0 (4.57.x fails); training runs on 5.10.4 through the old checkpointing keyword names
+# (rsdlib.train.checkpointing_arguments). pyproject.toml's lower bound says the same
+# (tests/test_requirements.py keeps them equal); its upper bound, <5.40, is the release that removes the
+# ``past_key_values`` argument the engine passes (transformers' deprecation warning).
+MIN_TRANSFORMERS = "5.10.4"
+TRANSFORMERS_REQUIREMENT = "transformers>=5.10.4,<5.40"  # as in pyproject.toml
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -1,6 +1,7 @@
 """The `rsdlib` command line.
 
-- `rsdlib prepare`: fetch, verify, convert and cache the embedded model pair (see `rsdlib.embedded`)
+- `rsdlib prepare`: print the library versions (`rsdlib.versions`: refuses those outside the window), then
+  fetch, verify, convert and cache the embedded model pair (see `rsdlib.embedded`)
   so later runs work offline; prints the cache paths and timings. An existing cache is re-hashed
   against the checksums recorded when it was written; `--force` rebuilds it from the GGUF.
 - `rsdlib demo`: a short RSD demo on the embedded pair: a few easy MATH500 problems, a few samples
@@ -32,8 +33,9 @@ def _gib(num_bytes: int) -> str:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from rsdlib import embedded, models, paths
+    from rsdlib import embedded, models, paths, versions
 
+    versions.preflight()  # the versions line first; outside pyproject.toml's window: one line each and exit
     roles = [args.only] if args.only else list(embedded.EMBEDDED)
     print(f"cache: {paths.cache_dir()}  (set RSDLIB_CACHE to move it)")
     for role in roles:

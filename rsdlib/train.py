@@ -56,6 +56,7 @@ student of multi-step RSD (Table 5).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import hashlib
 import json
@@ -536,6 +537,20 @@ def _apply_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def checkpointing_arguments(training_arguments: type, enabled: bool) -> dict[str, Any]:
+    """The ``TrainingArguments`` keywords that switch activation (gradient) checkpointing on or off.
+
+    transformers 5.23 renamed ``gradient_checkpointing(_kwargs)`` to ``activation_checkpointing(_kwargs)``
+    (the old names stay as deprecated aliases until v6); older releases, down to the floor in
+    pyproject.toml (5.10.4, vLLM 0.30.0's own floor), know only the old names. Whichever this
+    ``training_arguments`` class declares is used, with non-reentrant checkpointing either way.
+    """
+    names = {f.name for f in dataclasses.fields(training_arguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": enabled,
+            f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -774,8 +789,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         bf16=config.use_bf16(),
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
         fsdp=config.fsdp or None,
         use_cpu=cpu_processes,
         ddp_backend="gloo" if cpu_processes else None,

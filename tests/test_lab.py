@@ -245,3 +245,32 @@ def test_a_notebook_run_by_hand_before_its_inputs_exist_says_which_notebook_make
     line = errors[0]["traceback"][0]
     assert "analysis/summary.json is missing: notebook 20_trace_analysis makes it" in line
     assert "rsdlib reproduce --profile demo --only 20_trace_analysis" in line
+
+
+NOTEBOOK_FILES = sorted((REPO / "notebooks").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
+def test_no_notebook_header_carries_a_version(path):
+    """No `jupytext_version` / `format_version` (or any version) line: the file does not depend on the tool."""
+    text = path.read_text()
+    assert text.startswith("# ---\n# jupyter:\n")
+    header = text.split("\n# ---\n", 1)[0]
+    assert "version" not in header.lower(), header
+
+
+def test_a_save_through_the_installed_jupytext_writes_the_same_bytes(tmp_path):
+    """Jupyter's save path (jupytext's contents manager, the repository's jupytext.toml) rewrites every
+    notebook byte for byte with whichever jupytext is installed, and adds no version line."""
+    import jupytext
+
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    manager = jupytext.TextFileContentsManager(root_dir=str(tmp_path / "notebooks"))
+    changed = []
+    for path in NOTEBOOK_FILES:
+        model = manager.get(path.name)
+        assert model["type"] == "notebook"
+        manager.save(model, path.name)
+        if (tmp_path / "notebooks" / path.name).read_bytes() != path.read_bytes():
+            changed.append(path.name)
+    assert changed == [], f"jupytext {jupytext.__version__} rewrote {changed}"

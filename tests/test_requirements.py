@@ -38,7 +38,7 @@ def test_pyproject_transformers_bound_is_min_transformers():
     assert Version(metadata.version("transformers")) in req.specifier  # the tests run on a supported release
 
 
-@pytest.mark.parametrize("old", ["4.57.6", "4.50.0", "4.99", "4"])
+@pytest.mark.parametrize("old", ["4.57.6", "4.50.0", "4.99", "4", "5.0.0", "5.10.2", "5.9"])
 def test_check_refuses_an_older_transformers_naming_both_versions(monkeypatch, old):
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: old if name == "transformers" else real(name))
@@ -50,7 +50,7 @@ def test_check_refuses_an_older_transformers_naming_both_versions(monkeypatch, o
     assert f"pip install '{rsdlib.TRANSFORMERS_REQUIREMENT}'" in message
 
 
-@pytest.mark.parametrize("ok", ["5.0.0", "5.0", "5", "5.24.0", "5.1.0.dev0"])
+@pytest.mark.parametrize("ok", ["5.10.4", "5.11", "5.24.0", "5.25.0", "5.39.9", "5.11.0.dev0", "6"])
 def test_check_accepts_supported_versions(ok):
     rsdlib.check_transformers(ok)
 

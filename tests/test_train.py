@@ -5,6 +5,7 @@ All on a tiny random Qwen2 model and a byte-level tokenizer (tests/_tiny.py); no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -19,6 +20,7 @@ from rsdlib.train import (
     TrainConfig,
     build_dataset,
     build_features,
+    checkpointing_arguments,
     choose_pad_token,
     main,
     text_example_to_ids,
@@ -327,3 +329,31 @@ def test_malformed_dataset_line_names_file_and_line(tok, tmp_path):
     data.write_text(good[0] + good[1] + '{"id": "x", "prompt_ids": [1,\n' + good[2])
     with pytest.raises(ValueError, match=rf"{data}, line 3: not valid JSON"):
         train(tiny_config(tmp_path, max_steps=1), data, tokenizer=tok, model=tiny_model(tok))
+
+
+@dataclasses.dataclass
+class _ArgsBefore523:  # TrainingArguments' checkpointing fields before transformers 5.23
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict | None = None
+
+
+@dataclasses.dataclass
+class _ArgsFrom523(_ArgsBefore523):  # 5.23 adds the new names (the old ones stay as aliases until v6)
+    activation_checkpointing: bool | None = None
+    activation_checkpointing_kwargs: dict | None = None
+
+
+def test_checkpointing_keywords_follow_the_installed_transformers(tmp_path):
+    """transformers < 5.23 has no `activation_checkpointing` keyword (TypeError): the old names are used there."""
+    on = {"use_reentrant": False}
+    assert checkpointing_arguments(_ArgsBefore523, True) == {"gradient_checkpointing": True,
+                                                             "gradient_checkpointing_kwargs": on}
+    assert checkpointing_arguments(_ArgsFrom523, True) == {"activation_checkpointing": True,
+                                                           "activation_checkpointing_kwargs": on}
+    assert checkpointing_arguments(_ArgsBefore523, False) == {"gradient_checkpointing": False,
+                                                              "gradient_checkpointing_kwargs": None}
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                             **checkpointing_arguments(TrainingArguments, True))  # the installed release
+    assert args.gradient_checkpointing is True  # the old name is the new one's alias from 5.23 on
