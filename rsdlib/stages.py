@@ -91,8 +91,29 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
     for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
         pairs[run] = (extra["teacher"], extra["student"])
         other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"]) if workers == 1 else None
-        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
+        summaries[run], own_restrict = {}, restrict_dir
+        if extra["teacher"] != params["teacher"] and restrict_dir is not None:  # the teacher-solved set is this
+            summaries[run]["teacher"] = run_method(other, run, "teacher")  # teacher's own (R1-Distill's, not s1.1's)
+            own_restrict = trace_root / run / "teacher"
+        summaries[run].update({m: run_method(other, run, m, own_restrict) for m in extra["methods"] if m != "teacher"})
         del other
+    transfers = params.get("transfers") or {}
+    if transfers:  # Table 4's Transferred and s1K-1.1 rows: pair main's training sets as text, for other students
+        from transformers import AutoTokenizer
+
+        from rsdlib.models import model_location
+        from rsdlib.transfer import write_transfer_run
+
+        main_tok = AutoTokenizer.from_pretrained(model_location(params["student"]))
+        by_id, style = {p.id: p for p in problems}, prompt_style(params["prompt"])
+        for run, spec in transfers.items():
+            pairs[run] = ("transferred from main", spec["student"])
+            target = AutoTokenizer.from_pretrained(model_location(spec["student"]))
+            summaries[run] = {m: write_transfer_run(trace_root / "main" / m, trace_root / run / m, main_tok, target,
+                                                    by_id, style, target=spec["student"], source=f"main/{m}")
+                              for m in spec["methods"]}
+            counts = ", ".join(f"{m} {row['training_examples']} examples" for m, row in summaries[run].items())
+            print(f"{run}: {counts} re-tokenized for {spec['student']}")
     manifest = {
         "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
         "problems": [p.id for p in problems],

@@ -22,6 +22,7 @@ ALLOWED = {
     "*:teacher": "model id (stand-in)", "*:student": "model id (stand-in)",
     "10_generate_traces:extra_pairs.*.teacher": "model id (stand-in)",
     "10_generate_traces:extra_pairs.*.student": "model id (stand-in)",
+    "10_generate_traces:transfers.*.student": "model id (stand-in)",
     "40_evaluate:extra_models.*-base": "model id (stand-in)",
     "10_generate_traces:reference": "the s1K-1.1 traces are DeepSeek-R1's output, hub only: stand-in",
     "10_generate_traces:n_problems": "problem count", "00_walkthrough:n_steps": "token budget",
