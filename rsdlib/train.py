@@ -473,6 +473,24 @@ def model_source(name: str) -> str:
     return name
 
 
+def training_memory_plan(config: TrainConfig, model):
+    """``rsdlib.memory.plan_training`` for a full fine-tune on CUDA (None for LoRA or without a GPU): FSDP
+    full sharding over the run's GPUs where 16 bytes x parameters + a block's logits do not fit one GPU
+    (Phi-4-Mini, Qwen3-4B); a MemoryError naming the need where even that does not fit."""
+    from rsdlib.memory import plan_training
+
+    if config.lora or not torch.cuda.is_available():
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    plan = plan_training(params, world_size(), torch.cuda.get_device_properties(0).total_memory,
+                         block_size=config.block_size, vocab_rows=model.get_input_embeddings().weight.shape[0])
+    _say(f"training memory: {plan.describe()}")
+    if not plan.fits:
+        raise MemoryError(f"{config.model}: {plan.describe()} (rsdlib.memory.plan_training; README, "
+                          f"'Memory of the training runs')")
+    return plan
+
+
 def _model_to_train(config: TrainConfig):
     """The model to fine-tune, on CPU in ``model_dtype`` (the Trainer moves it to its device): read by the
     project's loader (``rsdlib.models.load_student``: folders, hub ids, GGUF, ``embedded:``) so training reads
@@ -699,6 +717,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if config.lora:
         model = _apply_lora(model, config)
 
+    memory = training_memory_plan(config, model)  # FSDP where the states do not fit one GPU (rsdlib.memory)
     accumulation = config.gradient_accumulation(world_size())
     # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
     # over gloo only when told to use the CPU; otherwise every process would train on the whole dataset.
@@ -719,7 +738,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         bf16=config.use_bf16(),
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        fsdp=config.fsdp or None,
+        fsdp=config.fsdp or bool(memory and memory.fsdp) or None,
         use_cpu=cpu_processes,
         ddp_backend="gloo" if cpu_processes else None,
         logging_steps=config.logging_steps,
