@@ -52,7 +52,7 @@ ours = tables.accuracy_rows(rows, evaluation, columns)
 paper = [dict(r, label=r["label"] if r["setting"] != "base" else r["student"]) for r in reference.TABLE4]
 table = comparison_rows(ours, paper, columns, label_as="Models")
 tables.name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
-uncertainty = tables.accuracy_uncertainty(rows, profile, base_key="Qwen3-0.6B/base")
+uncertainty = tables.cross_model_uncertainty(rows, profile)  # each row against its own student's base
 intervals = tables.add_accuracy_intervals(table, uncertainty, columns)
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
