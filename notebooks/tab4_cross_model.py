@@ -63,7 +63,8 @@ mapped = ", ".join(f"{k} <- {v}" for k, v in rows.items())
 notes = [
     f"Ours (accuracy in %): {mapped}. In this profile the main student is {student}; other pairs and "
     "transferred students appear when the profile generates, trains and evaluates them.",
-    "Transferred: trained on RSD traces made for Qwen3-0.6B; Tailored: trained on RSD traces made for itself.",
+    "Transferred: trained on RSD traces made for Qwen3-0.6B (re-tokenized with its own tokenizer and chat template); "
+    "Tailored: trained on RSD traces made for itself. Δ vs base: each row against its own student's base row.",
     "— : not produced in this profile.",
 ]
 tables.write_accuracy_table(table, "tab4_cross_model", profile, intervals, notes,

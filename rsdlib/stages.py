@@ -97,7 +97,7 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
             own_restrict = trace_root / run / "teacher"
         summaries[run].update({m: run_method(other, run, m, own_restrict) for m in extra["methods"] if m != "teacher"})
         del other
-    transfers = params.get("transfers") or {}
+    transfers, transferred = params.get("transfers") or {}, {}
     if transfers:  # Table 4's Transferred and s1K-1.1 rows: pair main's training sets as text, for other students
         from transformers import AutoTokenizer
 
@@ -109,16 +109,18 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
         for run, spec in transfers.items():
             pairs[run] = ("transferred from main", spec["student"])
             target = AutoTokenizer.from_pretrained(model_location(spec["student"]))
-            summaries[run] = {m: write_transfer_run(trace_root / "main" / m, trace_root / run / m, main_tok, target,
-                                                    by_id, style, target=spec["student"], source=f"main/{m}")
-                              for m in spec["methods"]}
-            counts = ", ".join(f"{m} {row['training_examples']} examples" for m, row in summaries[run].items())
+            transferred[run] = {m: write_transfer_run(trace_root / "main" / m, trace_root / run / m, main_tok, target,
+                                                      by_id, style, target=spec["student"], source=f"main/{m}")
+                                for m in spec["methods"]}
+            counts = ", ".join(f"{m} {row['training_examples']} examples" for m, row in transferred[run].items())
             print(f"{run}: {counts} re-tokenized for {spec['student']}")
     manifest = {
         "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
         "problems": [p.id for p in problems],
-        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
+        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in [*summaries, *transferred]},
         "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
+        # re-tokenized training sets (no decoding, no samples): trained by notebook 30, not scored as traces
+        "transfers": {run: list(s) for run, s in transferred.items()},
         "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
         "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
     }

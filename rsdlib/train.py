@@ -856,9 +856,11 @@ def check_train_params(params: dict) -> list[tuple[str, str]]:
     for keys in params["method_training"].values():
         load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
     runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
+    made = {run: [*manifest["methods"].get(run, []), *manifest.get("transfers", {}).get(run, [])]
+            for run in {*manifest["methods"], *manifest.get("transfers", {})}}
     for run, method in runs:
-        if method not in manifest["methods"].get(run, []):
-            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
+        if method not in made.get(run, []):
+            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {made}")
     return runs
 
 

@@ -9,6 +9,7 @@ notebooks, every table and figure, kept traces for every method.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 
@@ -109,3 +110,9 @@ def test_paper_dry_reproduction(tmp_path, monkeypatch):
             assert kinds.count("full") >= 1, f"{run}/{method} kept no trace"
             if method != "reference":  # the hybrid recipe: every problem with a gold gives an example
                 assert kinds.count("prefix") >= 1, f"{run}/{method} has no prefix example"
+    assert set(manifest["transfers"]) == set(yaml.safe_load(
+        (PARAMS_DIR / "paper-dry" / "10_generate_traces.yaml").read_text())["transfers"])
+    # Table 4 whole (issue 29): all 23 of the paper's rows, each with our Average
+    with open(tmp_path / "figures" / "paper-dry" / "tab4_cross_model.csv", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 23 and all(row["Average (ours)"] not in ("", None) for row in table), table
