@@ -65,7 +65,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
-from rsdlib.prompts import turn_end_id, vocab_id
+from rsdlib.prompts import render_chat, turn_end_id, vocab_id
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +384,8 @@ def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|
         raise ValueError(f"example {eid!r}: needs prompt_ids/completion_ids, messages, or prompt_text/completion_text")
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError(f"example {eid!r}: the last message must be the assistant's")
-    prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    prompt_text = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)  # Llama-3.2's date pinned
+    full_text = render_chat(tokenizer, messages, add_generation_prompt=False)
     if not full_text.startswith(prompt_text):
         raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the "
                          "conversation")
