@@ -110,6 +110,9 @@ def test_paper_dry_reproduction(tmp_path, monkeypatch):
             assert kinds.count("full") >= 1, f"{run}/{method} kept no trace"
             if method != "reference":  # the hybrid recipe: every problem with a gold gives an example
                 assert kinds.count("prefix") >= 1, f"{run}/{method} has no prefix example"
+    # an extra pair's teacher-solved set is its own teacher's: R1-Distill runs its own teacher method, while
+    # Qwen3-1.7B's pair shares s1.1-7B (and its prompt) with pair main, so main's teacher run restricts it
+    assert "teacher" in manifest["methods"]["llama"] and "teacher" not in manifest["methods"]["qwen3-1.7b"]
     assert set(manifest["transfers"]) == set(yaml.safe_load(
         (PARAMS_DIR / "paper-dry" / "10_generate_traces.yaml").read_text())["transfers"])
     # Table 4 whole (issue 29): all 23 of the paper's rows, each with our Average
