@@ -70,6 +70,9 @@ from rsdlib.sampling import (  # noqa: F401 (re-exported: ``from rsdlib.decoding
 from rsdlib.speculative import SpeculativeRule
 
 MODES = ("rsd", "skd", "teacher", "student")
+# Sane ceiling of a generation budget: 131,072 tokens (2^17), four times the longest context of the paper's
+# models (32,768; Section 4.1's evaluation budgets are at most 32,768). A larger value is a typo (1e12).
+MAX_NEW_TOKENS = 131_072
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +111,8 @@ class DecodingConfig:
                 "distribution is then one-hot, so every proposal but its argmax falls back (greedy student decoding "
                 "with ~100% fallback). Use a temperature > 0 (paper: 0.7), or threshold_on: raw.")
         check_number("DecodingConfig", "trials", self.trials, minimum=1, integer=True)
-        check_number("DecodingConfig", "max_new_tokens", self.max_new_tokens, minimum=1, integer=True)
+        check_number("DecodingConfig", "max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS,
+                     integer=True)
         check_number("DecodingConfig", "draft_tokens", self.draft_tokens, minimum=0, integer=True)
         if not isinstance(self.record_both, bool):
             raise ValueError(f"DecodingConfig.record_both must be true or false, got {self.record_both!r}")

@@ -61,7 +61,6 @@ answers were found (``answers_found``), so a model that stops boxing shows.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -76,7 +75,7 @@ from rsdlib import data as data_mod
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
-from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
+from rsdlib.decoding import MAX_NEW_TOKENS, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import (
     ANSWER_FORMATS,
     ANSWER_FROM,
@@ -91,9 +90,11 @@ from rsdlib.grading import (
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
 from rsdlib.store import (
+    JsonFileError,
     RunConflictError,
     append_jsonl,
     claim_folder,
+    read_json,
     read_jsonl_resumable,
     run_lock,
     unique_samples,
@@ -122,6 +123,7 @@ PAPER_SAMPLES = {"aime24": 64, "aime25": 64, "gpqa_diamond": 8, "math500": 1}  #
 PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math500": 8192}
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
+MAX_SAMPLES = 10_000  # ceiling of ``samples`` per problem (paper: at most 64, Table 1's AIME)
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
 HASH_FREE_FIELDS = (  # do not change any sample
     "benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")
@@ -180,9 +182,11 @@ class EvalConfig:
             if unknown:
                 raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; "
                                  f"known: {', '.join(data_mod.BENCHMARKS)}")
-            bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 1}
+            ceiling = MAX_NEW_TOKENS if name != "samples" else MAX_SAMPLES
+            bad = {k: v for k, v in table.items() if not isinstance(v, int) or isinstance(v, bool) or not
+                   1 <= v <= ceiling}
             if bad:
-                raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
+                raise ValueError(f"EvalConfig.{name}: values must be integers in [1, {ceiling:,}], got {bad}")
             setattr(self, name, table)
         check_number("EvalConfig", "temperature", self.temperature, minimum=0)  # 0 = greedy
         check_number("EvalConfig", "top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)
@@ -354,34 +358,40 @@ def hf_backend(model, tokenizer, cfg: EvalConfig, stop_ids: Sequence[int]) -> Ge
     return generate
 
 
-def _require_vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
+def _require_vllm() -> None:
+    """vLLM must be installed; it is looked for, not imported: only the engine's own process imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
         raise BackendUnavailableError(
             "backend 'vllm' was asked for but vLLM is not installed (it is an optional dependency for CUDA "
-            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead."
-        ) from err
-    return vllm
+            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead.")
 
 
-def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool) -> GenerateFn:
-    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample."""
-    vllm = _require_vllm()
-    llm = vllm.LLM(model=source, tokenizer=source, dtype=cfg.dtype, seed=cfg.base_seed, **dict(cfg.vllm_args))
+def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool,
+                 world: distributed.World | None = None) -> GenerateFn:
+    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample.
+
+    The engine runs in a spawned process that sees only this rank's GPU and is no part of the torchrun
+    group (``rsdlib.vllmproc``); ``generate.close()`` stops it.
+    """
+    from rsdlib.vllmproc import EngineProcess
+
+    _require_vllm()
+    engine = EngineProcess({"model": source, "tokenizer": source, "dtype": cfg.dtype, "seed": cfg.base_seed,
+                            **dict(cfg.vllm_args)}, world)
 
     def generate(prompts, seeds, max_new_tokens, on_finish):
         for start in range(0, len(prompts), VLLM_CHUNK):
             chunk = range(start, min(start + VLLM_CHUNK, len(prompts)))
-            params = [vllm.SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens,
-                                          seed=int(seeds[i]), stop_token_ids=list(stop_ids),
-                                          skip_special_tokens=False) for i in chunk]
+            params = [{"n": 1, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": max_new_tokens,
+                       "seed": int(seeds[i]), "stop_token_ids": list(stop_ids), "skip_special_tokens": False}
+                      for i in chunk]
             requests = [{"prompt_token_ids": [int(t) for t in prompts[i]]} for i in chunk]
-            outputs = llm.generate(requests, params, use_tqdm=progress)
-            for i, out in zip(chunk, outputs):
-                completion = out.outputs[0]
-                on_finish(i, list(completion.token_ids), "length" if completion.finish_reason == "length" else "stop")
+            for i, (token_ids, finish) in zip(chunk, engine.generate(requests, params, progress)):
+                on_finish(i, token_ids, "length" if finish == "length" else "stop")
 
+    generate.close = engine.close
     return generate
 
 
@@ -550,7 +560,7 @@ def _stored_config(folder: Path) -> EvalConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not an evaluation folder (no config.json)")
-    stored = json.loads(path.read_text()).get("config", {})
+    stored = read_json(path).get("config", {})
     known = set(EvalConfig.__dataclass_fields__)
     return EvalConfig(**{k: v for k, v in stored.items() if k in known})
 
@@ -596,7 +606,7 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
             entry = {"rows": len(rows), "moved": moved, "answers_found": _found_rates(rows) if rows else {}}
             summary_path = bench_dir / "summary.json"
             if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
+                summary = read_json(summary_path)
                 entry["score_before"] = summary.get("score")
                 try:
                     summary.update(summarize_rows(rows, summary["samples_per_problem"]))
@@ -646,7 +656,7 @@ def load_eval_model(name_or_path, *, dtype: str = "auto", device: str = "auto", 
     if not (adapter / "adapter_model.safetensors").is_file():
         raise ModelNotFoundError(f"the LoRA adapter folder {adapter} has no adapter_model.safetensors "
                                  "(rsdlib never loads pickled adapter_model.bin files)")
-    base = base_model or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = base_model or read_json((adapter / "adapter_config.json")).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"the LoRA adapter {adapter} names no base model: pass base_model=...")
     model, tokenizer = load_model(base, dtype=dtype, device=device)
@@ -711,7 +721,7 @@ def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
 def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
     path = bench_dir / "problems.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = read_json(path)
         if stored != problem_ids:
             raise RunConflictError(f"{bench_dir} was evaluated on another problem list ({len(stored)} problems there, "
                                    f"{len(problem_ids)} now): the dataset changed. Use another folder or force=True.")
@@ -766,13 +776,16 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             tokenizer = AutoTokenizer.from_pretrained(source)
     stop_ids = end_of_turn_ids(tokenizer)
     generate = (hf_backend(model, tokenizer, cfg, stop_ids) if cfg.backend == "hf"
-                else vllm_backend(source, cfg, stop_ids, progress))
+                else vllm_backend(source, cfg, stop_ids, progress, world))
 
     summaries = {}
-    for name, problems in problems_by_bench:
-        with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
-                                                  shards)
+    try:
+        for name, problems in problems_by_bench:
+            with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
+                summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label,
+                                                      progress, shards)
+    finally:
+        getattr(generate, "close", lambda: None)()  # the vLLM engine's process
     return summaries
 
 
@@ -898,7 +911,7 @@ TABLE_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA Dia
 
 
 def _manifest_models(path: Path) -> dict:
-    return json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    return read_json(path).get("models", {}) if path.is_file() else {}
 
 
 def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool = True) -> str:
@@ -912,7 +925,7 @@ def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool =
     trained = _manifest_models(results / "models" / "manifest.json")
     trained.update(_manifest_models(results / "multistep" / "manifest.json"))  # notebook 35: <method>-<n>step
     if name == "base":
-        manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+        manifest = read_json(paths.input_file(profile, "traces", "manifest.json"))
         return model_location(manifest["pairs"]["main"]["student"])
     for key in (f"main-{name}", name):
         if key in trained:
@@ -933,7 +946,7 @@ def stage_eval_config(params: dict, *, need_traces: bool = True) -> tuple[dict, 
     evaluation = params["evaluation"]
     traces_manifest = {}
     if need_traces or (paths.results_dir(params["profile"]) / "traces" / "manifest.json").is_file():
-        traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+        traces_manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))
     if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
         import importlib.util
 
@@ -956,7 +969,19 @@ def model_eval_config(params: dict, cfg: EvalConfig, name: str) -> EvalConfig:
 def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
     """Refuse bad parameters before any model loads; returns ``stage_eval_config`` and {model name: folder
     or spec}."""
-    evaluation, cfg = stage_eval_config(params)
+    from rsdlib import paths as paths_mod
+    from rsdlib.paths import check_name
+
+    for name in params["models"]:  # each names a folder results/<profile>/eval/<name>
+        check_name(name, "models entry")
+    for name in params["extra_models"]:
+        check_name(name, "extra_models key")
+    try:
+        evaluation, cfg = stage_eval_config(params)
+    except JsonFileError:
+        raise
+    except ValueError as err:
+        raise ValueError(f"{paths_mod.params_source(params['profile'], EVAL_NOTEBOOK)}: evaluation: {err}") from None
     plan = {name: resolve_model(params["profile"], name, params["extra_models"])
             for name in [*params["models"], *params["extra_models"]]}
     unknown = sorted(set(params["answer_from"]) - set(plan))

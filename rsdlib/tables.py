@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from rsdlib import metrics, paths, reference
 from rsdlib.metrics import RESAMPLES, SEED, Interval, wilson_interval
 from rsdlib.plots import interval_cell
+from rsdlib.store import read_json
 
 CI = "95% CI"
 DIFF = "Δ vs base"
@@ -326,7 +327,7 @@ def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str,
 # ----------------------------------------------------------------------------------------------
 def load_evaluation(profile: str) -> dict:
     """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
-    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+    return read_json(paths.input_file(profile, "eval", "summary.json"))
 
 
 def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:

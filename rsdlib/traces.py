@@ -46,7 +46,6 @@ adds ``ranks``: units and wall seconds per rank). On the command line::
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_c
 from rsdlib.decoding import MODES, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, grade_many
 from rsdlib.metrics import summarize_dataset
-from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, teacher_prompt_ids, turn_end_id
+from rsdlib.prompts import PromptStyle, encode_parts, end_of_turn_ids, prompt_ids, teacher_prompt_ids, turn_end_id
 
 KEEP_RULES = ("shortest", "first", "random")
 PREFIX_RULES = ("first", "longest", "random")
@@ -467,12 +466,20 @@ def pair_reference(reference_rows, problems, think_close: str = "</think>") -> l
     is R1's thinking, the student's end-of-thinking delimiter, then R1's attempt (the s1 authors'
     conversion of s1K-1.1 for Qwen3). Problems with no reference trace are left out.
     """
+    return [(p, "".join(text for text, _ in parts)) for p, parts in _paired_reference(reference_rows, problems,
+                                                                                       think_close)]
+
+
+def _paired_reference(reference_rows, problems, think_close: str) -> list[tuple]:
+    """``pair_reference`` as (problem, ``rsdlib.prompts.encode_parts`` pieces): R1's text is data."""
+    from rsdlib.prompts import reference_parts
+
     by_question = {_question_key(r.question): r for r in reference_rows}
     out = []
     for p in problems:
         r = by_question.get(_question_key(p.question))
         if r is not None and r.meta.get("trace"):
-            out.append((p, f"{r.meta['trace'].strip()}\n{think_close}\n\n{str(r.meta.get('attempt', '')).strip()}"))
+            out.append((p, reference_parts(r.meta["trace"], str(r.meta.get("attempt", "")), think_close)))
     return out
 
 
@@ -485,7 +492,7 @@ def trace_run_stats(folder: str | Path) -> dict:
     config) has mode "reference".
     """
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = store.read_json((folder / "config.json"))
     decoding = (config.get("config") or {}).get("decoding") or {}
     mode = decoding.get("mode", "reference")
     dataset = store.read_jsonl_resumable(folder / "dataset.jsonl")
@@ -544,8 +551,17 @@ def check_trace_params(params: dict) -> None:
     """Refuse notebook 10's parameters before any model loads: modes, source, benchmark, reference, every
     method's job config and the extra pairs."""
     from rsdlib.data import SOURCES
+    from rsdlib.paths import check_name, params_source
 
+    where = params_source(params["profile"], TRACES_NOTEBOOK)
+    n = params["n_problems"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{where}: n_problems must be an integer >= 0 (0 = every problem), got {n!r}")
     methods = params["methods"]
+    for name in methods:  # keys name folders (results/<profile>/traces/<pair>/<method>): simple names only
+        check_name(name, "methods key")
+    for run in params["extra_pairs"]:
+        check_name(run, "extra_pairs key")
     if "teacher" not in methods or methods["teacher"].get("mode") != "teacher":
         raise ValueError("methods must include 'teacher' with mode 'teacher' "
                          "(the other methods are restricted to its solved problems)")
@@ -564,8 +580,7 @@ def check_trace_params(params: dict) -> None:
         try:
             method_job_config(params, name, params["teacher"], params["student"])
         except (ValueError, TypeError) as err:
-            raise ValueError(f"methods[{name!r}] with decoding/job (parameters of {TRACES_NOTEBOOK}, "
-                             f"params/{params['profile']}/{TRACES_NOTEBOOK}.yaml unless overridden): {err}") from None
+            raise ValueError(f"{where}: methods[{name!r}] with decoding/job: {err}") from None
     for run, extra in params["extra_pairs"].items():
         missing = {"teacher", "student", "methods"} - set(extra)
         if missing or not set(extra["methods"]) <= set(methods):
@@ -588,8 +603,9 @@ def trace_problems(params: dict) -> list:
 
 
 def reference_records(params: dict, problems) -> list[tuple]:
-    """(problem, completion text) of the pre-existing traces, in the student's chat format: s1K-1.1
-    (the paper, from the hub; the dry run's stand-in) or the problems' own worked solutions (offline)."""
+    """(problem, completion as ``rsdlib.prompts.encode_parts`` pieces) of the pre-existing traces, in the
+    student's chat format: s1K-1.1 (the paper, from the hub; the dry run's stand-in) or the problems' own
+    worked solutions (offline). The traces' text and the golds are data; the delimiters are rsdlib's."""
     from rsdlib.prompts import prompt_style
 
     reference, close = params["reference"], prompt_style(params["prompt"]).think_close
@@ -603,12 +619,13 @@ def reference_records(params: dict, problems) -> list[tuple]:
 
             local = write_standin_s1k11(paths.results_dir(params["profile"]) / "standins" / "data").parent
         rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
-        return pair_reference(rows, problems, close)
+        return _paired_reference(rows, problems, close)
     out = []
     for p in problems:
         text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution
         if text:
-            out.append((p, f"{text.strip()}\n{close}\n\nThe final answer is $\\boxed{{{p.gold}}}$."))
+            out.append((p, [(text.strip(), True), (f"\n{close}\n\nThe final answer is $\\boxed{{", False),
+                            (str(p.gold), True), ("}$.", False)]))
     return out
 
 
@@ -622,8 +639,8 @@ def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
     records = reference_records(params, problems)
     for name in ("samples.jsonl", "dataset.jsonl"):
         (out / name).unlink(missing_ok=True)
-    for p, text in records:
-        completion = list(tok(text, add_special_tokens=False)["input_ids"]) + [eot]
+    for p, parts in records:
+        completion = encode_parts(tok, parts) + [eot]  # the trace's text is data, never a control token
         rec = {"problem_id": p.id, "sample_index": 0, "prompt_ids": prompt_ids(tok, p, style),
                "token_ids": completion, "status": "correct", "kind": "full", "source": "reference"}
         store.append_jsonl(out / "samples.jsonl", rec)
@@ -631,9 +648,9 @@ def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
                                              "sample_index": 0, "prompt_ids": rec["prompt_ids"],
                                              "completion_ids": completion, "kind": "full"})
     config = {"reference": params["reference"], "problems": [p.id for p, _ in records]}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    store.write_json_atomic(out / "config.json", config)
     stats = {"method": "reference", **trace_run_stats(out)}
-    (out / "summary.json").write_text(json.dumps(stats, indent=2))
+    store.write_json_atomic(out / "summary.json", stats)
     print(f"reference ({params['reference']}): {len(records)} traces, mean {stats['avg_tokens'] or 0:.0f} tokens")
     return stats
 
