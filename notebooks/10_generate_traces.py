@@ -71,6 +71,7 @@ methods: dict = {
 restrict_to_teacher_solved: bool = True  # other methods only see problems the teacher solved (the paper's /234)
 reference: str = "math500_solutions"  # pre-existing traces: s1k-1.1 (paper) | math500_solutions (offline) | "" (none)
 extra_pairs: dict = {}  # run name -> {"teacher", "student", "methods": [names]}: Table 4/6 tailored pairs
+transfers: dict = {}  # run name -> {"student", "methods": [names]}: pair main's sets re-tokenized (Table 4 Transferred)
 force: bool = False  # redo the traces even if finished runs with the same config exist
 workers: int = 1  # processes per method: above 1, torchrun (one pair per GPU, rsdlib.distributed); 0: one per GPU
 

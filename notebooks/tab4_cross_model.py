@@ -47,7 +47,7 @@ ours = tables.accuracy_rows(rows, evaluation, columns)
 paper = [dict(r, label=r["label"] if r["setting"] != "base" else r["student"]) for r in reference.TABLE4]
 table = comparison_rows(ours, paper, columns, label_as="Models")
 tables.name_our_student(table, "Qwen3-0.6B/base", manifest["pairs"]["main"]["student"])
-uncertainty = tables.accuracy_uncertainty(rows, profile, base_key="Qwen3-0.6B/base")
+uncertainty = tables.cross_model_uncertainty(rows, profile)  # each row against its own student's base
 intervals = tables.add_accuracy_intervals(table, uncertainty, columns)
 shown = intervals["columns"]
 pd.DataFrame(table)[shown]
@@ -58,7 +58,8 @@ mapped = ", ".join(f"{k} <- {v}" for k, v in rows.items())
 notes = [
     f"Ours (accuracy in %): {mapped}. In this profile the main student is {student}; other pairs and "
     "transferred students appear when the profile generates, trains and evaluates them.",
-    "Transferred: trained on RSD traces made for Qwen3-0.6B; Tailored: trained on RSD traces made for itself.",
+    "Transferred: trained on RSD traces made for Qwen3-0.6B (re-tokenized with its own tokenizer and chat template); "
+    "Tailored: trained on RSD traces made for itself. Δ vs base: each row against its own student's base row.",
     "— : not produced in this profile.",
 ]
 tables.write_accuracy_table(table, "tab4_cross_model", profile, intervals, notes,

@@ -52,6 +52,27 @@ Rules (``from_tokenizers``):
   token has no faithful teacher spelling (empty, not round-tripping to the same text, or using ids
   outside the teacher's logit rows). The error names the pair, the counts and the first examples.
 
+Special tokens across tokenizers (``special_pairs``; DeepSeek-R1-Distill-Llama-8B teaching
+Llama-3.2-1B-Instruct: the same 128,256 ids, some special tokens renamed; Tables 4 and 6):
+
+- A special token is matched by its ROLE, never by its text: ``special_pairs`` maps a student special id
+  to the teacher special id with the same role (begin of text, end of turn, end of text, thinking
+  delimiters; ``rsdlib.prompts.special_token_pairs`` builds it from the two templates' families).
+  A student-only special token with a counterpart is spelled as that one teacher token (the student's
+  ``<|begin_of_text|>`` is R1-Distill's ``<｜begin▁of▁sentence｜>``, one id, not 7 text pieces); one without
+  a counterpart (Llama's reserved tokens, which R1-Distill renamed) is never sampled by the student
+  (``student_mask``) and refused by ``student_to_teacher``.
+- The teacher's own special tokens with a student counterpart are never masked: ``teacher_alias`` maps
+  such a teacher id to the student id its probability goes to (``teacher_to_student`` adds it there).
+  R1-Distill's end of turn ``<｜end▁of▁sentence｜>`` (128001) goes to the student's ``<|eot_id|>``
+  (128009). Its ``</think>`` (128014, one token) goes to the student's ``</think>`` token when the student
+  has one, else to the FIRST piece of the student's spelling of the text (Llama-3.2: ``</``, then
+  ``think``, ``>``): the teacher's probability of closing its thinking is credited to that piece, and once
+  the piece is emitted the teacher continues from the text it sees (the pieces are shared ids). This is
+  exact for the first piece's marginal, not for the rest of the spelling, which the models write on.
+- Ids shared by string are unaffected: the paper's Qwen pair has no special pair that differs, so its
+  bridge is unchanged.
+
 Masks are kept on CPU and copied once per device on first use (``_on``).
 """
 
@@ -112,6 +133,7 @@ class VocabBridge:
     student_mask: torch.Tensor  # bool (V_s,), True = student row with no token: never sampled
     student_only: dict[int, list[int]] = field(default_factory=dict)  # student id -> teacher spelling
     student_only_text: dict[int, str] = field(default_factory=dict)  # student id -> its text (for messages)
+    teacher_alias: dict[int, int] = field(default_factory=dict)  # teacher special id -> student id of its role
     _device_masks: dict = field(default_factory=dict, init=False, repr=False)  # (name, device) -> mask
 
     def __post_init__(self) -> None:
@@ -130,8 +152,12 @@ class VocabBridge:
                 raise ValueError(f"student-only id {sid} is not a real student id (V_s={v_s})")
             if not spelling or not all(0 <= t < v_t for t in spelling):
                 raise ValueError(f"student-only id {sid}: teacher spelling {spelling} is empty or outside 0..{v_t - 1}")
+        self.teacher_alias = {int(k): int(v) for k, v in self.teacher_alias.items()}
+        for tid, sid in self.teacher_alias.items():
+            if not 0 <= tid < v_t or not 0 <= sid < v_s or self.student_mask[sid] or self.teacher_mask[tid]:
+                raise ValueError(f"teacher_alias {tid} -> {sid}: needs a proposable teacher id and a real student id")
         # the decoder's contract: the ids the teacher may propose are exactly the shared student ids
-        # (real student ids that are not student-only), under the same id
+        # (real student ids that are not student-only), under the same id, and the aliased teacher ids
         shared = self.shared_mask  # (V_s,)
         if shared[v_t:].any():
             bad = (v_t + torch.nonzero(shared[v_t:]).flatten()).tolist()
@@ -141,6 +167,8 @@ class VocabBridge:
         n = min(v_t, v_s)
         shared_t = torch.zeros(v_t, dtype=torch.bool)  # (V_t,)
         shared_t[:n] = shared[:n]
+        if self.teacher_alias:
+            shared_t[list(self.teacher_alias)] = True
         mismatch = torch.nonzero(shared_t == self.teacher_mask).flatten().tolist()  # proposable XOR shared
         if mismatch:
             raise ValueError(
@@ -152,8 +180,8 @@ class VocabBridge:
         if not isinstance(other, VocabBridge):
             return NotImplemented
         return (
-            (self.teacher_vocab_size, self.student_vocab_size, self.student_only)
-            == (other.teacher_vocab_size, other.student_vocab_size, other.student_only)
+            (self.teacher_vocab_size, self.student_vocab_size, self.student_only, self.teacher_alias)
+            == (other.teacher_vocab_size, other.student_vocab_size, other.student_only, other.teacher_alias)
             and torch.equal(self.teacher_mask, other.teacher_mask)
             and torch.equal(self.student_mask, other.student_mask)
         )
@@ -167,11 +195,14 @@ class VocabBridge:
         teacher_vocab_size: int,
         student_vocab_size: int,
         min_shared_fraction: float = DEFAULT_MIN_SHARED_FRACTION,
+        special_pairs: dict[int, int] | None = None,
     ) -> "VocabBridge":
         """Build the bridge from two HF tokenizers and the two models' logit row counts.
 
+        ``special_pairs``: student special id -> teacher special id of the same role (module docstring).
         Raises ``BridgeError`` when the pair is unbridgeable (see the module docstring for the rule).
         """
+        pairs = {int(k): int(v) for k, v in (special_pairs or {}).items()}
         if not 0.0 <= min_shared_fraction <= 1.0:
             raise ValueError(f"min_shared_fraction must be in [0, 1], got {min_shared_fraction}")
         v_t, v_s = int(teacher_vocab_size), int(student_vocab_size)
@@ -187,6 +218,15 @@ class VocabBridge:
         if n_real == 0:
             raise BridgeError(f"cannot bridge {pair}: the student tokenizer has no tokens below {v_s}")
         not_shared = [i for i in range(v_s) if student_real[i] and not (i < n and shared[i])]
+        # student-only special tokens: one teacher token of the same role, or never sampled (never text)
+        special_ids = set(getattr(student_tokenizer, "all_special_ids", ()) or ())
+        special_ids |= {i for i, t in (getattr(student_tokenizer, "added_tokens_decoder", None) or {}).items()
+                        if getattr(t, "special", False)}
+        by_role = {sid: [pairs[sid]] for sid in not_shared if sid in pairs and 0 <= pairs[sid] < v_t}
+        unpaired_special = [i for i in not_shared if i in special_ids and i not in by_role] if pairs else []
+        for i in unpaired_special:
+            student_real[i] = False
+        not_shared = [i for i in not_shared if i not in by_role and i not in unpaired_special]
         if n_shared < min_shared_fraction * n_real:
             differ = [i for i in not_shared if i < v_t and t_str[i] is not None]
             lacking = [i for i in not_shared if i >= v_t or t_str[i] is None]
@@ -228,12 +268,21 @@ class VocabBridge:
                     "or ids beyond the teacher's logit rows): " + _examples(bad, len(bad)) + "."
                 )
 
+        for sid, spelling in by_role.items():
+            student_only[sid] = spelling
+            texts[sid] = student_tokenizer.convert_ids_to_tokens(sid)
         shared_t = torch.zeros(v_s, dtype=torch.bool)
         shared_t[:n] = torch.tensor(shared, dtype=torch.bool)
         student_mask = ~torch.tensor(student_real, dtype=torch.bool)  # (V_s,)
         teacher_mask = torch.ones(v_t, dtype=torch.bool)  # (V_t,)
         teacher_mask[:n] = ~shared_t[:n]
-        return cls(v_t, v_s, teacher_mask, student_mask, student_only, texts)
+        # the teacher's own special tokens of a role the student has: proposable, credited to the student's id
+        alias: dict[int, int] = {}
+        for sid, tid in pairs.items():
+            if tid < v_t and teacher_mask[tid] and 0 <= sid < v_s and not student_mask[sid] and sid not in student_only:
+                alias[tid] = sid
+                teacher_mask[tid] = False
+        return cls(v_t, v_s, teacher_mask, student_mask, student_only, texts, alias)
 
     @classmethod
     def identity(cls, vocab_size: int) -> "VocabBridge":
@@ -296,6 +345,7 @@ class VocabBridge:
         return (
             self.teacher_vocab_size == self.student_vocab_size
             and not self.student_only
+            and not self.teacher_alias
             and torch.equal(self.teacher_mask, self.student_mask)
         )
 
@@ -309,6 +359,7 @@ class VocabBridge:
             "student_masked": int(self.student_mask.sum()),
             "student_only": {str(k): v for k, v in sorted(self.student_only.items())},
             "student_only_text": {str(k): v for k, v in sorted(self.student_only_text.items())},
+            "teacher_alias": {str(k): v for k, v in sorted(self.teacher_alias.items())},
             "is_identity": self.is_identity,
         }
 
@@ -321,7 +372,7 @@ class VocabBridge:
             spelling = self.student_only.get(sid)
             if spelling is not None:
                 out.extend(spelling)
-            elif 0 <= sid < self.teacher_vocab_size:
+            elif 0 <= sid < self.teacher_vocab_size and not (self.teacher_alias and self.student_mask[sid]):
                 out.append(sid)
             else:
                 raise ValueError(f"student id {sid} has no teacher counterpart (V_t={self.teacher_vocab_size})")
@@ -347,7 +398,22 @@ class VocabBridge:
         n = min(self.teacher_vocab_size, self.student_vocab_size)
         out = teacher_probs.new_zeros(*teacher_probs.shape[:-1], self.student_vocab_size)  # (..., V_s)
         out[..., :n] = teacher_probs[..., :n].masked_fill(self._on("teacher_mask", teacher_probs.device)[:n], 0)
+        if self.teacher_alias:  # a teacher special token's probability goes to the student id of its role
+            aliased = teacher_probs[..., :n].masked_fill(~self._on("shared_teacher_rows", teacher_probs.device), 0)
+            out[..., :n] = aliased  # shared ids only (an aliased teacher id may also be a real student id)
+            for tid, sid in self.teacher_alias.items():
+                out[..., sid] += teacher_probs[..., tid]
         return out
+
+    @property
+    def shared_teacher_rows(self) -> torch.Tensor:
+        """bool (min(V_t, V_s),): ids the teacher proposes under the same id (proposable, not aliased)."""
+        n = min(self.teacher_vocab_size, self.student_vocab_size)
+        rows = ~self.teacher_mask[:n]
+        if self.teacher_alias:
+            rows = rows.clone()
+            rows[[t for t in self.teacher_alias if t < n]] = False
+        return rows
 
     def mask_teacher_logits(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         """(..., V_t) -> the same with ``teacher_mask`` rows at -inf (the input itself if none is masked)."""

@@ -274,7 +274,7 @@ class LockstepRule(StepRule):
         dec, cfg = self.decoder, self.config
         batch = Batch(rows)
         if cfg.needs_teacher:
-            teacher_rows = [self.bridge.student_to_teacher(row.prompt) for row in rows]
+            teacher_rows = [dec.teacher_prompt(row.index, row.prompt) for row in rows]
             batch.teacher, batch.teacher_logits = dec.prefill(dec.teacher, teacher_rows)
         if cfg.needs_student:
             batch.student, batch.student_logits = dec.prefill(dec.student, [row.prompt for row in rows])
@@ -333,6 +333,7 @@ class Decoder:
     def __init__(self, teacher, student, bridge, config: DecodingConfig):
         self.teacher, self.student, self.bridge, self.config = teacher, student, bridge, config
         self.stats: dict = {}
+        self._teacher_prompts: list[list[int]] | None = None  # generate(teacher_prompts=...), by prompt index
         if config.needs_teacher and teacher is None:
             raise ValueError(f"mode {config.mode!r} (record_both={config.record_both}) needs a teacher model")
         if config.needs_student and student is None:
@@ -348,6 +349,7 @@ class Decoder:
         on_finish: Callable[[int, Trace], None] | None = None,
         refill: bool = True,
         max_cache_gib: float | None = None,
+        teacher_prompts: Sequence[Sequence[int]] | None = None,
     ) -> list[Trace]:
         """Generate one trace per (prompt, seed), up to ``batch_size`` rows at a time.
 
@@ -361,9 +363,18 @@ class Decoder:
         whose full-length KV caches (both models) fit ``max_cache_gib`` and, on CUDA, the free device
         memory (``rsdlib.memory.plan_batch``); the choice is logged and kept in ``self.stats["batch"]``.
         Traces do not depend on it (each row has its own generator).
+
+        ``teacher_prompts``: the same prompts in the TEACHER's ids, rendered with the teacher's own chat
+        template (a teacher of another template family, ``rsdlib.traces``); None: the teacher reads the
+        student's prompt through the bridge (the paper's pair). Lockstep decoding only.
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if teacher_prompts is not None and (len(teacher_prompts) != len(prompts) or self.config.draft_tokens):
+            raise ValueError("teacher_prompts needs one teacher prompt per prompt, and lockstep decoding "
+                             f"(got {len(teacher_prompts)} for {len(prompts)}, "
+                             f"draft_tokens={self.config.draft_tokens})")
+        self._teacher_prompts = [list(map(int, p)) for p in teacher_prompts] if teacher_prompts is not None else None
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.stats = {}
@@ -383,6 +394,12 @@ class Decoder:
         bar.close()
         return results  # type: ignore[return-value]
 
+    def teacher_prompt(self, index: int, prompt: Sequence[int]) -> list[int]:
+        """The teacher's prompt of row ``index``: its own (``generate(teacher_prompts=...)``), else the
+        student's ``prompt`` through the bridge."""
+        own = getattr(self, "_teacher_prompts", None)
+        return list(own[index]) if own is not None else self.bridge.student_to_teacher(prompt)
+
     def cache_users(self, prompts: Sequence[Sequence[int]]) -> list[CacheUser]:
         """Each running model's KV bytes per token and widest possible row for these prompts.
 
@@ -400,6 +417,8 @@ class Decoder:
         if cfg.needs_teacher:
             extra = {sid: len(sp) - 1 for sid, sp in bridge.student_only.items() if len(sp) > 1}
             t_longest = max(len(p) + sum(extra.get(int(t), 0) for t in p) for p in prompts) if extra else longest
+            if getattr(self, "_teacher_prompts", None):
+                t_longest = max(t_longest, max(len(p) for p in self._teacher_prompts))
             tokens = t_longest + cfg.max_new_tokens + margin + 4 * max(extra.values(), default=0)
             users.append(CacheUser("teacher", kv_cache_bytes_per_token(self.teacher.config, model_dtype(self.teacher)),
                                    tokens, str(self.teacher.device)))

@@ -188,3 +188,77 @@ def plan_batch(requested: int, users: Sequence[CacheUser], max_cache_gib: float 
             batch, limited_by = fits, label
     row = sum(u.bytes_per_row for u in users)
     return BatchPlan(batch, requested, limited_by, batch * row / GIB, row, [asdict(u) for u in users], budgets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training memory (Table 4's full fine-tunes; field notes s.10)
+# ----------------------------------------------------------------------------------------------
+# Full fine-tuning with bf16 autocast over fp32 master weights and AdamW keeps, per parameter:
+# 4 bytes of weights, 4 of gradients, 8 of Adam's two moments = 16 bytes, before activations.
+TRAIN_STATE_BYTES_PER_PARAM = 16
+TRAIN_ACTIVATION_BYTES = 4 * GIB  # checkpointed activations of one micro-batch, beside its logits (estimate)
+TRAIN_FSDP = "full_shard auto_wrap"  # s1's sharding (field notes s.2): parameters, gradients and Adam states split
+PAPER_STUDENTS = {  # total parameters (embeddings included, model cards) and logit rows of the paper's students
+    "Qwen/Qwen3-0.6B": (0.60e9, 151_936), "Qwen/Qwen3-1.7B": (1.72e9, 151_936), "Qwen/Qwen3-4B": (4.02e9, 151_936),
+    "meta-llama/Llama-3.2-1B-Instruct": (1.24e9, 128_256), "google/gemma-3-1b-it": (1.00e9, 262_144),
+    "microsoft/Phi-4-mini-instruct": (3.84e9, 200_064), "microsoft/Phi-4-mini-reasoning": (3.84e9, 200_064),
+}
+
+
+def training_headroom_bytes(block_size: int, vocab_rows: int) -> int:
+    """Per-GPU memory beside the training states: fp32 logits of one block, their log-softmax and its gradient
+    (3 x block x vocab x 4 bytes; field notes s.10), plus ``TRAIN_ACTIVATION_BYTES``."""
+    return 3 * int(block_size) * int(vocab_rows) * 4 + TRAIN_ACTIVATION_BYTES
+
+
+@dataclass(frozen=True)
+class TrainingMemoryPlan:
+    """How a full fine-tune fits: on every GPU whole (one GPU, or DDP replicas) or sharded with FSDP."""
+
+    params: int  # trainable parameters
+    gpus: int  # processes (GPUs) of the run
+    gpu_bytes: int | None  # memory of one GPU (None: unknown, CPU)
+    state_bytes: int  # weights + gradients + AdamW moments, whole model
+    fsdp: str  # "" (each GPU holds everything) or TRAIN_FSDP
+    per_gpu_bytes: int  # states per GPU under that choice, plus the headroom (training_headroom_bytes)
+    fits: bool  # per_gpu_bytes <= gpu_bytes (True where gpu_bytes is unknown)
+
+    def describe(self) -> str:
+        where = "unknown GPU memory" if self.gpu_bytes is None else f"{self.gpu_bytes / GIB:.0f} GiB per GPU"
+        how = f"FSDP ({self.fsdp}) over {self.gpus} GPUs" if self.fsdp else f"whole on each of {self.gpus} GPU(s)"
+        return (f"{self.params / 1e9:.2f}B parameters: {self.state_bytes / GIB:.0f} GiB of training states; "
+                f"{how}: {self.per_gpu_bytes / GIB:.0f} GiB per GPU with headroom ({where})"
+                + ("" if self.fits else " - does NOT fit: use more GPUs (FSDP shards the states over them)"))
+
+
+def plan_training(params: int, gpus: int = 1, gpu_bytes: int | None = None, *, block_size: int = 8192,
+                  vocab_rows: int = 151_936) -> TrainingMemoryPlan:
+    """The memory choice of a full fine-tune: whole-model replicas (one GPU, or DDP) when 16 bytes x parameters
+    + headroom fit one GPU, else FSDP full sharding over the run's GPUs (s1's recipe), which divides the
+    states by ``gpus`` (the headroom is per GPU, not sharded).
+
+    Phi-4-Mini and Qwen3-4B (3.8-4.0B parameters, 57-60 GiB of states) do not fit an 80 GB card whole with
+    the logits of an 8k block: on a node of 2 or more GPUs they train sharded; alone on one GPU the plan
+    says it does not fit (rsdlib.train then stops with that message)."""
+    if params < 1 or gpus < 1:
+        raise ValueError(f"params and gpus must be >= 1, got {params}, {gpus}")
+    state = int(params) * TRAIN_STATE_BYTES_PER_PARAM
+    headroom = training_headroom_bytes(block_size, vocab_rows)
+    whole = state + headroom
+    if gpu_bytes is None or whole <= gpu_bytes or gpus == 1:
+        fits = gpu_bytes is None or whole <= gpu_bytes
+        return TrainingMemoryPlan(int(params), gpus, gpu_bytes, state, "", whole, fits)
+    sharded = -(-state // gpus) + headroom
+    return TrainingMemoryPlan(int(params), gpus, gpu_bytes, state, TRAIN_FSDP, sharded, sharded <= gpu_bytes)
+
+
+def training_memory_rows(gpu_bytes: int = 80 * 10**9, gpus: int = 8, block_size: int = 8192) -> list[dict]:
+    """One row per paper student (README's table): states, and the plan on one GPU and on a node of ``gpus``."""
+    rows = []
+    for model, (n, vocab) in PAPER_STUDENTS.items():
+        kw = {"block_size": block_size, "vocab_rows": vocab}
+        one, node = plan_training(int(n), 1, gpu_bytes, **kw), plan_training(int(n), gpus, gpu_bytes, **kw)
+        rows.append({"model": model, "params_b": round(n / 1e9, 2), "states_gib": round(one.state_bytes / GIB, 1),
+                     "one_gpu_gib": round(one.per_gpu_bytes / GIB, 1), "fits_one_gpu": one.fits,
+                     "node_plan": node.fsdp or "whole (DDP)", "node_gib_per_gpu": round(node.per_gpu_bytes / GIB, 1)})
+    return rows

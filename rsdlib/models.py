@@ -23,6 +23,7 @@ import torch
 
 from rsdlib import embedded, paths
 from rsdlib.bridge import VocabBridge
+from rsdlib.prompts import special_token_pairs
 
 EMBEDDED_PREFIX = "embedded:"
 HUB_PROBE_TIMEOUT = 10.0  # seconds for the one request that checks a hub id
@@ -240,7 +241,8 @@ def load_pair(teacher: str | Path, student: str | Path, **kw: Any) -> ModelPair:
     teacher_model, teacher_tokenizer = load_model(model_location(teacher), **kw)
     student_model, student_tokenizer = load_model(model_location(student), **kw)
     bridge = VocabBridge.from_tokenizers(
-        teacher_tokenizer, student_tokenizer, logit_rows(teacher_model), logit_rows(student_model)
+        teacher_tokenizer, student_tokenizer, logit_rows(teacher_model), logit_rows(student_model),
+        special_pairs=special_token_pairs(teacher_tokenizer, student_tokenizer),  # special tokens by role
     )
     return ModelPair(
         teacher=teacher_model,

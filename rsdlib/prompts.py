@@ -14,9 +14,31 @@ assistant turn is opened with ``<think>\\n``. Other styles are named options (``
   the demo profile's, tuned on the embedded coder pair).
 
 The assistant turn is opened with the thinking delimiter. Models whose tokenizer has ``<think>``/``</think>``
-as tokens (Qwen3) get them
-as single ids; others (the embedded Qwen2.5 pair, s1.1) get the same delimiters as plain text.
-The prompt is built in the STUDENT's ids; the teacher sees it through the vocabulary bridge.
+as tokens (Qwen3, R1-Distill) get them as single ids; others (the embedded Qwen2.5 pair, s1.1, Llama-3.2,
+Gemma 3, Phi-4-Mini) get the same delimiters as plain text and learn them through SFT (Section 5.1).
+
+Each model is prompted through ITS OWN chat template (``chat_family``, ``CHAT_FAMILIES``; field notes
+section 11). What the paper does not say, and what we chose (tests/test_prompts.py shows every family's
+exact prompt text and where its thinking ends):
+
+- Figure 7's system prompt opens with Qwen's identity ("You are Qwen, created by Alibaba Cloud...").
+  The paper shows it only for its Qwen models; a non-Qwen model gets the system text WITHOUT that
+  identity sentence (Figure 7's response instruction alone; ``figure7-s1k`` leaves no system turn).
+- Llama-3.2's template writes "Today Date: <date>" from the clock: the date is pinned
+  (``LLAMA_DATE``, the template's own fallback date) so prompts do not change with the run date.
+- Gemma 3 has no system role: its template folds the system text into the first user turn.
+- DeepSeek-R1-Distill's generation prompt already ends with ``<think>\n``: nothing is appended.
+- Phi-4-Mini-Reasoning's template always puts its own preamble ("Your name is Phi, an AI math expert
+  developed by Microsoft.") first; our system text follows it, as its template does. It writes
+  ``<think>``/``</think>`` natively (as text: they are not tokens of its vocabulary), the delimiters
+  every other student learns, so no alias is needed (s1.1's native ``<|im_start|>answer`` is the one
+  mapped, ``think_close_aliases``).
+- A model whose template we do not know (``generic``) gets the system text as given.
+
+The trace prompt is built in the STUDENT's ids. The teacher sees the student's prompt through the
+vocabulary bridge when the two templates render the same text (the paper's Qwen pair); otherwise the
+teacher gets its own template's prompt (``rsdlib.traces``; DeepSeek-R1-Distill-Llama-8B teaching
+Llama-3.2-1B-Instruct).
 
 Data is never a control token (issue 32). Problem text, gold answers and reference traces are encoded with
 every added token of the vocabulary (``<|im_end|>``, ``<|im_start|>``, ``</think>``, ``<|eot_id|>``...)
@@ -52,6 +74,67 @@ FIGURE7_INSTRUCTION = (  # Figure 7 (RSD side), the system turn after the Qwen s
     "$\\boxed{\\text{}}$."
 )
 FIGURE7_SYSTEM = f"{QWEN_SYSTEM_PROMPT}\n{FIGURE7_INSTRUCTION}"
+LLAMA_DATE = "26 Jul 2024"  # Llama-3.2's "Today Date", pinned: its template's own fallback when no clock is given
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    """What a model family's chat template does, and the rules rsdlib follows for it (field notes s.11)."""
+
+    name: str
+    turn_end: str  # the token that closes an assistant turn (the end of a full training example)
+    qwen_identity: bool = False  # Figure 7's Qwen system sentence is this model's own (else it is left out)
+    generation_opens_thinking: bool = False  # the generation prompt already ends with "<think>\n" (R1-Distill)
+    native_thinking: bool = False  # the model writes <think> ... </think> by itself (no SFT needed)
+    system_role: bool = True  # False: the template folds the system text into the first user turn (Gemma 3)
+    template_kwargs: tuple = ()  # pinned template variables ((name, value), ...): Llama-3.2's date
+
+
+CHAT_FAMILIES: dict[str, ChatFamily] = {
+    "qwen2.5": ChatFamily("qwen2.5", "<|im_end|>", qwen_identity=True),  # s1.1-7B, the embedded pair
+    "qwen3": ChatFamily("qwen3", "<|im_end|>", qwen_identity=True),  # Qwen3-0.6B / 1.7B / 4B (Figure 7's student)
+    "llama3": ChatFamily("llama3", "<|eot_id|>", template_kwargs=(("date_string", LLAMA_DATE),)),
+    "r1-distill-llama": ChatFamily("r1-distill-llama", "<｜end▁of▁sentence｜>", generation_opens_thinking=True,
+                                   native_thinking=True),
+    "gemma3": ChatFamily("gemma3", "<end_of_turn>", system_role=False),
+    "phi4-mini": ChatFamily("phi4-mini", "<|end|>"),
+    "phi4-mini-reasoning": ChatFamily("phi4-mini-reasoning", "<|end|>", native_thinking=True),
+    "generic": ChatFamily("generic", "", qwen_identity=True),  # unknown template: system text as given, eos ends
+}
+PHI_REASONING_PREAMBLE = "Your name is Phi, an AI math expert developed by Microsoft."
+
+
+def chat_family(tokenizer) -> ChatFamily:
+    """The family of a tokenizer's chat template, read from its special tokens (and template, for Phi)."""
+    def has(token: str) -> bool:
+        return vocab_id(tokenizer, token) is not None
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if has("<｜Assistant｜>"):
+        return CHAT_FAMILIES["r1-distill-llama"]
+    if has("<start_of_turn>"):
+        return CHAT_FAMILIES["gemma3"]
+    if has("<|assistant|>") and has("<|end|>"):
+        return CHAT_FAMILIES["phi4-mini-reasoning" if PHI_REASONING_PREAMBLE in template else "phi4-mini"]
+    if has("<|start_header_id|>"):
+        return CHAT_FAMILIES["llama3"]
+    if has("<|im_start|>"):
+        return CHAT_FAMILIES["qwen3" if has("</think>") else "qwen2.5"]
+    return CHAT_FAMILIES["generic"]
+
+
+def family_system(family: ChatFamily, system: str) -> str:
+    """The system text a model of ``family`` gets: Qwen's identity sentence only for Qwen models."""
+    if family.qwen_identity or not system.startswith(QWEN_SYSTEM_PROMPT):
+        return system
+    return system[len(QWEN_SYSTEM_PROMPT):].lstrip("\n")
+
+
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """``apply_chat_template`` as text, with the family's pinned template variables (Llama-3.2's date)."""
+    kwargs = dict(chat_family(tokenizer).template_kwargs)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                         **kwargs)
 
 
 @dataclass
@@ -98,14 +181,19 @@ def prompt_text(tokenizer, problem, style: PromptStyle | None = None) -> str:
 
 
 def _chat_text(tokenizer, style: PromptStyle, user: str) -> str:
-    messages = [{"role": "system", "content": style.system}] if style.system else []
+    family = chat_family(tokenizer)  # each model through its own template (module docstring)
+    system = family_system(family, style.system)
+    messages = [{"role": "system", "content": system}] if system else []
     for question, response in style.shots:  # few-shot turns teach the output format
         shot_q = "\n\n".join(p for p in (question, style.math_instruction) if p)
         messages += [{"role": "user", "content": f"{shot_q} {style.extra_instruction}".rstrip()},
                      {"role": "assistant", "content": f"{style.think_open}\n{response}"}]
     messages.append({"role": "user", "content": user})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{text}{style.think_open}\n"
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
+    opened = f"{style.think_open}\n"
+    if family.generation_opens_thinking and text.endswith(opened):  # R1-Distill: its template opened it
+        return text
+    return f"{text}{opened}"
 
 
 def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int]:
@@ -197,6 +285,17 @@ def encode_parts(tokenizer, parts: Sequence[tuple[str, bool]]) -> list[int]:
     return ids
 
 
+def teacher_prompt_ids(teacher_tokenizer, student_tokenizer, problem, style: PromptStyle | None = None):
+    """The teacher's OWN prompt (its template, its ids) when its template renders another text than the
+    student's (R1-Distill teaching Llama-3.2), else None: the teacher then reads the student's prompt
+    through the bridge, as in the paper's Qwen pair (Appendix A)."""
+    if teacher_tokenizer is None:
+        return None
+    if prompt_text(teacher_tokenizer, problem, style) == prompt_text(student_tokenizer, problem, style):
+        return None
+    return prompt_ids(teacher_tokenizer, problem, style)  # the problem encoded as data (encode_data)
+
+
 def vocab_id(tokenizer, token: str) -> int | None:
     """Id of one token of the tokenizer's vocabulary (added tokens included), else None (not the unknown
     token's id; the id must map back to the token where the tokenizer can say so)."""
@@ -209,12 +308,15 @@ def vocab_id(tokenizer, token: str) -> int | None:
     return tid if back is None or back(tid) == token else None
 
 
-def turn_end_id(tokenizer, tokens: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> int:
-    """The id that closes an assistant turn: the first of ``tokens`` in the vocabulary, else eos.
+def turn_end_id(tokenizer, tokens: Sequence[str] = ()) -> int:
+    """The id that closes an assistant turn: the first of ``tokens`` in the vocabulary, else the template
+    family's turn end (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``,
+    ``<｜end▁of▁sentence｜>``), else eos.
 
     A full training example must end with it (rsdlib.train supervises it so the student learns to stop).
     """
-    for token in tokens:
+    family = chat_family(tokenizer).turn_end
+    for token in (*tokens, *((family,) if family else ("<|im_end|>", "<|eot_id|>"))):
         tid = vocab_id(tokenizer, token)
         if tid is not None:
             return tid
@@ -224,13 +326,46 @@ def turn_end_id(tokenizer, tokens: Sequence[str] = ("<|im_end|>", "<|eot_id|>"))
 
 
 def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
-    """Ids that end an assistant turn: ``<|im_end|>`` when the vocabulary has it, and eos."""
-    ids = {tid for t in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>") if (tid := vocab_id(tokenizer, t)) is not None}
+    """Ids that end an assistant turn: the family's turn end, ``<|im_end|>`` / ``<|eot_id|>`` /
+    ``<|end_of_text|>`` when the vocabulary has them, and eos."""
+    ends = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", chat_family(tokenizer).turn_end)
+    ids = {tid for t in ends if t and (tid := vocab_id(tokenizer, t)) is not None}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     if not ids:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no end-of-turn or eos token")
     return tuple(sorted(ids))
+
+
+END_OF_TEXT_TOKENS = ("<|end_of_text|>", "<|endoftext|>", "<eos>")  # a base model's end of text, by family
+
+
+def special_token_pairs(teacher_tokenizer, student_tokenizer) -> dict[int, int]:
+    """Student special id -> teacher special id of the same ROLE (``rsdlib.bridge``: special tokens cross
+    by role, never as text): begin of text, end of turn (and the student's eos / end of text, which end a
+    turn too), and the thinking delimiters. A delimiter the student has only as text pairs its FIRST piece
+    with the teacher's token (Llama-3.2's ``</`` with R1-Distill's ``</think>``)."""
+    pairs: dict[int, int] = {}
+    s_bos, t_bos = student_tokenizer.bos_token_id, teacher_tokenizer.bos_token_id
+    if s_bos is not None and t_bos is not None:
+        pairs[int(s_bos)] = int(t_bos)
+    t_end = turn_end_id(teacher_tokenizer)
+    s_ends = [turn_end_id(student_tokenizer), student_tokenizer.eos_token_id,
+              *(vocab_id(student_tokenizer, t) for t in END_OF_TEXT_TOKENS)]
+    for sid in s_ends:
+        if sid is not None:
+            pairs.setdefault(int(sid), t_end)
+    for delimiter in ("<think>", "</think>"):
+        tid = vocab_id(teacher_tokenizer, delimiter)
+        if tid is None:
+            continue
+        sid = vocab_id(student_tokenizer, delimiter)
+        if sid is None:
+            pieces = student_tokenizer(delimiter, add_special_tokens=False)["input_ids"]
+            sid = pieces[0] if pieces else None
+        if sid is not None:
+            pairs.setdefault(int(sid), tid)
+    return pairs
 
 
 PROMPT_STYLES: dict[str, dict] = {

@@ -105,17 +105,44 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
     del pair
     for run, extra in params["extra_pairs"].items():  # Tables 4 and 6: traces tailored to another student
         pairs[run] = (extra["teacher"], extra["student"])
+        own_restrict, summaries[run] = restrict_dir, {}
+        own_teacher = extra["teacher"] != params["teacher"] and restrict_dir is not None  # the teacher-solved
+        others = [m for m in extra["methods"] if m != "teacher"]  # set is this teacher's own (R1-Distill's)
+        if own_teacher:
+            own_restrict = trace_root / run / "teacher"
         if workers > 1:
-            summaries[run] = launch_pair(run, list(extra["methods"]), restrict_dir or "none")
+            if own_teacher:
+                summaries[run].update(launch_pair(run, ["teacher"], "none"))
+            summaries[run].update(launch_pair(run, others, own_restrict or "none"))
             continue
         other = load_pair(*pairs[run], dtype=params["dtype"], device=params["device"])
-        summaries[run] = {method: run_method(other, run, method, restrict_dir) for method in extra["methods"]}
+        if own_teacher:
+            summaries[run]["teacher"] = run_method(other, run, "teacher")
+        summaries[run].update({m: run_method(other, run, m, own_restrict) for m in others})
         del other
+    transfers, transferred = params.get("transfers") or {}, {}
+    if transfers:  # Table 4's Transferred and s1K-1.1 rows: pair main's training sets as text, for other students
+        from transformers import AutoTokenizer
+
+        from rsdlib.transfer import write_transfer_run
+
+        main_tok = AutoTokenizer.from_pretrained(model_location(params["student"]))
+        by_id, style = {p.id: p for p in problems}, prompt_style(params["prompt"])
+        for run, spec in transfers.items():
+            pairs[run] = ("transferred from main", spec["student"])
+            target = AutoTokenizer.from_pretrained(model_location(spec["student"]))
+            transferred[run] = {m: write_transfer_run(trace_root / "main" / m, trace_root / run / m, main_tok, target,
+                                                      by_id, style, target=spec["student"], source=f"main/{m}")
+                                for m in spec["methods"]}
+            counts = ", ".join(f"{m} {row['training_examples']} examples" for m, row in transferred[run].items())
+            print(f"{run}: {counts} re-tokenized for {spec['student']}")
     manifest = {
         "profile": profile, "benchmark": params["benchmark"], "source": params["source"],
         "problems": [p.id for p in problems],
-        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in summaries},
+        "pairs": {run: {"teacher": pairs[run][0], "student": pairs[run][1]} for run in [*summaries, *transferred]},
         "methods": {run: list(s) for run, s in summaries.items()}, "method_specs": methods,
+        # re-tokenized training sets (no decoding, no samples): trained by notebook 30, not scored as traces
+        "transfers": {run: list(s) for run, s in transferred.items()},
         "reference": params["reference"], "restrict_to_teacher_solved": params["restrict_to_teacher_solved"],
         "decoding": params["decoding"], "job": params["job"], "prompt": config_to_dict(prompt_style(params["prompt"])),
         "world_size": workers,

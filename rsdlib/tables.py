@@ -128,6 +128,17 @@ def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str
     return out
 
 
+def cross_model_uncertainty(rows: Mapping[str, str], profile: str, **kw) -> dict[str, dict[str, dict[str, Interval]]]:
+    """Table 4's ``accuracy_uncertainty``: each row's paired difference is to ITS OWN student's base row
+    ("<student>/base"), as the paper's "(+0.57)" are, not to Qwen3-0.6B's."""
+    out: dict = {}
+    students = dict.fromkeys(key.split("/", 1)[0] for key in rows)
+    for student in students:
+        group = {k: m for k, m in rows.items() if k.split("/", 1)[0] == student}
+        out.update(accuracy_uncertainty(group, profile, base_key=f"{student}/base", **kw))
+    return out
+
+
 def accuracy_mde_note(problems: Mapping[str, int]) -> str:
     """The minimum detectable effect under an accuracy table (problems per benchmark, one sample each)."""
     if not problems:

@@ -61,7 +61,7 @@ from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_c
 from rsdlib.decoding import MODES, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, gold_trust, grade_many
 from rsdlib.metrics import summarize_dataset
-from rsdlib.prompts import PromptStyle, encode_parts, end_of_turn_ids, prompt_ids, turn_end_id
+from rsdlib.prompts import PromptStyle, encode_parts, end_of_turn_ids, prompt_ids, teacher_prompt_ids, turn_end_id
 
 KEEP_RULES = ("shortest", "first", "random")
 # The keep rule of each decoding mode when a method names none (issue 30). The paper says only "selecting a
@@ -408,6 +408,10 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
     started = time.perf_counter()
 
     prompts = {p.id: prompt_ids(tok, p, cfg.prompt) for p in problems}
+    t_tok = getattr(pair, "teacher_tokenizer", None)  # a teacher of another template gets its own prompt
+    t_prompts = {p.id: teacher_prompt_ids(t_tok, tok, p, cfg.prompt) for p in problems + prefix_only}
+    own = (lambda items: [t_prompts[p.id] for p in items]  # noqa: E731
+           if t_tok is not None and any(v is not None for v in t_prompts.values()) else None)
     todo = [(p, k) for p in problems for k in range(cfg.samples_per_problem) if (p.id, k) not in done_keys]
     todo = shards.take(todo)  # this rank's share (all of it for one process)
     remaining = {p.id: 0 for p in problems}
@@ -449,7 +453,8 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                           pair.student if dec_cfg.needs_student else None, pair.bridge, dec_cfg)
         seeds = [derive_seed(cfg.base_seed, p.id, k) for p, k in todo]
         decoder.generate([prompts[p.id] for p, _ in todo], seeds, batch_size=cfg.batch_size, on_finish=on_finish,
-                         max_cache_gib=cfg.max_cache_gib)
+                         max_cache_gib=cfg.max_cache_gib,
+                         teacher_prompts=own([p for p, _ in todo]) if dec_cfg.needs_teacher else None)
     bar.close()
 
     # the hybrid recipe: problems outside restrict_to get one prefix-only generation by this method
@@ -470,7 +475,8 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
 
         decoder.generate([prompt_ids(tok, p, cfg.prompt) for p in prefix_todo],
                          [derive_seed(cfg.base_seed, f"prefix:{p.id}", 0) for p in prefix_todo],
-                         batch_size=cfg.batch_size, on_finish=on_prefix, max_cache_gib=cfg.max_cache_gib)
+                         batch_size=cfg.batch_size, on_finish=on_prefix, max_cache_gib=cfg.max_cache_gib,
+                         teacher_prompts=own(prefix_todo) if pre_cfg.needs_teacher else None)
 
     ranks = shards.rank_stats()
     everything = problems + prefix_only
@@ -644,6 +650,12 @@ def check_trace_params(params: dict) -> None:
         missing = {"teacher", "student", "methods"} - set(extra)
         if missing or not set(extra["methods"]) <= set(methods):
             raise ValueError(f"extra_pairs[{run!r}] needs teacher, student and methods among {sorted(methods)}")
+    for run, spec in (params.get("transfers") or {}).items():  # Table 4: main's sets re-tokenized (rsdlib.transfer)
+        known = {*methods, "reference"} if params["reference"] else set(methods)
+        taken = {"main", *params["extra_pairs"]}
+        if set(spec) != {"student", "methods"} or not set(spec["methods"]) <= known or run in taken:
+            raise ValueError(f"transfers[{run!r}] needs exactly student and methods among {sorted(known)}, "
+                             f"and a run name of its own (not main or an extra pair's)")
 
 
 def trace_problems(params: dict) -> list:

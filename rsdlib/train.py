@@ -72,7 +72,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
-from rsdlib.prompts import turn_end_id, vocab_id
+from rsdlib.prompts import render_chat, turn_end_id, vocab_id
 from rsdlib.store import check_writable, explained_writes, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -419,8 +419,8 @@ def text_example_to_ids(tokenizer, example: Mapping, eot_token: str = "<|im_end|
         raise ValueError(f"example {eid!r}: needs prompt_ids/completion_ids, messages, or prompt_text/completion_text")
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError(f"example {eid!r}: the last message must be the assistant's")
-    prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    prompt_text = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)  # Llama-3.2's date pinned
+    full_text = render_chat(tokenizer, messages, add_generation_prompt=False)
     if not full_text.startswith(prompt_text):
         raise ValueError(f"example {eid!r}: the chat template does not render the prompt as a prefix of the "
                          "conversation")
@@ -504,6 +504,24 @@ def model_source(name: str) -> str:
 
         return str(embedded.prepare(embedded.EMBEDDED[name.removeprefix("embedded:")]))
     return name
+
+
+def training_memory_plan(config: TrainConfig, model):
+    """``rsdlib.memory.plan_training`` for a full fine-tune on CUDA (None for LoRA or without a GPU): FSDP
+    full sharding over the run's GPUs where 16 bytes x parameters + a block's logits do not fit one GPU
+    (Phi-4-Mini, Qwen3-4B); a MemoryError naming the need where even that does not fit."""
+    from rsdlib.memory import plan_training
+
+    if config.lora or not torch.cuda.is_available():
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    plan = plan_training(params, world_size(), torch.cuda.get_device_properties(0).total_memory,
+                         block_size=config.block_size, vocab_rows=model.get_input_embeddings().weight.shape[0])
+    _say(f"training memory: {plan.describe()}")
+    if not plan.fits:
+        raise MemoryError(f"{config.model}: {plan.describe()} (rsdlib.memory.plan_training; README, "
+                          f"'Memory of the training runs')")
+    return plan
 
 
 def _model_to_train(config: TrainConfig):
@@ -770,6 +788,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if config.lora:
         model = _apply_lora(model, config)
 
+    memory = training_memory_plan(config, model)  # FSDP where the states do not fit one GPU (rsdlib.memory)
     plan = config.batch_plan(world_size())
     accumulation = plan["gradient_accumulation_steps"]
     # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
@@ -790,7 +809,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         max_grad_norm=config.max_grad_norm,
         bf16=config.use_bf16(),
         **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
-        fsdp=config.fsdp or None,
+        fsdp=config.fsdp or bool(memory and memory.fsdp) or None,
         use_cpu=cpu_processes,
         ddp_backend="gloo" if cpu_processes else None,
         logging_steps=config.logging_steps,
@@ -943,11 +962,13 @@ def check_train_params(params: dict) -> list[tuple[str, str]]:
         except ValueError as err:
             raise ValueError(f"{where}: method_training[{method!r}]: {err}") from None
     runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
+    made = {run: [*manifest["methods"].get(run, []), *manifest.get("transfers", {}).get(run, [])]
+            for run in {*manifest["methods"], *manifest.get("transfers", {})}}
     for run, method in runs:  # both name folders (traces/<run>/<method>, models/<run>-<method>): simple names only
         paths.check_name(run, "extra_runs key")
         paths.check_name(method, "method")
-        if method not in manifest["methods"].get(run, []):
-            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
+        if method not in made.get(run, []):
+            raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {made}")
     return runs
 
 

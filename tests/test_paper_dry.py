@@ -12,6 +12,7 @@ notebooks, every table and figure, kept traces for every method.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import json
 
@@ -25,6 +26,7 @@ ALLOWED = {
     "*:teacher": "model id (stand-in)", "*:student": "model id (stand-in)",
     "10_generate_traces:extra_pairs.*.teacher": "model id (stand-in)",
     "10_generate_traces:extra_pairs.*.student": "model id (stand-in)",
+    "10_generate_traces:transfers.*.student": "model id (stand-in)",
     "40_evaluate:extra_models.*-base": "model id (stand-in)",
     "10_generate_traces:reference": "the s1K-1.1 traces are DeepSeek-R1's output, hub only: stand-in",
     "10_generate_traces:n_problems": "problem count", "00_walkthrough:n_steps": "token budget",
@@ -137,6 +139,15 @@ def test_paper_dry_reproduction(one_device_run):
 
     teacher = trace_run_stats(tmp_path / "results" / "paper-dry" / "traces" / "main" / "teacher")
     assert teacher["problems"] == len(manifest["problems"]) and teacher["ungradable_problems"] >= 1  # Table 2's /N
+    # an extra pair's teacher-solved set is its own teacher's: R1-Distill runs its own teacher method, while
+    # Qwen3-1.7B's pair shares s1.1-7B (and its prompt) with pair main, so main's teacher run restricts it
+    assert "teacher" in manifest["methods"]["llama"] and "teacher" not in manifest["methods"]["qwen3-1.7b"]
+    assert set(manifest["transfers"]) == set(yaml.safe_load(
+        (PARAMS_DIR / "paper-dry" / "10_generate_traces.yaml").read_text())["transfers"])
+    # Table 4 whole (issue 29): all 23 of the paper's rows, each with our Average
+    with open(tmp_path / "figures" / "paper-dry" / "tab4_cross_model.csv", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 23 and all(row["Average (ours)"] not in ("", None) for row in table), table
 
 
 STAGES = ("10_generate_traces", "30_train", "35_multistep", "40_evaluate")
@@ -168,7 +179,7 @@ def test_paper_dry_on_two_cpu_devices_makes_the_same_tables(one_device_run, tmp_
         assert json.loads((results / doc).read_text())["world_size"] == 2, doc
     summaries = sorted((results / "models").glob("*/train_summary.json")) + sorted(
         (results / "multistep").glob("cycle*/model/train_summary.json"))
-    assert len(summaries) == 14  # 11 students + 3 cycles
+    assert len(summaries) == 30  # 27 students (Table 4 whole, issue 29) + 3 cycles
     for path in summaries:
         s = json.loads(path.read_text())
         assert (s["world_size"], s["effective_batch_size"], s["gradient_accumulation_steps"]) == (2, 16, 8), path

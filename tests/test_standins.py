@@ -22,6 +22,10 @@ EXPECTED = {  # hub id -> (model class, logit rows, tokenizer size)
     "Qwen/Qwen3-1.7B": ("Qwen3ForCausalLM", 151_936, 151_669),
     "meta-llama/Llama-3.2-1B-Instruct": ("LlamaForCausalLM", 128_256, 128_256),
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": ("LlamaForCausalLM", 128_256, 128_256),
+    "Qwen/Qwen3-4B": ("Qwen3ForCausalLM", 151_936, 151_669),
+    "google/gemma-3-1b-it": ("Gemma3ForCausalLM", 262_144, 262_145),
+    "microsoft/Phi-4-mini-instruct": ("Phi3ForCausalLM", 200_064, 200_010),
+    "microsoft/Phi-4-mini-reasoning": ("Phi3ForCausalLM", 200_064, 200_010),
 }
 
 

@@ -17,6 +17,7 @@ from rsdlib.tables import (
     accuracy_uncertainty,
     add_accuracy_intervals,
     add_trace_intervals,
+    cross_model_uncertainty,
     load_correctness,
     sub_share_difference,
     trace_uncertainty,
@@ -73,6 +74,19 @@ def test_accuracy_uncertainty_and_paired_difference(results):
     for entry in (ours, diff, unc["base"]["ours"]):
         widest = max(entry[b].high - entry[b].low for b in reference.BENCHMARKS)
         assert entry["Average"].high - entry["Average"].low >= widest / 4
+
+
+def test_table4_rows_differ_from_their_own_students_base(results):
+    root = results / "results"
+    _write_eval(root, "llama-base", {"MATH500": {0, 1, 2, 3}})
+    _write_eval(root, "llama-transferred", {"MATH500": {0, 1}})
+    rows = {"Qwen3-0.6B/base": "base", "Qwen3-0.6B/tailored": "rsd-p1",
+            "Llama-3.2-1B-Instruct/base": "llama-base", "Llama-3.2-1B-Instruct/transferred": "llama-transferred"}
+    unc = cross_model_uncertainty(rows, "demo")
+    assert unc["Qwen3-0.6B/tailored"]["vs_base"]["MATH500"].estimate == pytest.approx(62.5)
+    # Llama's transferred row against Llama's base (4 -> 2 of 8), not against Qwen3-0.6B's (1 of 8)
+    assert unc["Llama-3.2-1B-Instruct/transferred"]["vs_base"]["MATH500"].estimate == pytest.approx(-25.0)
+    assert unc["Llama-3.2-1B-Instruct/base"]["vs_base"] == {}
 
 
 def test_accuracy_table_has_interval_columns_sections_and_mde(results):
