@@ -695,10 +695,15 @@ def _model_label(model_or_path) -> str:
 # The job
 # ----------------------------------------------------------------------------------------------
 def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
-    mine = {"hash": cfg.hash(), "model": model, "backend": cfg.backend, "config": config_to_dict(cfg)}
+    from rsdlib.models import model_identity
+
+    mine = {"hash": cfg.hash(), "model": model, "model_id": model_identity(model), "backend": cfg.backend,
+            "config": config_to_dict(cfg)}
 
     def conflict(theirs: dict) -> str | None:
-        if theirs.get("hash") == mine["hash"] and theirs.get("model") == model:
+        same_model = (theirs["model_id"] == mine["model_id"] if "model_id" in theirs  # by content, not folder
+                      else theirs.get("model") == model)
+        if theirs.get("hash") == mine["hash"] and same_model:
             return None
         what = ("config" if theirs.get("hash") != mine["hash"]
                 else f"model ({theirs.get('model')!r} there, {model!r} now)")
@@ -898,7 +903,13 @@ TABLE_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA Dia
 
 
 def _manifest_models(path: Path) -> dict:
-    return json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    """{name: entry} of notebook 30's / 35's manifest, each ``final`` folder resolved (stored relative to the
+    results folder, so a moved or copied results folder evaluates its own models)."""
+    from rsdlib.paths import resolve_stored
+
+    models = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    return {name: {**entry, "final": resolve_stored(entry.get("final"), path.parent.parent)}
+            for name, entry in models.items()}
 
 
 def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool = True) -> str:
@@ -966,12 +977,11 @@ def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
 
 
 def model_stamp(where: str) -> dict:
-    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated."""
-    folder = Path(where)
-    if not folder.is_dir():
-        return {"spec": where}  # a hub id or embedded: spec
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
-    return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated,
+    a moved or copied one must not (``rsdlib.models.model_identity``: a folder by its content sha256)."""
+    from rsdlib.models import model_identity
+
+    return {"model": model_identity(where)}
 
 
 def score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:

@@ -42,7 +42,7 @@ def check_multistep_params(params: dict) -> dict:
 def run_multistep(params: dict) -> list[dict]:
     """Every cycle (traces, then training), then ``multistep/manifest.json``; returns one row per cycle."""
     from rsdlib.data import load_benchmark
-    from rsdlib.models import load_pair, model_location
+    from rsdlib.models import load_pair, model_identity, model_location
     from rsdlib.standins import carry_steering
     from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job, trace_run_stats
     from rsdlib.train import TrainConfig, train
@@ -74,10 +74,16 @@ def run_multistep(params: dict) -> list[dict]:
             trace_dir = first_dir  # the base student's traces: notebook 10 already made them
         else:
             trace_dir = cycle_dir / "traces"
-            job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=current)
+            # the student by its content, never by its folder: a retrained cycle-(c-1) model is another student
+            job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=model_identity(current))
+            stale = _made_by_another_job(trace_dir, job)
+            if stale:  # these traces (and the model trained on them) come from another student or config
+                print(f"cycle {cycle}: {stale}: regenerating its traces and retraining its model")
+                shutil.rmtree(cycle_dir / "model", ignore_errors=True)
             start = time.perf_counter()
             pair = load_pair(teacher, current, dtype=params["dtype"])
-            run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force, progress=True)
+            run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force or bool(stale),
+                          progress=True)
             del pair
             print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
         stats = trace_run_stats(trace_dir)
@@ -96,15 +102,29 @@ def run_multistep(params: dict) -> list[dict]:
         summary = json.loads((model_dir / "train_summary.json").read_text())
         print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
               f"{time.perf_counter() - start:.0f} s -> {final}")
-        rows.append({"cycle": cycle, "student": current, **stats, "examples": n_examples,
-                     "train_loss": summary.get("train_loss"), "model": str(final)})
+        rows.append({"cycle": cycle, "student": paths.portable(current, results), **stats, "examples": n_examples,
+                     "train_loss": summary.get("train_loss"), "model": paths.portable(final, results)})
         current = str(final)
     final_name = f"{method}-{cycles}step"
     (root / "manifest.json").write_text(json.dumps({
         "profile": profile, "method": method, "cycles": cycles, "training": training,
-        "models": {final_name: {"final": current, "method": method, "cycles": cycles},
+        "models": {final_name: {"final": paths.portable(current, results), "method": method, "cycles": cycles},
                    **{f"{method}-cycle{r['cycle']}": {"final": r["model"], "method": method, "cycles": r["cycle"]}
                       for r in rows}},
         "rows": rows}, indent=2))
     print(f"{final_name}: {current}")
     return rows
+
+
+def _made_by_another_job(trace_dir, job) -> str:
+    """Why a cycle's trace folder is stale ("" when it is this job's, or empty): its stored config hash differs,
+    e.g. because the previous cycle's model was retrained (the job's ``student`` is that model's content)."""
+    path = trace_dir / "config.json"
+    if not path.is_file():
+        return ""
+    stored = json.loads(path.read_text())
+    if stored.get("hash") == job.hash():
+        return ""
+    if stored.get("config", {}).get("student") != job.student:
+        return "its student (the previous cycle's model) changed"
+    return "its trace config changed"

@@ -606,6 +606,32 @@ def _atomic_trainer(**kwargs):
     return AtomicCheckpointTrainer(**kwargs)
 
 
+def run_identity(config: TrainConfig) -> dict:
+    """What a training run's weights depend on: its config without ``output_dir`` (where the run lies) and the
+    resume-only fields, its ``model`` named by content (``rsdlib.models.model_identity``: a retrained student
+    folder is another model, a moved or copied one the same). Stored as ``run_key`` (its hash) beside a run."""
+    from rsdlib.models import model_identity
+
+    data = config_to_dict(config)
+    for key in (*RESUME_FREE_FIELDS, "output_dir"):
+        data.pop(key, None)
+    data["model"] = model_identity(config.model)
+    return data
+
+
+def _stored_run_key(path: Path) -> str | None:
+    return json.loads(path.read_text()).get("run_key") if path.is_file() else None
+
+
+def _run_differences(stored_cfg: Path, config: TrainConfig) -> list[str]:
+    """Config keys that differ from the stored run's (``model`` when only its content changed)."""
+    stored = json.loads(stored_cfg.read_text()) if stored_cfg.is_file() else {}
+    mine = config_to_dict(config)
+    diff = sorted(k for k in set(stored) | set(mine)
+                  if k not in (*RESUME_FREE_FIELDS, "output_dir") and stored.get(k) != mine.get(k))
+    return diff or ["model (its weights changed)"]
+
+
 def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> str | None:
     """Newest complete checkpoint to resume from, after checking the stored config and dataset match."""
     if not config.resume:
@@ -621,16 +647,18 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     if last is None:
         return None
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
-    if stored_cfg.is_file():
-        stored = json.loads(stored_cfg.read_text())
-        if config_hash(stored, RESUME_FREE_FIELDS) != config_hash(config, RESUME_FREE_FIELDS):
-            mine = config_to_dict(config)
-            diff = sorted(k for k in set(stored) | set(mine)
-                          if k not in RESUME_FREE_FIELDS and stored.get(k) != mine.get(k))
-            raise ValueError(
-                f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
-                "use another output_dir, or resume: false to start over there"
-            )
+    stored_key = _stored_run_key(stored_info)
+    if stored_key is not None:  # the run's identity: config and model content, not where the folder lies
+        same = stored_key == info["run_key"]
+    else:  # a run made before run_key: its config, paths included
+        same = not stored_cfg.is_file() or config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == \
+            config_hash(config, RESUME_FREE_FIELDS)
+    if not same:
+        raise ValueError(
+            f"{output_dir} holds checkpoints of a run with another config (differs in: "
+            f"{', '.join(_run_differences(stored_cfg, config))}); use another output_dir, or resume: false to "
+            "start over there"
+        )
     if stored_info.is_file() and json.loads(stored_info.read_text()).get("fingerprint") != info["fingerprint"]:
         raise ValueError(
             f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
@@ -644,9 +672,12 @@ def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bo
     stored_cfg, summary = output_dir / "final" / "train_config.json", output_dir / "train_summary.json"
     if not (stored_cfg.is_file() and summary.is_file()):
         return False
-    same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
-        config, RESUME_FREE_FIELDS
-    )
+    stored_key = _stored_run_key(summary)
+    if stored_key is not None:  # config and model content (a copied or moved results folder is still trained)
+        same_config = stored_key == info["run_key"]
+    else:  # a run made before run_key
+        same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
+            config, RESUME_FREE_FIELDS)
     return same_config and json.loads(summary.read_text()).get("fingerprint") == info["fingerprint"]
 
 
@@ -682,7 +713,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     used_ids = {int(t) for ex in examples for key in ("prompt_ids", "completion_ids") for t in ex.get(key, ())}
     pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token, avoid_ids=used_ids)
     dataset, info = build_dataset(examples, pad_id, eot_id, config.block_size, config.truncate)
-    info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id)
+    info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id, run_key=config_hash(run_identity(config)))
     if config.resume and _already_trained(output_dir, config, info):
         log.info("%s already holds a model trained with this config and dataset; skipping", output_dir / "final")
         return output_dir / "final"
@@ -884,7 +915,7 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
         trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
-                         "final": str(final) if final.is_dir() else None, "examples": len(examples),
+                         "final": paths.portable(final, results) if final.is_dir() else None, "examples": len(examples),
                          "full": kinds["full"], "prefix": kinds["prefix"],
                          "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
                          "seconds": round(seconds, 1)}

@@ -1,0 +1,123 @@
+"""Issue 32, points 4, 5, 6 and 11: no stale result without a word.
+
+- 4: a model is named by its content, never by its folder: multi-step RSD regenerates cycle 2's traces
+  after cycle 1 is retrained, and a moved or copied results folder resumes (training checkpoints, trained
+  models, multi-step cycles) instead of being refused or redone.
+- 5: the benchmark files of ``RSDLIB_DATA_DIR`` are part of reproduce's content hash, by content.
+- 6: ``rsdlib regrade`` rewrites every file derived from the grades, folder by folder; an interrupted
+  regrade is refused by the readers, naming it.
+- 11: problems longer than the student's context are counted at selection time, with what happens to them.
+Tiny random models (``tiny:``), no network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from _tiny import tiny_model, tiny_tokenizer
+from transformers import TrainerCallback
+
+from rsdlib import reproduce
+from rsdlib.train import TrainConfig, train
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. models by content: multi-step cycles and copied results folders
+# ----------------------------------------------------------------------------------------------
+def stage_params(name: str, **changes) -> dict:
+    return {**reproduce.resolved_params("smoke", name), **changes}
+
+
+def test_multistep_regenerates_cycle_2_after_cycle_1_is_retrained_and_a_copied_folder_resumes(
+        tmp_path, monkeypatch, capsys):
+    from rsdlib.multistep import run_multistep
+    from rsdlib.stages import run_trace_stage
+
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "a"))
+    run_trace_stage(stage_params("10_generate_traces", methods={"teacher": {"mode": "teacher"},
+                                                                "rsd-p1": {"mode": "rsd", "threshold": 0.01}},
+                                 extra_pairs={}, reference=""))
+    ms = stage_params("35_multistep")
+    run_multistep(ms)
+    cycle2 = tmp_path / "a" / "smoke" / "multistep" / "cycle2"
+    first = json.loads((cycle2 / "traces" / "config.json").read_text())
+    capsys.readouterr()
+
+    # cycle 1 retrained (another number of epochs): cycle 2's traces come from another student
+    retrained = {**ms, "training": {**ms["training"], "epochs": 2}}
+    run_multistep(retrained)
+    out = capsys.readouterr().out
+    second = json.loads((cycle2 / "traces" / "config.json").read_text())
+    assert second["hash"] != first["hash"], "cycle 2 kept the traces of the old cycle-1 model"
+    assert "cycle 2: its student (the previous cycle's model) changed: regenerating" in out
+    from rsdlib.models import model_identity
+    assert second["config"]["student"] == model_identity(tmp_path / "a" / "smoke" / "multistep" / "cycle1" / "model"
+                                                         / "final")
+
+    # the whole results folder moved elsewhere: nothing is refused, nothing is redone
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "b"))
+    summaries = {c: (tmp_path / "b" / "smoke" / "multistep" / f"cycle{c}" / "model" / "train_summary.json")
+                 for c in (1, 2)}
+    before = {c: p.stat().st_mtime_ns for c, p in summaries.items()}
+    samples = tmp_path / "b" / "smoke" / "multistep" / "cycle2" / "traces" / "samples.jsonl"
+    samples_before = samples.stat().st_mtime_ns
+    rows = run_multistep(retrained)
+    assert "regenerating" not in capsys.readouterr().out
+    assert {c: p.stat().st_mtime_ns for c, p in summaries.items()} == before  # not retrained
+    assert samples.stat().st_mtime_ns == samples_before
+    manifest = json.loads((tmp_path / "b" / "smoke" / "multistep" / "manifest.json").read_text())
+    assert manifest["models"]["rsd-p1-2step"]["final"] == "multistep/cycle2/model/final"  # relative: moves with it
+    assert rows[-1]["model"] == "multistep/cycle2/model/final"
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_a_copied_training_folder_resumes_and_a_finished_one_is_not_retrained(tmp_path):
+    tok = tiny_tokenizer()
+    examples = []
+    for i in range(8):
+        prompt = tok(f"<|im_start|>user\nq{i}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+        answer = tok(f"the answer is {7 * i}", add_special_tokens=False)["input_ids"]
+        examples.append({"id": f"e{i}", "prompt_ids": prompt["input_ids"], "completion_ids": answer + [258],
+                         "kind": "full", "source": "test"})
+    model_dir = tmp_path / "base"
+    tiny_model(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    def cfg(folder, **kw):
+        return TrainConfig(model=str(model_dir), output_dir=str(folder), epochs=2, learning_rate=3e-3,
+                           global_batch_size=4, micro_batch_size=2, block_size=64, save_strategy="steps",
+                           save_steps=1, seed=0, **kw)
+
+    train(cfg(tmp_path / "cut"), examples, tokenizer=tok, callbacks=[StopAt(2)])
+    assert not (tmp_path / "cut" / "final").exists()
+    shutil.copytree(tmp_path / "cut", tmp_path / "copy")
+    train(cfg(tmp_path / "copy"), examples, tokenizer=tok)  # resumes in the copy: same run, another folder
+    log = json.loads((tmp_path / "copy" / "train_log.json").read_text())
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "copy" / "train_summary.json").read_text())["global_step"] == 4
+
+    shutil.copytree(tmp_path / "copy", tmp_path / "moved")  # a finished run, moved: not trained again
+    stamp = (tmp_path / "moved" / "train_summary.json").stat().st_mtime_ns
+    assert train(cfg(tmp_path / "moved"), examples, tokenizer=tok) == tmp_path / "moved" / "final"
+    assert (tmp_path / "moved" / "train_summary.json").stat().st_mtime_ns == stamp
+
+    # the base model's weights changed in place (same folder): the checkpoints are another run's
+    train(cfg(tmp_path / "cut2"), examples, tokenizer=tok, callbacks=[StopAt(2)])
+    other = tiny_model(tok)
+    for p in other.parameters():
+        p.data.add_(0.01)
+    other.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"another config \(differs in: model \(its weights changed\)\)"):
+        train(cfg(tmp_path / "cut2"), examples, tokenizer=tok)
