@@ -110,6 +110,8 @@ __all__ = [
     "summarize_rows",
     "regrade",
     "regrade_rows",
+    "check_grading",
+    "MixedGradingError",
     "load_eval_model",
     "library_versions",
     "PAPER_SAMPLES",
@@ -555,6 +557,59 @@ def _stored_config(folder: Path) -> EvalConfig:
     return EvalConfig(**{k: v for k, v in stored.items() if k in known})
 
 
+GRADING_FILE = "grading.json"  # in each model folder and in the folder of them: how its grades were made
+
+
+class MixedGradingError(RuntimeError):
+    """Evaluation folders graded in different ways (or a regrade cut midway): their numbers must not be mixed."""
+
+
+def write_grading(folder: Path, state: str, reading: dict, **extra) -> None:
+    """``folder/grading.json``: ``state`` ("regrading" while a regrade rewrites the folder, "graded" once every
+    file derived from the grades agrees) and the reading (answer_format, answer_from, grading_version)."""
+    write_json_atomic(folder / GRADING_FILE, {"state": state, **reading, "grading_version": GRADING_VERSION,
+                                              **extra}, end="\n")
+
+
+def check_grading(eval_dir: Path, models: Sequence[str] | None = None) -> dict:
+    """Refuse an evaluation folder whose grades cannot be read together; returns {"answer_format", "grading_version"}.
+
+    ``eval_dir``: ``results/<profile>/eval`` (a folder of model folders); ``models``: the model folders read
+    (default: all). A regrade cut midway (a
+    ``grading.json`` still saying "regrading", there or in a model folder) and model folders whose
+    benchmarks were graded with different answer formats or grading versions raise ``MixedGradingError``
+    naming them and the command that makes them agree. (``answer_from`` may differ per model by design:
+    notebook 40's ``answer_from`` parameter.)
+    """
+    eval_dir = Path(eval_dir)
+    folders = sorted(p for p in eval_dir.iterdir() if p.is_dir()) if eval_dir.is_dir() else []
+    if models is not None:
+        folders = [p for p in folders if p.name in set(models)]
+    cut = [p for p in [eval_dir, *folders] if (p / GRADING_FILE).is_file()
+           and json.loads((p / GRADING_FILE).read_text()).get("state") == "regrading"]
+    if cut:
+        record = json.loads((cut[0] / GRADING_FILE).read_text())
+        how = " ".join(f"--{k.replace('_', '-')} {record[k]}" for k in ("answer_format", "answer_from")
+                       if record.get(f"{k}_asked"))
+        raise MixedGradingError(
+            f"{cut[0]}: an interrupted `rsdlib regrade` left these grades half rewritten ({GRADING_FILE} says "
+            f"'regrading'); finish it with `rsdlib regrade {cut[0]}{' ' + how if how else ''}` (or rerun "
+            "notebook 40 with force: true) before reading them")
+    modes: dict[tuple, list[str]] = {}
+    for summary in sorted(q for p in folders for q in p.glob("*/summary.json")):
+        data = json.loads(summary.read_text())
+        key = (data.get("answer_format", "boxed (before grading version 2)"), data.get("grading_version", 1))
+        modes.setdefault(key, []).append(f"{summary.parent.parent.name}/{summary.parent.name}")
+    if len(modes) > 1:
+        listed = "; ".join(f"{', '.join(where[:4])}{' ...' if len(where) > 4 else ''}: answer_format {fmt}, "
+                           f"grading version {ver}" for (fmt, ver), where in modes.items())
+        raise MixedGradingError(
+            f"{eval_dir}: evaluations graded in different ways ({listed}); regrade them all the same way, "
+            f"e.g. `rsdlib regrade {eval_dir} --answer-format <boxed|standard>`")
+    fmt, ver = next(iter(modes), (None, None))
+    return {"answer_format": fmt, "grading_version": ver}
+
+
 def regrade(folder, *, answer_format: str | None = None, answer_from: str | None = None,
             timeout: float | None = None, tokenizer=None) -> dict:
     """Re-grade a stored evaluation folder (or a folder of them) with the current extraction; no model needed.
@@ -562,17 +617,27 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
     ``folder``: an ``evaluate`` output folder (config.json + <benchmark>/samples.jsonl), or a folder
     whose subfolders are (``results/<profile>/eval``). ``answer_format`` / ``answer_from`` default to
     the stored config's; ``answer_from="auto"`` needs the model's ``tokenizer`` only when the prompt
-    opens no thinking section. Every row with a stored response is re-graded; samples.jsonl and
-    summary.json are rewritten (atomically). Returns, per model folder and benchmark: the score
-    before and after, ``moved`` (counts of "old -> new" status changes) and ``answers_found``.
+    opens no thinking section. Every row with a stored response is re-graded, and every file derived from
+    the grades is rewritten: each benchmark's samples.jsonl and summary.json, and, for a folder of model
+    folders, the rows of its ``summary.json`` (notebook 40's, which Figures 1 and 4 read). Each folder's
+    ``grading.json`` says "regrading" until all of that is written, then "graded" with the reading used:
+    a regrade cut by a kill is refused by the readers (``check_grading``) and finished by running it again.
+    Returns, per model folder and benchmark: the score before and after, ``moved`` (counts of
+    "old -> new" status changes) and ``answers_found``.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         subs = sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
         if not subs:
             raise FileNotFoundError(f"{folder}: neither an evaluation folder (config.json) nor a folder of them")
-        return {p.name: regrade(p, answer_format=answer_format, answer_from=answer_from, timeout=timeout,
-                                tokenizer=tokenizer) for p in subs}
+        asked = {"answer_format": answer_format, "answer_from": answer_from}
+        reading = {k: v for k, v in asked.items() if v is not None}
+        write_grading(folder, "regrading", reading, **{f"{k}_asked": v is not None for k, v in asked.items()})
+        report = {p.name: regrade(p, answer_format=answer_format, answer_from=answer_from, timeout=timeout,
+                                  tokenizer=tokenizer) for p in subs}
+        _rewrite_stage_summary(folder)
+        write_grading(folder, "graded", reading)
+        return report
     cfg = _stored_config(folder)
     if answer_format is not None:
         cfg.answer_format = answer_format
@@ -580,6 +645,8 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
         cfg.answer_from = answer_from
     cfg.__post_init__()
     reading = _reading(cfg, tokenizer)
+    asked = {"answer_format_asked": answer_format is not None, "answer_from_asked": answer_from is not None}
+    write_grading(folder, "regrading", reading, **asked)
     report = {}
     for bench_dir in sorted(p for p in folder.iterdir() if (p / "samples.jsonl").is_file()):
         with run_lock(bench_dir):
@@ -607,7 +674,22 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
                     write_json_atomic(summary_path, summary, end="\n")
                     entry["score_after"] = summary["score"]
             report[bench_dir.name] = entry
+    write_grading(folder, "graded", reading)
     return report
+
+
+def _rewrite_stage_summary(eval_dir: Path) -> None:
+    """Notebook 40's ``eval/summary.json`` again from its models' benchmark summaries (after a regrade)."""
+    path = eval_dir / "summary.json"
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    for name, row in doc.get("models", {}).items():
+        benches = {b: eval_dir / name / b / "summary.json" for b in doc.get("benchmarks", [])}
+        if all(p.is_file() for p in benches.values()):
+            doc["models"][name] = score_row({b: json.loads(p.read_text()) for b, p in benches.items()},
+                                            doc["benchmarks"])
+    write_json_atomic(path, doc)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -778,6 +860,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
         with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
             summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
                                                   shards)
+    if world.is_main:  # every benchmark summarised with this reading (rows graded otherwise were re-graded)
+        write_grading(out_dir, "graded", _reading(cfg, tokenizer))
     return summaries
 
 

@@ -23,6 +23,7 @@ from rsdlib.evaluate import (
     model_eval_config,
     model_stamp,
     score_row,
+    write_grading,
 )
 from rsdlib.models import load_pair
 from rsdlib.prompts import prompt_style
@@ -143,4 +144,5 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
            "paper_metrics": reference.METRICS}
     (results / "eval").mkdir(parents=True, exist_ok=True)
     (results / "eval" / "summary.json").write_text(json.dumps(doc, indent=2))
+    write_grading(results / "eval", "graded", {"answer_format": cfg.answer_format})  # every model graded alike
     return scores

@@ -43,8 +43,10 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
     Reads ``results/<profile>/eval/<model>/<key>/samples.jsonl`` (notebook 40; ``status`` field only,
     never a response). A benchmark without a samples file is left out.
     """
+    from rsdlib.evaluate import check_grading
     from rsdlib.store import read_jsonl_resumable, unique_samples
 
+    check_grading(paths.results_dir(profile) / "eval", [model])  # no half-regraded folder
     out = {}
     for bench in benchmarks:
         folder = paths.results_dir(profile) / "eval" / model
@@ -304,8 +306,13 @@ def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str,
 # Shared by the accuracy tables (Tables 1, 3, 4, 5)
 # ----------------------------------------------------------------------------------------------
 def load_evaluation(profile: str) -> dict:
-    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
-    return json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run; a
+    MixedGradingError when its models were graded in different ways or a regrade was cut midway."""
+    from rsdlib.evaluate import check_grading
+
+    doc = json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+    check_grading(paths.results_dir(profile) / "eval", list(doc.get("models", {})))
+    return doc
 
 
 def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:

@@ -121,3 +121,89 @@ def test_a_copied_training_folder_resumes_and_a_finished_one_is_not_retrained(tm
     other.save_pretrained(model_dir)
     with pytest.raises(ValueError, match=r"another config \(differs in: model \(its weights changed\)\)"):
         train(cfg(tmp_path / "cut2"), examples, tokenizer=tok)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. regrade: every derived file rewritten; an interrupted regrade refused by the readers
+# ----------------------------------------------------------------------------------------------
+def _row(pid, response, gold="5"):
+    return {"benchmark": "math500", "problem_id": pid, "sample_index": 0, "n_tokens": 10, "finish_reason": "stop",
+            "forced": False, "status": "no_answer", "answer": None, "vote": None, "gold": gold, "kind": "integer",
+            "timed_out": False, "response": response}
+
+
+def evaluated_profile(tmp_path, monkeypatch) -> "Path":  # noqa: F821
+    """results/t/eval as notebook 40 leaves it: two models, their MATH500 rows graded after the thinking,
+    their summaries and the stage's summary.json. The thinking never closes in 2 of 4 responses."""
+    from rsdlib import evaluate as ev
+    from rsdlib.config import config_to_dict
+    from rsdlib.store import append_jsonl
+
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+    eval_dir = tmp_path / "results" / "t" / "eval"
+    cfg = ev.EvalConfig(benchmarks=("math500",), samples={"math500": 1})
+    responses = {"base": ["x</think> \\boxed{5}", "no end of thinking \\boxed{5}", "x</think> \\boxed{4}",
+                          "x</think> \\boxed{5}"],
+                 "rsd-p1": ["no end \\boxed{5}", "no end \\boxed{5}", "x</think> \\boxed{5}", "x</think> 3"]}
+    models = {}
+    for name, texts in responses.items():
+        folder = eval_dir / name
+        (folder / "math500").mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"hash": cfg.hash(), "model": name,
+                                                         "config": config_to_dict(cfg)}))
+        rows = [_row(f"p{i}", text) for i, text in enumerate(texts)]
+        ev.regrade_rows(rows, timeout=60, force=True)
+        for r in rows:
+            append_jsonl(folder / "math500" / "samples.jsonl", r)
+        summary = {"benchmark": "math500", **ev.summarize_rows(rows, 1), "answer_format": "standard",
+                   "answer_from": "after_thinking", "grading_version": ev.GRADING_VERSION}
+        (folder / "math500" / "summary.json").write_text(json.dumps(summary))
+        models[name] = ev.score_row({"math500": summary}, ["math500"])
+    (eval_dir / "summary.json").write_text(json.dumps({"profile": "t", "benchmarks": ["math500"], "models": models}))
+    return eval_dir
+
+
+def test_regrade_rewrites_the_stage_summary_so_tables_and_figures_agree(tmp_path, monkeypatch):
+    from rsdlib import evaluate as ev
+    from rsdlib import tables
+
+    eval_dir = evaluated_profile(tmp_path, monkeypatch)
+    assert tables.load_evaluation("t")["models"]["base"]["MATH500"] == 50.0
+    ev.regrade(eval_dir, answer_from="whole", timeout=60)
+    models = json.loads((eval_dir / "summary.json").read_text())["models"]  # what Figures 1 and 4 draw
+    for name, expected in (("base", 75.0), ("rsd-p1", 75.0)):
+        correct = tables.load_correctness("t", name, ["MATH500"])["MATH500"]  # what the tables' intervals read
+        assert 100 * sum(c[0] for c in correct.values()) / len(correct) == expected
+        assert models[name]["MATH500"] == expected and models[name]["Average"] == expected
+        assert tables.load_evaluation("t")["models"][name]["MATH500"] == expected
+        assert json.loads((eval_dir / name / "grading.json").read_text())["state"] == "graded"
+    assert json.loads((eval_dir / "grading.json").read_text()) == {
+        "state": "graded", "answer_from": "whole", "grading_version": ev.GRADING_VERSION}
+
+
+def test_an_interrupted_regrade_is_refused_by_the_readers_until_it_is_finished(tmp_path, monkeypatch):
+    from rsdlib import evaluate as ev
+    from rsdlib import tables
+
+    eval_dir = evaluated_profile(tmp_path, monkeypatch)
+    whole = ev.regrade
+
+    def killed_between_folders(folder, **kw):  # the crash: after the first model folder, before the second
+        if folder.name == "rsd-p1":
+            raise SystemExit("killed")
+        return whole(folder, **kw)
+
+    monkeypatch.setattr(ev, "regrade", killed_between_folders)
+    with pytest.raises(SystemExit):
+        whole(eval_dir, answer_format="boxed", timeout=60)
+    monkeypatch.setattr(ev, "regrade", whole)
+    for read in (lambda: tables.load_evaluation("t"), lambda: tables.load_correctness("t", "rsd-p1", ["MATH500"])):
+        with pytest.raises(ev.MixedGradingError, match=r"interrupted `rsdlib regrade` .*"
+                                                       r"finish it with `rsdlib regrade .*eval --answer-format boxed`"):
+            read()
+    ev.regrade(eval_dir, answer_format="boxed", timeout=60)  # run again: finished, readable
+    assert tables.load_evaluation("t")["models"]["rsd-p1"]["MATH500"] == 25.0
+
+    ev.regrade(eval_dir / "base", answer_format="standard", timeout=60)  # one model folder graded another way
+    with pytest.raises(ev.MixedGradingError, match="graded in different ways .*base/math500: answer_format standard"):
+        tables.load_evaluation("t")
