@@ -207,3 +207,56 @@ def test_an_interrupted_regrade_is_refused_by_the_readers_until_it_is_finished(t
     ev.regrade(eval_dir / "base", answer_format="standard", timeout=60)  # one model folder graded another way
     with pytest.raises(ev.MixedGradingError, match="graded in different ways .*base/math500: answer_format standard"):
         tables.load_evaluation("t")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. the local benchmark files are part of reproduce's content hash
+# ----------------------------------------------------------------------------------------------
+READS_DATA = '''\
+# %% [markdown]
+# # reads_data
+# Reads a benchmark. Writes traces/.
+
+# %% tags=["parameters"]
+profile: str = "x"  # profile
+'''
+
+
+def test_editing_a_problem_in_a_local_data_file_reruns_the_notebook(tmp_path, monkeypatch):
+    from rsdlib.reproduce import NotebookResult, NotebookSpec
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "reads_data.py").write_text(READS_DATA)
+    (tmp_path / "params" / "t").mkdir(parents=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    problem = {"problem": "What is 2 + 3?", "answer": "5", "unique_id": "test/1.json"}
+    (data / "math500.jsonl").write_text(json.dumps(problem) + "\n")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", (NotebookSpec("reads_data"),))
+    monkeypatch.setattr(reproduce.paths, "MADE_BY", {"traces": "reads_data"})
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RSDLIB_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("RSDLIB_DATA_DIR", str(data))
+    calls = []
+
+    def fake_run(spec, profile, params, *, out_dir, timeout):
+        calls.append(spec.name)
+        (out_dir / f"{spec.name}.ipynb").write_text("{}")
+        return NotebookResult(spec.name, "ok", 0.1, out_dir / f"{spec.name}.ipynb", out_dir / f"{spec.name}.log")
+
+    monkeypatch.setattr(reproduce, "run_notebook", fake_run)
+
+    def run():
+        calls.clear()
+        lines = []
+        assert reproduce.reproduce("t", params_dir=tmp_path / "params", echo=lines.append).ok
+        return list(calls), "\n".join(lines)
+
+    assert run()[0] == ["reads_data"]
+    assert run()[0] == []  # nothing changed
+    (data / "math500.jsonl").write_text(json.dumps({**problem, "problem": "What is 2 + 4?", "answer": "6"}) + "\n")
+    calls, text = run()
+    assert calls == ["reads_data"] and "1 local benchmark file(s) changed (math500.jsonl)" in text
+    (data / "notes.txt").write_text("not a benchmark file")  # files no loader reads do not count
+    assert run()[0] == []
