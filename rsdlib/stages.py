@@ -26,11 +26,12 @@ from rsdlib.evaluate import (
     write_grading,
 )
 from rsdlib.models import load_pair
-from rsdlib.prompts import prompt_style
+from rsdlib.prompts import prompt_ids, prompt_style
 from rsdlib.store import RunConflictError
 from rsdlib.traces import (
     TRACES_NOTEBOOK,
     check_trace_params,
+    context_warning,
     method_job_config,
     run_trace_job,
     trace_problems,
@@ -80,6 +81,12 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
     else:
         pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
         print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+        job = method_job_config(params, "teacher", *pairs["main"])  # the prompt and budget every method shares
+        warning = context_warning({p.id: len(prompt_ids(pair.student_tokenizer, p, job.prompt)) for p in problems},
+                                  getattr(pair.student.config, "max_position_embeddings", None),
+                                  job.decoding.max_new_tokens)
+        if warning:
+            print(f"WARNING: {warning}")
     summaries = {"main": {"teacher": run_method(pair, "main", "teacher")}}
     restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
     for method in methods:

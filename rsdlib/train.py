@@ -238,11 +238,19 @@ def build_features(example: Mapping, pad_id: int, eot_id: int, block_size: int, 
     }
 
 
-def format_overlong(overlong: Sequence[OverlongExample], block_size: int, limit: int = 50) -> str:
-    """The refusal message: every over-long example's id and length (the first ``limit``)."""
+def format_overlong(overlong: Sequence[OverlongExample], block_size: int, limit: int = 50,
+                    truncate: bool = False) -> str:
+    """The refusal message: every over-long example's id and length (the first ``limit``). With ``truncate``
+    on, only examples whose prompt alone fills the block are refused: cutting the completion cannot help."""
     ordered = sorted(overlong, key=lambda e: -e.length)
     listed = ", ".join(f"{e.example_id} ({e.length} tokens)" for e in ordered[:limit])
     more = f", ... and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    if truncate:
+        return (
+            f"{len(ordered)} example(s) whose prompt alone fills block_size={block_size} tokens, so nothing of the "
+            f"completion is left to learn (truncate: true cuts completions only): {listed}{more}. Raise block_size, "
+            "or remove those problems (they are longer than the context notebook 10 warned about)."
+        )
     return (
         f"{len(ordered)} example(s) longer than block_size={block_size} tokens (prompt + completion): "
         f"{listed}{more}. Raise block_size, remove them from the dataset, or set truncate: true to cut "
@@ -306,7 +314,7 @@ def build_dataset(examples: Iterable[Mapping], pad_id: int, eot_id: int, block_s
             continue
         kinds[ex["kind"]] += 1
     if overlong:
-        raise ValueError(format_overlong(overlong, block_size))
+        raise ValueError(format_overlong(overlong, block_size, truncate=truncate))
     if not features:
         raise ValueError("no training examples")
     digest = hashlib.sha256()
@@ -900,9 +908,11 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         keys = {**training, **params["method_training"].get(method, {})}
         lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
         over = sum(n > keys["block_size"] for n in lengths)
+        whole_prompt = sum(len(e["prompt_ids"]) >= keys["block_size"] for e in examples)  # never cut: refused
+        fate = (f"{over - whole_prompt} cut, {whole_prompt} refused (prompt alone fills the block)" if whole_prompt
+                else "cut") if keys.get("truncate") else "refused by training"
         print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
-              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
-              f"({'cut' if keys.get('truncate') else 'refused by training'})")
+              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} ({fate})")
         if params["force"] and out.exists():
             shutil.rmtree(out)
         cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),

@@ -260,3 +260,48 @@ def test_editing_a_problem_in_a_local_data_file_reruns_the_notebook(tmp_path, mo
     assert calls == ["reads_data"] and "1 local benchmark file(s) changed (math500.jsonl)" in text
     (data / "notes.txt").write_text("not a benchmark file")  # files no loader reads do not count
     assert run()[0] == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. problems longer than the student's context: said at selection time; training says the truth
+# ----------------------------------------------------------------------------------------------
+def test_problems_longer_than_the_context_are_counted_when_selected(tmp_path, monkeypatch, capsys):
+    from rsdlib.stages import run_trace_stage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    long_question = "Add up these numbers: " + " + ".join(str(i % 10) for i in range(1100)) + ". What is the sum?"
+    rows = [{"problem": "What is 2 + 3?", "answer": "5", "unique_id": "a"},
+            {"problem": long_question, "answer": "4950", "unique_id": "b"},
+            {"problem": "What is 4 + 4?", "answer": "8", "unique_id": "c"}]
+    (data / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("RSDLIB_DATA_DIR", str(data))
+    monkeypatch.setenv("RSDLIB_RESULTS", str(tmp_path / "results"))
+
+    class Selected(Exception):
+        pass
+
+    def stop(*args, **kwargs):  # the line is printed at selection, before any generation: stop there
+        raise Selected
+
+    monkeypatch.setattr("rsdlib.stages.run_trace_job", stop)
+    with pytest.raises(Selected):
+        run_trace_stage(stage_params("10_generate_traces", methods={"teacher": {"mode": "teacher"}}, extra_pairs={},
+                                     reference=""))
+    out = capsys.readouterr().out
+    assert ("WARNING: 1 of 3 problems have a prompt longer than the student's context of 4096 tokens (longest "
+            in out)
+    assert "they are still attempted" in out and "truncate: true cuts completions only" in out
+
+
+def test_training_does_not_ask_for_truncate_when_it_is_already_set():
+    from rsdlib.train import build_dataset
+
+    long_prompt = {"id": "long", "prompt_ids": list(range(1, 40)), "completion_ids": [5, 6, 258], "kind": "full"}
+    with pytest.raises(ValueError) as refused:
+        build_dataset([long_prompt], 259, 258, block_size=32, truncate=True)
+    assert "set truncate: true" not in str(refused.value)
+    assert "prompt alone fills block_size=32" in str(refused.value) and "long (42 tokens)" in str(refused.value)
+    with pytest.raises(ValueError, match="or set truncate: true"):  # off: cutting would help, so it says so
+        build_dataset([{**long_prompt, "prompt_ids": [1, 2], "completion_ids": list(range(1, 40)) + [258]}],
+                      259, 258, block_size=32, truncate=False)
