@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rsdlib import paths
+from rsdlib.store import file_sha256
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
@@ -394,14 +395,6 @@ def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Pat
 RUN_RECORD = "{name}.run.json"  # beside the executed copy: what it was made from and what it wrote
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _FileHashes:
     """Content hashes of files, computed once per (size, mtime) so that unchanged multi-GB model files
     are not read again on every run (a touched file with the same bytes keeps its hash)."""
@@ -419,7 +412,7 @@ class _FileHashes:
         old = self.known.get(rel)
         if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
             return old
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(path)}
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
         self.known[rel] = entry
         return entry
 
@@ -480,7 +473,6 @@ def _data_files(params: dict) -> dict[str, str]:
     """{path: sha256} of every benchmark file (``rsdlib.data.BENCHMARKS`` names) in the local data folders a
     notebook may read: editing a problem in one reruns the notebooks, not only renaming the folder."""
     from rsdlib.data import BENCHMARKS
-    from rsdlib.store import file_sha256
 
     out = {}
     for folder in _data_folders(params):

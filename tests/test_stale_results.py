@@ -16,8 +16,7 @@ import json
 import shutil
 
 import pytest
-from _tiny import tiny_model, tiny_tokenizer
-from transformers import TrainerCallback
+from _tiny import StopAt, tiny_model, tiny_tokenizer
 
 from rsdlib import reproduce
 from rsdlib.train import TrainConfig, train
@@ -72,15 +71,6 @@ def test_multistep_regenerates_cycle_2_after_cycle_1_is_retrained_and_a_copied_f
     manifest = json.loads((tmp_path / "b" / "smoke" / "multistep" / "manifest.json").read_text())
     assert manifest["models"]["rsd-p1-2step"]["final"] == "multistep/cycle2/model/final"  # relative: moves with it
     assert rows[-1]["model"] == "multistep/cycle2/model/final"
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_a_copied_training_folder_resumes_and_a_finished_one_is_not_retrained(tmp_path):
