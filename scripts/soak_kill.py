@@ -7,8 +7,9 @@ byte-identical to an uninterrupted run.
 1. Reference (skipped when ``--work``/ref already holds it): one uninterrupted ``reproduce --profile smoke``
    (tables A), then ``rsdlib regrade <eval> --answer-format boxed`` and ``reproduce`` again (tables B).
 2. Soak, in a fresh results folder: start ``reproduce``, ``kill -9`` it and every process under it (the
-   notebook kernels, torchrun ranks) after a random 3-75 s, start it again, ... until the pipeline ends on
-   its own; its tables must equal A byte for byte. Then the same regrade, killed at a random point (a
+   notebook kernels, torchrun ranks) at a random point inside a notebook drawn at random (the stage
+   notebooks 00-40 three times as likely as a table or figure), start it again, ... until the pipeline ends
+   on its own; its tables must equal A byte for byte. Then the same regrade, killed at a random point (a
    reader run in between must refuse the half-regraded folder if the kill left one), rerun to the end, and
    ``reproduce`` again: its tables must equal B. Rounds repeat from an empty folder until ``--kills`` kills
    were made (the last round is always finished) or the time budget is spent.
@@ -80,6 +81,21 @@ def running_notebook(log: Path) -> str:
     return started[-1] if started else "(before the first notebook)"
 
 
+def wait_for_start(proc: subprocess.Popen, log: Path, name: str) -> bool | None:
+    """Wait until this run's log says notebook ``name`` started (True), or the run ends first (None)."""
+    offset = log.stat().st_size
+    while proc.poll() is None:
+        if re.search(rf"\] start\s+{re.escape(name)}\s", log.read_text(errors="replace")[offset:]):
+            return True
+        time.sleep(0.5)
+    return None
+
+
+def notebook_seconds(log: Path) -> dict[str, float]:
+    """{notebook: seconds} of the reference run, in run order."""
+    return {m[0]: float(m[1]) for m in re.findall(r"\] ok\s+(\S+)\s+([\d.]+) s", log.read_text(errors="replace"))}
+
+
 def tables(root: Path) -> dict[str, bytes]:
     folder = root / "figures" / "smoke"
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if p.suffix in (".md", ".csv")}
@@ -139,6 +155,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     started = time.time()
     a, b, fa, fb, regrade_seconds = reference(args.work / "ref")
+    durations = notebook_seconds(args.work / "ref" / "log.txt")
     soak = args.work / "soak"
     kills, ok, rounds, where = 0, True, 0, []
     while kills < args.kills and (time.time() - started) / 60 < args.budget_min:
@@ -147,23 +164,32 @@ def main(argv=None) -> int:
         soak.mkdir(parents=True)
         log = soak / f"round{rounds}.log"
         print(f"round {rounds} (kills so far {kills})", flush=True)
-        pipeline_kills = max(1, args.kills - kills - args.regrade_kills)
+        # each kill lands inside a notebook drawn at random (the stages weigh more), at a random point of its
+        # reference duration; targets in run order, so the pipeline moves on between kills
+        n_pipeline = max(1, args.kills - kills - args.regrade_kills)
+        targets = sorted(rng.choices(list(durations), weights=[3 if n[:2].isdigit() else 1 for n in durations],
+                                     k=n_pipeline), key=list(durations).index)
         while True:  # reproduce, killed at random points, until it ends on its own
             proc = start(["reproduce", "--profile", "smoke"], soak, log)
-            wait = rng.uniform(3, 75) if pipeline_kills > 0 else None
-            try:
-                rc = proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                stage = running_notebook(log)
-                n = kill_tree(proc)
-                kills += 1
-                pipeline_kills -= 1
-                where.append(stage)
-                print(f"  kill {kills:2d}: after {wait:4.1f} s, during {stage} ({n} processes)", flush=True)
-                continue
+            target = targets.pop(0) if targets else None
+            reached = wait_for_start(proc, log, target) if target else None
+            if reached is not None:
+                wait = rng.uniform(1, max(2.0, durations[target]))
+                try:
+                    rc = proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    stage = running_notebook(log)
+                    n = kill_tree(proc)
+                    kills += 1
+                    where.append(stage)
+                    print(f"  kill {kills:2d}: {wait:4.1f} s into {target}, during {stage} ({n} processes)", flush=True)
+                    continue
+            rc = proc.wait()
             if rc != 0:
                 print(f"  reproduce FAILED after a kill (exit {rc}); see {log}", flush=True)
                 return 1
+            if targets:  # it ended before reaching the remaining targets (they were skipped as unchanged)
+                print(f"  the run ended before {', '.join(targets)}: no kill there", flush=True)
             break
         ok &= compare("tables after the killed runs", tables(soak), a)
         compare("figures (for the record)", figures(soak), fa)
