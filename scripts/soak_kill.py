@@ -81,12 +81,15 @@ def running_notebook(log: Path) -> str:
     return started[-1] if started else "(before the first notebook)"
 
 
-def wait_for_start(proc: subprocess.Popen, log: Path, name: str) -> bool | None:
-    """Wait until this run's log says notebook ``name`` started (True), or the run ends first (None)."""
+def wait_for_start(proc: subprocess.Popen, log: Path, targets: list[str]) -> str | None:
+    """Wait until this run starts one of the ``targets`` (returned, and dropped from the list with the targets
+    before it: a target already done is skipped by the run), or until the run ends (None)."""
     offset = log.stat().st_size
     while proc.poll() is None:
-        if re.search(rf"\] start\s+{re.escape(name)}\s", log.read_text(errors="replace")[offset:]):
-            return True
+        started = re.findall(r"\] start\s+(\S+)", log.read_text(errors="replace")[offset:])
+        if started and started[-1] in targets:
+            del targets[:targets.index(started[-1]) + 1]
+            return started[-1]
         time.sleep(0.5)
     return None
 
@@ -171,9 +174,8 @@ def main(argv=None) -> int:
                                      k=n_pipeline), key=list(durations).index)
         while True:  # reproduce, killed at random points, until it ends on its own
             proc = start(["reproduce", "--profile", "smoke"], soak, log)
-            target = targets.pop(0) if targets else None
-            reached = wait_for_start(proc, log, target) if target else None
-            if reached is not None:
+            target = wait_for_start(proc, log, targets) if targets else None
+            if target is not None:
                 wait = rng.uniform(1, max(2.0, durations[target]))
                 try:
                     rc = proc.wait(timeout=wait)
