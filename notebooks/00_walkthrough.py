@@ -65,7 +65,7 @@ prompt: dict = {
 }  # prompt style and PromptStyle keys (see above)
 
 # %%
-check_walkthrough_params(benchmark, threshold, n_steps, temperature)
+check_walkthrough_params(benchmark, threshold, n_steps, temperature, profile=profile)
 pair = load_pair(teacher, student, dtype=dtype, device=device)
 tok = pair.student_tokenizer
 problem = select_problems(benchmark, 1, pick="easiest", split="trace", split_salt=split_salt, skip_diagrams=True,

@@ -57,7 +57,7 @@ split: str = "trace"  # trace: the hash half kept apart from evaluation | all
 split_fraction: float = 0.5  # share of the benchmark in the trace half
 split_salt: str = "rsdlib-demo"  # salt of the hash split (the evaluation notebook uses the same)
 skip_diagrams: bool = True  # leave out problems drawn with Asymptote code
-decoding: dict = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256}  # DecodingConfig keys shared by all methods
+decoding: dict = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}  # DecodingConfig keys of all methods
 job: dict = {"samples_per_problem": 2, "prefix_tokens": 64, "batch_size": 16}  # TraceJobConfig keys of all methods
 prompt: dict = {
     # a named style of rsdlib.prompts.PROMPT_STYLES (the demo: Qwen math instruction in the user turn), then
@@ -93,7 +93,10 @@ check_trace_params(params)  # every method's config, before the first model load
 # A teacher that solves nothing stops here with the count (EmptyTrainingSetError), never a silent skip.
 # Training sets (the hybrid recipe, `job.prefix_scope: all`): full traces of the solved problems +
 # prefixes for every other problem (prefix-only generations for those the teacher did not solve);
-# the paper's RSD-1% set is 180 + 820 = 1,000. Then the pre-existing traces (the "+ s1K-1.1" row: the
+# the paper's RSD-1% set is 180 + 820 = 1,000. A problem without a trusted gold (`rsdlib.grading.gold_trust`:
+# proofs, partial answers) cannot be graded: it is unsolved and gets a prefix, so all problems are accounted
+# for. Which correct sample is kept: the authors' rule per mode (`rsdlib.traces.KEEP_BY_MODE`: shortest for
+# RSD and SKD, first for the teacher and self-distill). Then the pre-existing traces (the "+ s1K-1.1" row: the
 # paper's s1K-1.1 traces need the hub; offline, the benchmark's worked solutions are the stand-in, text
 # the student did not write), then the other pairs (Tables 4 and 6: traces tailored to another student).
 

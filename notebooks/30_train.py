@@ -53,6 +53,7 @@ training: dict = {
 method_training: dict = {}  # method -> TrainConfig keys over `training` (paper: s1's 32,768-token block for s1K-1.1)
 require_kept_traces: bool = False  # True: 0 kept (full) traces stops training (paper); False: prefixes alone
 force: bool = False  # retrain even if a finished run with the same config exists
+workers: int = 1  # processes per run: above 1, DDP over torchrun ranks (same effective batch); 0: one per GPU
 
 # %%
 params = notebook_values("30_train", globals())

@@ -55,6 +55,7 @@ training: dict = {
 dtype: str = "auto"  # trace generation: auto (bf16 on GPUs and bf16-capable CPUs, else fp16 / fp32), float32, bfloat16
 require_kept_traces: bool = False  # True: 0 kept (full) traces stops training (paper); False: prefixes alone
 force: bool = False  # redo traces and training even if finished cycles exist
+workers: int = 1  # processes per cycle: above 1, torchrun ranks (traces, DDP training); 0: one per GPU
 
 # %%
 params = notebook_values("35_multistep", globals())

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from rsdlib import paths
-from rsdlib.store import read_jsonl_resumable
+from rsdlib.store import read_json, read_jsonl_resumable, write_json_atomic
 from rsdlib.traces import trace_run_stats
 
 S1K_METHOD = "s1k-solutions"
@@ -64,16 +64,16 @@ def traces_to_score(folder: Path, unkept_samples: int) -> list[dict]:
 def s1k_rows(tok, prompt: dict, n: int) -> list[dict]:
     """``n`` s1K worked solutions, evenly spaced over the set, as kept traces prompted as the traces were."""
     from rsdlib.data import load_benchmark
-    from rsdlib.prompts import end_of_turn_ids, prompt_ids, prompt_style, worked_solution_completion
+    from rsdlib.prompts import encode_parts, end_of_turn_ids, prompt_ids, prompt_style, worked_solution_parts
 
     style, eot = prompt_style(prompt), end_of_turn_ids(tok)[0]
     every = load_benchmark("s1k")
     picked = sorted({i * len(every) // n for i in range(min(n, len(every)))})
     rows = []
     for p in (every[i] for i in picked):
-        text = worked_solution_completion(p.meta.get("solution", ""), p.gold, style.think_close)
+        parts = worked_solution_parts(p.meta.get("solution", ""), p.gold, style.think_close)  # data: never control
         rows.append({"problem_id": p.id, "sample_index": 0, "kept": True, "prompt_ids": prompt_ids(tok, p, style),
-                     "token_ids": list(tok(text, add_special_tokens=False)["input_ids"]) + [eot],
+                     "token_ids": encode_parts(tok, parts) + [eot],
                      "fallback": None, "source": None})
     return rows
 
@@ -122,7 +122,7 @@ def score_all(params: dict, manifest: dict, trace_root: Path, out_dir: Path) -> 
     with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as fh:
         for row in scored_rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out_dir / "low_tokens.json").write_text(json.dumps(low_tokens, ensure_ascii=False, indent=1))
+    write_json_atomic(out_dir / "low_tokens.json", low_tokens, indent=1)
 
 
 def summarize(params: dict, manifest: dict, trace_root: Path, scores) -> dict:
@@ -169,14 +169,14 @@ def run_analysis(params: dict) -> dict:
     profile = params["profile"]
     results = paths.results_dir(profile)
     trace_root = results / "traces"
-    manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())  # notebook 10's
+    manifest = read_json(paths.input_file(profile, "traces", "manifest.json"))  # notebook 10's
     out_dir = results / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {"threshold": params["threshold"], "unkept_samples": params["unkept_samples"],
               "s1k_solutions": params["s1k_solutions"], "manifest": manifest,
               "inputs": {f"{run}/{m}": fingerprint(trace_root / run / m)
                          for run, ms in manifest["methods"].items() for m in ms}}
-    cached = (out_dir / "config.json").is_file() and json.loads((out_dir / "config.json").read_text()) == config
+    cached = (out_dir / "config.json").is_file() and read_json((out_dir / "config.json")) == config
     print("scores up to date: skipping the scoring" if cached and not params["force"] else "scoring traces")
     if params["force"] or not cached:
         score_all(params, manifest, trace_root, out_dir)
@@ -184,6 +184,6 @@ def run_analysis(params: dict) -> dict:
     scores = pd.read_json(scores_path, lines=True) if scores_path.stat().st_size else pd.DataFrame()
     summary = summarize(params, manifest, trace_root, scores)
     summary_doc = {"profile": profile, "threshold": params["threshold"], "pairs": manifest["pairs"], "runs": summary}
-    (out_dir / "summary.json").write_text(json.dumps(summary_doc, indent=2))
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_json_atomic(out_dir / "summary.json", summary_doc)
+    write_json_atomic(out_dir / "config.json", config)
     return summary

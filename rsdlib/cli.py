@@ -9,6 +9,11 @@
 - `rsdlib reproduce --profile demo`: run a profile's notebooks with papermill (`rsdlib.reproduce`).
 - `rsdlib regrade results/demo/eval`: re-grade stored evaluations with the current answer reading
   (`rsdlib.evaluate.regrade`) and print which scores moved.
+- `rsdlib preflight --profile paper`: before the first GPU-hour, check that every hub model and dataset
+  the profile names is reachable (gated ones too), the disk has room for the weights, and the CUDA
+  driver suits the torch build (`rsdlib.preflight`); one line and exit status 1 at the first failure.
+- `rsdlib quickcheck`: minutes on the paper-dry profile (stand-ins, CPU) through every trace path the
+  paper run takes, printing what to look at (`rsdlib.quickcheck`).
 
 Subcommands are argparse subparsers; add one by writing `add_<name>(subparsers)` and calling it in
 `build_parser`. Known failures (model not found, checksum mismatch, download error) end with one
@@ -153,6 +158,43 @@ def add_regrade(subparsers) -> None:
     p.set_defaults(func=run_regrade)
 
 
+def run_preflight(args: argparse.Namespace) -> int:
+    from rsdlib.preflight import PreflightError, preflight
+
+    try:
+        preflight(args.profile, cuda=args.cuda)
+    except PreflightError as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_preflight(subparsers) -> None:
+    p = subparsers.add_parser("preflight", help="check hub access (gated too), disk space and the CUDA driver "
+                                                "before a long run")
+    p.add_argument("--profile", default="paper", help="the profile whose parameter files name the models (paper)")
+    p.add_argument("--no-cuda", dest="cuda", action="store_false", help="skip the CUDA driver / torch check")
+    p.set_defaults(func=run_preflight)
+
+
+def run_quickcheck(args: argparse.Namespace) -> int:
+    from rsdlib.quickcheck import quickcheck
+
+    return quickcheck(args.out, profile=args.profile, problems=args.problems, samples=args.samples,
+                      max_new_tokens=args.max_new_tokens)
+
+
+def add_quickcheck(subparsers) -> None:
+    p = subparsers.add_parser("quickcheck", help="minutes on the paper-dry stand-ins through every trace path, "
+                                                 "printing what to look at")
+    p.add_argument("--out", default=None, help="results folder (default: a temporary folder)")
+    p.add_argument("--profile", default="paper-dry", help="paper-dry (stand-ins, CPU, minutes) or paper (one GPU)")
+    p.add_argument("--problems", type=int, default=6, help="s1K problems (the first ones; some have no trusted gold)")
+    p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the profile's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the profile's)")
+    p.set_defaults(func=run_quickcheck)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdlib", description="Reverse Speculative Decoding (arXiv 2509.22230)")
     parser.add_argument("--threads", type=int, default=None,
@@ -165,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_parser(subparsers)
     add_regrade(subparsers)
+    add_preflight(subparsers)
+    add_quickcheck(subparsers)
     return parser
 
 

@@ -563,6 +563,20 @@ def _read_hub(hub_id: str, config: str | None, split: str) -> list[dict]:
     return rows
 
 
+def _refuse_duplicate_ids(problems: Sequence[Problem], origin: str) -> None:
+    """Problem ids (``unique_id`` / ``id`` / row index) key every sample and grade: two rows with one id would mix
+    their samples silently. Names the file, the id and the rows (never the text: GPQA)."""
+    rows: dict[str, list[int]] = {}
+    for index, p in enumerate(problems):
+        rows.setdefault(p.id, []).append(index + 1)
+    repeated = {pid: where for pid, where in rows.items() if len(where) > 1}
+    if repeated:
+        pid, where = next(iter(repeated.items()))
+        raise ValueError(f"{origin}: problem id {pid!r} (its unique_id / id field) is in rows "
+                         f"{', '.join(map(str, where))}; each problem needs its own id ({len(repeated)} repeated "
+                         "id(s) in all): fix the file")
+
+
 def load_benchmark(
     name: str,
     *,
@@ -628,6 +642,7 @@ def load_benchmark(
     if failures:
         log.info("%s: %s; read %s instead", key, "; ".join(failures), origin)
     problems = spec.convert(rows, seed) if key == "gpqa_diamond" else spec.convert(rows)
+    _refuse_duplicate_ids(problems, origin)
     for p in problems:
         p.meta["loaded_from"] = origin
     log.info("loaded %d %s problems from %s", len(problems), key, origin)
@@ -671,6 +686,8 @@ def select_problems(benchmark: str, n: int = 0, *, pick: str = "first", split: s
     """
     if pick not in ("first", "easiest"):
         raise ValueError(f"pick must be 'first' or 'easiest', got {pick!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n_problems must be an integer >= 0 (0 = every problem), got {n!r}")
     if split not in ("all", "trace", "eval"):
         raise ValueError(f"split must be 'all', 'trace' or 'eval', got {split!r}")
     problems = load_benchmark(benchmark, source=source)

@@ -70,6 +70,9 @@ from rsdlib.sampling import (  # noqa: F401 (re-exported: ``from rsdlib.decoding
 from rsdlib.speculative import SpeculativeRule
 
 MODES = ("rsd", "skd", "teacher", "student")
+# Sane ceiling of a generation budget: 131,072 tokens (2^17), four times the longest context of the paper's
+# models (32,768; Section 4.1's evaluation budgets are at most 32,768). A larger value is a typo (1e12).
+MAX_NEW_TOKENS = 131_072
 log = logging.getLogger(__name__)
 
 
@@ -82,9 +85,15 @@ class DecodingConfig:
 
     mode: str = "rsd"  # rsd | skd | teacher | student
     temperature: float = 0.7  # paper: 0.7; 0 = greedy (argmax), teacher/student modes (or threshold_on "raw") only
-    top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code: 0.95)
+    top_p: float = 1.0  # nucleus filter applied to both sampled distributions (authors' code and profiles: 0.95)
     threshold: float = 0.01  # p_th: minimum verifier probability of a proposed token
-    threshold_on: str = "tempered"  # "tempered": test the distribution actually sampled from; "raw": T=1, no top-p
+    # Which verifier probability meets the threshold (issue 30). "raw" (default): the model's own
+    # probability, softmax of its logits at T = 1 without top-p, as the paper writes it (Algorithm 1 tests
+    # P_s(y) with P_s = M_s(.|context); Section 3.2 counts sub-1% tokens under the student's distribution)
+    # and as the authors' code did (vLLM returns raw, untempered logprobs by default; field notes s.1).
+    # "tempered": the distribution actually sampled from (temperature and top-p applied). Both are exact:
+    # P(y) = P_t(y) 1[test(y) >= tau] + r P_s(y), r = sum_{test(z) < tau} P_t(z) (tests/test_issue30.py).
+    threshold_on: str = "raw"
     trials: int = 1  # proposer draws before falling back (paper: 1; authors' early code: 5)
     max_new_tokens: int = 1024  # generation budget per sequence
     stop_ids: tuple[int, ...] = ()  # student ids that end a sequence (end-of-turn, eos); kept in the trace
@@ -108,7 +117,8 @@ class DecodingConfig:
                 "distribution is then one-hot, so every proposal but its argmax falls back (greedy student decoding "
                 "with ~100% fallback). Use a temperature > 0 (paper: 0.7), or threshold_on: raw.")
         check_number("DecodingConfig", "trials", self.trials, minimum=1, integer=True)
-        check_number("DecodingConfig", "max_new_tokens", self.max_new_tokens, minimum=1, integer=True)
+        check_number("DecodingConfig", "max_new_tokens", self.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS,
+                     integer=True)
         check_number("DecodingConfig", "draft_tokens", self.draft_tokens, minimum=0, integer=True)
         if not isinstance(self.record_both, bool):
             raise ValueError(f"DecodingConfig.record_both must be true or false, got {self.record_both!r}")

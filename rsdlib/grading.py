@@ -95,6 +95,8 @@ __all__ = [
     "grade",
     "grade_many",
     "summarize_grades",
+    "TRUSTED_GOLD_RULES",
+    "gold_trust",
 ]
 
 THINK_END = "</think>"
@@ -869,3 +871,51 @@ def summarize_grades(grades: Sequence[dict]) -> dict:
     out["timed_out"] = sum(bool(g.get("timed_out")) for g in grades)
     out["total"] = len(grades)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Which golds may grade a trace correct (issue 30)
+# ----------------------------------------------------------------------------------------------
+# s1K's reference solutions are worked solutions; rsdlib.data.extract_gold reads a final answer out of
+# them and records the rule that found it (``meta["gold_rule"]``). A trace graded "correct" against a
+# partial gold (one part of a multi-part answer, the claim a proof ends with) would enter training as a
+# solved problem, so only these golds grade traces; every other problem is UNGRADABLE: unsolved, it
+# gets a prefix like any unsolved problem (rsdlib.traces) and is counted.
+TRUSTED_GOLD_RULES = {
+    "answer column": "the benchmark's own answer field (MATH500, AIME, GPQA: no extraction involved)",
+    "short": "the whole reference solution is one short line: it is the answer itself",
+    "answer_line": "the solution ends with an explicit 'Answer: X' / 'the answer is X'",
+    "boxed": "the solution's own single boxed final answer (not for proofs, not when it boxes several answers)",
+}
+UNTRUSTED_GOLD_RULES = {
+    "none": "no final answer could be read (proofs, prose conclusions)",
+    "last_equals": "the value after the last '=' of a worked solution's last line: often an intermediate "
+                   "step or one part of the answer, never stated as the answer",
+}
+_PROOF_QUESTION = re.compile(r"\b(prove|show that|show how|demonstrate that|verify that|justify)\b", re.IGNORECASE)
+
+
+def gold_trust(problem: Any) -> tuple[bool, str]:
+    """(trusted, why) for a problem's gold (anything with ``gold``, ``kind``, ``question``, ``meta``).
+
+    Trusted: ``TRUSTED_GOLD_RULES``. Untrusted: no gold; ``UNTRUSTED_GOLD_RULES``; a boxed or stated
+    gold of a proof question ("prove", "show that", ... without answer options): the box then holds
+    the claim proved, e.g. a two-part proof reduced to one inequality, which a trace can write without
+    proving anything; a boxed gold from a solution that boxes several different answers (a multi-part
+    answer reduced to its last part).
+    """
+    meta = getattr(problem, "meta", None) or {}
+    gold = str(getattr(problem, "gold", "") or "").strip()
+    if not gold:
+        return False, "no gold answer"
+    rule = meta.get("gold_rule")
+    if rule is None:
+        return True, "answer column"
+    if rule not in TRUSTED_GOLD_RULES:
+        return False, f"gold rule {rule!r}: " + UNTRUSTED_GOLD_RULES.get(rule, "not a trusted rule")
+    if rule in ("boxed", "answer_line") and getattr(problem, "kind", "") != "choice" and \
+            _PROOF_QUESTION.search(str(getattr(problem, "question", ""))):
+        return False, "a proof question: the gold is the claim proved (or one part of it), not an answer"
+    if rule == "boxed" and len({b[2].strip() for b in _boxes(str(meta.get("solution", "")))}) > 1:
+        return False, "the solution boxes several different answers: the gold is only the last part"
+    return True, rule

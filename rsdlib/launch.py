@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from rsdlib import distributed, paths
+from rsdlib.store import read_json, write_json_atomic
 
 TRACES_NOTEBOOK, EVAL_NOTEBOOK = "10_generate_traces", "40_evaluate"
 
@@ -39,16 +38,20 @@ def stage_params(notebook: str, path: str | Path | None = None, profile: str | N
     profile is ``profile``, else the file's ``profile`` key, else its folder's name when that is a
     profile (``params/<profile>/...``), else "demo".
     """
-    import yaml
 
-    from rsdlib.reproduce import PROFILES, ParameterError, check_parameters, notebook_parameters, resolved_params
+    from rsdlib.reproduce import (
+        PROFILES,
+        ParameterError,
+        check_parameters,
+        notebook_parameters,
+        read_params_yaml,
+        resolved_params,
+    )
 
     if path is None:
         return resolved_params(profile or "demo", notebook)
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"--params {path}: no such file")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = read_params_yaml(path)  # a dangling link or /dev/null is refused
     if not isinstance(values, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
     declared = notebook_parameters(notebook)
@@ -81,20 +84,17 @@ def save_params(notebook: str, namespace: dict, path: str | Path) -> Path:
 
 
 def run_with_torchrun(module: str, args: Sequence[str], workers: int, *, echo=print) -> None:
-    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (a free port; one machine).
+    """``torchrun --standalone --nproc-per-node <workers> -m <module> <args>`` (a free port; one machine), the
+    ranks seeing every GPU of the stage (``rsdlib.distributed.run_ranks``).
 
     Raises RuntimeError with the end of its output when any rank fails.
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-           "-m", module, *map(str, args)]
-    echo(f"launching: torchrun --standalone --nproc-per-node={workers} -m {module} {' '.join(map(str, args))}")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{module} under torchrun ({workers} processes) failed (exit {proc.returncode}):\n"
-                           f"{(proc.stdout + proc.stderr)[-6000:]}")
+    distributed.run_ranks(module, args, workers, echo=echo)
 
 
 def _expect(cfg, expected: str | None) -> None:
+    if isinstance(expected, list):
+        expected = expected[0] if expected else None
     if expected and cfg.hash() != expected:
         raise SystemExit(f"error: this command built a config with hash {cfg.hash()}, the caller expected {expected}: "
                          "the notebook and rsdlib.launch build the job differently (update one of them)")
@@ -111,8 +111,8 @@ def _stage_parser(module: str, notebook: str, description: str, own: dict[str, d
                    f"params/<profile>/{notebook}.yaml)")
     p.add_argument("--profile",
                    help="results/<profile>; with no --params, also the profile's parameters (default: demo)")
-    p.add_argument("--expect-hash", help=f"refuse to run unless the job's config hash is this (notebook {notebook} "
-                   "passes it)")
+    p.add_argument("--expect-hash", nargs="+", help=f"refuse to run unless the jobs' config hashes are these, one per "
+                   f"job (notebook {notebook} passes them)")
     for flag, kw in own.items():
         p.add_argument(flag, **kw)
     return p
@@ -120,6 +120,7 @@ def _stage_parser(module: str, notebook: str, description: str, own: dict[str, d
 
 def _start(notebook: str, ns: argparse.Namespace) -> tuple["distributed.World", dict]:
     """This process's place among the ranks (process group joined) and the stage's parameters."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # CUDA checks through NVML: no context before a GPU
     world = distributed.World.from_env()
     distributed.init(world)
     return world, stage_params(notebook, ns.params, ns.profile)
@@ -129,16 +130,28 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
     from rsdlib.models import load_pair
     from rsdlib.traces import method_job_config, run_trace_job, trace_problems
 
-    p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate one method's traces (notebook 10's job); "
-                      "under torchrun / srun each rank does its share.", {
-                          "--method": {"required": True, "help": "a method of the file's `methods`"},
-                          "--out": {"help": "run folder (default: results/<profile>/traces/<pair>/<method>)"},
+    p = _stage_parser("rsdlib.traces", TRACES_NOTEBOOK, "Generate methods' traces (notebook 10's jobs), one after "
+                      "the other with the pair loaded once; under torchrun / srun each rank does its share.", {
+                          "--method": {"nargs": "+", "help": "methods of the file's `methods`, run in this order "
+                                       "(required unless --job)"},
+                          "--job": {"help": "a job file instead (notebook 35's cycles: the trace-job config, models "
+                                    "and problem ids; rsdlib.multistep.run_cycle_traces writes it)"},
+                          "--out": {"help": "run folder of a single method (default: "
+                                    "results/<profile>/traces/<pair>/<method>)"},
                           "--pair": {"default": "main", "help": "main, or a run of the file's extra_pairs"},
                           "--restrict-to": {"help": "only the problems this run folder solved; 'none' for all "
                                             "(default: the main teacher's folder when restrict_to_teacher_solved "
                                             "and the method is not teacher)"},
                           "--force": {"action": "store_true", "help": "redo the run"}})
     ns = p.parse_args(argv)
+    if ns.job:
+        return _trace_job_file(ns)
+    if not ns.method:
+        p.error("--method is required (or --job)")
+    if ns.out and len(ns.method) > 1:
+        p.error("--out names the run folder of one method; several methods go to results/<profile>/traces/<pair>/")
+    if ns.expect_hash and len(ns.expect_hash) != len(ns.method):
+        p.error(f"--expect-hash: {len(ns.expect_hash)} hash(es) for {len(ns.method)} method(s)")
     world, params = _start(TRACES_NOTEBOOK, ns)
     if ns.pair == "main":
         teacher, student = params["teacher"], params["student"]
@@ -146,18 +159,46 @@ def trace_main(argv: Sequence[str] | None = None) -> int:
         teacher, student = params["extra_pairs"][ns.pair]["teacher"], params["extra_pairs"][ns.pair]["student"]
     else:
         p.error(f"--pair {ns.pair!r}: not main nor a run of extra_pairs ({', '.join(params['extra_pairs'])})")
-    cfg = method_job_config(params, ns.method, teacher, student)
-    _expect(cfg, ns.expect_hash)
+    configs = [method_job_config(params, method, teacher, student) for method in ns.method]
+    for cfg, expected in zip(configs, ns.expect_hash or [None] * len(configs)):
+        _expect(cfg, expected)
     trace_root = paths.results_dir(params["profile"]) / "traces"
-    out = Path(ns.out) if ns.out else trace_root / ns.pair / ns.method
-    if ns.restrict_to:
-        restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
-    else:
-        restricted = params["restrict_to_teacher_solved"] and ns.method != "teacher"
-        restrict = trace_root / "main" / "teacher" if restricted else None
     problems = trace_problems(params)
     pair = load_pair(teacher, student, dtype=params["dtype"], device=distributed.device_for(world, params["device"]))
-    summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force, progress=world.is_main)
+    for method, cfg in zip(ns.method, configs):  # in order: the teacher's run is merged before a method reads it
+        out = Path(ns.out) if ns.out else paths.results_path(params["profile"], "traces", ns.pair, method)
+        if ns.restrict_to:
+            restrict = None if ns.restrict_to == "none" else Path(ns.restrict_to)
+        else:
+            restricted = params["restrict_to_teacher_solved"] and method != "teacher"
+            restrict = trace_root / "main" / "teacher" if restricted else None
+        summary = run_trace_job(pair, problems, cfg, out, restrict_to=restrict, force=ns.force,
+                                progress=world.is_main)
+        if world.is_main:
+            print(json.dumps(summary))
+    return 0
+
+
+def _trace_job_file(ns: argparse.Namespace) -> int:
+    """``python -m rsdlib.traces --job FILE --out DIR``: the job a notebook-35 cycle wrote, on this rank."""
+    from rsdlib.config import load_yaml_config
+    from rsdlib.data import load_benchmark
+    from rsdlib.models import load_pair
+    from rsdlib.traces import TraceJobConfig, run_trace_job
+
+    if not ns.out:
+        raise SystemExit("error: --job needs --out (the cycle's trace folder)")
+    job = read_json(Path(ns.job))
+    world = distributed.World.from_env()
+    distributed.init(world)
+    cfg = load_yaml_config(TraceJobConfig, job["config"])
+    _expect(cfg, ns.expect_hash or job.get("expect_hash"))
+    wanted = set(job["problem_ids"])
+    problems = [p for p in load_benchmark(job["benchmark"], source=job["source"]) if p.id in wanted]
+    pair = load_pair(job["teacher"], job["student"], dtype=job["dtype"], device=distributed.device_for(world, "auto"))
+    restrict = Path(job["restrict_to"]) if job.get("restrict_to") else None
+    summary = run_trace_job(pair, problems, cfg, Path(ns.out), restrict_to=restrict, force=ns.force or job["force"],
+                            progress=world.is_main)
     if world.is_main:
         print(json.dumps(summary))
     return 0
@@ -170,7 +211,21 @@ def traces_with_torchrun(params_file: Path, method: str, out: Path, workers: int
             "--restrict-to", restrict_to or "none"]
     args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
     run_with_torchrun("rsdlib.traces", args, workers)
-    return json.loads((Path(out) / "summary.json").read_text())
+    return read_json((Path(out) / "summary.json"))
+
+
+def pair_traces_with_torchrun(params_file: Path, methods: Sequence[str], trace_root: Path, workers: int, *,
+                              pair: str = "main", restrict_to: str | Path | None = None, force: bool = False,
+                              expect_hashes: Sequence[str] = ()) -> dict:
+    """Notebook 10 with ``workers > 1``: every method of one pair in ONE torchrun launch (the ranks load the pair
+    once), in order; ``restrict_to`` (a folder or "none") for all of them, or by default as ``python -m
+    rsdlib.traces`` restricts each (the main teacher's solved problems when ``restrict_to_teacher_solved``, the
+    teacher itself not); returns {method: summary}."""
+    args = ["--params", params_file, "--method", *methods, "--pair", pair]
+    args += ["--restrict-to", restrict_to] if restrict_to is not None else []
+    args += ["--force"] * force + (["--expect-hash", *expect_hashes] if expect_hashes else [])
+    run_with_torchrun("rsdlib.traces", args, workers)
+    return {m: read_json(Path(trace_root) / pair / m / "summary.json") for m in methods}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,26 +239,35 @@ def eval_config(params: dict, name: str):
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from rsdlib.evaluate import evaluate, resolve_model
+    from rsdlib.evaluate import evaluate, model_stamp, resolve_model
 
-    p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate one model (notebook 40's job); under "
-                      "torchrun / srun each rank does its share of the samples.", {
-                          "--model": {"required": True,
-                                      "help": "base, a trained method, an extra model, or a model spec"},
-                          "--out": {"help": "evaluation folder (default: results/<profile>/eval/<model>)"},
-                          "--force": {"action": "store_true", "help": "delete the folder's results first"}})
+    p = _stage_parser("rsdlib.evaluate", EVAL_NOTEBOOK, "Evaluate models (notebook 40's job), one after the other; "
+                      "under torchrun / srun each rank does its share of the samples.", {
+                          "--model": {"required": True, "nargs": "+",
+                                      "help": "base, a trained method, an extra model, or a model spec (several: in "
+                                      "this order)"},
+                          "--out": {"help": "evaluation folder of a single model (default: "
+                                    "results/<profile>/eval/<model>)"},
+                          "--force": {"action": "store_true", "help": "delete the folders' results first"},
+                          "--force-model": {"action": "append", "default": [],
+                                            "help": "delete this model's results first (repeatable)"}})
     ns = p.parse_args(argv)
+    if ns.out and len(ns.model) > 1:
+        p.error("--out names the folder of one model; several models go to results/<profile>/eval/<model>")
+    if ns.expect_hash and len(ns.expect_hash) != len(ns.model):
+        p.error(f"--expect-hash: {len(ns.expect_hash)} hash(es) for {len(ns.model)} model(s)")
     world, params = _start(EVAL_NOTEBOOK, ns)
-    cfg = eval_config(params, ns.model)
-    _expect(cfg, ns.expect_hash)
-    if cfg.backend == "vllm" and world.world_size > 1:  # vLLM takes the visible GPUs: leave it this rank's one
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[world.local_rank] if visible else str(world.local_rank)
-    where = resolve_model(params["profile"], ns.model, params["extra_models"], strict=False)
-    out = Path(ns.out) if ns.out else paths.results_dir(params["profile"]) / "eval" / ns.model
-    summaries = evaluate(where, cfg, out, force=ns.force, progress=world.is_main)
-    if world.is_main:
-        print(json.dumps({b: {k: s[k] for k in ("score", "n_samples", "ranks")} for b, s in summaries.items()}))
+    configs = [eval_config(params, name) for name in ns.model]
+    for cfg, expected in zip(configs, ns.expect_hash or [None] * len(configs)):
+        _expect(cfg, expected)
+    for name, cfg in zip(ns.model, configs):
+        # a vLLM engine runs in a spawned process that sees only this rank's GPU (rsdlib.vllmproc)
+        where = resolve_model(params["profile"], name, params["extra_models"], strict=False)
+        out = Path(ns.out) if ns.out else paths.results_path(params["profile"], "eval", name)
+        summaries = evaluate(where, cfg, out, force=ns.force or name in ns.force_model, progress=world.is_main)
+        if world.is_main:  # the stamp notebook 40 checks: a hand-run evaluation is not redone by the notebook
+            write_json_atomic(out / "model_stamp.json", model_stamp(where), indent=None)
+            print(json.dumps({b: {k: s[k] for k in ("score", "n_samples", "ranks")} for b, s in summaries.items()}))
     return 0
 
 
@@ -213,7 +277,7 @@ def evaluate_with_torchrun(params_file: Path, model: str, out: Path, workers: in
     args = ["--params", params_file, "--model", model, "--out", out]
     args += ["--force"] * force + (["--expect-hash", expect_hash] if expect_hash else [])
     run_with_torchrun("rsdlib.evaluate", args, workers)
-    return {b: json.loads((Path(out) / b / "summary.json").read_text()) for b in benchmarks}
+    return {b: read_json((Path(out) / b / "summary.json")) for b in benchmarks}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,11 +306,20 @@ def student_tokenizer(student: str):
 
 
 def workers_for(workers: int) -> int:
-    """Processes for a stage notebook's ``workers``: as given, or 0 = one per visible GPU (1 without GPUs)."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"workers must be an integer >= 0 (0 = one per GPU), got {workers!r}")
-    if workers:
-        return workers
-    import torch
+    """Processes for a stage notebook's ``workers``: as given, or 0 = one per device
+    (``rsdlib.distributed.workers_for``: the driver's GPUs, or ``RSDLIB_CPU_DEVICES`` CPU devices; 1 without any)."""
+    return distributed.workers_for(workers)
 
-    return max(1, torch.cuda.device_count())
+
+def models_with_torchrun(params_file: Path, models: Sequence[str], eval_root: Path, workers: int,
+                         benchmarks: Sequence[str], *, force: Sequence[str] = (),
+                         expect_hashes: Sequence[str] = ()) -> dict[str, dict]:
+    """Notebook 40 with ``workers > 1``: every model's evaluation in ONE torchrun launch, in order (``force``: the
+    models whose results are deleted first); returns {model: {benchmark: summary}}."""
+    args = ["--params", params_file, "--model", *models]
+    for name in force:
+        args += ["--force-model", name]
+    args += ["--expect-hash", *expect_hashes] if expect_hashes else []
+    run_with_torchrun("rsdlib.evaluate", args, workers)
+    return {m: {b: read_json(Path(eval_root) / m / b / "summary.json") for b in benchmarks}
+            for m in models}

@@ -6,25 +6,31 @@ the trained model becomes the next cycle's student. Cycle 1's student is the bas
 reuses notebook 10's traces. Writes ``results/<profile>/multistep/cycle<c>/traces/`` (cycles 2, 3, ...),
 ``cycle<c>/model/`` and ``multistep/manifest.json``, which names the model after the last cycle
 ``<method>-<cycles>step`` (and each cycle's ``<method>-cycle<c>``) for the evaluation notebook.
+
+With ``workers`` > 1 (0: one per device, ``rsdlib.distributed.workers_for``) both halves of a cycle run as
+torchrun ranks: the traces through ``python -m rsdlib.traces --job <cycle>/traces/job_request.json`` (each
+rank its share of the units, merged as one process writes them) and the training as DDP
+(``rsdlib.train.train_launched``), with the effective batch of ``training``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 
 from rsdlib import paths
 from rsdlib.config import load_yaml_config
+from rsdlib.store import read_json, write_json_atomic
 
 
 def check_multistep_params(params: dict) -> dict:
     """Refuse bad parameters before any work; returns notebook 10's trace manifest."""
     from rsdlib.train import TrainConfig
 
-    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())
+    manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))
     method, training = params["method"], params["training"]
+    paths.check_name(method, "method")  # names folders (traces/main/<method>) and models
     if method not in manifest["methods"].get("main", []):
         raise ValueError(f"method {method!r} has no traces of pair main; "
                          f"notebook 10 made {manifest['methods']['main']}")
@@ -42,16 +48,17 @@ def check_multistep_params(params: dict) -> dict:
 def run_multistep(params: dict) -> list[dict]:
     """Every cycle (traces, then training), then ``multistep/manifest.json``; returns one row per cycle."""
     from rsdlib.data import load_benchmark
-    from rsdlib.models import load_pair, model_identity, model_location
+    from rsdlib.distributed import workers_for
+    from rsdlib.models import model_identity, model_location
     from rsdlib.standins import carry_steering
-    from rsdlib.traces import TraceJobConfig, check_trainable, run_trace_job, trace_run_stats
-    from rsdlib.train import TrainConfig, train
+    from rsdlib.traces import TraceJobConfig, check_trainable, trace_run_stats
+    from rsdlib.train import TrainConfig, train_launched
 
     manifest = check_multistep_params(params)
     profile, method, cycles, training, force = (params[k] for k in ("profile", "method", "cycles", "training", "force"))
     results = paths.results_dir(profile)
     first_dir = results / "traces" / "main" / method
-    stored = json.loads((first_dir / "config.json").read_text())
+    stored = read_json((first_dir / "config.json"))
     base_job = load_yaml_config(TraceJobConfig, stored["config"])
     if base_job.decoding.mode not in ("rsd", "skd"):
         raise ValueError(f"method {method!r} is a {base_job.decoding.mode!r} run; multi-step RSD needs an rsd "
@@ -64,8 +71,9 @@ def run_multistep(params: dict) -> list[dict]:
     teacher = manifest["pairs"]["main"]["teacher"]
     root = results / "multistep"
     root.mkdir(parents=True, exist_ok=True)
+    workers = workers_for(params.get("workers", 1))
     print(f"{cycles} cycle(s) of {method} (threshold {base_job.decoding.threshold}) on {len(problems)} problems; "
-          f"{training.get('epochs')} epoch(s) per cycle")
+          f"{training.get('epochs')} epoch(s) per cycle; {workers} process(es)")
     rows = []
     current = model_location(manifest["pairs"]["main"]["student"])
     for cycle in range(1, cycles + 1):
@@ -79,12 +87,12 @@ def run_multistep(params: dict) -> list[dict]:
             stale = _made_by_another_job(trace_dir, job)
             if stale:  # these traces (and the model trained on them) come from another student or config
                 print(f"cycle {cycle}: {stale}: regenerating its traces and retraining its model")
-                shutil.rmtree(cycle_dir / "model", ignore_errors=True)
+                shutil.rmtree(paths.check_inside(cycle_dir / "model", results, "multi-step model folder"),
+                              ignore_errors=True)
             start = time.perf_counter()
-            pair = load_pair(teacher, current, dtype=params["dtype"])
-            run_trace_job(pair, problems, job, trace_dir, restrict_to=restrict_dir, force=force or bool(stale),
-                          progress=True)
-            del pair
+            run_cycle_traces(teacher, current, params["dtype"], problems, job, trace_dir, restrict_dir,
+                             force or bool(stale), workers,
+                             benchmark=manifest["benchmark"], source=manifest.get("source", "shipped"))
             print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
         stats = trace_run_stats(trace_dir)
         dataset = trace_dir / "dataset.jsonl"
@@ -94,24 +102,25 @@ def run_multistep(params: dict) -> list[dict]:
               f"prefix = {n_examples} examples")
         model_dir = cycle_dir / "model"
         if force and model_dir.exists():
-            shutil.rmtree(model_dir)
+            shutil.rmtree(paths.check_inside(model_dir, results, "multi-step model folder"))
         cfg = load_yaml_config(TrainConfig, {**training, "model": current, "output_dir": str(model_dir)})
         start = time.perf_counter()
-        final = train(cfg, dataset)
+        final = train_launched(cfg, dataset, workers)
         carry_steering(current, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
-        summary = json.loads((model_dir / "train_summary.json").read_text())
+        summary = read_json((model_dir / "train_summary.json"))
         print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
               f"{time.perf_counter() - start:.0f} s -> {final}")
         rows.append({"cycle": cycle, "student": paths.portable(current, results), **stats, "examples": n_examples,
-                     "train_loss": summary.get("train_loss"), "model": paths.portable(final, results)})
+                     "train_loss": summary.get("train_loss"), "model": paths.portable(final, results),
+                     "world_size": summary.get("world_size")})
         current = str(final)
     final_name = f"{method}-{cycles}step"
-    (root / "manifest.json").write_text(json.dumps({
-        "profile": profile, "method": method, "cycles": cycles, "training": training,
+    write_json_atomic(root / "manifest.json", {
+        "profile": profile, "method": method, "cycles": cycles, "training": training, "world_size": workers,
         "models": {final_name: {"final": paths.portable(current, results), "method": method, "cycles": cycles},
                    **{f"{method}-cycle{r['cycle']}": {"final": r["model"], "method": method, "cycles": r["cycle"]}
                       for r in rows}},
-        "rows": rows}, indent=2))
+        "rows": rows})
     print(f"{final_name}: {current}")
     return rows
 
@@ -122,9 +131,36 @@ def _made_by_another_job(trace_dir, job) -> str:
     path = trace_dir / "config.json"
     if not path.is_file():
         return ""
-    stored = json.loads(path.read_text())
+    stored = read_json(path)
     if stored.get("hash") == job.hash():
         return ""
     if stored.get("config", {}).get("student") != job.student:
         return "its student (the previous cycle's model) changed"
     return "its trace config changed"
+
+
+def run_cycle_traces(teacher: str, student: str, dtype: str, problems: list, job, out, restrict_dir, force: bool,
+                     workers: int, *, benchmark: str = "", source: str = "shipped") -> None:
+    """One cycle's traces: ``run_trace_job`` in this process, or as ``workers`` torchrun ranks through the job
+    file ``<out>/job_request.json`` (``python -m rsdlib.traces --job FILE``: the same job, problems and folder)."""
+    from rsdlib.config import config_to_dict
+
+    if workers <= 1:
+        from rsdlib.models import load_pair
+        from rsdlib.traces import run_trace_job
+
+        pair = load_pair(teacher, student, dtype=dtype)
+        run_trace_job(pair, problems, job, out, restrict_to=restrict_dir, force=force, progress=True)
+        return
+    from rsdlib.distributed import run_ranks
+    from rsdlib.models import model_location
+
+    model_location(teacher)  # a stand-in folder made once here, not by every rank at once
+    out.mkdir(parents=True, exist_ok=True)
+    request = out / "job_request.json"
+    write_json_atomic(request, {
+        "teacher": teacher, "student": student, "dtype": dtype, "benchmark": benchmark,
+        "source": source, "problem_ids": [p.id for p in problems], "config": config_to_dict(job),
+        "restrict_to": str(restrict_dir) if restrict_dir else None, "force": force, "expect_hash": job.hash()},
+        indent=1)
+    run_ranks("rsdlib.traces", ["--job", request, "--out", out], workers)

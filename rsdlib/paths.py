@@ -9,11 +9,17 @@
 
 `input_file` is how a notebook reads what an earlier notebook wrote: a missing file gives one line
 naming the notebook (and the `rsdlib reproduce` call) that makes it, not a traceback from deep inside.
+
+Parameter keys become folder names (methods, `extra_pairs`, `extra_models`, model keys): `check_name`
+allows only simple names (letters, digits, `-`, `_`, `.`; no leading dot), and `results_path` /
+`check_inside` refuse any path that does not resolve inside the run's results folder, before anything is
+written or deleted (issue 32).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
@@ -37,10 +43,57 @@ def data_dir() -> Path | None:
 
 
 def results_dir(profile: str | None = None) -> Path:
-    """Results folder (`RSDLIB_RESULTS` or `<repo>/results`), per profile when one is given."""
+    """Results folder (`RSDLIB_RESULTS` or `<repo>/results`), per profile when one is given (a simple name)."""
     env = os.environ.get("RSDLIB_RESULTS")
     base = Path(env).expanduser() if env else REPO_ROOT / "results"
-    return base / profile if profile else base
+    return base / check_name(profile, "profile") if profile else base
+
+
+SIMPLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+class UnsafePathError(ValueError):
+    """A name or path that would write or delete outside the run's results folder."""
+
+
+def check_name(name, what: str) -> str:
+    """``name`` when it is a simple folder name (letters, digits, ``-``, ``_``, ``.``; no leading dot), else
+    UnsafePathError naming ``what`` (e.g. "methods key", "extra_models key"). Parameter keys that name a
+    folder go through here: ``../x``, ``/abs``, ``a/b`` and ``.hidden`` are refused."""
+    if not isinstance(name, str) or len(name) > 200 or not SIMPLE_NAME.fullmatch(name):
+        raise UnsafePathError(f"{what} {name!r} is not a simple name: it names a folder under the results, so it may "
+                              "hold only letters, digits, '-', '_' and '.', and must not start with '.'")
+    return name
+
+
+def check_inside(path: Path, root: Path, what: str = "") -> Path:
+    """``path`` when it resolves (symlinks followed) inside ``root`` (or is ``root``), else UnsafePathError.
+
+    Called before a library function writes or deletes under a path built from parameters."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafePathError(f"{what or 'path'} {path} resolves to {resolved}, outside {base}: refused "
+                              "(nothing was written or deleted)")
+    return Path(path)
+
+
+def results_path(profile: str, *parts: str) -> Path:
+    """``results/<profile>/<parts...>``, each part a simple name (``check_name``), resolving inside
+    ``results/<profile>`` (``check_inside``): the one way stages build a folder from parameter keys."""
+    root = results_dir(profile)
+    path = root.joinpath(*(check_name(p, "folder name") for p in parts))
+    return check_inside(path, root, "results path")
+
+
+def params_source(profile: str, notebook: str) -> str:
+    """Where ``notebook``'s parameters of ``profile`` come from, for error messages: the real file (in the
+    profile folder ``rsdlib reproduce`` was given, ``RSDLIB_PROFILE_DIR``, or ``params/<profile>/``)."""
+    folder = os.environ.get("RSDLIB_PROFILE_DIR")
+    if folder and Path(folder).name == profile:
+        path = Path(folder) / f"{notebook}.yaml"
+    else:
+        path = REPO_ROOT / "params" / profile / f"{notebook}.yaml"
+    return f"{path}" if path.is_file() else f"notebook {notebook}'s parameters ({path} does not exist: its defaults)"
 
 
 # Which notebook writes each folder under results/<profile> (the papermill driver's dependency
@@ -81,8 +134,12 @@ def input_file(profile: str, *parts: str) -> Path:
 def figures_dir(profile: str) -> Path:
     """Figures and tables of a profile (created): `<repo>/figures/<profile>`, or `$RSDLIB_FIGURES/<profile>`."""
     env = os.environ.get("RSDLIB_FIGURES")
-    folder = Path(env).expanduser() / profile if env else REPO_ROOT / "figures" / profile
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(env).expanduser() if env else REPO_ROOT / "figures"
+    from rsdlib.store import explained_writes
+
+    folder = folder / check_name(profile, "profile")
+    with explained_writes(folder / "x", f"the figures and tables of profile {profile!r}"):  # names a read-only place
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from rsdlib import paths
+from rsdlib.store import read_json
 
 MISSING = "—"  # shown where a value does not exist (the paper does not report it, or we did not run it)
 
@@ -341,7 +342,6 @@ def token_block_height(tokens: Sequence[str], axes_width_in: float, fontsize: fl
 
 def plot_loss_curves(trained: Mapping[str, Mapping], models_dir: Path, profile: str):
     """Training loss per optimizer step of each trained model (``train_log.json``): a check, not a paper figure."""
-    import json
 
     import matplotlib.pyplot as plt
 
@@ -350,7 +350,7 @@ def plot_loss_curves(trained: Mapping[str, Mapping], models_dir: Path, profile: 
     for i, (name, info) in enumerate(trained.items()):
         log_path = Path(models_dir) / name / "train_log.json"
         if info["final"] and log_path.is_file():
-            points = [(r["step"], r["loss"]) for r in json.loads(log_path.read_text()) if "loss" in r]
+            points = [(r["step"], r["loss"]) for r in read_json(log_path) if "loss" in r]
             if points:
                 ax.plot(*zip(*points), marker="o", label=name, color=method_color(info["method"], i))
     ax.set(xlabel="optimizer step", ylabel="training loss", title=f"Training loss per dataset ({profile})")

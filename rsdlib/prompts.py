@@ -17,10 +17,18 @@ The assistant turn is opened with the thinking delimiter. Models whose tokenizer
 as tokens (Qwen3) get them
 as single ids; others (the embedded Qwen2.5 pair, s1.1) get the same delimiters as plain text.
 The prompt is built in the STUDENT's ids; the teacher sees it through the vocabulary bridge.
+
+Data is never a control token (issue 32). Problem text, gold answers and reference traces are encoded with
+every added token of the vocabulary (``<|im_end|>``, ``<|im_start|>``, ``</think>``, ``<|eot_id|>``...)
+spelled out as ordinary text (``encode_data``); only the template's own markers, and the delimiters rsdlib
+writes itself, are control tokens (``encode_parts``). A problem that writes ``<|im_end|>`` therefore cannot
+close the user turn and open the assistant's. Text that spells no added token encodes exactly as before.
 """
 
 from __future__ import annotations
 
+import json
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -86,19 +94,107 @@ class PromptStyle:
 def prompt_text(tokenizer, problem, style: PromptStyle | None = None) -> str:
     """The full prompt as text: chat template + opened thinking (do not log it for GPQA)."""
     style = style or PromptStyle()
+    return _chat_text(tokenizer, style, style.user_message(problem))
+
+
+def _chat_text(tokenizer, style: PromptStyle, user: str) -> str:
     messages = [{"role": "system", "content": style.system}] if style.system else []
     for question, response in style.shots:  # few-shot turns teach the output format
         shot_q = "\n\n".join(p for p in (question, style.math_instruction) if p)
         messages += [{"role": "user", "content": f"{shot_q} {style.extra_instruction}".rstrip()},
                      {"role": "assistant", "content": f"{style.think_open}\n{response}"}]
-    messages.append({"role": "user", "content": style.user_message(problem)})
+    messages.append({"role": "user", "content": user})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return f"{text}{style.think_open}\n"
 
 
 def prompt_ids(tokenizer, problem, style: PromptStyle | None = None) -> list[int]:
-    """The prompt in the tokenizer's ids (the student's, for RSD)."""
-    return list(tokenizer(prompt_text(tokenizer, problem, style), add_special_tokens=False)["input_ids"])
+    """The prompt in the tokenizer's ids (the student's, for RSD); the user turn (the problem) is data.
+
+    The template is rendered once with the problem and once with a placeholder in its place: what the
+    placeholder's render puts before and after it are the template's own text (its markers are control
+    tokens), the rest is the problem as the template wrote it, encoded by ``encode_data``."""
+    style = style or PromptStyle()
+    user = style.user_message(problem)
+    text = _chat_text(tokenizer, style, user)
+    if not spells_added_token(tokenizer, user):
+        return _encode(tokenizer, text)  # nothing to neutralise: the same ids as ever
+    before, slot, after = _chat_text(tokenizer, style, DATA_SLOT).partition(DATA_SLOT)
+    if not slot or DATA_SLOT in after or len(before) + len(after) > len(text) or not (
+            text.startswith(before) and text.endswith(after)):
+        raise ValueError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')!r} changes the user text "
+                         "in a way rsdlib cannot separate from its markers; refusing to encode a problem that "
+                         "spells its special tokens")
+    return encode_parts(tokenizer, [(before, False), (text[len(before):len(text) - len(after)], True), (after, False)])
+
+
+DATA_SLOT = "\ue000rsdlib-data\ue001"  # a private-use placeholder no template alters
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_ADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (added spellings, plain backend)
+
+
+def _added(tokenizer) -> list:
+    """[spellings of the tokenizer's added tokens, its backend without them (built on first use) or None]."""
+    try:
+        return _ADDED[tokenizer]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable: no cache
+        return [_added_spellings(tokenizer), None]
+    entry = _ADDED[tokenizer] = [_added_spellings(tokenizer), None]
+    return entry
+
+
+def _added_spellings(tokenizer) -> tuple[str, ...]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = backend.get_added_tokens_decoder() if backend is not None else getattr(
+        tokenizer, "added_tokens_decoder", {})
+    return tuple(sorted({str(getattr(t, "content", t)) for t in decoder.values()} - {""}))
+
+
+def spells_added_token(tokenizer, text: str) -> bool:
+    """True when ``text`` contains the spelling of one of the tokenizer's added (special or control) tokens."""
+    return any(token in text for token in _added(tokenizer)[0])
+
+
+def encode_data(tokenizer, text: str) -> list[int]:
+    """Ids of data text (a problem, a gold answer, a reference trace) with every added token spelled out as
+    ordinary text: ``<|im_end|>`` in a problem becomes the ids of its characters, never the control token.
+
+    Fast tokenizers: the tokenizer's own pipeline with its added tokens left out (normaliser, pre-tokeniser
+    and BPE unchanged; transformers' ``split_special_tokens`` would still match non-special added tokens
+    such as Qwen3's ``</think>``). Text that spells no added token gets the usual ids."""
+    if not spells_added_token(tokenizer, text):
+        return _encode(tokenizer, text)
+    entry = _added(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: special tokens split as text
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    if entry[1] is None:
+        from tokenizers import Tokenizer
+
+        spec = json.loads(backend.to_str())
+        spec["added_tokens"] = []
+        entry[1] = Tokenizer.from_str(json.dumps(spec))
+    return list(entry[1].encode(text, add_special_tokens=False).ids)
+
+
+def encode_parts(tokenizer, parts: Sequence[tuple[str, bool]]) -> list[int]:
+    """Ids of the concatenated ``parts``, each ``(text, is_data)``: data through ``encode_data``, the rest (the
+    template's and rsdlib's own markers, such as the ``</think>`` a reference trace gets) as usual. When no data
+    part spells an added token this is the plain encoding of the whole text (the same ids as ever)."""
+    if not any(is_data and spells_added_token(tokenizer, text) for text, is_data in parts):
+        return _encode(tokenizer, "".join(text for text, _ in parts))
+    ids: list[int] = []
+    for text, is_data in parts:
+        if text:
+            ids += encode_data(tokenizer, text) if is_data else _encode(tokenizer, text)
+    return ids
 
 
 def vocab_id(tokenizer, token: str) -> int | None:
@@ -148,10 +244,23 @@ def worked_solution_completion(solution: str, gold: str | None, think_close: str
     """A benchmark's worked solution written as a trace: thinking, the closing delimiter, a boxed answer.
 
     Pre-existing traces the student did not write (the offline stand-in for s1K-1.1, Table 2's first
-    row); without a gold answer the boxed line is left out.
+    row); without a gold answer the boxed line is left out. ``worked_solution_parts`` marks what is data.
     """
-    text = f"{(solution or '').strip()}\n{think_close}"
-    return text + (f"\n\nThe final answer is $\\boxed{{{gold}}}$." if gold else "")
+    return "".join(text for text, _ in worked_solution_parts(solution, gold, think_close))
+
+
+def worked_solution_parts(solution: str, gold: str | None, think_close: str = "</think>") -> list[tuple[str, bool]]:
+    """``worked_solution_completion`` as ``encode_parts`` pieces: the solution and the gold are data."""
+    parts = [((solution or "").strip(), True), (f"\n{think_close}", False)]
+    if gold:
+        parts += [("\n\nThe final answer is $\\boxed{", False), (str(gold), True), ("}$.", False)]
+    return parts
+
+
+def reference_parts(thinking: str, answer: str, think_close: str = "</think>") -> list[tuple[str, bool]]:
+    """A pre-existing trace (s1K-1.1: R1's thinking, then its attempt) as ``encode_parts`` pieces: the
+    thinking and the answer are data, the end-of-thinking delimiter between them is rsdlib's."""
+    return [(thinking.strip(), True), (f"\n{think_close}\n\n", False), (answer.strip(), True)]
 
 
 def prompt_style(values: dict):

@@ -23,6 +23,7 @@ from __future__ import annotations
 BENCHMARKS = ("AIME24", "AIME25", "GPQA Diamond", "MATH500")  # the paper's column order
 BENCHMARK_KEYS = {"AIME24": "aime24", "AIME25": "aime25", "GPQA Diamond": "gpqa_diamond", "MATH500": "math500"}
 METRICS = {"AIME24": "avg@64", "AIME25": "avg@64", "GPQA Diamond": "avg@8", "MATH500": "pass@1"}  # Appendix B
+SAMPLES = {"AIME24": 64, "AIME25": 64, "GPQA Diamond": 8, "MATH500": 1}  # samples per problem of METRICS
 
 PAPER = {
     "title": "In Their Own Words: Reasoning Traces Tailored for Small Models Make Them Better Reasoners",

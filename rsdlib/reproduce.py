@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rsdlib import paths
-from rsdlib.store import file_sha256
+from rsdlib.store import file_sha256, read_json
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
@@ -140,8 +140,11 @@ def resolve_profile(profile: str, params_dir: str | Path | None = None) -> Profi
                                  f"(profiles: {', '.join(known)}; or give a folder outside the repository)")
         return Profile(profile, params_dir / profile)
     folder = Path(profile).expanduser().resolve()
-    repo = paths.REPO_ROOT.resolve()
-    if _inside(folder, repo) and not _inside(folder, paths.results_dir().resolve()):
+    repo, results = paths.REPO_ROOT.resolve(), paths.results_dir().resolve()
+    # under the results folder is outside the tracked tree only when the results folder is not the repository
+    # or one of its parents (RSDLIB_RESULTS=/ would otherwise let rsdlib/ or notebooks/ pass as a profile)
+    in_results = _inside(folder, results) and not _inside(repo, results)
+    if _inside(folder, repo) and not in_results:
         raise ParameterError(
             f"--profile {profile!r} is a folder inside the repository ({folder}): a profile is a name under "
             f"{params_dir} ({', '.join(known)}) or a folder outside the repository's tracked tree")
@@ -250,10 +253,9 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
 
     A profile without a file for the notebook runs it with the notebook's own defaults (the demo's).
     """
-    import yaml
 
     path = params_file(profile, name, params_dir)
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    values = read_params_yaml(path) if os.path.lexists(path) else {}
     if not isinstance(values, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
     declared = declared if declared is not None else notebook_parameters(name)
@@ -263,6 +265,25 @@ def load_params(profile: str, name: str, params_dir: Path | None = None, *, decl
     if "profile" in declared:
         values["profile"] = profile
     return values
+
+
+def read_params_yaml(path: Path):
+    """The YAML of a parameter file that must exist as a regular file (a symbolic link to one is fine): a
+    dangling link, ``/dev/null``, a folder or a pipe is refused (silently running the defaults would not be
+    what the file asked for)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            why = f"a symbolic link to {os.readlink(path)}, which does not exist"
+        elif not path.exists():
+            why = "no such file"
+        else:
+            why = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise ParameterError(f"parameter file {path}: {why}; a parameter file must be a regular YAML file "
+                             "(delete it to run the notebook's defaults)")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def resolved_params(profile: str, name: str, params_dir: Path | None = None) -> dict:
@@ -334,20 +355,56 @@ def resolve_only(only: Sequence[str] | None) -> list[NotebookSpec]:
     return [nb for nb in NOTEBOOKS if nb in chosen]  # always in dependency order
 
 
-def _environment(profile: str, threads: int | None = None) -> dict[str, str]:
+def _environment(profile: str, threads: int | None = None, folder: Path | None = None) -> dict[str, str]:
     """Environment of the kernels: headless matplotlib, quiet progress bars, and ``threads`` CPU threads
     for torch (OMP/MKL) when given. Benchmarks come from the copies shipped in rsdlib (or the user's
     own ``RSDLIB_DATA_DIR``, inherited): nothing outside the repository is looked for."""
     env = {"MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONWARNINGS": "ignore::DeprecationWarning", "RSDLIB_PROFILE": profile}
+    if folder is not None:  # error messages name the real parameter file (rsdlib.paths.params_source)
+        env["RSDLIB_PROFILE_DIR"] = str(Path(folder).resolve())
     if threads:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    # one GPU per kernel: 30_train trains inside the notebook, and the transformers Trainer would silently
-    # split batches over every visible GPU (effective batch 16 x GPUs). Multi-GPU training: accelerate launch
-    # (README, GPU machines). RSDLIB_KERNEL_GPUS overrides (e.g. "0,1" for a vLLM tensor-parallel evaluation).
-    visible = os.environ.get("RSDLIB_KERNEL_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
-    env["CUDA_VISIBLE_DEVICES"] = visible if os.environ.get("RSDLIB_KERNEL_GPUS") else visible.split(",")[0].strip()
+    # Every GPU goes to the stages' ranks (issue 28): RSDLIB_GPUS lists them, and a stage with `workers: 0`
+    # launches one torchrun rank per GPU (rsdlib.distributed.run_ranks: traces, DDP training, evaluation).
+    # The kernel itself sees ONE GPU, so work done in the kernel (workers: 1) never goes DataParallel.
+    # RSDLIB_KERNEL_GPUS overrides the kernel's (e.g. "0,1" for a vLLM tensor-parallel evaluation in the kernel);
+    # RSDLIB_CPU_DEVICES=N (inherited) makes the stages treat the CPU as N devices (gloo ranks).
+    gpus = _driver_gpus()
+    env["RSDLIB_GPUS"] = ",".join(gpus)
+    env["CUDA_VISIBLE_DEVICES"] = os.environ.get("RSDLIB_KERNEL_GPUS") or (gpus[0] if gpus else "0")
     return env
+
+
+def _devices_line() -> str:
+    """The run log's line on devices (in the kernels' environment): what `workers: 0` stages launch on."""
+    from rsdlib.distributed import GPUS_ENV, cpu_devices, stage_devices
+
+    devices = stage_devices()
+    if cpu_devices():
+        return (f"devices: the CPU as {len(devices)} device(s) (RSDLIB_CPU_DEVICES): workers: 0 stages run that many "
+                "gloo ranks")
+    if devices:
+        return (f"devices: {len(devices)} GPU(s) ({os.environ.get(GPUS_ENV)}): workers: 0 stages run one rank per GPU; "
+                f"kernels see GPU {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+    return "devices: no GPU: stages run in one process unless their workers says otherwise"
+
+
+def _driver_gpus() -> list[str]:
+    """The GPUs the driver sees (CUDA_VISIBLE_DEVICES's entries, else every device torch counts)."""
+    from rsdlib.distributed import visible_gpus
+
+    return visible_gpus()
+
+
+def stage_world_size(params: dict) -> int | None:
+    """Processes a stage notebook with ``workers`` runs on (None for a notebook without it), in the kernels'
+    environment: what the driver prints and records for it."""
+    if "workers" not in params:
+        return None
+    from rsdlib.distributed import workers_for
+
+    return workers_for(params["workers"])
 
 
 def _error_summary(err: BaseException) -> str:
@@ -532,16 +589,16 @@ def _why_rerun(record: dict | None, key: dict, output: Path, outputs: dict[str, 
 
 def _read_record(path: Path) -> dict | None:
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 
 
 def _write_record(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    from rsdlib.store import write_json_atomic
+
+    write_json_atomic(path, record, indent=1)
 
 
 def _echo(line: str) -> None:
@@ -595,9 +652,10 @@ def reproduce(
     if unknown_overrides:
         raise ParameterError(f"overrides for notebooks not run: {', '.join(unknown_overrides)}")
 
-    from rsdlib.store import RunConflictError, run_lock
+    from rsdlib.store import RunConflictError, check_writable, run_lock
 
     results_root = paths.results_dir(profile)
+    check_writable(results_root, f"the results of profile {profile!r} (notebook outputs, run records, the lock)")
     with contextlib.ExitStack() as stack:
         try:  # one run per profile: refused here, before anything runs or is overwritten
             stack.enter_context(run_lock(results_root))
@@ -606,15 +664,17 @@ def reproduce(
                 f"profile {profile!r} is being reproduced by another run (lock {results_root / '.lock'} is held): "
                 "wait for it to finish or stop it; nothing was run or overwritten") from None
         return _run_plan(plan, profile, results_root, paths.figures_dir(profile), force=force,
-                         skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo)
+                         skip_unchanged=skip_unchanged, timeout=timeout, threads=threads, echo=echo,
+                         folder=resolved.folder)
 
 
 def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: bool, skip_unchanged: bool,
-              timeout: float | None, threads: int | None, echo: Callable[[str], None]) -> Report:
+              timeout: float | None, threads: int | None, echo: Callable[[str], None],
+              folder: Path | None = None) -> Report:
     """Run (or skip as unchanged) each planned notebook, in order, while the profile's lock is held."""
     out_dir = results_root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(profile, threads)
+    env = _environment(profile, threads, folder)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     before = {p: p.stat().st_mtime_ns for p in fig_dir.glob("*") if p.is_file()}
@@ -623,6 +683,7 @@ def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: b
         echo(f"  benchmark files from {os.environ['RSDLIB_DATA_DIR']} (RSDLIB_DATA_DIR), where present")
     if threads:
         echo(f"  {threads} CPU thread(s) per kernel")
+    echo(f"  {_devices_line()}")
     started = time.perf_counter()
     results: list[NotebookResult] = []
     broken: set[str] = set()
@@ -660,12 +721,15 @@ def _run_plan(plan, profile: str, results_root: Path, fig_dir: Path, *, force: b
                 results.append(res)
                 continue
             record_path.unlink(missing_ok=True)  # a run that dies midway leaves no record to trust
-            echo(f"{tag} start   {spec.name:<22} {time.strftime('%H:%M:%S')}" + (f"  ({why})" if why else ""))
+            world = stage_world_size(params)
+            ranks = f"  [{world} process{'es' if world > 1 else ''}]" if world else ""
+            echo(f"{tag} start   {spec.name:<22} {time.strftime('%H:%M:%S')}{ranks}" + (f"  ({why})" if why else ""))
             res = run_notebook(spec, profile, params, out_dir=out_dir, timeout=timeout)
             results.append(res)
             if res.status == "ok":
                 _write_record(record_path, {
                     "notebook": spec.name, "profile": profile, "key": key, "seconds": round(res.seconds, 1),
+                    "world_size": world,
                     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "outputs": hashes.tree(own_folders)})
             else:
                 broken.add(spec.name)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsdlib import paths
+from rsdlib.store import write_json_atomic
 
 # ----------------------------------------------------------------------------------------------
 # Tiny byte-level models (smoke profile, unit tests)
@@ -292,7 +293,7 @@ def standin_folder(hub_id: str, root: Path | None = None) -> Path:
         tok.save_pretrained(tmp)
         steering = {"stands_in_for": hub_id, "benchmarks": ["s1k"], "think_end": spec.think_end, "bias": 11.0,
                     "known_share": 0.75}
-        (tmp / STEERING_FILE).write_text(json.dumps(steering, indent=2))
+        write_json_atomic(tmp / STEERING_FILE, steering)
 
     return _save_atomic(folder, save)
 

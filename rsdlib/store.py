@@ -4,7 +4,10 @@ run folders claimed by their config, and one writer per run folder.
 A long job (trace generation, evaluation) appends one record per finished sample (``append_jsonl``,
 fsynced), so an interrupted run resumes where it stopped: ``read_jsonl_resumable`` drops only a torn
 final line. Files rewritten as a whole (merged shards, summaries, configs) go through a temporary file
-renamed over the old one (``write_json_atomic``, ``write_jsonl_atomic``). ``claim_folder`` ties a run
+renamed over the old one (``write_json_atomic``, ``write_jsonl_atomic``): every JSON file rsdlib writes goes
+through them, so a full disk or a kill leaves the old file or the new one, never a cut one. ``read_json``
+names the file in any parse error, and ``explain_os_error`` turns a full disk or a read-only folder into
+one line naming the place and what was being written (issue 32). ``claim_folder`` ties a run
 folder to one configuration, and ``run_lock`` refuses a second writer. ``folder_sha256`` names a
 folder (a trained model) by its content, never by where it lies. Used by rsdlib.traces,
 rsdlib.evaluate, rsdlib.distributed and rsdlib.train; this module imports nothing of rsdlib.
@@ -12,6 +15,7 @@ rsdlib.evaluate, rsdlib.distributed and rsdlib.train; this module imports nothin
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -106,11 +110,77 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def write_json_atomic(path: Path, data, *, end: str = "") -> None:
-    """``data`` as indented JSON (then ``end``), through a temporary file renamed over ``path``."""
+class JsonFileError(ValueError):
+    """A JSON file that does not parse (names the file)."""
+
+
+def read_json(path: Path | str):
+    """The parsed content of a JSON file; a file that does not parse (cut short, edited) raises
+    JsonFileError naming it, never a bare JSONDecodeError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f", line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise JsonFileError(f"{path}{where}: not valid JSON ({getattr(err, 'msg', err)}): the file was cut short or "
+                            "edited; delete it (or rerun with force) to redo what wrote it") from None
+
+
+def explain_os_error(err: OSError, path: Path | str, what: str) -> OSError:
+    """One line for a failed write: "no space left on <path>" (ENOSPC), "<folder> is read-only" / "not writable"
+    (EROFS, EACCES, EPERM), saying ``what`` was being written; other errors name the path. Returns an OSError of
+    the same errno, to raise ``from None``."""
+    path = Path(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        message = f"no space left on {path} (the device of {path.parent}) while writing {what}: free space, rerun"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        kind = "read-only" if err.errno == errno.EROFS else "not writable"
+        message = (f"{path.parent} is {kind} ({os.strerror(err.errno)}): rsdlib needs to write {what} there "
+                   "(make it writable, or point RSDLIB_RESULTS at a writable folder)")
+    else:
+        message = f"cannot write {what} at {path}: {err.strerror or err}"
+    return OSError(err.errno, message)
+
+
+@contextmanager
+def explained_writes(path: Path | str, what: str):
+    """Re-raise an OSError of the block (a write under ``path``) as ``explain_os_error``'s one line."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise explain_os_error(err, path, what) from None
+
+
+def check_writable(folder: Path | str, what: str) -> Path:
+    """``folder``, created, after writing and removing a probe file in it: a read-only, unwritable or full
+    place is named (``explain_os_error``, saying ``what`` needed it) before any work starts."""
+    folder = Path(folder)
+    probe = folder / f".rsdlib-write-probe-{os.getpid()}"
+    with explained_writes(probe, what):
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("probe")
+        probe.unlink()
+    return folder
+
+
+def write_json_atomic(path: Path, data, *, end: str = "", indent: int | None = 2, default=None) -> None:
+    """``data`` as JSON (then ``end``), fsynced in a temporary file renamed over ``path``: a full disk or a kill
+    leaves the old file or the new one, never a cut one. A failed write names the place (``explain_os_error``)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + end, encoding="utf-8")
-    os.replace(tmp, path)
+    with explained_writes(path, path.name):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(data, indent=indent, ensure_ascii=False, default=default) + end)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_jsonl_atomic(path: Path, records: Sequence[dict], *, tmp: Path | None = None) -> None:
@@ -132,7 +202,7 @@ def claim_folder(out_dir: Path, mine: dict, conflict: Callable[[dict], str | Non
     if not path.exists():
         write_json_atomic(path, mine, end=end)
         return
-    problem = conflict(json.loads(path.read_text()))
+    problem = conflict(read_json(path))
     if problem:
         raise RunConflictError(problem)
 

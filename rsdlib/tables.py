@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from rsdlib import metrics, paths, reference
 from rsdlib.metrics import RESAMPLES, SEED, Interval, wilson_interval
 from rsdlib.plots import interval_cell
+from rsdlib.store import read_json
 
 CI = "95% CI"
 DIFF = "Δ vs base"
@@ -40,11 +41,14 @@ DIFF = "Δ vs base"
 # ----------------------------------------------------------------------------------------------
 # Accuracy tables (Tables 1, 3, 4, 5; Figures 1 and 4)
 # ----------------------------------------------------------------------------------------------
-def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = reference.BENCHMARKS) -> dict:
+def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = reference.BENCHMARKS, *,
+                     paper_samples: bool = True) -> dict:
     """{benchmark (paper name): {problem_id: [correct, ...] by sample index}} of one evaluated model.
 
     Reads ``results/<profile>/eval/<model>/<key>/samples.jsonl`` (notebook 40; ``status`` field only,
-    never a response). A benchmark without a samples file is left out.
+    never a response). A benchmark without a samples file is left out. ``paper_samples``: keep only the
+    first samples the paper's metric uses (``reference.SAMPLES``: MATH500's pass@1 is sample 0), as the
+    evaluation summary's score does; False keeps every sample (avg@n).
     """
     from rsdlib.evaluate import check_grading
     from rsdlib.store import read_jsonl_resumable, unique_samples
@@ -59,7 +63,21 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
         by_problem: dict[str, dict[int, bool]] = defaultdict(dict)
         for r in unique_samples(read_jsonl_resumable(path)):
             by_problem[r["problem_id"]][int(r["sample_index"])] = r["status"] == "correct"
-        out[bench] = {pid: [s[i] for i in sorted(s)] for pid, s in by_problem.items()}
+        keep = reference.SAMPLES.get(bench) if paper_samples else None
+        out[bench] = {pid: [s[i] for i in sorted(s)][:keep] for pid, s in by_problem.items()}
+    return out
+
+
+def extra_sample_columns(rows: Mapping[str, str], profile: str,
+                         benchmarks: Sequence[str] = reference.BENCHMARKS) -> dict[str, str]:
+    """{column name: benchmark} for benchmarks evaluated with more samples than the paper's metric uses
+    ("MATH500 avg@4" beside the paper's pass@1, issue 30): the avg@n columns ``accuracy_uncertainty`` fills."""
+    out = {}
+    for model in rows.values():
+        for bench, per in load_correctness(profile, model, benchmarks, paper_samples=False).items():
+            n = min((len(v) for v in per.values()), default=0)
+            if n > reference.SAMPLES.get(bench, n):
+                out[f"{bench} avg@{n}"] = bench
     return out
 
 
@@ -91,6 +109,24 @@ def accuracy_uncertainty(rows: Mapping[str, str], profile: str, *, base_key: str
                 diffs.pop("Average", None)
             entry["vs_base"] = {b: iv.scaled(100) for b, iv in diffs.items()}
         out[key] = entry
+    # avg@n beside the paper's metric where more samples were drawn (not part of the Average)
+    extra = extra_sample_columns(rows, profile, benchmarks)
+    every = {key: load_correctness(profile, model, sorted(set(extra.values())), paper_samples=False)
+             for key, model in rows.items()} if extra else {}
+    for column, bench in extra.items():
+        n = int(column.rsplit("@", 1)[1])
+        base_all = every.get(base_key, {}).get(bench)
+        for key, per_bench in every.items():
+            if key not in out or bench not in per_bench:
+                continue
+            mine = {pid: v[:n] for pid, v in per_bench[bench].items()}
+            out[key]["ours"][column] = metrics.bootstrap_accuracy(list(mine.values()), seed=seed,
+                                                                  resamples=resamples).scaled(100)
+            if key != base_key and base_all and set(base_all) == set(mine):
+                diff = metrics.paired_accuracy_difference({column: mine}, {column: {p: v[:n] for p, v in
+                                                                                    base_all.items()}},
+                                                          seed=seed, resamples=resamples)
+                out[key]["vs_base"][column] = diff[column].scaled(100)
     return out
 
 
@@ -320,7 +356,7 @@ def load_evaluation(profile: str) -> dict:
     MixedGradingError when its models were graded in different ways or a regrade was cut midway."""
     from rsdlib.evaluate import check_grading
 
-    doc = json.loads(paths.input_file(profile, "eval", "summary.json").read_text())
+    doc = read_json(paths.input_file(profile, "eval", "summary.json"))
     check_grading(paths.results_dir(profile) / "eval", list(doc.get("models", {})))
     return doc
 
@@ -409,10 +445,25 @@ def training_composition_rows(profile: str, manifest: Mapping) -> list[dict]:
         for m in run_methods:
             st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
             composition.append({"pair": run_name, "method": m, "full": st["solved"], "prefix": st["prefix_examples"],
-                                "total": st["training_examples"]})
+                                "total": st["training_examples"], "ungradable": st["ungradable_problems"]})
             print(f"{run_name}/{m}: {st['solved']} full + {st['prefix_examples']} prefix = "
-                  f"{st['training_examples']} examples")
+                  f"{st['training_examples']} examples ({st['ungradable_problems']} problems without a trusted "
+                  "gold: unsolved, prefixes)")
     return composition
+
+
+def keep_rule_lengths(profile: str, manifest: Mapping) -> dict[tuple[str, str], dict]:
+    """{(pair run, method): {"keep", "first", "shortest"}}: each run's mean kept-trace length under its own
+    keep rule's two candidates, "first" and "shortest", from the same samples (Table 6 under both rules)."""
+    from rsdlib.traces import trace_run_stats
+
+    out = {}
+    for run_name, run_methods in manifest["methods"].items():
+        for m in run_methods:
+            st = trace_run_stats(paths.results_dir(profile) / "traces" / run_name / m)
+            out[(run_name, m)] = {"keep": st["keep"], "first": st["avg_tokens_first"],
+                                  "shortest": st["avg_tokens_shortest"]}
+    return out
 
 
 def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differences: Mapping) -> list[str]:
@@ -426,7 +477,8 @@ def dataset_stats_notes(manifest: Mapping, run: str, threshold: float, differenc
         f"{len(manifest['problems'])} {manifest['benchmark']} problems, {trace_cfg.get('samples_per_problem')} samples "
         f"per problem, at most {trace_cfg.get('max_new_tokens')} new tokens. Paper: s1.1-7B teaching Qwen3-0.6B, "
         "1,000 s1K problems, 16 samples, 8k context.",
-        "Correctly solved: the teacher over all problems; the other methods over the problems the teacher solved"
+        "Correctly solved: the teacher over all problems (those without a trusted gold, rsdlib.grading.gold_trust, "
+        "count as unsolved and give prefixes); the other methods over the problems the teacher solved"
         + ("" if manifest["restrict_to_teacher_solved"] else " (not restricted in this profile: over all problems)")
         + ".",
         f"Sub-1% tokens: tokens of the kept (training) traces with probability below {threshold:g} under the "

@@ -3,9 +3,11 @@
 For each problem, ``samples_per_problem`` samples go through the decoder (rsd, skd, teacher or
 student), batched across samples and problems. A sample is KEPT when it closes its thinking exactly
 once, ends its turn (emits an end-of-turn id), has a fallback rate <= ``max_fallback_rate`` and is
-correct; one kept sample per problem (``keep``: shortest, first or random) becomes a full training
-example. A problem with no kept sample contributes a PREFIX example: the first ``prefix_tokens``
-tokens of one of its samples, without any end-of-turn token (training supervises only the prefix).
+correct; one kept sample per problem (``keep``: shortest, first or random; by default the authors'
+rule for the mode, ``KEEP_BY_MODE``) becomes a full training example. A problem with no kept sample
+contributes a PREFIX example: the first ``prefix_tokens`` tokens of one of its samples, without any
+end-of-turn token (training supervises only the prefix). A problem without a trusted gold
+(``rsdlib.grading.gold_trust``) cannot be graded: it is unsolved, never attempted, and gets a prefix.
 
 Training-set composition (the hybrid recipe, Sections 3.3 and 4.2): the paper trains RSD-1% on
 1,000 examples, "only 180 are complete reasoning traces, while the remainder consists of 128 token
@@ -46,7 +48,6 @@ adds ``ranks``: units and wall seconds per rank). On the command line::
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -58,11 +59,18 @@ from tqdm.auto import tqdm
 from rsdlib import distributed, store
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
 from rsdlib.decoding import MODES, Decoder, DecodingConfig, derive_seed
-from rsdlib.grading import ANSWER_FORMATS, grade_many
+from rsdlib.grading import ANSWER_FORMATS, gold_trust, grade_many
 from rsdlib.metrics import summarize_dataset
-from rsdlib.prompts import PromptStyle, end_of_turn_ids, prompt_ids, turn_end_id
+from rsdlib.prompts import PromptStyle, encode_parts, end_of_turn_ids, prompt_ids, turn_end_id
 
 KEEP_RULES = ("shortest", "first", "random")
+# The keep rule of each decoding mode when a method names none (issue 30). The paper says only "selecting a
+# correct one"; the authors' code kept the SHORTEST correct trace in its RSD filter and stopped at the
+# FIRST correct sample in its teacher-only baseline (field notes, section 1). SKD-inspired runs the RSD
+# pipeline with roles swapped: shortest, like RSD. Self-distill (student-only sampling, the teacher-only
+# baseline's twin) keeps the first correct sample: with 203 attempts (Table 3's compute-equivalent run)
+# the shortest of 203 would be a much stronger length filter than RSD's shortest of 16.
+KEEP_BY_MODE = {"rsd": "shortest", "skd": "shortest", "teacher": "first", "student": "first"}
 PREFIX_RULES = ("first", "longest", "random")
 PREFIX_SCOPES = ("all", "attempted")
 
@@ -82,7 +90,7 @@ class TraceJobConfig:
     prompt: PromptStyle = field(default_factory=PromptStyle)  # system prompt, instructions, delimiters
     samples_per_problem: int = 16  # rejection-sampling attempts per problem (paper: 16)
     max_fallback_rate: float = 0.5  # a kept sample falls back on at most this share of tokens (authors: 50%)
-    keep: str = "shortest"  # which correct sample becomes the example: shortest | first | random
+    keep: str = ""  # which correct sample becomes the example: shortest | first | random; "" = KEEP_BY_MODE
     prefix_tokens: int = 128  # length of the UPFT prefix for unsolved problems (paper: 128); 0 = none
     prefix_sample: str = "first"  # which sample gives the prefix: first | longest | random
     # all: problems outside restrict_to get a prefix-only generation (paper: 180 + 820) | attempted
@@ -109,6 +117,8 @@ class TraceJobConfig:
         check_number("TraceJobConfig", "prefix_tokens", self.prefix_tokens, minimum=0, integer=True)
         check_number("TraceJobConfig", "base_seed", self.base_seed, integer=True)
         check_number("TraceJobConfig", "batch_size", self.batch_size, minimum=1, integer=True)
+        if self.keep == "":
+            self.keep = KEEP_BY_MODE[self.decoding.mode]
         if self.keep not in KEEP_RULES:
             raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
         if self.prefix_sample not in PREFIX_RULES:
@@ -139,10 +149,17 @@ class TraceJobConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = ()) -> None:
-    """Write config.json, or check that the folder's run has the same config and problems."""
+def _claim_folder(out_dir: Path, cfg: TraceJobConfig, problem_ids: list[str], prefix_ids: list[str] = (),
+                  ungradable_ids: list[str] = (), denominator: int | None = None) -> None:
+    """Write config.json, or check that the folder's run has the same config and problems.
+
+    ``problems``: the problems attempted; ``prefix_only_problems``: those given a prefix-only generation;
+    ``ungradable_problems``: those without a trusted gold (rsdlib.grading.gold_trust); ``solved_denominator``:
+    Table 2's "/N" (every problem for an unrestricted run, the attempted ones otherwise).
+    """
     mine = {"hash": cfg.hash(), "config": config_to_dict(cfg), "problems": problem_ids,
-            "prefix_only_problems": list(prefix_ids)}
+            "prefix_only_problems": list(prefix_ids), "ungradable_problems": list(ungradable_ids),
+            "solved_denominator": len(problem_ids) if denominator is None else denominator}
 
     def conflict(theirs: dict) -> str | None:
         if theirs.get("hash") != mine["hash"]:
@@ -194,19 +211,52 @@ def map_think_close(trace, tokenizer, style) -> str | None:
     return None
 
 
-def is_kept(sample: dict, cfg: TraceJobConfig) -> bool:
+def is_kept(sample: dict, cfg: TraceJobConfig | float) -> bool:
     """The paper's filter: one closed thinking, an end of turn, fallback <= limit, correct.
 
     "Ends its turn" means the last token is the turn-end token (``<|im_end|>`` for Qwen), the one
     training supervises; another stop id (e.g. ``<|endoftext|>``) ends the sample but is not kept.
+    ``cfg``: the job config, or its ``max_fallback_rate``.
     """
+    limit = cfg if isinstance(cfg, (int, float)) else cfg.max_fallback_rate
     return (
         not sample.get("prefix_only")
         and sample["think_closes"] == 1
         and sample["ended_turn"]
-        and sample["fallback_rate"] <= cfg.max_fallback_rate
+        and sample["fallback_rate"] <= limit
         and sample["status"] == "correct"
     )
+
+
+def choose_kept(kept: Sequence[dict], rule: str, rng: random.Random | None = None) -> dict:
+    """The kept sample of one problem that becomes its full example (``kept`` in sample order).
+
+    first: the lowest sample index (the authors' teacher-only baseline stopped at its first correct
+    sample); shortest: the fewest tokens, ties to the lower index (the authors' RSD filter, field notes
+    section 1); random: ``rng``'s choice.
+    """
+    if rule == "first":
+        return kept[0]
+    if rule == "shortest":
+        return min(kept, key=lambda s: (len(s["token_ids"]), s["sample_index"]))
+    return rng.choice(kept)
+
+
+def kept_lengths_by_rule(samples: Sequence[dict], max_fallback_rate: float) -> dict:
+    """Mean kept-trace length (tokens) under the "first" and the "shortest" rule, from the same samples.
+
+    Table 6 under both rules without new generation: per problem with a kept sample, the first kept
+    sample's length and the shortest one's. Returns {"first": mean, "shortest": mean, "problems": n}.
+    """
+    by_problem: dict[str, list[dict]] = {}
+    for s in sorted(samples, key=lambda s: (s["problem_id"], s["sample_index"])):
+        if is_kept(s, max_fallback_rate):
+            by_problem.setdefault(s["problem_id"], []).append(s)
+    out: dict = {"problems": len(by_problem)}
+    for rule in ("first", "shortest"):
+        lengths = [len(choose_kept(kept, rule)["token_ids"]) for kept in by_problem.values()]
+        out[rule] = sum(lengths) / len(lengths) if lengths else None
+    return out
 
 
 def _rng(cfg: TraceJobConfig, problem_id: str, what: str) -> random.Random:
@@ -222,12 +272,7 @@ def select_examples(samples: Sequence[dict], cfg: TraceJobConfig, stop_ids: Sequ
     kept = [s for s in samples if is_kept(s, cfg)]
     base = {"problem_id": pid, "source": cfg.method, "prompt_ids": samples[0]["prompt_ids"]}
     if kept:
-        if cfg.keep == "first":
-            chosen = kept[0]
-        elif cfg.keep == "shortest":
-            chosen = min(kept, key=lambda s: (len(s["token_ids"]), s["sample_index"]))
-        else:
-            chosen = _rng(cfg, pid, "keep").choice(kept)
+        chosen = choose_kept(kept, cfg.keep, _rng(cfg, pid, "keep") if cfg.keep == "random" else None)
         return [{"id": f"{pid}#{chosen['sample_index']}", **base, "sample_index": chosen["sample_index"],
                  "completion_ids": chosen["token_ids"], "kind": "full"}]
     if cfg.prefix_tokens == 0:
@@ -309,7 +354,9 @@ def run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir, *, progress: boo
     """Generate, grade and select traces for ``problems`` with ``pair`` (a rsdlib.models.ModelPair).
 
     ``restrict_to``: the folder of another run (the teacher's, as the paper's "/234"): only the
-    problems it solved are attempted. Problems without a gold answer are left out and counted.
+    problems it solved are attempted. Problems without a trusted gold answer (rsdlib.grading.gold_trust:
+    none, or a partial one) are never attempted: they are unsolved, get a prefix-only generation
+    (``prefix_scope: all``) and are counted (``ungradable_problems``); so all problems are accounted for.
     Returns the summary (also written to ``summary.json``). Only one process may write a run folder
     at a time (RunConflictError otherwise); under a launcher, each rank does its share into its own
     shard (``rsdlib.distributed``) and every rank returns the merged summary.
@@ -329,9 +376,11 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
         for name in ("config.json", "samples.jsonl", "dataset.jsonl", "summary.json"):
             (out_dir / name).unlink(missing_ok=True)
         shards.clear()
+    every_problem = list(problems)
     no_gold = [p for p in problems if not p.gold]
-    problems = [p for p in problems if p.gold]
-    prefix_only: list = []
+    ungradable = [p for p in problems if not gold_trust(p)[0]]  # no gold, or one rsdlib.grading does not trust
+    problems = [p for p in problems if gold_trust(p)[0]]
+    unattempted = list(ungradable)  # an ungradable problem is an unsolved one: it gets a prefix, never an attempt
     if restrict_to is not None:
         solved = solved_problem_ids(restrict_to)
         if not solved:
@@ -340,15 +389,19 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
                 f"would attempt nothing. Check that run's samples.jsonl (a teacher graded 'no_answer' everywhere "
                 f"usually ends its thinking in its own format: set prompt.think_close_aliases, e.g. "
                 f"['<|im_start|>answer'] for s1.1-7B), or set restrict_to_teacher_solved: false.")
-        if cfg.prefix_scope == "all" and cfg.prefix_tokens > 0:
-            prefix_only = [p for p in problems if p.id not in solved]
+        unattempted = [p for p in every_problem if p.id not in solved or not gold_trust(p)[0]]
         problems = [p for p in problems if p.id in solved]
+    # the hybrid recipe: every problem not attempted gets one prefix-only generation (in problem order)
+    prefix_only = unattempted if cfg.prefix_scope == "all" and cfg.prefix_tokens > 0 else []
+    # Table 2's denominator: every problem for an unrestricted run (the paper's 234/1000), else the attempted
+    denominator = len(problems) if restrict_to is not None else len(every_problem)
     tok = pair.student_tokenizer
     stop_ids = cfg.decoding.stop_ids or end_of_turn_ids(tok)
     turn_end = turn_end_id(tok)
     dec_cfg = DecodingConfig(**{**cfg.decoding.to_dict(), "stop_ids": tuple(stop_ids),
                                 "record_both": cfg.decoding.record_both or cfg.decoding.mode == "teacher"})
-    shards.main_first(lambda: _claim_folder(out_dir, cfg, [p.id for p in problems], [p.id for p in prefix_only]))
+    shards.main_first(lambda: _claim_folder(out_dir, cfg, [p.id for p in problems], [p.id for p in prefix_only],
+                                            [p.id for p in ungradable], denominator))
     samples_path = shards.path("samples.jsonl")  # this rank's file (samples.jsonl for one process)
     done = shards.read("samples.jsonl")  # merged file and every shard; each writer repairs only its own
     done_keys = {(s["problem_id"], s["sample_index"]) for s in done}
@@ -417,7 +470,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
 
         decoder.generate([prompt_ids(tok, p, cfg.prompt) for p in prefix_todo],
                          [derive_seed(cfg.base_seed, f"prefix:{p.id}", 0) for p in prefix_todo],
-                         batch_size=cfg.batch_size, on_finish=on_prefix)
+                         batch_size=cfg.batch_size, on_finish=on_prefix, max_cache_gib=cfg.max_cache_gib)
 
     ranks = shards.rank_stats()
     everything = problems + prefix_only
@@ -430,9 +483,11 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
             by_problem.setdefault(s["problem_id"], []).append(s)
         examples = [e for p in everything for e in select_examples(by_problem.get(p.id, []), cfg, stop_ids)]
         store.write_jsonl_atomic(out_dir / "dataset.jsonl", examples)
-        summary = summarize_run(done, examples, cfg, len(problems))
+        summary = summarize_run(done, examples, cfg, denominator)
         summary["prefix_only_problems"] = len(prefix_only)
         summary["problems_without_gold"] = len(no_gold)
+        summary["ungradable_problems"] = len(ungradable)  # no gold or an untrusted one: unsolved, given a prefix
+        summary["problems_given"] = len(every_problem)  # full + prefix examples add up to this (prefix_scope all)
         summary["config_hash"] = cfg.hash()
         summary["wall_seconds_this_call"] = round(time.perf_counter() - started, 1)
         summary["decoder_batch"] = decoder.stats.get("batch") if todo else None  # rows decoded at once (rank 0), why
@@ -461,12 +516,20 @@ def pair_reference(reference_rows, problems, think_close: str = "</think>") -> l
     is R1's thinking, the student's end-of-thinking delimiter, then R1's attempt (the s1 authors'
     conversion of s1K-1.1 for Qwen3). Problems with no reference trace are left out.
     """
+    return [(p, "".join(text for text, _ in parts)) for p, parts in _paired_reference(reference_rows, problems,
+                                                                                       think_close)]
+
+
+def _paired_reference(reference_rows, problems, think_close: str) -> list[tuple]:
+    """``pair_reference`` as (problem, ``rsdlib.prompts.encode_parts`` pieces): R1's text is data."""
+    from rsdlib.prompts import reference_parts
+
     by_question = {_question_key(r.question): r for r in reference_rows}
     out = []
     for p in problems:
         r = by_question.get(_question_key(p.question))
         if r is not None and r.meta.get("trace"):
-            out.append((p, f"{r.meta['trace'].strip()}\n{think_close}\n\n{str(r.meta.get('attempt', '')).strip()}"))
+            out.append((p, reference_parts(r.meta["trace"], str(r.meta.get("attempt", "")), think_close)))
     return out
 
 
@@ -479,7 +542,7 @@ def trace_run_stats(folder: str | Path) -> dict:
     config) has mode "reference".
     """
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = store.read_json((folder / "config.json"))
     decoding = (config.get("config") or {}).get("decoding") or {}
     mode = decoding.get("mode", "reference")
     dataset = store.read_jsonl_resumable(folder / "dataset.jsonl")
@@ -490,10 +553,17 @@ def trace_run_stats(folder: str | Path) -> dict:
     kept = [by_key.get((e["problem_id"], e["sample_index"]), {}) for e in full]
     tokens = sum(len(e["completion_ids"]) for e in full)
     fallback = sum(sum(bool(x) for x in (s.get("fallback") or [])) for s in kept)
+    job = config.get("config") or {}
+    by_rule = (kept_lengths_by_rule(samples, job.get("max_fallback_rate", 0.5)) if mode != "reference"
+               else {"first": tokens / len(full) if full else None, "shortest": tokens / len(full) if full else None})
     return {
         "mode": mode,
         "threshold": decoding.get("threshold") if mode in ("rsd", "skd") else None,
-        "problems": len(config.get("problems", [])),
+        "keep": job.get("keep"),  # the rule that chose the kept traces of dataset.jsonl
+        # Table 2's "/N": every problem for an unrestricted run (the teacher's /1000), else those attempted
+        "problems": config.get("solved_denominator", len(config.get("problems", []))),
+        "attempted_problems": len(config.get("problems", [])),
+        "ungradable_problems": len(config.get("ungradable_problems", [])),
         "solved": len(full),
         "prefix_examples": sum(e["kind"] == "prefix" for e in dataset),
         "training_examples": len(dataset),  # full + prefix: the paper's RSD-1% set is 180 + 820 = 1,000
@@ -502,6 +572,8 @@ def trace_run_stats(folder: str | Path) -> dict:
         "fallback_rate": 100 * fallback / tokens if mode in ("rsd", "skd") and tokens else None,
         "avg_tokens": tokens / len(full) if full else None,
         "avg_sample_tokens": sum(len(s["token_ids"]) for s in samples) / len(samples) if samples else None,
+        "avg_tokens_first": by_rule["first"],  # Table 6 under each keep rule, from the same samples
+        "avg_tokens_shortest": by_rule["shortest"],
     }
 
 
@@ -538,8 +610,17 @@ def check_trace_params(params: dict) -> None:
     """Refuse notebook 10's parameters before any model loads: modes, source, benchmark, reference, every
     method's job config and the extra pairs."""
     from rsdlib.data import SOURCES
+    from rsdlib.paths import check_name, params_source
 
+    where = params_source(params["profile"], TRACES_NOTEBOOK)
+    n = params["n_problems"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{where}: n_problems must be an integer >= 0 (0 = every problem), got {n!r}")
     methods = params["methods"]
+    for name in methods:  # keys name folders (results/<profile>/traces/<pair>/<method>): simple names only
+        check_name(name, "methods key")
+    for run in params["extra_pairs"]:
+        check_name(run, "extra_pairs key")
     if "teacher" not in methods or methods["teacher"].get("mode") != "teacher":
         raise ValueError("methods must include 'teacher' with mode 'teacher' "
                          "(the other methods are restricted to its solved problems)")
@@ -558,8 +639,7 @@ def check_trace_params(params: dict) -> None:
         try:
             method_job_config(params, name, params["teacher"], params["student"])
         except (ValueError, TypeError) as err:
-            raise ValueError(f"methods[{name!r}] with decoding/job (parameters of {TRACES_NOTEBOOK}, "
-                             f"params/{params['profile']}/{TRACES_NOTEBOOK}.yaml unless overridden): {err}") from None
+            raise ValueError(f"{where}: methods[{name!r}] with decoding/job: {err}") from None
     for run, extra in params["extra_pairs"].items():
         missing = {"teacher", "student", "methods"} - set(extra)
         if missing or not set(extra["methods"]) <= set(methods):
@@ -576,8 +656,9 @@ def trace_problems(params: dict) -> list:
 
 
 def reference_records(params: dict, problems) -> list[tuple]:
-    """(problem, completion text) of the pre-existing traces, in the student's chat format: s1K-1.1
-    (the paper, from the hub; the dry run's stand-in) or the problems' own worked solutions (offline)."""
+    """(problem, completion as ``rsdlib.prompts.encode_parts`` pieces) of the pre-existing traces, in the
+    student's chat format: s1K-1.1 (the paper, from the hub; the dry run's stand-in) or the problems' own
+    worked solutions (offline). The traces' text and the golds are data; the delimiters are rsdlib's."""
     from rsdlib.prompts import prompt_style
 
     reference, close = params["reference"], prompt_style(params["prompt"]).think_close
@@ -591,27 +672,41 @@ def reference_records(params: dict, problems) -> list[tuple]:
 
             local = write_standin_s1k11(paths.results_dir(params["profile"]) / "standins" / "data").parent
         rows = load_benchmark("s1k-1.1", local_dir=local)  # the paper's 1,000 R1 traces
-        return pair_reference(rows, problems, close)
+        return _paired_reference(rows, problems, close)
     out = []
     for p in problems:
         text = p.meta.get("solution", "")  # MATH500 and s1K problems carry their worked solution
         if text:
-            out.append((p, f"{text.strip()}\n{close}\n\nThe final answer is $\\boxed{{{p.gold}}}$."))
+            out.append((p, [(text.strip(), True), (f"\n{close}\n\nThe final answer is $\\boxed{{", False),
+                            (str(p.gold), True), ("}$.", False)]))
     return out
 
 
-def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
-    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples."""
+def reference_prompt_style(params: dict):
+    """The prompt the pre-existing traces are stored (and trained, and scored) under: Figure 7, left, for
+    s1K-1.1 (``figure7-s1k``), the profile's own prompt for any other reference."""
     from rsdlib.prompts import prompt_style
 
-    style = prompt_style(params["prompt"])
+    if params["reference"] in ("s1k-1.1", "standin:s1k-1.1"):
+        return prompt_style({**params["prompt"], "style": "figure7-s1k"})
+    return prompt_style(params["prompt"])
+
+
+def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
+    """The "reference" method's folder: pre-existing traces stored as kept samples and full examples.
+
+    s1K-1.1 (the paper's, or the dry run's stand-in) is wrapped in Figure 7's LEFT prompt (style
+    ``figure7-s1k``: the plain Qwen system prompt, the bare question), as the figure shows it; the
+    profile's own prompt keys (delimiters) stay. Other references keep the profile's prompt.
+    """
+    style = reference_prompt_style(params)
     eot = end_of_turn_ids(tok)[0]
     out.mkdir(parents=True, exist_ok=True)
     records = reference_records(params, problems)
     for name in ("samples.jsonl", "dataset.jsonl"):
         (out / name).unlink(missing_ok=True)
-    for p, text in records:
-        completion = list(tok(text, add_special_tokens=False)["input_ids"]) + [eot]
+    for p, parts in records:
+        completion = encode_parts(tok, parts) + [eot]  # the trace's text is data, never a control token
         rec = {"problem_id": p.id, "sample_index": 0, "prompt_ids": prompt_ids(tok, p, style),
                "token_ids": completion, "status": "correct", "kind": "full", "source": "reference"}
         store.append_jsonl(out / "samples.jsonl", rec)
@@ -619,9 +714,9 @@ def write_reference_run(params: dict, tok, problems, out: Path) -> dict:
                                              "sample_index": 0, "prompt_ids": rec["prompt_ids"],
                                              "completion_ids": completion, "kind": "full"})
     config = {"reference": params["reference"], "problems": [p.id for p, _ in records]}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    store.write_json_atomic(out / "config.json", config)
     stats = {"method": "reference", **trace_run_stats(out)}
-    (out / "summary.json").write_text(json.dumps(stats, indent=2))
+    store.write_json_atomic(out / "summary.json", stats)
     print(f"reference ({params['reference']}): {len(records)} traces, mean {stats['avg_tokens'] or 0:.0f} tokens")
     return stats
 

@@ -32,9 +32,13 @@ silently truncates). Multi-GPU (DDP/FSDP/DeepSpeed) is accelerate's job, with no
         model=... output_dir=...
 
 (``--params`` reads the ``training`` keys of notebook 30's parameter file; ``--config`` a file of
-TrainConfig keys.)
+TrainConfig keys.) Notebooks 30 and 35 with ``workers`` > 1 run the same command as torchrun ranks
+(``train_launched``); a run is identified by its folder, so a relative ``output_dir`` and the notebook's
+absolute one are the same run (``SAME_RUN_FREE_FIELDS``).
 
-Gradient accumulation = global_batch_size / (micro_batch_size * world size). Checkpoints go to
+Gradient accumulation = global_batch_size / (micro_batch_size * world size): the effective batch is
+global_batch_size at any world size (``TrainConfig.batch_plan``, printed and in ``train_summary.json``).
+A single process that sees several GPUs (the Trainer would go DataParallel, batch x GPUs) is refused. Checkpoints go to
 ``output_dir/checkpoint-*`` beside ``train_config.json``, atomically: each is written complete into
 ``output_dir/.checkpoint-staging/``, sealed with ``rsdlib-checkpoint.json`` (every file and its size),
 then renamed into place, so a kill during a save never leaves a half checkpoint where resumption looks.
@@ -52,12 +56,14 @@ student of multi-step RSD (Table 5).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -66,6 +72,7 @@ import torch
 
 from rsdlib.config import config_hash, config_to_dict, load_yaml_config, save_config
 from rsdlib.prompts import turn_end_id, vocab_id
+from rsdlib.store import check_writable, explained_writes, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,12 @@ PAD_CANDIDATES = ("<|fim_pad|>",)  # never-used Qwen tokens, in order of prefere
 FALLBACK_PAD = "<|rsd_pad|>"  # added when the tokenizer has none of the candidates
 # Fields that may change between an interrupted run and its resumption without changing the run.
 RESUME_FREE_FIELDS = ("resume", "logging_steps", "save_strategy", "save_steps", "save_total_limit")
+# Fields two configs may differ in and still be one run in one folder: the resume-free ones, and the folder
+# itself (a relative output_dir of a hand-run command, the notebook's absolute one: the same run; issue 28)
+SAME_RUN_FREE_FIELDS = (*RESUME_FREE_FIELDS, "output_dir")
 CHECKPOINT_SEAL = "rsdlib-checkpoint.json"  # written last into a checkpoint: its files and their sizes
 STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into output_dir
+MAX_EPOCHS = 1000  # sane ceiling (paper: 15; s1: 5): more is a typo such as 1e9
 INCOMPLETE_DIR = "incomplete"  # damaged / partial checkpoint folders are moved here, never resumed from
 
 
@@ -131,7 +142,7 @@ class TrainConfig:
             self.bf16 = value if value == "auto" else value == "true"
         self.lora_target_modules = tuple(self.lora_target_modules)
         checks = {
-            "epochs > 0": self.epochs > 0,
+            f"0 < epochs <= {MAX_EPOCHS}": 0 < self.epochs <= MAX_EPOCHS,
             "learning_rate > 0": self.learning_rate > 0,
             "0 <= warmup_ratio < 1": 0 <= self.warmup_ratio < 1,
             "0 <= adam_beta1 < 1": 0 <= self.adam_beta1 < 1,
@@ -169,6 +180,29 @@ class TrainConfig:
                 f"{self.micro_batch_size} x world size {world_size}"
             )
         return self.global_batch_size // per_step
+
+    def batch_plan(self, world_size: int = 1, devices_per_process: int = 1, n_examples: int | None = None
+                   ) -> dict[str, int]:
+        """How the global batch is made on ``world_size`` processes: per-device batch, accumulation steps and the
+        effective batch, always ``global_batch_size``. A process that sees several GPUs (``devices_per_process``
+        > 1) would train DataParallel, multiplying the per-device batch by its GPUs: refused.
+
+        ``n_examples``: also ``repeated_examples_per_epoch``, the examples accelerate repeats in an epoch's last
+        step so that every rank gets as many micro-batches (its ``even_batches``; uneven ranks can hang DDP):
+        0 when ``n_examples`` is a multiple of micro-batch x world size (the paper's 1,000 on 1, 2, 4 or 8 GPUs)."""
+        if devices_per_process > 1:
+            raise ValueError(
+                f"this process sees {devices_per_process} GPUs and is not one of a launch's ranks: the Trainer would "
+                "train DataParallel (batch x GPUs). Launch one process per GPU (torchrun --nproc-per-node N -m "
+                "rsdlib.train ..., accelerate launch, or the notebook's workers), or show it one GPU "
+                "(CUDA_VISIBLE_DEVICES=0)")
+        accumulation = self.gradient_accumulation(world_size)
+        plan = {"world_size": world_size, "per_device_batch_size": self.micro_batch_size,
+                "gradient_accumulation_steps": accumulation,
+                "effective_batch_size": self.micro_batch_size * accumulation * world_size}
+        if n_examples is not None:
+            plan["repeated_examples_per_epoch"] = -n_examples % (self.micro_batch_size * world_size)
+        return plan
 
     def use_bf16(self) -> bool:
         if self.bf16 == "auto":
@@ -465,9 +499,7 @@ def _log_callback(path: Path):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state.log_history, indent=1))
-                tmp.replace(path)
+                write_json_atomic(path, state.log_history, indent=1)
 
     return WriteLog()
 
@@ -529,7 +561,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         return (f"it has no {CHECKPOINT_SEAL} (its save was cut short, e.g. by a kill, or an older rsdlib wrote it); "
                 f"{sum(1 for p in folder.rglob('*') if p.is_file())} file(s) in it")
     try:
-        files = json.loads(seal.read_text())["files"]
+        files = read_json(seal)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"its {CHECKPOINT_SEAL} is unreadable"
     for name, size in files.items():
@@ -586,6 +618,29 @@ def _seal_and_publish(staged: Path, target: Path) -> None:
         os.close(dir_fd)
 
 
+SAVE_FAILURES = ("No space left", "StorageFull", "file write failed", "inline_container")  # torch / safetensors
+
+
+@contextmanager
+def _explained_save(path: Path, what: str):
+    """A failed save as one line naming the place: an OSError through ``explain_os_error``, and the RuntimeError
+    torch raises for a write that fails on a full disk ("[enforce fail at inline_container.cc] ... file write
+    failed") or safetensors' "No space left on device" as "no space left on <path>"."""
+    with explained_writes(path, what):
+        try:
+            yield
+        except RuntimeError as err:  # torch.save / safetensors report a full disk as a RuntimeError
+            if not any(s in str(err) for s in SAVE_FAILURES):
+                raise
+            try:
+                free = f"{shutil.disk_usage(path if path.exists() else path.parent).free / 2**20:,.0f} MiB free"
+            except OSError:
+                free = "free space unknown"
+            raise OSError(errno.ENOSPC, f"no space left on {path} ({free}) while saving {what} "
+                          f"({str(err).splitlines()[0][:160]}): free space and rerun (training resumes from the "
+                          "last complete checkpoint)") from None
+
+
 def _atomic_trainer(**kwargs):
     """A transformers ``Trainer`` whose checkpoints appear only complete (see the module docstring)."""
     from transformers import Trainer
@@ -601,7 +656,8 @@ def _atomic_trainer(**kwargs):
             self.accelerator.wait_for_everyone()
             self._get_output_dir = lambda trial=None: str(staging)  # the Trainer writes into staging/<name>
             try:
-                super()._save_checkpoint(model, trial)
+                with _explained_save(staging / name, f"the checkpoint {name}"):
+                    super()._save_checkpoint(model, trial)
             finally:
                 del self._get_output_dir
             self.accelerator.wait_for_everyone()  # every rank's shards are written
@@ -621,22 +677,22 @@ def run_identity(config: TrainConfig) -> dict:
     from rsdlib.models import model_identity
 
     data = config_to_dict(config)
-    for key in (*RESUME_FREE_FIELDS, "output_dir"):
+    for key in SAME_RUN_FREE_FIELDS:
         data.pop(key, None)
     data["model"] = model_identity(config.model)
     return data
 
 
 def _stored_run_key(path: Path) -> str | None:
-    return json.loads(path.read_text()).get("run_key") if path.is_file() else None
+    return read_json(path).get("run_key") if path.is_file() else None
 
 
 def _run_differences(stored_cfg: Path, config: TrainConfig) -> list[str]:
     """Config keys that differ from the stored run's (``model`` when only its content changed)."""
-    stored = json.loads(stored_cfg.read_text()) if stored_cfg.is_file() else {}
+    stored = read_json(stored_cfg) if stored_cfg.is_file() else {}
     mine = config_to_dict(config)
     diff = sorted(k for k in set(stored) | set(mine)
-                  if k not in (*RESUME_FREE_FIELDS, "output_dir") and stored.get(k) != mine.get(k))
+                  if k not in SAME_RUN_FREE_FIELDS and stored.get(k) != mine.get(k))
     return diff or ["model (its weights changed)"]
 
 
@@ -659,15 +715,15 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     if stored_key is not None:  # the run's identity: config and model content, not where the folder lies
         same = stored_key == info["run_key"]
     else:  # a run made before run_key: its config, paths included
-        same = not stored_cfg.is_file() or config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == \
-            config_hash(config, RESUME_FREE_FIELDS)
+        same = not stored_cfg.is_file() or config_hash(read_json(stored_cfg), SAME_RUN_FREE_FIELDS) == \
+            config_hash(config, SAME_RUN_FREE_FIELDS)
     if not same:
         raise ValueError(
             f"{output_dir} holds checkpoints of a run with another config (differs in: "
             f"{', '.join(_run_differences(stored_cfg, config))}); use another output_dir, or resume: false to "
             "start over there"
         )
-    if stored_info.is_file() and json.loads(stored_info.read_text()).get("fingerprint") != info["fingerprint"]:
+    if stored_info.is_file() and read_json(stored_info).get("fingerprint") != info["fingerprint"]:
         raise ValueError(
             f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
             "or resume: false to start over there"
@@ -684,9 +740,9 @@ def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bo
     if stored_key is not None:  # config and model content (a copied or moved results folder is still trained)
         same_config = stored_key == info["run_key"]
     else:  # a run made before run_key
-        same_config = config_hash(json.loads(stored_cfg.read_text()), RESUME_FREE_FIELDS) == config_hash(
-            config, RESUME_FREE_FIELDS)
-    return same_config and json.loads(summary.read_text()).get("fingerprint") == info["fingerprint"]
+        same_config = config_hash(read_json(stored_cfg), SAME_RUN_FREE_FIELDS) == config_hash(
+            config, SAME_RUN_FREE_FIELDS)
+    return same_config and read_json(summary).get("fingerprint") == info["fingerprint"]
 
 
 def train(config: TrainConfig, dataset_path_or_examples, *, tokenizer=None, model=None, callbacks=()) -> Path:
@@ -738,7 +794,8 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if config.lora:
         model = _apply_lora(model, config)
 
-    accumulation = config.gradient_accumulation(world_size())
+    plan = config.batch_plan(world_size())
+    accumulation = plan["gradient_accumulation_steps"]
     # Several CPU processes (torchrun / accelerate launch without GPUs): the Trainer goes data-parallel
     # over gloo only when told to use the CPU; otherwise every process would train on the whole dataset.
     cpu_processes = world_size() > 1 and not torch.cuda.is_available()
@@ -774,6 +831,15 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=not sys.stderr.isatty(),
     )
+    plan = config.batch_plan(world_size(), args.n_gpu, len(dataset))  # n_gpu > 1: DataParallel, refused
+    info["repeated_examples_per_epoch"] = plan["repeated_examples_per_epoch"]
+    if _is_main_process():
+        _say(f"training on {plan['world_size']} process(es): per-device batch {plan['per_device_batch_size']} x "
+             f"{plan['gradient_accumulation_steps']} accumulation step(s) x {plan['world_size']} = effective batch "
+             f"{plan['effective_batch_size']}")
+        if plan["repeated_examples_per_epoch"]:
+            _say(f"{len(dataset)} examples on {plan['world_size']} processes: {plan['repeated_examples_per_epoch']} "
+                 "example(s) repeated in each epoch's last step so that every rank gets as many micro-batches")
     trainer = _atomic_trainer(
         model=model,
         args=args,
@@ -785,7 +851,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "train_config.json")
-        (output_dir / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_json_atomic(output_dir / "dataset_info.json", info, end="\n")
         log.info("training on %s; resuming from %s", info, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.state.global_step < trainer.state.max_steps:  # stopped early by a callback: no final model
@@ -796,6 +862,11 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
 def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, metrics: Mapping) -> Path:
     """Final model (or merged LoRA model) + tokenizer + config, in safetensors, to output_dir/final."""
     final = output_dir / "final"
+    with _explained_save(final, "the final model"):
+        return _write_final(trainer, config, output_dir, final, info, metrics)
+
+
+def _write_final(trainer, config: TrainConfig, output_dir: Path, final: Path, info: Mapping, metrics: Mapping) -> Path:
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "merge_and_unload")
     if is_peft:
@@ -810,13 +881,14 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
         trainer.processing_class.save_pretrained(str(final))
     if trainer.is_world_process_zero():
         save_config(config, final / "train_config.json")
-        accumulation = trainer.args.gradient_accumulation_steps
+        args = trainer.args  # what the Trainer ran with: per device x accumulation x processes
         summary = {**info, **metrics, "global_step": trainer.state.global_step,
-                   "merged_lora": is_peft and config.merge_lora, "world_size": world_size(),
-                   "gradient_accumulation_steps": accumulation,
-                   "effective_batch_size": accumulation * config.micro_batch_size * world_size()}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+                   "merged_lora": is_peft and config.merge_lora, "world_size": args.world_size,
+                   "per_device_batch_size": args.per_device_train_batch_size,
+                   "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                   "effective_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size}
+        write_json_atomic(output_dir / "train_summary.json", summary, end="\n")
+        write_json_atomic(output_dir / "train_log.json", trainer.state.log_history, indent=1)
     return final
 
 
@@ -824,12 +896,29 @@ def _save_final(trainer, config: TrainConfig, output_dir: Path, info: Mapping, m
 # Command line: python -m rsdlib.train --config train.yaml --data dataset.jsonl [key=value ...]
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if argv[:1] == ["--request"]:  # notebook 30's ranks: several runs, one after the other (train_launched)
+        for path in argv[1:]:
+            request = read_json(Path(path))
+            print(train(load_yaml_config(TrainConfig, request["config"]), request["data"]))
+        return 0
+    config, data = command_config(argv)
+    final = train(config, data)
+    print(final)
+    return 0
+
+
+def command_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, str]:
+    """The (TrainConfig, dataset path) of a ``python -m rsdlib.train`` command line (also under torchrun /
+    accelerate launch): ``--config`` or ``--params``' ``training`` keys, then the key=value overrides."""
     import yaml
 
     parser = argparse.ArgumentParser(
         prog="python -m rsdlib.train",
         description="Fine-tune a student on RSD traces (multi-GPU: accelerate launch -m rsdlib.train ... "
-        "or torchrun --nproc-per-node N -m rsdlib.train ...).",
+        "or torchrun --nproc-per-node N -m rsdlib.train ...). `--request FILE ...` runs the requests notebook 30 "
+        "wrote (<run>/train_request.json: a config and a dataset), one after the other.",
     )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig keys")
     parser.add_argument("--params",
@@ -844,7 +933,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep:
             parser.error(f"override {item!r} is not key=value")
         overrides[key] = yaml.safe_load(value)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if ns.params:  # the profile's recipe, as notebook 30 trains with it
         if ns.config:
             parser.error("give --config or --params, not both")
@@ -852,10 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(training, dict):
             parser.error(f"--params {ns.params}: no `training` mapping of TrainConfig keys")
         overrides = {**training, **overrides}
-    config = load_yaml_config(TrainConfig, ns.config, **overrides)
-    final = train(config, ns.data)
-    print(final)
-    return 0
+    return load_yaml_config(TrainConfig, ns.config, **overrides), ns.data
 
 
 
@@ -866,17 +951,26 @@ def check_train_params(params: dict) -> list[tuple[str, str]]:
     """Refuse bad parameters before any work; returns the (pair run, method) datasets to train on."""
     from rsdlib import paths
 
-    manifest = json.loads(paths.input_file(params["profile"], "traces", "manifest.json").read_text())  # notebook 10
+    manifest = read_json(paths.input_file(params["profile"], "traces", "manifest.json"))  # notebook 10
     training = params["training"]
     for bad in ("model", "output_dir"):
         if bad in training:
             raise ValueError(f"training.{bad} is set by this notebook "
                              "(the pair's student / results/<profile>/models/...)")
-    load_yaml_config(TrainConfig, {**training, "model": "check"})  # unknown keys and ranges refused before any work
-    for keys in params["method_training"].values():
-        load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+    where = paths.params_source(params["profile"], "30_train")
+    try:  # unknown keys and ranges refused before any work, naming the file
+        load_yaml_config(TrainConfig, {**training, "model": "check"})
+    except ValueError as err:
+        raise ValueError(f"{where}: training: {err}") from None
+    for method, keys in params["method_training"].items():
+        try:
+            load_yaml_config(TrainConfig, {**training, **keys, "model": "check"})
+        except ValueError as err:
+            raise ValueError(f"{where}: method_training[{method!r}]: {err}") from None
     runs = [("main", m) for m in params["methods"]] + [(run, m) for run, ms in params["extra_runs"].items() for m in ms]
-    for run, method in runs:
+    for run, method in runs:  # both name folders (traces/<run>/<method>, models/<run>-<method>): simple names only
+        paths.check_name(run, "extra_runs key")
+        paths.check_name(method, "method")
         if method not in manifest["methods"].get(run, []):
             raise ValueError(f"no trace dataset {run}/{method}; notebook 10 made: {manifest['methods']}")
     return runs
@@ -888,22 +982,22 @@ def run_train_stage(params: dict) -> dict[str, dict]:
     import time
 
     from rsdlib import paths
-    from rsdlib.models import model_location
+    from rsdlib.distributed import workers_for
     from rsdlib.standins import carry_steering
     from rsdlib.traces import check_trainable
 
     runs = check_train_params(params)
     profile, training = params["profile"], params["training"]
-    results = paths.results_dir(profile)
-    manifest = json.loads(paths.input_file(profile, "traces", "manifest.json").read_text())
-    models_dir = results / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    trained = {}
+    workers = workers_for(params.get("workers", 1))  # above 1: DDP over that many torchrun ranks
+    print(f"training on {workers} process(es){' (DDP, torchrun)' if workers > 1 else ''}")
+    manifest = read_json(paths.input_file(profile, "traces", "manifest.json"))
+    models_dir = check_writable(paths.results_path(profile, "models"), "notebook 30's models")
+    trained, jobs, launched_seconds = {}, [], 0.0
     for run, method in runs:
-        dataset = results / "traces" / run / method / "dataset.jsonl"
+        dataset = paths.results_path(profile, "traces", run, method) / "dataset.jsonl"
         examples = load_examples(dataset)  # a malformed line is named by file and line
         name = f"{run}-{method}"
-        out = models_dir / name
+        out = paths.results_path(profile, "models", name)  # refused outside results/<profile> before any rmtree
         n_full = check_trainable(dataset, name, require_kept=params["require_kept_traces"])["full_examples"]
         keys = {**training, **params["method_training"].get(method, {})}
         lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
@@ -915,23 +1009,78 @@ def run_train_stage(params: dict) -> dict[str, dict]:
               f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} ({fate})")
         if params["force"] and out.exists():
             shutil.rmtree(out)
-        cfg = load_yaml_config(TrainConfig, {**keys, "model": model_location(manifest["pairs"][run]["student"]),
-                                             "output_dir": str(out)})
+        cfg = stage_run_config(params, run, method, manifest["pairs"][run]["student"])
+        jobs.append((name, run, method, cfg, dataset, examples))
+    if workers > 1:  # every run in one launch of DDP ranks (they start once), one after the other
         start = time.perf_counter()
-        final = train(cfg, dataset)
+        train_many_launched([(cfg, dataset) for _, _, _, cfg, dataset, _ in jobs], workers)
+        launched_seconds = (time.perf_counter() - start) / max(1, len(jobs))  # each run's share of the launch
+        print(f"{len(jobs)} run(s) in one launch of {workers} ranks, {launched_seconds * len(jobs):.0f} s")
+    for name, run, method, cfg, dataset, examples in jobs:
+        out = models_dir / name
+        start = time.perf_counter()
+        final = train(cfg, dataset) if workers <= 1 else resolve_output_dir(cfg) / "final"
         carry_steering(cfg.model, final)  # the dry run's stand-ins stay steered after fine-tuning (real models: no-op)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + launched_seconds
         summary_path = out / "train_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_json(summary_path) if summary_path.is_file() else {}
         kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
         trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
-                         "final": paths.portable(final, results) if final.is_dir() else None, "examples": len(examples),
+                         "final": paths.portable(final, paths.results_dir(profile)) if final.is_dir() else None,
+                         "examples": len(examples),
                          "full": kinds["full"], "prefix": kinds["prefix"],
                          "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
+                         "world_size": summary.get("world_size"),
+                         "gradient_accumulation_steps": summary.get("gradient_accumulation_steps"),
                          "seconds": round(seconds, 1)}
         print(f"{name}: {len(examples)} examples, loss {summary.get('train_loss')}, {seconds:.0f} s -> {final}")
-    (models_dir / "manifest.json").write_text(json.dumps({"profile": profile, "models": trained}, indent=2))
+    write_json_atomic(models_dir / "manifest.json", {"profile": profile, "world_size": workers, "models": trained})
     return trained
+
+
+def stage_run_config(params: dict, run: str, method: str, student: str) -> TrainConfig:
+    """The TrainConfig notebook 30 trains ``<run>-<method>`` with: ``training`` + ``method_training[method]``, the
+    pair's student, folder ``results/<profile>/models/<run>-<method>`` (a hand-run ``rsdlib.train --params``
+    command with the same keys and folder is the same run: ``SAME_RUN_FREE_FIELDS``)."""
+    from rsdlib import paths
+    from rsdlib.models import model_location
+
+    keys = {**params["training"], **params["method_training"].get(method, {})}
+    out = paths.results_dir(params["profile"]) / "models" / f"{run}-{method}"
+    return load_yaml_config(TrainConfig, {**keys, "model": model_location(student), "output_dir": str(out)})
+
+
+def train_launched(config: TrainConfig, dataset: str | Path, workers: int = 1) -> Path:
+    """``train(config, dataset)`` in this process (``workers`` 1), or DDP over ``workers`` torchrun ranks
+    (``train_many_launched``). Returns ``output_dir/final``."""
+    if workers <= 1:
+        return train(config, dataset)
+    return train_many_launched([(config, dataset)], workers)[0]
+
+
+def train_many_launched(runs: Sequence[tuple[TrainConfig, str | Path]], workers: int) -> list[Path]:
+    """Several trainings as DDP over ``workers`` torchrun ranks, in ONE launch (the ranks start once), one after
+    the other: each run's config and dataset go to ``<output_dir>/train_request.json`` and the ranks run
+    ``python -m rsdlib.train --request <file> ...``. By hand, ``torchrun --nproc-per-node N -m rsdlib.train
+    --params ... --data ... output_dir=<the same folder>`` is the same run. Returns each ``output_dir/final``."""
+    from rsdlib.distributed import run_ranks
+
+    requests, finals = [], []
+    for config, dataset in runs:
+        output_dir = resolve_output_dir(config)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        request = output_dir / "train_request.json"
+        write_json_atomic(request, {"config": config_to_dict(config), "data": str(Path(dataset).resolve())},
+                          indent=1, end="\n")
+        requests.append(request)
+        finals.append(output_dir / "final")
+    if requests:
+        run_ranks("rsdlib.train", ["--request", *requests], workers)
+    missing = [str(f.parent) for f in finals if not (f.parent / "train_summary.json").is_file()]
+    if missing:
+        raise RuntimeError(f"the training ranks ended without a trained model in {', '.join(missing)}")
+    return finals
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

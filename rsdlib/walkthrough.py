@@ -48,11 +48,22 @@ def hand_loop(pair, prompt_student: Sequence[int], cfg: DecodingConfig, seed: in
     return rows, emitted
 
 
-def check_walkthrough_params(benchmark: str, threshold: float, n_steps: int, temperature: float) -> None:
+def check_walkthrough_params(benchmark: str, threshold: float, n_steps: int, temperature: float,
+                             profile: str = "demo") -> None:
+    """Refuse notebook 00's bad values, naming the value, its allowed range and the file it came from."""
+    from rsdlib.paths import params_source
+
+    where = params_source(profile, "00_walkthrough")
     if benchmark.lower().startswith("gpqa"):
-        raise ValueError("the walkthrough prints its problem: GPQA questions must not be shown")
-    if not 0 <= threshold <= 1 or n_steps < 1 or temperature <= 0:
-        raise ValueError("need 0 <= threshold <= 1, n_steps >= 1 and temperature > 0")
+        raise ValueError(f"{where}: benchmark {benchmark!r}: the walkthrough prints its problem, and GPQA questions "
+                         "must not be shown")
+    bad = [f"{key} must be {allowed}, got {value!r}" for key, value, ok, allowed in (
+        ("threshold", threshold, 0 <= threshold <= 1, "in [0, 1]"),
+        ("n_steps", n_steps, n_steps >= 1, ">= 1"),
+        ("temperature", temperature, temperature > 0, "> 0"))
+        if not ok]
+    if bad:
+        raise ValueError(f"{where}: {'; '.join(bad)}")
 
 
 def compare_with_decoder(pair, prompt_student: Sequence[int], cfg: DecodingConfig, seed: int, rows: Sequence[dict],

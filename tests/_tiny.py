@@ -10,6 +10,7 @@
 - ``save_tiny_pair(folder)``: a tiny model and its tokenizer saved so ``AutoModelForCausalLM.from_pretrained(folder)``
   and ``AutoTokenizer.from_pretrained(folder)`` load them.
 - ``StopAt(step)``: a Trainer callback that interrupts a training run after optimizer step ``step``.
+- ``tiny_pair()``: two of those models (teacher seed 1, student seed 2) with their identity bridge.
 - ``ALPHA``: the false-alarm rate of each statistical test on these models (seeds are fixed, so runs repeat).
 
 Import from tests with ``from _tiny import ...`` (``tests/`` is on ``sys.path`` under pytest).
@@ -55,3 +56,16 @@ def StopAt(step: int):  # noqa: N802 (used as a class)
 
     return _StopAt()
 
+
+def tiny_pair():
+    """A tiny teacher/student pair over ``tiny_tokenizer()`` (identical vocabularies), shaped like a
+    ``rsdlib.models.ModelPair`` for ``run_trace_job``."""
+    from types import SimpleNamespace
+
+    from rsdlib.bridge import VocabBridge
+
+    tok = tiny_tokenizer()
+    teacher, student = tiny_model(tok, seed=1), tiny_model(tok, seed=2)
+    V = teacher.config.vocab_size
+    return SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
+                           bridge=VocabBridge.from_tokenizers(tok, tok, V, V))

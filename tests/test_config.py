@@ -102,9 +102,9 @@ def test_temperature_zero_is_greedy_for_one_model_only():
 
     for mode in ("rsd", "skd"):
         with pytest.raises(ValueError, match="temperature 0 .greedy. is refused"):
-            DecodingConfig(mode=mode, temperature=0.0)
+            DecodingConfig(mode=mode, temperature=0.0, threshold_on="tempered")
     DecodingConfig(mode="student", temperature=0.0)  # greedy single-model sampling stays available
-    DecodingConfig(mode="rsd", temperature=0.0, threshold_on="raw")
+    DecodingConfig(mode="rsd", temperature=0.0)  # the raw threshold (the default, issue 30) stays meaningful
     assert DecodingConfig(mode="rsd", threshold=1.5).threshold == 1.5  # tau > 1: student sampling (field notes s.5)
 
 

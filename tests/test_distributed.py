@@ -4,6 +4,7 @@ after a rank is killed too. Training under torchrun keeps the effective batch.""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,3 +319,168 @@ def test_stage_parameters_are_the_notebooks_as_reproduce_runs_them(tmp_path):
     bad.write_text("n_problem: 3\n")
     with pytest.raises(ParameterError, match="unknown parameter"):
         stage_params("10_generate_traces", bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every device (issue 28): workers 0, the effective batch at any world size, one set of folders
+# ----------------------------------------------------------------------------------------------
+def test_workers_zero_is_one_rank_per_device_and_a_profile_caps_it():
+    from rsdlib.distributed import rank_environment, workers_for
+
+    assert workers_for(0, {"RSDLIB_CPU_DEVICES": "2"}) == 2
+    assert workers_for(0, {"RSDLIB_GPUS": "0,1,2", "CUDA_VISIBLE_DEVICES": "0"}) == 3  # the driver's, not the kernel's
+    assert workers_for(0, {"CUDA_VISIBLE_DEVICES": "4,5"}) == 2
+    assert workers_for(0, {"CUDA_VISIBLE_DEVICES": ""}) == 1
+    assert workers_for(3, {"RSDLIB_GPUS": ",".join(map(str, range(8)))}) == 3  # a profile's cap
+    with pytest.raises(ValueError, match="RSDLIB_CPU_DEVICES"):
+        workers_for(0, {"RSDLIB_CPU_DEVICES": "two"})
+    with pytest.raises(ValueError, match="workers must be"):
+        workers_for(-1, {})
+    ranks = rank_environment({"RSDLIB_GPUS": "0,1", "CUDA_VISIBLE_DEVICES": "0"})
+    assert ranks["CUDA_VISIBLE_DEVICES"] == "0,1" and ranks["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    assert rank_environment({"RSDLIB_CPU_DEVICES": "2", "RSDLIB_GPUS": "0,1"})["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_the_driver_gives_the_stages_every_gpu_and_each_kernel_one(monkeypatch):
+    from rsdlib.reproduce import _environment
+
+    monkeypatch.delenv("RSDLIB_KERNEL_GPUS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    env = _environment("paper")
+    assert env["RSDLIB_GPUS"] == "3,5" and env["CUDA_VISIBLE_DEVICES"] == "3"
+    from rsdlib.distributed import workers_for
+
+    assert workers_for(0, env) == 2  # a kernel's workers: 0 launches one rank per GPU of the driver
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_the_effective_batch_is_the_profiles_at_any_world_size(world_size):
+    from rsdlib.train import TrainConfig
+
+    for micro in (1, 2):
+        plan = TrainConfig(global_batch_size=16, micro_batch_size=micro).batch_plan(world_size)
+        assert plan == {"world_size": world_size, "per_device_batch_size": micro,
+                        "gradient_accumulation_steps": 16 // (micro * world_size), "effective_batch_size": 16}
+    cfg = TrainConfig(global_batch_size=16)
+    assert cfg.batch_plan(world_size, n_examples=1000)["repeated_examples_per_epoch"] == 0  # the paper's set
+    assert cfg.batch_plan(world_size, n_examples=7)["repeated_examples_per_epoch"] == {1: 0, 2: 1, 4: 1}[world_size]
+    with pytest.raises(ValueError, match="DataParallel"):  # a process that sees several GPUs
+        TrainConfig(global_batch_size=16).batch_plan(world_size, devices_per_process=2)
+
+
+def test_training_refuses_dataparallel(monkeypatch, tmp_path):
+    """A single process that sees several GPUs would train DataParallel (batch x GPUs): refused before training."""
+    import transformers
+
+    from rsdlib.standins import tiny_model_folder
+    from rsdlib.train import TrainConfig, train
+
+    monkeypatch.setattr(transformers.TrainingArguments, "n_gpu", property(lambda self: 2))
+    data = _dataset(tmp_path, 4)
+    cfg = TrainConfig(model=str(tiny_model_folder("student", root=tmp_path)), output_dir=str(tmp_path / "run"),
+                      global_batch_size=4, block_size=32, epochs=1, save_strategy="no")
+    with pytest.raises(ValueError, match="DataParallel"):
+        train(cfg, data)
+
+
+def _dataset(folder, n):
+    from rsdlib.standins import tiny_tokenizer
+
+    eot = tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    data = folder / "dataset.jsonl"
+    data.write_text("".join(json.dumps({"id": f"e{i}", "prompt_ids": [40 + i % 20, 41, 42],
+                                        "completion_ids": [50, 51 + i % 20, eot], "kind": "full"}) + "\n"
+                            for i in range(n)))
+    return data
+
+
+def test_training_on_1_2_4_processes_steps_with_a_batch_of_16(env, tmp_path):
+    """torchrun --nproc-per-node W -m rsdlib.train at W = 1, 2, 4: accumulation 16 / W, 16 examples per step."""
+    data = _dataset(tmp_path, 32)
+    params = tmp_path / "30_train.yaml"
+    params.write_text("training: {global_batch_size: 16, micro_batch_size: 1, block_size: 32, epochs: 1, "
+                      "save_strategy: 'no', learning_rate: 1.0e-4, warmup_ratio: 0.0}\n")
+    model = Path(env["RSDLIB_RESULTS"]) / "tiny-models" / "student"
+    seen = {}
+    for ranks in (1, 2, 4):
+        out = tmp_path / f"train{ranks}"
+        proc = run("rsdlib.train", ["--params", params, "--data", data, f"model={model}", f"output_dir={out}"], ranks,
+                   env)
+        s = json.loads((out / "train_summary.json").read_text())
+        plan = (s["world_size"], s["per_device_batch_size"], s["gradient_accumulation_steps"])
+        assert plan == (ranks, 1, 16 // ranks)
+        assert s["effective_batch_size"] == 16 and s["global_step"] == 2
+        assert f"per-device batch 1 x {16 // ranks} accumulation step(s) x {ranks} = effective batch 16" in proc.stderr
+        log = json.loads((out / "train_log.json").read_text())
+        seen[ranks] = [e["num_input_tokens_seen"] for e in log if "num_input_tokens_seen" in e]
+    assert seen[1] and seen[1] == seen[2] == seen[4], "the processes together see the examples one process sees"
+
+
+def test_a_hand_run_training_and_the_notebooks_resume_each_other(env, tmp_path):
+    """One set of folders: checkpoints of `torchrun -m rsdlib.train --params ... output_dir=<relative>` are the
+    notebook's run (absolute folder) and are resumed, not refused; a run the notebook's ranks finished is not
+    redone by the hand-run command."""
+    import subprocess as sp
+
+    from rsdlib.config import load_yaml_config
+    from rsdlib.train import TrainConfig, train_launched
+
+    data = _dataset(tmp_path, 8)
+    params = tmp_path / "30_train.yaml"
+    params.write_text("training: {global_batch_size: 4, micro_batch_size: 1, block_size: 32, epochs: 1, "
+                      "save_strategy: steps, save_steps: 1, learning_rate: 1.0e-4, warmup_ratio: 0.0}\n")
+    training = {"global_batch_size": 4, "micro_batch_size": 1, "block_size": 32, "epochs": 1,
+                "save_strategy": "steps", "save_steps": 1, "learning_rate": 1.0e-4, "warmup_ratio": 0.0}
+    model = str(Path(env["RSDLIB_RESULTS"]) / "tiny-models" / "student")
+
+    def by_hand(folder, ranks):
+        cmd = command("rsdlib.train", ["--params", params, "--data", data, f"model={model}", f"output_dir={folder}"],
+                      ranks)
+        proc = sp.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        return proc
+
+    def as_notebook(folder):  # what notebook 30 builds: the same keys, the folder as an absolute path
+        return load_yaml_config(TrainConfig, {**training, "model": model, "output_dir": str(tmp_path / folder)})
+
+    by_hand("models/a", 2)  # relative to the working directory, as in the README
+    run_dir = tmp_path / "models" / "a"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    shutil.rmtree(run_dir / "final")  # as if killed after its last checkpoint
+    (run_dir / "train_summary.json").unlink()
+    final = train_launched(as_notebook("models/a"), data, workers=1)  # the notebook resumes the hand-run's checkpoints
+    assert (final / "config.json").is_file()
+    assert json.loads((run_dir / "train_summary.json").read_text())["global_step"] == 2
+
+    train_launched(as_notebook("models/b"), data, workers=2)  # the notebook's DDP ranks
+    summary = tmp_path / "models" / "b" / "train_summary.json"
+    before = summary.stat().st_mtime_ns
+    by_hand("models/b", 1)
+    assert summary.stat().st_mtime_ns == before, "the hand-run command retrained a finished run of the notebook"
+
+
+def test_the_readmes_training_commands_are_notebook_30s_runs(monkeypatch):
+    """The README's accelerate and torchrun commands build notebook 30's config for main-rsd-p1 of the paper
+    profile, in its folder: either resumes the other."""
+    import re
+    import shlex
+
+    from rsdlib.config import config_hash
+    from rsdlib.reproduce import resolved_params
+    from rsdlib.train import SAME_RUN_FREE_FIELDS, command_config, stage_run_config
+
+    monkeypatch.delenv("RSDLIB_RESULTS", raising=False)
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    pattern = re.compile(r"\s*(accelerate launch|torchrun).*-m rsdlib\.train")
+    commands = [line for line in text.splitlines() if pattern.match(line)]
+    assert {c.split()[0] for c in commands} == {"accelerate", "torchrun"}, commands
+    params = resolved_params("paper", "30_train")
+    student = resolved_params("paper", "10_generate_traces")["student"]
+    notebook = stage_run_config(params, "main", "rsd-p1", student)
+    for line in commands:
+        words = shlex.split(line.replace("$PWD", str(ROOT)))
+        cfg, data = command_config(words[words.index("rsdlib.train") + 1:])
+        assert config_hash(cfg, SAME_RUN_FREE_FIELDS) == config_hash(notebook, SAME_RUN_FREE_FIELDS), line
+        assert Path(cfg.output_dir).resolve() == Path(notebook.output_dir), line
+        assert Path(data).resolve() == ROOT / "results" / "paper" / "traces" / "main" / "rsd-p1" / "dataset.jsonl"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
-from _tiny import tiny_model, tiny_tokenizer
+from _tiny import tiny_pair
 
-from rsdlib.bridge import VocabBridge
 from rsdlib.data import Problem
 from rsdlib.decoding import DecodingConfig, Trace
 from rsdlib.prompts import FIGURE7_SYSTEM, PROMPT_STYLES, PromptStyle, prompt_text
@@ -93,11 +91,7 @@ def test_s1_native_end_of_thinking_is_mapped_to_the_students_delimiter():
 
 
 def _tiny_pair():
-    tok = tiny_tokenizer()
-    teacher, student = tiny_model(tok, seed=1), tiny_model(tok, seed=2)
-    V = teacher.config.vocab_size
-    return SimpleNamespace(teacher=teacher, student=student, student_tokenizer=tok, teacher_tokenizer=tok,
-                           bridge=VocabBridge.from_tokenizers(tok, tok, V, V))
+    return tiny_pair()
 
 
 def _fake_teacher_run(folder, solved: list[str]):

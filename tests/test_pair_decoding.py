@@ -35,8 +35,9 @@ def test_rsd_on_the_embedded_pair_obeys_the_rule(setup, draft_tokens):
         assert max(t.token_ids) < real_vocab
         text = tok.decode(t.token_ids, skip_special_tokens=True)
         assert text.strip(), "empty output"
-        if draft_tokens == 0:  # lockstep: an accepted teacher token passed the student's threshold
-            for p_s, fb in zip(t.student_prob, t.fallback):
+        if draft_tokens == 0:  # lockstep: an accepted teacher token passed the student's threshold, on the
+            tested = t.student_prob_raw if cfg.threshold_on == "raw" else t.student_prob  # probability tested
+            for p_s, fb in zip(tested, t.fallback):
                 assert fb or p_s >= THRESHOLD
         assert all(0 <= p <= 1 for p in t.teacher_prob + t.student_prob + t.student_prob_raw)
 

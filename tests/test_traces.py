@@ -166,11 +166,14 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     resumed = run_job(interrupted, batch=3)
     lines = [json.loads(x) for x in samples.read_text().splitlines()]
     keys = [(r["problem_id"], r["sample_index"]) for r in lines]
-    assert len(keys) == len(set(keys)) == 12, "lost or duplicated samples"
+    assert len(keys) == len(set(keys)) == 13, "lost or duplicated samples"  # 4 x 3 + nogold's prefix-only one
     assert (interrupted / "dataset.jsonl").read_text() == (tmp_path / "whole" / "dataset.jsonl").read_text()
-    for key in ("n_solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold"):
+    for key in ("n_solved", "prefix_examples", "samples", "avg_sample_tokens", "problems_without_gold",
+                "ungradable_problems"):
         assert resumed[key] == whole[key]
-    assert whole["n_problems"] == 4 and whole["problems_without_gold"] == 1
+    # every problem counts (issue 30): the gold-less one is unsolved, with a prefix-only generation
+    assert whole["n_problems"] == 5 and whole["problems_without_gold"] == 1 == whole["ungradable_problems"]
+    assert whole["training_examples"] == 5
     assert whole["decoder_batch"]["batch_size"] == 4 and resumed["decoder_batch"]["requested_batch_size"] == 3
 
     def by_key(path):
