@@ -111,6 +111,8 @@ __all__ = [
     "summarize_rows",
     "regrade",
     "regrade_rows",
+    "check_grading",
+    "MixedGradingError",
     "load_eval_model",
     "library_versions",
     "PAPER_SAMPLES",
@@ -572,6 +574,59 @@ def _stored_config(folder: Path) -> EvalConfig:
     return EvalConfig(**{k: v for k, v in stored.items() if k in known})
 
 
+GRADING_FILE = "grading.json"  # in each model folder and in the folder of them: how its grades were made
+
+
+class MixedGradingError(RuntimeError):
+    """Evaluation folders graded in different ways (or a regrade cut midway): their numbers must not be mixed."""
+
+
+def write_grading(folder: Path, state: str, reading: dict, **extra) -> None:
+    """``folder/grading.json``: ``state`` ("regrading" while a regrade rewrites the folder, "graded" once every
+    file derived from the grades agrees) and the reading (answer_format, answer_from, grading_version)."""
+    write_json_atomic(folder / GRADING_FILE, {"state": state, **reading, "grading_version": GRADING_VERSION,
+                                              **extra}, end="\n")
+
+
+def check_grading(eval_dir: Path, models: Sequence[str] | None = None) -> dict:
+    """Refuse an evaluation folder whose grades cannot be read together; returns {"answer_format", "grading_version"}.
+
+    ``eval_dir``: ``results/<profile>/eval`` (a folder of model folders); ``models``: the model folders read
+    (default: all). A regrade cut midway (a
+    ``grading.json`` still saying "regrading", there or in a model folder) and model folders whose
+    benchmarks were graded with different answer formats or grading versions raise ``MixedGradingError``
+    naming them and the command that makes them agree. (``answer_from`` may differ per model by design:
+    notebook 40's ``answer_from`` parameter.)
+    """
+    eval_dir = Path(eval_dir)
+    folders = sorted(p for p in eval_dir.iterdir() if p.is_dir()) if eval_dir.is_dir() else []
+    if models is not None:
+        folders = [p for p in folders if p.name in set(models)]
+    cut = [p for p in [eval_dir, *folders] if (p / GRADING_FILE).is_file()
+           and read_json(p / GRADING_FILE).get("state") == "regrading"]
+    if cut:
+        record = read_json(cut[0] / GRADING_FILE)
+        how = " ".join(f"--{k.replace('_', '-')} {record[k]}" for k in ("answer_format", "answer_from")
+                       if record.get(f"{k}_asked"))
+        raise MixedGradingError(
+            f"{cut[0]}: an interrupted `rsdlib regrade` left these grades half rewritten ({GRADING_FILE} says "
+            f"'regrading'); finish it with `rsdlib regrade {cut[0]}{' ' + how if how else ''}` (or rerun "
+            "notebook 40 with force: true) before reading them")
+    modes: dict[tuple, list[str]] = {}
+    for summary in sorted(q for p in folders for q in p.glob("*/summary.json")):
+        data = read_json(summary)
+        key = (data.get("answer_format", "boxed (before grading version 2)"), data.get("grading_version", 1))
+        modes.setdefault(key, []).append(f"{summary.parent.parent.name}/{summary.parent.name}")
+    if len(modes) > 1:
+        listed = "; ".join(f"{', '.join(where[:4])}{' ...' if len(where) > 4 else ''}: answer_format {fmt}, "
+                           f"grading version {ver}" for (fmt, ver), where in modes.items())
+        raise MixedGradingError(
+            f"{eval_dir}: evaluations graded in different ways ({listed}); regrade them all the same way, "
+            f"e.g. `rsdlib regrade {eval_dir} --answer-format <boxed|standard>`")
+    fmt, ver = next(iter(modes), (None, None))
+    return {"answer_format": fmt, "grading_version": ver}
+
+
 def regrade(folder, *, answer_format: str | None = None, answer_from: str | None = None,
             timeout: float | None = None, tokenizer=None) -> dict:
     """Re-grade a stored evaluation folder (or a folder of them) with the current extraction; no model needed.
@@ -579,17 +634,27 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
     ``folder``: an ``evaluate`` output folder (config.json + <benchmark>/samples.jsonl), or a folder
     whose subfolders are (``results/<profile>/eval``). ``answer_format`` / ``answer_from`` default to
     the stored config's; ``answer_from="auto"`` needs the model's ``tokenizer`` only when the prompt
-    opens no thinking section. Every row with a stored response is re-graded; samples.jsonl and
-    summary.json are rewritten (atomically). Returns, per model folder and benchmark: the score
-    before and after, ``moved`` (counts of "old -> new" status changes) and ``answers_found``.
+    opens no thinking section. Every row with a stored response is re-graded, and every file derived from
+    the grades is rewritten: each benchmark's samples.jsonl and summary.json, and, for a folder of model
+    folders, the rows of its ``summary.json`` (notebook 40's, which Figures 1 and 4 read). Each folder's
+    ``grading.json`` says "regrading" until all of that is written, then "graded" with the reading used:
+    a regrade cut by a kill is refused by the readers (``check_grading``) and finished by running it again.
+    Returns, per model folder and benchmark: the score before and after, ``moved`` (counts of
+    "old -> new" status changes) and ``answers_found``.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         subs = sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
         if not subs:
             raise FileNotFoundError(f"{folder}: neither an evaluation folder (config.json) nor a folder of them")
-        return {p.name: regrade(p, answer_format=answer_format, answer_from=answer_from, timeout=timeout,
-                                tokenizer=tokenizer) for p in subs}
+        asked = {"answer_format": answer_format, "answer_from": answer_from}
+        reading = {k: v for k, v in asked.items() if v is not None}
+        write_grading(folder, "regrading", reading, **{f"{k}_asked": v is not None for k, v in asked.items()})
+        report = {p.name: regrade(p, answer_format=answer_format, answer_from=answer_from, timeout=timeout,
+                                  tokenizer=tokenizer) for p in subs}
+        _rewrite_stage_summary(folder)
+        write_grading(folder, "graded", reading)
+        return report
     cfg = _stored_config(folder)
     if answer_format is not None:
         cfg.answer_format = answer_format
@@ -597,6 +662,8 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
         cfg.answer_from = answer_from
     cfg.__post_init__()
     reading = _reading(cfg, tokenizer)
+    asked = {"answer_format_asked": answer_format is not None, "answer_from_asked": answer_from is not None}
+    write_grading(folder, "regrading", reading, **asked)
     report = {}
     for bench_dir in sorted(p for p in folder.iterdir() if (p / "samples.jsonl").is_file()):
         with run_lock(bench_dir):
@@ -625,7 +692,22 @@ def regrade(folder, *, answer_format: str | None = None, answer_from: str | None
                     write_json_atomic(summary_path, summary, end="\n")
                     entry["score_after"] = summary["score"]
             report[bench_dir.name] = entry
+    write_grading(folder, "graded", reading)
     return report
+
+
+def _rewrite_stage_summary(eval_dir: Path) -> None:
+    """Notebook 40's ``eval/summary.json`` again from its models' benchmark summaries (after a regrade)."""
+    path = eval_dir / "summary.json"
+    if not path.is_file():
+        return
+    doc = read_json(path)
+    for name, row in doc.get("models", {}).items():
+        benches = {b: eval_dir / name / b / "summary.json" for b in doc.get("benchmarks", [])}
+        if all(p.is_file() for p in benches.values()):
+            doc["models"][name] = score_row({b: read_json(p) for b, p in benches.items()},
+                                            doc["benchmarks"])
+    write_json_atomic(path, doc)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -713,10 +795,15 @@ def _model_label(model_or_path) -> str:
 # The job
 # ----------------------------------------------------------------------------------------------
 def _claim_folder(out_dir: Path, cfg: EvalConfig, model: str) -> None:
-    mine = {"hash": cfg.hash(), "model": model, "backend": cfg.backend, "config": config_to_dict(cfg)}
+    from rsdlib.models import model_identity
+
+    mine = {"hash": cfg.hash(), "model": model, "model_id": model_identity(model), "backend": cfg.backend,
+            "config": config_to_dict(cfg)}
 
     def conflict(theirs: dict) -> str | None:
-        if theirs.get("hash") == mine["hash"] and theirs.get("model") == model:
+        same_model = (theirs["model_id"] == mine["model_id"] if "model_id" in theirs  # by content, not folder
+                      else theirs.get("model") == model)
+        if theirs.get("hash") == mine["hash"] and same_model:
             return None
         what = ("config" if theirs.get("hash") != mine["hash"]
                 else f"model ({theirs.get('model')!r} there, {model!r} now)")
@@ -794,6 +881,8 @@ def evaluate(model_or_path, cfg: EvalConfig, out_dir, *, tokenizer=None, progres
                                                       progress, shards)
     finally:
         getattr(generate, "close", lambda: None)()  # the vLLM engine's process
+    if world.is_main:  # every benchmark summarised with this reading (rows graded otherwise were re-graded)
+        write_grading(out_dir, "graded", _reading(cfg, tokenizer))
     return summaries
 
 
@@ -920,7 +1009,13 @@ TABLE_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gpqa_diamond": "GPQA Dia
 
 
 def _manifest_models(path: Path) -> dict:
-    return read_json(path).get("models", {}) if path.is_file() else {}
+    """{name: entry} of notebook 30's / 35's manifest, each ``final`` folder resolved (stored relative to the
+    results folder, so a moved or copied results folder evaluates its own models)."""
+    from rsdlib.paths import resolve_stored
+
+    models = read_json(path).get("models", {}) if path.is_file() else {}
+    return {name: {**entry, "final": resolve_stored(entry.get("final"), path.parent.parent)}
+            for name, entry in models.items()}
 
 
 def resolve_model(profile: str, name: str, extra_models: dict, *, strict: bool = True) -> str:
@@ -1000,12 +1095,11 @@ def check_eval_params(params: dict) -> tuple[dict, EvalConfig, dict[str, str]]:
 
 
 def model_stamp(where: str) -> dict:
-    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated."""
-    folder = Path(where)
-    if not folder.is_dir():
-        return {"spec": where}  # a hub id or embedded: spec
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
-    return {"spec": where, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    """What identifies the weights behind ``where``: a retrained model in the same folder must be re-evaluated,
+    a moved or copied one must not (``rsdlib.models.model_identity``: a folder by its content sha256)."""
+    from rsdlib.models import model_identity
+
+    return {"model": model_identity(where)}
 
 
 def score_row(summaries: dict, benchmarks: Sequence[str]) -> dict:

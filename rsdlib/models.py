@@ -279,6 +279,24 @@ def model_location(spec: str | Path) -> str | Path:
     return spec
 
 
+MODEL_STAMP_SKIP = ("train_config.json",)  # a trained model's config names its folders: not part of its content
+
+
+def model_identity(spec: str | Path) -> str:
+    """What a model IS, for config hashes and staleness checks: a folder (a trained student, a tiny or stand-in
+    model) by the sha256 of its content (``rsdlib.store.folder_sha256``), anything else (hub id, ``embedded:``,
+    a .gguf file name) by its spec. Never where a folder lies: a moved or copied results folder keeps every
+    identity, and a model retrained in the same folder gets a new one."""
+    from rsdlib.store import folder_sha256
+
+    if not str(spec):
+        return ""
+    where = Path(str(model_location(spec))).expanduser()
+    if where.is_dir():
+        return f"sha256:{folder_sha256(where, skip=MODEL_STAMP_SKIP)}"
+    return str(spec)
+
+
 def display_name(spec: str | Path) -> str:
     """Short model name for labels: the embedded model's name, the last part of a path or hub id."""
     from rsdlib.standins import STANDIN_PREFIX, TINY_PREFIX

@@ -49,7 +49,7 @@ def run_multistep(params: dict) -> list[dict]:
     """Every cycle (traces, then training), then ``multistep/manifest.json``; returns one row per cycle."""
     from rsdlib.data import load_benchmark
     from rsdlib.distributed import workers_for
-    from rsdlib.models import model_location
+    from rsdlib.models import model_identity, model_location
     from rsdlib.standins import carry_steering
     from rsdlib.traces import TraceJobConfig, check_trainable, trace_run_stats
     from rsdlib.train import TrainConfig, train_launched
@@ -82,9 +82,16 @@ def run_multistep(params: dict) -> list[dict]:
             trace_dir = first_dir  # the base student's traces: notebook 10 already made them
         else:
             trace_dir = cycle_dir / "traces"
-            job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=current)
+            # the student by its content, never by its folder: a retrained cycle-(c-1) model is another student
+            job = dataclasses.replace(base_job, method=f"{method}-cycle{cycle}", student=model_identity(current))
+            stale = _made_by_another_job(trace_dir, job)
+            if stale:  # these traces (and the model trained on them) come from another student or config
+                print(f"cycle {cycle}: {stale}: regenerating its traces and retraining its model")
+                shutil.rmtree(paths.check_inside(cycle_dir / "model", results, "multi-step model folder"),
+                              ignore_errors=True)
             start = time.perf_counter()
-            run_cycle_traces(teacher, current, params["dtype"], problems, job, trace_dir, restrict_dir, force, workers,
+            run_cycle_traces(teacher, current, params["dtype"], problems, job, trace_dir, restrict_dir,
+                             force or bool(stale), workers,
                              benchmark=manifest["benchmark"], source=manifest.get("source", "shipped"))
             print(f"cycle {cycle}: traces in {time.perf_counter() - start:.0f} s")
         stats = trace_run_stats(trace_dir)
@@ -103,19 +110,33 @@ def run_multistep(params: dict) -> list[dict]:
         summary = read_json((model_dir / "train_summary.json"))
         print(f"cycle {cycle}: {n_examples} examples, loss {summary.get('train_loss')}, "
               f"{time.perf_counter() - start:.0f} s -> {final}")
-        rows.append({"cycle": cycle, "student": current, **stats, "examples": n_examples,
-                     "train_loss": summary.get("train_loss"), "model": str(final),
+        rows.append({"cycle": cycle, "student": paths.portable(current, results), **stats, "examples": n_examples,
+                     "train_loss": summary.get("train_loss"), "model": paths.portable(final, results),
                      "world_size": summary.get("world_size")})
         current = str(final)
     final_name = f"{method}-{cycles}step"
     write_json_atomic(root / "manifest.json", {
         "profile": profile, "method": method, "cycles": cycles, "training": training, "world_size": workers,
-        "models": {final_name: {"final": current, "method": method, "cycles": cycles},
+        "models": {final_name: {"final": paths.portable(current, results), "method": method, "cycles": cycles},
                    **{f"{method}-cycle{r['cycle']}": {"final": r["model"], "method": method, "cycles": r["cycle"]}
                       for r in rows}},
         "rows": rows})
     print(f"{final_name}: {current}")
     return rows
+
+
+def _made_by_another_job(trace_dir, job) -> str:
+    """Why a cycle's trace folder is stale ("" when it is this job's, or empty): its stored config hash differs,
+    e.g. because the previous cycle's model was retrained (the job's ``student`` is that model's content)."""
+    path = trace_dir / "config.json"
+    if not path.is_file():
+        return ""
+    stored = read_json(path)
+    if stored.get("hash") == job.hash():
+        return ""
+    if stored.get("config", {}).get("student") != job.student:
+        return "its student (the previous cycle's model) changed"
+    return "its trace config changed"
 
 
 def run_cycle_traces(teacher: str, student: str, dtype: str, problems: list, job, out, restrict_dir, force: bool,

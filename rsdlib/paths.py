@@ -148,3 +148,19 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
     ).lower() in ("1", "true", "yes")
+
+
+def portable(path: str | Path, results: Path) -> str:
+    """``path`` as a manifest stores it: relative to the profile's results folder ``results`` when inside it
+    (a moved or copied results folder stays valid), else as it is; ``resolve_stored`` reads it back."""
+    try:
+        return Path(path).resolve().relative_to(Path(results).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_stored(path: str | None, results: Path) -> str | None:
+    """A path a manifest stored with ``portable``: relative ones are under ``results``."""
+    if path is None or Path(path).is_absolute():
+        return path
+    return str(Path(results) / path)

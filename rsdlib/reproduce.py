@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rsdlib import paths
-from rsdlib.store import read_json
+from rsdlib.store import file_sha256, read_json
 
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
@@ -453,14 +453,6 @@ def run_notebook(spec: NotebookSpec, profile: str, params: dict, *, out_dir: Pat
 RUN_RECORD = "{name}.run.json"  # beside the executed copy: what it was made from and what it wrote
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _FileHashes:
     """Content hashes of files, computed once per (size, mtime) so that unchanged multi-GB model files
     are not read again on every run (a touched file with the same bytes keeps its hash)."""
@@ -478,7 +470,7 @@ class _FileHashes:
         old = self.known.get(rel)
         if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
             return old
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256_file(path)}
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
         self.known[rel] = entry
         return entry
 
@@ -520,6 +512,42 @@ def _library_hash() -> str:
     return h.hexdigest()
 
 
+def _data_folders(params: Any) -> list[str]:
+    """Local benchmark folders a notebook may read: ``RSDLIB_DATA_DIR`` and any ``data_dir`` / ``local_dir``
+    value among its parameters (``evaluation.data_dir`` of notebook 40)."""
+    found = [os.environ["RSDLIB_DATA_DIR"]] if os.environ.get("RSDLIB_DATA_DIR") else []
+    todo = [params]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            found += [v for k, v in item.items() if k in ("data_dir", "local_dir") and isinstance(v, str) and v]
+            todo += list(item.values())
+        elif isinstance(item, list):
+            todo += item
+    return found
+
+
+def _data_files(params: dict) -> dict[str, str]:
+    """{path: sha256} of every benchmark file (``rsdlib.data.BENCHMARKS`` names) in the local data folders a
+    notebook may read: editing a problem in one reruns the notebooks, not only renaming the folder."""
+    from rsdlib.data import BENCHMARKS
+
+    out = {}
+    for folder in _data_folders(params):
+        for spec in BENCHMARKS.values():
+            path = Path(folder).expanduser() / spec.local_file if spec.local_file else None
+            if path is not None and path.is_file():
+                st = path.stat()
+                seen = (str(path), st.st_size, st.st_mtime_ns)  # each file read once per (size, mtime)
+                if seen not in _DATA_SHAS:
+                    _DATA_SHAS[seen] = file_sha256(path)
+                out[str(path)] = _DATA_SHAS[seen]
+    return out
+
+
+_DATA_SHAS: dict[tuple, str] = {}
+
+
 def _run_key(spec: NotebookSpec, params: dict, library: str, inputs: dict[str, dict]) -> dict:
     """What a notebook's outputs depend on, as content hashes (``force`` is not part of it)."""
     kept = {k: v for k, v in params.items() if k != "force"}
@@ -528,6 +556,7 @@ def _run_key(spec: NotebookSpec, params: dict, library: str, inputs: dict[str, d
         "parameters": hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest(),
         "library": library,
         "data_dir": os.environ.get("RSDLIB_DATA_DIR", ""),
+        "data_files": _data_files(params),
         "inputs": {rel: e["sha256"] for rel, e in inputs.items()},
     }
 
@@ -545,6 +574,10 @@ def _why_rerun(record: dict | None, key: dict, output: Path, outputs: dict[str, 
         return "rsdlib's code changed"
     if old.get("data_dir") != key["data_dir"]:
         return "RSDLIB_DATA_DIR changed"
+    if old.get("data_files", {}) != key["data_files"]:
+        changed = sorted(set(old.get("data_files", {}).items()) ^ set(key["data_files"].items()))
+        names = sorted({Path(path).name for path, _ in changed})
+        return f"{len(names)} local benchmark file(s) changed ({', '.join(names)})"
     if old.get("inputs") != key["inputs"]:
         changed = sorted(set(old.get("inputs", {}).items()) ^ set(key["inputs"].items()))
         names = sorted({rel for rel, _ in changed})

@@ -22,13 +22,15 @@ from rsdlib.evaluate import (
     model_eval_config,
     model_stamp,
     score_row,
+    write_grading,
 )
 from rsdlib.models import load_pair, model_location
-from rsdlib.prompts import prompt_style
+from rsdlib.prompts import prompt_ids, prompt_style
 from rsdlib.store import RunConflictError, check_writable, read_json, write_json_atomic
 from rsdlib.traces import (
     TRACES_NOTEBOOK,
     check_trace_params,
+    context_warning,
     method_job_config,
     run_trace_job,
     trace_problems,
@@ -91,6 +93,12 @@ def run_trace_stage(params: dict) -> dict[str, dict[str, dict]]:
     else:
         pair = load_pair(params["teacher"], params["student"], dtype=params["dtype"], device=params["device"])
         print(f"pair {pair.name}: student-only ids {len(pair.bridge.student_only)}")
+        job = method_job_config(params, "teacher", *pairs["main"])  # the prompt and budget every method shares
+        warning = context_warning({p.id: len(prompt_ids(pair.student_tokenizer, p, job.prompt)) for p in problems},
+                                  getattr(pair.student.config, "max_position_embeddings", None),
+                                  job.decoding.max_new_tokens)
+        if warning:
+            print(f"WARNING: {warning}")
     restrict_dir = trace_root / "main" / "teacher" if params["restrict_to_teacher_solved"] else None
     if workers > 1:  # the teacher first: the others read which problems it solved
         summaries = {"main": launch_pair("main", ["teacher", *(m for m in methods if m != "teacher")])}
@@ -200,4 +208,5 @@ def run_eval_stage(params: dict) -> dict[str, dict]:
            "paper_metrics": reference.METRICS, "world_size": workers}
     (results / "eval").mkdir(parents=True, exist_ok=True)
     write_json_atomic(results / "eval" / "summary.json", doc)
+    write_grading(results / "eval", "graded", {"answer_format": cfg.answer_format})  # every model graded alike
     return scores

@@ -8,13 +8,15 @@ renamed over the old one (``write_json_atomic``, ``write_jsonl_atomic``): every 
 through them, so a full disk or a kill leaves the old file or the new one, never a cut one. ``read_json``
 names the file in any parse error, and ``explain_os_error`` turns a full disk or a read-only folder into
 one line naming the place and what was being written (issue 32). ``claim_folder`` ties a run
-folder to one configuration, and ``run_lock`` refuses a second writer. Used by rsdlib.traces,
+folder to one configuration, and ``run_lock`` refuses a second writer. ``folder_sha256`` names a
+folder (a trained model) by its content, never by where it lies. Used by rsdlib.traces,
 rsdlib.evaluate, rsdlib.distributed and rsdlib.train; this module imports nothing of rsdlib.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -203,3 +205,31 @@ def claim_folder(out_dir: Path, mine: dict, conflict: Callable[[dict], str | Non
     problem = conflict(read_json(path))
     if problem:
         raise RunConflictError(problem)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_FOLDER_SHAS: dict[tuple, str] = {}  # (folder, skip, (name, size, mtime_ns) of every file) -> sha: once per process
+
+
+def folder_sha256(folder: Path, *, skip: Sequence[str] = ()) -> str:
+    """Hex sha256 of a folder's content: every file's relative name and bytes, hidden files (locks) and the
+    names in ``skip`` left out. Equal for a copy or a move of the folder, different when any byte changes."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stats = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(folder.resolve()), tuple(skip), stats)
+    if key not in _FOLDER_SHAS:
+        h = hashlib.sha256()
+        for p, (name, _, _) in zip(files, stats):
+            h.update(f"{name}\0{file_sha256(p)}\n".encode())
+        _FOLDER_SHAS[key] = h.hexdigest()
+    return _FOLDER_SHAS[key]

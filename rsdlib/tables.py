@@ -50,8 +50,10 @@ def load_correctness(profile: str, model: str, benchmarks: Sequence[str] = refer
     first samples the paper's metric uses (``reference.SAMPLES``: MATH500's pass@1 is sample 0), as the
     evaluation summary's score does; False keeps every sample (avg@n).
     """
+    from rsdlib.evaluate import check_grading
     from rsdlib.store import read_jsonl_resumable, unique_samples
 
+    check_grading(paths.results_dir(profile) / "eval", [model])  # no half-regraded folder
     out = {}
     for bench in benchmarks:
         folder = paths.results_dir(profile) / "eval" / model
@@ -361,8 +363,13 @@ def add_trace_intervals(rows: list[dict], uncertainty: Mapping[str, Mapping[str,
 # Shared by the accuracy tables (Tables 1, 3, 4, 5)
 # ----------------------------------------------------------------------------------------------
 def load_evaluation(profile: str) -> dict:
-    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run."""
-    return read_json(paths.input_file(profile, "eval", "summary.json"))
+    """``results/<profile>/eval/summary.json`` (notebook 40), or a MissingInputError saying what to run; a
+    MixedGradingError when its models were graded in different ways or a regrade was cut midway."""
+    from rsdlib.evaluate import check_grading
+
+    doc = read_json(paths.input_file(profile, "eval", "summary.json"))
+    check_grading(paths.results_dir(profile) / "eval", list(doc.get("models", {})))
+    return doc
 
 
 def check_row_keys(rows: dict, paper_rows: Sequence[dict], table: str) -> None:

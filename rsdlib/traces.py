@@ -52,7 +52,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -737,3 +737,30 @@ if __name__ == "__main__":
     from rsdlib.launch import trace_main
 
     raise SystemExit(trace_main())
+
+
+def context_warning(prompt_lengths: Mapping[str, int], context: int | None, max_new_tokens: int) -> str | None:
+    """Notebook 10's selection-time line about problems longer than the student's context (None: all fit).
+
+    ``prompt_lengths``: {problem id: prompt tokens under the student's template}; ``context``: the student's
+    ``max_position_embeddings``. Such problems are still attempted, so the line says what happens to them.
+    """
+    if not context or not prompt_lengths:
+        return None
+    longer = sorted(n for n in prompt_lengths.values() if n >= context)
+    tight = sum(context - max_new_tokens <= n < context for n in prompt_lengths.values())
+    if not longer and not tight:
+        return None
+    parts = []
+    if longer:
+        parts.append(
+            f"{len(longer)} of {len(prompt_lengths)} problems have a prompt longer than the student's context of "
+            f"{context} tokens (longest {longer[-1]}): they are still attempted, but both models then read "
+            "positions past their context (unreliable tokens), and training refuses their examples whenever the "
+            "prompt alone fills block_size (truncate: true cuts completions only). Leave them out of the data, "
+            "or use a student with a longer context")
+    if tight:
+        parts.append(
+            f"{tight} problem(s) fit but leave fewer than max_new_tokens={max_new_tokens} tokens of context: "
+            "their traces past the context are unreliable")
+    return "; ".join(parts) + "."

@@ -273,11 +273,19 @@ def build_features(example: Mapping, pad_id: int, eot_id: int, block_size: int, 
     }
 
 
-def format_overlong(overlong: Sequence[OverlongExample], block_size: int, limit: int = 50) -> str:
-    """The refusal message: every over-long example's id and length (the first ``limit``)."""
+def format_overlong(overlong: Sequence[OverlongExample], block_size: int, limit: int = 50,
+                    truncate: bool = False) -> str:
+    """The refusal message: every over-long example's id and length (the first ``limit``). With ``truncate``
+    on, only examples whose prompt alone fills the block are refused: cutting the completion cannot help."""
     ordered = sorted(overlong, key=lambda e: -e.length)
     listed = ", ".join(f"{e.example_id} ({e.length} tokens)" for e in ordered[:limit])
     more = f", ... and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    if truncate:
+        return (
+            f"{len(ordered)} example(s) whose prompt alone fills block_size={block_size} tokens, so nothing of the "
+            f"completion is left to learn (truncate: true cuts completions only): {listed}{more}. Raise block_size, "
+            "or remove those problems (they are longer than the context notebook 10 warned about)."
+        )
     return (
         f"{len(ordered)} example(s) longer than block_size={block_size} tokens (prompt + completion): "
         f"{listed}{more}. Raise block_size, remove them from the dataset, or set truncate: true to cut "
@@ -341,7 +349,7 @@ def build_dataset(examples: Iterable[Mapping], pad_id: int, eot_id: int, block_s
             continue
         kinds[ex["kind"]] += 1
     if overlong:
-        raise ValueError(format_overlong(overlong, block_size))
+        raise ValueError(format_overlong(overlong, block_size, truncate=truncate))
     if not features:
         raise ValueError("no training examples")
     digest = hashlib.sha256()
@@ -695,6 +703,32 @@ def _atomic_trainer(**kwargs):
     return AtomicCheckpointTrainer(**kwargs)
 
 
+def run_identity(config: TrainConfig) -> dict:
+    """What a training run's weights depend on: its config without ``output_dir`` (where the run lies) and the
+    resume-only fields, its ``model`` named by content (``rsdlib.models.model_identity``: a retrained student
+    folder is another model, a moved or copied one the same). Stored as ``run_key`` (its hash) beside a run."""
+    from rsdlib.models import model_identity
+
+    data = config_to_dict(config)
+    for key in SAME_RUN_FREE_FIELDS:
+        data.pop(key, None)
+    data["model"] = model_identity(config.model)
+    return data
+
+
+def _stored_run_key(path: Path) -> str | None:
+    return read_json(path).get("run_key") if path.is_file() else None
+
+
+def _run_differences(stored_cfg: Path, config: TrainConfig) -> list[str]:
+    """Config keys that differ from the stored run's (``model`` when only its content changed)."""
+    stored = read_json(stored_cfg) if stored_cfg.is_file() else {}
+    mine = config_to_dict(config)
+    diff = sorted(k for k in set(stored) | set(mine)
+                  if k not in SAME_RUN_FREE_FIELDS and stored.get(k) != mine.get(k))
+    return diff or ["model (its weights changed)"]
+
+
 def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> str | None:
     """Newest complete checkpoint to resume from, after checking the stored config and dataset match."""
     if not config.resume:
@@ -710,16 +744,18 @@ def _check_resumable(output_dir: Path, config: TrainConfig, info: Mapping) -> st
     if last is None:
         return None
     stored_cfg, stored_info = output_dir / "train_config.json", output_dir / "dataset_info.json"
-    if stored_cfg.is_file():
-        stored = read_json(stored_cfg)
-        if config_hash(stored, SAME_RUN_FREE_FIELDS) != config_hash(config, SAME_RUN_FREE_FIELDS):
-            mine = config_to_dict(config)
-            diff = sorted(k for k in set(stored) | set(mine)
-                          if k not in SAME_RUN_FREE_FIELDS and stored.get(k) != mine.get(k))
-            raise ValueError(
-                f"{output_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff)}); "
-                "use another output_dir, or resume: false to start over there"
-            )
+    stored_key = _stored_run_key(stored_info)
+    if stored_key is not None:  # the run's identity: config and model content, not where the folder lies
+        same = stored_key == info["run_key"]
+    else:  # a run made before run_key: its config, paths included
+        same = not stored_cfg.is_file() or config_hash(read_json(stored_cfg), SAME_RUN_FREE_FIELDS) == \
+            config_hash(config, SAME_RUN_FREE_FIELDS)
+    if not same:
+        raise ValueError(
+            f"{output_dir} holds checkpoints of a run with another config (differs in: "
+            f"{', '.join(_run_differences(stored_cfg, config))}); use another output_dir, or resume: false to "
+            "start over there"
+        )
     if stored_info.is_file() and read_json(stored_info).get("fingerprint") != info["fingerprint"]:
         raise ValueError(
             f"{output_dir} holds checkpoints of a run on another dataset; use another output_dir, "
@@ -733,9 +769,12 @@ def _already_trained(output_dir: Path, config: TrainConfig, info: Mapping) -> bo
     stored_cfg, summary = output_dir / "final" / "train_config.json", output_dir / "train_summary.json"
     if not (stored_cfg.is_file() and summary.is_file()):
         return False
-    same_config = config_hash(read_json(stored_cfg), SAME_RUN_FREE_FIELDS) == config_hash(
-        config, SAME_RUN_FREE_FIELDS
-    )
+    stored_key = _stored_run_key(summary)
+    if stored_key is not None:  # config and model content (a copied or moved results folder is still trained)
+        same_config = stored_key == info["run_key"]
+    else:  # a run made before run_key
+        same_config = config_hash(read_json(stored_cfg), SAME_RUN_FREE_FIELDS) == config_hash(
+            config, SAME_RUN_FREE_FIELDS)
     return same_config and read_json(summary).get("fingerprint") == info["fingerprint"]
 
 
@@ -771,7 +810,7 @@ def _train(config: TrainConfig, output_dir: Path, dataset_path_or_examples, *, t
     used_ids = {int(t) for ex in examples for key in ("prompt_ids", "completion_ids") for t in ex.get(key, ())}
     pad_token, pad_id, _ = choose_pad_token(tokenizer, eot_id, config.pad_token, avoid_ids=used_ids)
     dataset, info = build_dataset(examples, pad_id, eot_id, config.block_size, config.truncate)
-    info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id)
+    info.update(pad_token=pad_token, pad_id=pad_id, eot_id=eot_id, run_key=config_hash(run_identity(config)))
     if config.resume and _already_trained(output_dir, config, info):
         log.info("%s already holds a model trained with this config and dataset; skipping", output_dir / "final")
         return output_dir / "final"
@@ -998,9 +1037,11 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         keys = {**training, **params["method_training"].get(method, {})}
         lengths = [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in examples]
         over = sum(n > keys["block_size"] for n in lengths)
+        whole_prompt = sum(len(e["prompt_ids"]) >= keys["block_size"] for e in examples)  # never cut: refused
+        fate = (f"{over - whole_prompt} cut, {whole_prompt} refused (prompt alone fills the block)" if whole_prompt
+                else "cut") if keys.get("truncate") else "refused by training"
         print(f"{name}: training set {n_full} full + {len(examples) - n_full} prefix = {len(examples)} examples; "
-              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} "
-              f"({'cut' if keys.get('truncate') else 'refused by training'})")
+              f"longest {max(lengths)} tokens, {over} over block_size {keys['block_size']} ({fate})")
         if params["force"] and out.exists():
             shutil.rmtree(out)
         cfg = stage_run_config(params, run, method, manifest["pairs"][run]["student"])
@@ -1020,7 +1061,8 @@ def run_train_stage(params: dict) -> dict[str, dict]:
         summary = read_json(summary_path) if summary_path.is_file() else {}
         kinds = {k: sum(e["kind"] == k for e in examples) for k in KINDS}
         trained[name] = {"run": run, "method": method, "student": manifest["pairs"][run]["student"],
-                         "final": str(final) if final.is_dir() else None, "examples": len(examples),
+                         "final": paths.portable(final, paths.results_dir(profile)) if final.is_dir() else None,
+                         "examples": len(examples),
                          "full": kinds["full"], "prefix": kinds["prefix"],
                          "train_loss": summary.get("train_loss"), "steps": summary.get("global_step"),
                          "world_size": summary.get("world_size"),

@@ -9,6 +9,7 @@
   the decoder's statistical tests.
 - ``save_tiny_pair(folder)``: a tiny model and its tokenizer saved so ``AutoModelForCausalLM.from_pretrained(folder)``
   and ``AutoTokenizer.from_pretrained(folder)`` load them.
+- ``StopAt(step)``: a Trainer callback that interrupts a training run after optimizer step ``step``.
 - ``tiny_pair()``: two of those models (teacher seed 1, student seed 2) with their identity bridge.
 - ``ALPHA``: the false-alarm rate of each statistical test on these models (seeds are fixed, so runs repeat).
 
@@ -42,6 +43,18 @@ def save_tiny_pair(folder: str | Path, seed: int = 0, with_fim_pad: bool = True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def StopAt(step: int):  # noqa: N802 (used as a class)
+    """A ``TrainerCallback`` that interrupts a run after optimizer step ``step`` (its checkpoint is written first)."""
+    from transformers import TrainerCallback
+
+    class _StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                control.should_training_stop = True
+
+    return _StopAt()
 
 
 def tiny_pair():

@@ -10,8 +10,8 @@ import json
 
 import pytest
 import torch
-from _tiny import save_tiny_pair, tiny_model, tiny_tokenizer
-from transformers import AutoModelForCausalLM, TrainerCallback
+from _tiny import StopAt, save_tiny_pair, tiny_model, tiny_tokenizer
+from transformers import AutoModelForCausalLM
 
 from rsdlib.config import save_config
 from rsdlib.train import (
@@ -187,17 +187,6 @@ def test_deterministic_under_seed(tok, tmp_path):
               tokenizer=tok, model=tiny_model(tok))
         runs.append(losses_and_lrs(json.loads((tmp_path / name / "train_log.json").read_text())))
     assert runs[0] == runs[1]
-
-
-class StopAt(TrainerCallback):
-    """Interrupts a run after optimizer step ``step`` (its checkpoint is written first)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
