@@ -2,8 +2,9 @@
 
 ``hand_loop`` keeps both models' KV caches, and at each step draws two uniforms (one for the teacher's
 proposal, one for the student's fallback draw, ``counter_uniforms(seed, step)``: rsdlib's convention, so
-the library's ``Decoder`` can be checked against it): the student keeps the teacher's token when P_s(y) >= p_th, otherwise it samples
-the token itself. ``plot_walkthrough`` draws P_s of each proposal and the step's chance of falling back.
+the library's ``Decoder`` can be checked against it): the student keeps the teacher's token when
+P_s(y) >= p_th, otherwise it samples the token itself. ``plot_walkthrough`` draws P_s of each proposal
+and the step's chance of falling back.
 """
 
 from __future__ import annotations
