@@ -33,8 +33,18 @@ inputs give the same interval), returns an ``Interval`` (estimate, 95% bounds) a
   jointly (``Interval.excludes_zero`` marks a difference the data can tell from 0);
 - where every problem has the same score (0/6 solved, or two models equal on every problem) the
   percentile bootstrap collapses to a zero-width interval, which would claim certainty that a
-  handful of problems cannot give; accuracies and their differences then get Wilson's score interval
-  for a mean of n values bounded in [lo, hi] (rescaled to [0, 1]), method "wilson (no variation)";
+  handful of problems cannot give (issue 33). An accuracy then gets Wilson's score interval with
+  the common score as the share (method "wilson (no variation; bootstrap)"); a paired difference of
+  0 on every problem gets the discordant-pair bound (McNemar's view: only problems on which the two
+  models disagree move the difference, and none did): -/+ the Wilson upper limit for 0 of n
+  ("wilson (no variation; discordant pairs)"); another common difference c gets Wilson's interval
+  of (c + 1) / 2 rescaled to [-1, 1];
+- the Averages (of accuracies, and of paired differences) keep every benchmark's uncertainty: a
+  replicate averages one bootstrap replicate of each benchmark that varies and, for each that does
+  not, one draw of its Wilson interval's confidence distribution (the bound at a standard normal
+  score, stratified), so a benchmark with one problem still counts its binomial uncertainty and one
+  more correct answer elsewhere cannot narrow the Average below that benchmark's share of it
+  (method "bootstrap + wilson (no variation: <benchmarks>)");
 - ``bootstrap_mean`` / ``bootstrap_ratio``: trace-level statistics resampled over TRACES (tokens
   within a trace are not independent): trace length and perplexity are means over traces, the
   sub-1% share and the fallback rate pooled ratios sum(numerators) / sum(denominators);
@@ -50,6 +60,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence
 
@@ -470,6 +481,24 @@ def _check_level(confidence: float, resamples: int = RESAMPLES) -> None:
         raise ValueError(f"resamples must be >= 10, got {resamples}")
 
 
+def _z(confidence: float) -> float:
+    """The normal quantile of (1 + confidence) / 2 (1.96 at 95%)."""
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def _wilson_bound(share: float, n: float, z: Any) -> np.ndarray:
+    """Wilson's score bound(s) for a mean ``share`` of ``n`` values in [0, 1] at signed normal quantile(s) ``z``:
+    (share + z^2 / 2n + z sqrt(share (1 - share) / n + z^2 / 4n^2)) / (1 + z^2 / n), clipped to [0, 1].
+
+    z < 0 gives a lower bound, z > 0 an upper one, increasing in z (share at z = 0); z = -/+ z_{(1+c)/2} give the
+    two-sided interval at confidence c. Drawn at z ~ N(0, 1) it is the interval's confidence distribution: its
+    central 95% range is the 95% Wilson interval.
+    """
+    z = np.asarray(z, dtype=float)
+    bound = (share + z * z / (2 * n) + z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return np.clip(bound, 0.0, 1.0)
+
+
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> Interval:
     """Wilson score interval of a proportion successes / n (solved counts and rates).
 
@@ -482,12 +511,9 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> I
         raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes}/{n}")
     if n == 0:
         return _nan_interval(0, "wilson", confidence)
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
     p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, "wilson", confidence)
+    low, high = _wilson_bound(p, n, [-_z(confidence), _z(confidence)])
+    return Interval(p, float(low), float(high), n, "wilson", confidence)
 
 
 def _draws(n_units: int, resamples: int, seed: int) -> np.ndarray:
@@ -569,26 +595,82 @@ def _problem_scores(correct: Any, k: int | None = None, what: str = "bootstrap")
     return np.asarray(out, dtype=float)
 
 
-def _no_variation(estimate: float, n: int, lo: float, hi: float, confidence: float, method: str) -> Interval:
-    """Wilson's interval for a mean of ``n`` values in [lo, hi] that all equal ``estimate`` (the bootstrap's
-    zero-width interval would say the data leave no doubt); ``n`` may be an effective sample size."""
-    share = (estimate - lo) / (hi - lo)  # in [0, 1]
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
-    denom = 1 + z * z / n
-    centre = (share + z * z / (2 * n)) / denom
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / denom
-    low, high = max(0.0, centre - half), min(1.0, centre + half)
-    return Interval(float(estimate), lo + (hi - lo) * low, lo + (hi - lo) * high, n, f"wilson (no variation; {method})",
-                    confidence)
+@lru_cache(maxsize=8)
+def _normal_grid(resamples: int) -> np.ndarray:
+    """(resamples // 2,) the positive standard normal quantiles at (i + 1/2) / resamples, ascending."""
+    nd = NormalDist()
+    return np.array([nd.inv_cdf((i + 0.5) / resamples) for i in range((resamples + 1) // 2, resamples)])
 
 
-def _bounded(values: np.ndarray, interval: Interval, lo: float, hi: float, n_eff: float | None = None) -> Interval:
-    """``interval`` unless every value (per-problem scores, or bootstrap replicates) is the same; then
-    ``_no_variation`` with n = the number of values, or ``n_eff``."""
-    if values.size and np.all(values == values[0]):
-        out = _no_variation(interval.estimate, n_eff or values.size, lo, hi, interval.confidence, interval.method)
-        return Interval(out.estimate, out.low, out.high, interval.n, out.method, out.confidence, interval.se)
-    return interval
+def _normal_scores(resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) standard normal scores for the draws of a no-variation term: the quantiles at
+    (i + 1/2) / resamples, i = 0 .. resamples - 1 (stratified, so the term has its exact percentiles up to the
+    grid), the first half in a seeded random order and sign, the second half its negation (antithetic: an
+    Average of terms that are odd in the score, such as zero differences, comes out symmetric about 0)."""
+    rng = np.random.default_rng(seed)
+    magnitudes = _normal_grid(resamples)  # (resamples // 2,)
+    first = magnitudes[rng.permutation(magnitudes.size)] * rng.choice([-1.0, 1.0], size=magnitudes.size)
+    return np.concatenate([first, -first, np.zeros(resamples % 2)])
+
+
+def _constant(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))
+
+
+def _no_variation(value: float, n: int, z: Any, paired: bool) -> np.ndarray:
+    """Bound(s) at signed normal quantile(s) ``z`` of a mean of ``n`` per-problem values that all equal ``value``
+    (the bootstrap's zero-width interval would claim a certainty that a handful of problems cannot give).
+
+    - accuracies (in [0, 1]): Wilson's bounds, share = the common score;
+    - paired differences (in [-1, 1]) of 0 on every problem, the two models agreeing on each: the discordant-pair
+      bound (McNemar's view of paired proportions: only problems on which the models disagree move the
+      difference, and |difference| <= the share of such problems), that share's Wilson bound for 0 of n at a
+      symmetric sign: -/+ the Wilson upper limit of 0/n (+-0.088 at n = 40, not the +-0.30 of a share of 0.5);
+    - paired differences of another common value c (one model ahead on every problem alike): Wilson's bounds of
+      the share (c + 1) / 2, rescaled to [-1, 1].
+    """
+    z = np.asarray(z, dtype=float)
+    if not paired:
+        return _wilson_bound(value, n, z)
+    if value == 0:
+        return np.sign(z) * _wilson_bound(0.0, n, np.abs(z))
+    return 2 * _wilson_bound((value + 1) / 2, n, z) - 1
+
+
+def _replicates(values: np.ndarray, resamples: int, seed: int, paired: bool) -> np.ndarray:
+    """(resamples,) replicates of the mean of one benchmark's (P,) per-problem values (scores or paired differences):
+    problems resampled with replacement where they vary; where they do not (always so for one problem) draws of
+    ``_no_variation`` at stratified normal scores, whose 95% range is that benchmark's no-variation interval."""
+    if _constant(values):
+        return _no_variation(float(values[0]), values.size, _normal_scores(resamples, seed), paired)
+    return values[_draws(values.size, resamples, seed)].mean(1)
+
+
+def _benchmark_interval(values: np.ndarray, resamples: int, seed: int, confidence: float, paired: bool) -> Interval:
+    """One benchmark's mean with its percentile bootstrap interval over problems, or, where every problem has the
+    same value, the closed-form ``_no_variation`` interval (method "wilson (no variation; ...)")."""
+    method = "paired bootstrap" if paired else "bootstrap"
+    if _constant(values):
+        low, high = _no_variation(float(values[0]), values.size, [-_z(confidence), _z(confidence)], paired)
+        kind = "discordant pairs" if paired and values[0] == 0 else method
+        return Interval(float(values[0]), float(low), float(high), values.size, f"wilson (no variation; {kind})",
+                        confidence, 0.0)
+    return _percentile(float(values.mean()), _replicates(values, resamples, seed, paired), values.size, confidence,
+                       method)
+
+
+def _average_interval(per_benchmark: Mapping[str, np.ndarray], resamples: int, seed: int, confidence: float,
+                      paired: bool) -> Interval:
+    """The unweighted average over benchmarks of their means: each replicate averages one replicate of every
+    benchmark (``_replicates``, benchmark b on its own stream seed + 7919 b), so a benchmark whose problems all
+    score alike still adds its binomial uncertainty; percentile interval. ``n`` = problems over all benchmarks."""
+    terms = [_replicates(v, resamples, seed + 7919 * b, paired) for b, v in enumerate(per_benchmark.values())]
+    flat = [name for name, v in per_benchmark.items() if _constant(v)]
+    method = ("paired bootstrap" if paired else "bootstrap") + (
+        f" + wilson (no variation: {', '.join(flat)})" if flat else "")
+    estimate = float(np.mean([v.mean() for v in per_benchmark.values()]))
+    return _percentile(estimate, np.mean(terms, axis=0), sum(v.size for v in per_benchmark.values()), confidence,
+                       method)
 
 
 def bootstrap_accuracy(correct: Any, k: int | None = None, *, resamples: int = RESAMPLES, seed: int = SEED,
@@ -596,18 +678,10 @@ def bootstrap_accuracy(correct: Any, k: int | None = None, *, resamples: int = R
     """avg@k (pass@1 with one sample) of one benchmark, as a fraction, with a bootstrap interval over
     problems: each replicate draws problems with replacement and keeps each drawn problem's samples
     together (the unit of independence is the problem; samples of one problem are correlated).
-    The estimate equals ``avg_at_k(correct, k)``."""
+    Where every problem scores the same: Wilson's interval (``_no_variation``). The estimate equals
+    ``avg_at_k(correct, k)``."""
     _check_level(confidence, resamples)
-    scores = _problem_scores(correct, k)  # (P,)
-    reps = scores[_draws(scores.size, resamples, seed)].mean(1)  # (resamples,)
-    return _bounded(scores, _percentile(float(scores.mean()), reps, scores.size, confidence, "bootstrap"), 0.0, 1.0)
-
-
-def _benchmark_replicates(per_benchmark: Mapping[str, np.ndarray], resamples: int, seed: int) -> np.ndarray:
-    """(resamples,) replicates of the across-benchmark average; benchmark b gets its own stream (seed, b)."""
-    means = [scores[_draws(scores.size, resamples, seed + 7919 * b)].mean(1)
-             for b, scores in enumerate(per_benchmark.values())]
-    return np.mean(means, axis=0)
+    return _benchmark_interval(_problem_scores(correct, k), resamples, seed, confidence, paired=False)
 
 
 def bootstrap_average_accuracy(correct_by_benchmark: Mapping[str, Any], k: Mapping[str, int] | None = None, *,
@@ -615,21 +689,15 @@ def bootstrap_average_accuracy(correct_by_benchmark: Mapping[str, Any], k: Mappi
                                confidence: float = CONFIDENCE) -> Interval:
     """The unweighted average over benchmarks of their avg@k (the paper's "Average" column), with a
     bootstrap interval: in each replicate every benchmark's problems are resampled (within that
-    benchmark) and the replicate's benchmark means are averaged. ``n`` = problems over all benchmarks."""
+    benchmark) and the replicate's benchmark means are averaged; a benchmark whose problems all score
+    the same contributes draws from its Wilson interval instead (``_average_interval``), so one more
+    correct answer elsewhere cannot make the Average surer than that benchmark alone.
+    ``n`` = problems over all benchmarks."""
     _check_level(confidence, resamples)
     if not correct_by_benchmark:
         raise ValueError("bootstrap_average_accuracy: no benchmarks")
     scores = {b: _problem_scores(c, (k or {}).get(b)) for b, c in correct_by_benchmark.items()}
-    estimate = float(np.mean([s.mean() for s in scores.values()]))
-    reps = _benchmark_replicates(scores, resamples, seed)
-    out = _percentile(estimate, reps, sum(s.size for s in scores.values()), confidence, "bootstrap")
-    return _bounded(reps, out, 0.0, 1.0, _effective_problems(scores))  # constant replicates: no variation
-
-
-def _effective_problems(per_benchmark: Mapping[str, np.ndarray]) -> float:
-    """n such that an average of B benchmark means (n_b problems each) has the variance of one mean of n:
-    B^2 / sum_b (1 / n_b)."""
-    return len(per_benchmark) ** 2 / sum(1 / s.size for s in per_benchmark.values())
+    return _average_interval(scores, resamples, seed, confidence, paired=False)
 
 
 def _aligned_differences(model: Mapping[str, Any], base: Mapping[str, Any], k: int | None, where: str) -> np.ndarray:
@@ -648,22 +716,18 @@ def paired_accuracy_difference(model: Mapping[str, Mapping[str, Any]], base: Map
     ``model`` / ``base``: {benchmark: {problem_id: per-sample correctness}}; both must hold the same
     benchmarks and problem ids (a paired comparison, refused otherwise). Per benchmark, the per-problem
     differences are resampled (one draw of problems serves both models, so what the problems share
-    cancels); the "Average" entry averages the benchmarks' differences within each replicate (only when
-    every benchmark of ``base`` is present). Returns {benchmark: Interval, ..., "Average": Interval}.
+    cancels); where the two models agree on every problem, the discordant-pair bound (``_no_variation``).
+    The "Average" entry averages the benchmarks' replicates (``_average_interval``).
+    Returns {benchmark: Interval, ..., "Average": Interval}.
     """
     _check_level(confidence, resamples)
     if set(model) != set(base):
         raise ValueError(f"paired_accuracy_difference: benchmarks differ: {sorted(model)} vs {sorted(base)}")
     diffs = {b: _aligned_differences(model[b], base[b], k, f"paired difference on {b}") for b in base}
-    out = {}
-    for i, (b, d) in enumerate(diffs.items()):
-        reps = d[_draws(d.size, resamples, seed + 7919 * i)].mean(1)
-        out[b] = _bounded(d, _percentile(float(d.mean()), reps, d.size, confidence, "paired bootstrap"), -1.0, 1.0)
+    out = {b: _benchmark_interval(d, resamples, seed + 7919 * i, confidence, paired=True)
+           for i, (b, d) in enumerate(diffs.items())}
     if diffs:
-        reps = _benchmark_replicates(diffs, resamples, seed)
-        avg = _percentile(float(np.mean([d.mean() for d in diffs.values()])), reps,
-                          sum(d.size for d in diffs.values()), confidence, "paired bootstrap")
-        out["Average"] = _bounded(reps, avg, -1.0, 1.0, _effective_problems(diffs))
+        out["Average"] = _average_interval(diffs, resamples, seed, confidence, paired=True)
     return out
 
 

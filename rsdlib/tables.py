@@ -7,9 +7,12 @@ intervals with the estimators of ``rsdlib.metrics`` and lays them out for ``rsdl
   of notebook 40 (``results/<profile>/eval/<model>/<benchmark>/samples.jsonl``);
   ``accuracy_uncertainty`` gives, per table row, each benchmark's avg@k / pass@1 and the Average with
   a bootstrap interval over problems, and the paired difference to the base model on the same
-  problems; ``add_accuracy_intervals`` adds the Markdown cells ("ours [low, high]") and the CSV
-  columns (estimate, low, high, difference, its bounds, whether it excludes 0) to a comparison table,
-  and returns the paired-difference section and the minimum-detectable-effect note printed under it;
+  problems (a benchmark whose problems all score alike: Wilson's interval, and its Wilson term in the
+  Average; two models agreeing on every problem: the discordant-pair bound; issue 33);
+  ``add_accuracy_intervals`` adds the Markdown cells ("ours [low, high]") and the CSV columns
+  (estimate, low, high, difference, its bounds, whether it excludes 0) to a comparison table, and
+  returns the paired-difference section; ``accuracy_interval_notes`` states these methods and the
+  minimum detectable effect under every accuracy table;
 - trace tables (Tables 2 and 6; Figure 3): ``trace_uncertainty`` reads notebook 20's per-trace scores
   (``results/<profile>/analysis/scores.jsonl``, the kept traces) and gives per method the Wilson
   interval of the problems solved and bootstrap-over-traces intervals of the sub-1% share, fallback
@@ -151,8 +154,15 @@ def accuracy_interval_notes(problems: Mapping[str, int]) -> list[str]:
     """The notes every accuracy table prints about its intervals."""
     return [
         f"ours, {CI}: our estimate and its 95% bootstrap interval over problems (2,000 resamples, seeded; a "
-        "problem's samples are resampled with it); the Average resamples each benchmark's problems. The paper "
-        "reports no intervals.",
+        "problem's samples are resampled with it). Where every problem of a benchmark scores the same (0 of 6 "
+        "solved), Wilson's score interval instead, since resampling alone would give a zero-width interval. The "
+        "Average averages, per replicate, one bootstrap replicate of each benchmark and, for a benchmark whose "
+        "problems all score the same, one draw of its Wilson interval (its bound at a normal score), so that "
+        "benchmark's uncertainty stays in the Average. The paper reports no intervals.",
+        f"{DIFF}: the row's model minus the base student on the same problems, problems resampled jointly (the "
+        "Average as above). Where the two models agree on every problem of a benchmark: the discordant-pair bound "
+        "(McNemar's view: only problems they disagree on move the difference), ± the Wilson upper limit for 0 "
+        "discordant problems of n.",
         accuracy_mde_note(problems),
     ]
 

@@ -27,6 +27,30 @@ from rsdlib.metrics import (
     wilson_interval,
 )
 
+Z = stats.norm.ppf(0.975)
+
+
+def _wilson_zero_of(n: int) -> float:
+    """Wilson's upper limit for 0 successes of n, by hand: z^2 / (n + z^2)."""
+    return Z * Z / (n + Z * Z)
+
+
+def _wilson_draws(share: float, n: int):
+    """Draws of Wilson's interval's confidence distribution (its bound at a normal score), by hand from scipy's
+    normal: the reference for a benchmark whose n problems all score ``share``."""
+    def draw(rng, size):
+        z = stats.norm.rvs(size=size, random_state=rng)
+        half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+        return np.clip((share + z * z / (2 * n) + half) / (1 + z * z / n), 0, 1)
+    return draw
+
+
+def _reference_average(draws, size: int = 400_000, seed: int = 11) -> tuple[float, float]:
+    """2.5% and 97.5% quantiles of the mean of independent terms (each ``draw(rng, size)``), by plain Monte Carlo."""
+    rng = np.random.default_rng(seed)
+    mean = np.mean([draw(rng, size) for draw in draws], axis=0)
+    return tuple(np.quantile(mean, [0.025, 0.975]))
+
 
 def test_wilson_three_of_six_known_value():
     ci = wilson_interval(3, 6)
@@ -100,7 +124,8 @@ def test_paired_accuracy_difference_constructed_example():
     # the same results twice: estimate 0, and 8 problems cannot rule out a difference: not [0, 0]
     same = paired_accuracy_difference(model, model)["MATH500"]
     assert same.estimate == 0.0 and same.low < 0 < same.high and not same.excludes_zero
-    assert same.method.startswith("wilson (no variation")
+    assert same.method == "wilson (no variation; discordant pairs)"
+    assert (same.low, same.high) == pytest.approx((-_wilson_zero_of(8), _wilson_zero_of(8)), abs=1e-12)
 
 
 def test_no_variation_is_not_certainty():
@@ -108,9 +133,9 @@ def test_no_variation_is_not_certainty():
     ci = bootstrap_accuracy([[False]] * 6)
     assert ci.estimate == 0.0 and ci.low == 0.0
     assert ci.high == pytest.approx(wilson_interval(0, 6).high) and ci.method.startswith("wilson (no variation")
-    # the average of benchmarks with 1, 1, 2, 6 problems, none solved: Wilson at the effective n = 16 / 2.667 = 6
+    # the average of benchmarks with 1, 1, 2, 6 problems, none solved: each keeps its Wilson uncertainty
     avg = bootstrap_average_accuracy({"a": [[0]], "b": [[0]], "c": [[0]] * 2, "d": [[0]] * 6})
-    assert avg.high == pytest.approx(wilson_interval(0, 6).high)
+    assert avg.low == 0.0 and avg.high >= wilson_interval(0, 1).high / 4
     # all-equal differences of +1 on 4 problems: Wilson's 4/4 on [-1, 1]
     d = paired_accuracy_difference({"B": {f"p{i}": [True] for i in range(4)}},
                                    {"B": {f"p{i}": [False] for i in range(4)}})["B"]
@@ -143,13 +168,123 @@ def test_paired_difference_refuses_unpaired_problems():
 
 def test_average_accuracy_averages_benchmarks_unweighted():
     ci = bootstrap_average_accuracy({"A": [[1], [0]], "B": [[0]] * 8})
-    assert ci.estimate == pytest.approx(0.25) and ci.n == 10 and ci.method == "bootstrap"
-    # the A half of each replicate is one of 0, 1/2, 1 (B is constant 0): bounds are among 0, 1/4, 1/2
-    assert {ci.low, ci.high} <= {0.0, 0.25, 0.5}
+    assert ci.estimate == pytest.approx(0.25) and ci.n == 10 and ci.method == "bootstrap + wilson (no variation: B)"
+    # each replicate: (A's bootstrap mean, one of 0, 1/2, 1) / 2 + (a draw of B's Wilson 0/8 interval) / 2, so the
+    # upper bound passes the 1/2 that A alone reaches (issue 33: B's 0 of 8 is not certain)
+    ref = _reference_average([lambda rng, size: rng.binomial(2, 0.5, size) / 2, _wilson_draws(0.0, 8)])
+    assert ci.high > 0.5 and (ci.low, ci.high) == pytest.approx(ref, abs=0.01)
+    varying = bootstrap_average_accuracy({"A": [[1], [0]], "B": [[0]] * 7 + [[1]]})
+    assert varying.method == "bootstrap"
     # every problem at 1/2 (a constant to the bootstrap): no-variation interval, not [0.5, 0.5]
     flat = bootstrap_average_accuracy({"A": [[1, 0], [1, 0]], "B": [[1, 0]] * 8})
     assert flat.estimate == 0.5 and flat.low < 0.5 < flat.high
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 33: benchmarks whose problems all score alike keep their uncertainty in the Averages, and two
+# models that agree on every problem get the discordant-pair bound
+# ----------------------------------------------------------------------------------------------
+ZERO = {"aime24": [[False]], "aime25": [[False]], "gpqa": [[False]] * 2, "math500": [[False]] * 6}
+ONE = {**ZERO, "math500": [[True]] + [[False]] * 5}  # the demo's Table 1: "+ s1K-1.1" beside the base
+
+
+def _by_id(correct: dict) -> dict:
+    return {b: {f"{b}-{i}": row for i, row in enumerate(rows)} for b, rows in correct.items()}
+
+
+def _share(per_benchmark: dict) -> float:
+    """The widest single benchmark's interval width divided by the number of benchmarks."""
+    return max(iv.high - iv.low for iv in per_benchmark.values()) / len(per_benchmark)
+
+
+def test_average_keeps_a_flat_benchmarks_uncertainty_issue_example():
+    zero, one = bootstrap_average_accuracy(ZERO), bootstrap_average_accuracy(ONE)
+    singles = {b: bootstrap_accuracy(c) for b, c in ONE.items()}
+    assert singles["aime24"].high == pytest.approx(_wilson_zero_of(1))  # [0, 0.79]
+    # the old Average was 0.042 [0, 0.125]: narrower than aime24's quarter share 0.79 / 4
+    assert one.estimate == pytest.approx(1 / 24) and one.low == 0.0
+    assert one.high - one.low >= _share(singles)
+    assert one.high >= zero.high  # one more correct answer does not make the Average surer
+    assert one.method == "bootstrap + wilson (no variation: aime24, aime25, gpqa)"
+    # reference: aime24, aime25, gpqa draw their Wilson intervals; math500's bootstrap mean of one correct in 6
+    # resampled problems is Binomial(6, 1/6) / 6
+    ref = _reference_average([_wilson_draws(0.0, 1), _wilson_draws(0.0, 1), _wilson_draws(0.0, 2),
+                              lambda rng, size: rng.binomial(6, 1 / 6, size) / 6])
+    assert (one.low, one.high) == pytest.approx(ref, abs=0.01)
+    ref_zero = _reference_average([_wilson_draws(0.0, n) for n in (1, 1, 2, 6)])
+    assert (zero.low, zero.high) == pytest.approx(ref_zero, abs=0.01)
+
+
+def test_average_of_one_flat_benchmark_is_its_wilson_interval():
+    # the stratified draws reproduce the closed form up to the 2,000-point grid
+    for rows in ([[0]] * 6, [[1]] * 3, [[1, 0]] * 5):
+        avg, single = bootstrap_average_accuracy({"B": rows}), bootstrap_accuracy(rows)
+        assert single.method == "wilson (no variation; bootstrap)"
+        assert (avg.low, avg.high) == pytest.approx((single.low, single.high), abs=2e-3)
+
+
+def test_average_is_monotone_in_correct_answers():
+    # add correct answers one at a time, in random orders, to small benchmarks: the Average's width never falls
+    # below any single benchmark's share of it (the issue's criterion; the old Average fell to 0.2 of it), and its
+    # bounds do not go down (the old ones did 13 times in 329 steps). A discrete bootstrap replacing a flat
+    # benchmark's Wilson term can in principle move a bound down by a hair, hence the half-point tolerance;
+    # at the default 2,000 resamples none moved in 716 steps
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        sizes = {"a": int(rng.integers(1, 3)), "b": int(rng.integers(1, 4)), "c": int(rng.integers(2, 9)),
+                 "d": int(rng.integers(4, 16))}
+        correct = {b: np.zeros((n, 1), dtype=bool) for b, n in sizes.items()}
+        slots = [(b, i) for b, n in sizes.items() for i in range(n)]
+        before = bootstrap_average_accuracy(correct)
+        for j in rng.permutation(len(slots)):
+            b, i = slots[j]
+            correct[b][i, 0] = True
+            after = bootstrap_average_accuracy(correct)
+            singles = {name: bootstrap_accuracy(c) for name, c in correct.items()}
+            assert after.high - after.low >= _share(singles), (sizes, correct)
+            assert after.low >= before.low - 0.005 and after.high >= before.high - 0.005, (sizes, correct)
+            before = after
+
+
+@pytest.mark.parametrize("n, half, ratio", [(40, 0.088, 3.4), (6, 0.3903, 1.6), (500, 0.0076, 11.5)])
+def test_paired_agreement_uses_the_discordant_pair_bound(n, half, ratio):
+    # the issue's case (n = 40) and the demo's MATH500 (n = 6): the models disagree on no problem, so
+    # |difference| <= the share of discordant problems, whose Wilson upper limit for 0 of n is the bound
+    same = {f"q{i}": [i % 3 == 0] for i in range(n)}
+    ci = paired_accuracy_difference({"m": same}, {"m": same})["m"]
+    ref = stats.binomtest(0, n).proportion_ci(confidence_level=0.95, method="wilson").high
+    assert ci.estimate == 0.0 and (ci.low, ci.high) == pytest.approx((-ref, ref), abs=1e-12)
+    assert ci.high == pytest.approx(_wilson_zero_of(n), abs=1e-12) and ci.high == pytest.approx(half, abs=5e-4)
+    assert not ci.excludes_zero
+    # the old fallback, Wilson's interval of a share of 0.5 on [-1, 1], was 1.6x (n = 6) to 11.5x (n = 500) wider
+    old = 2 * wilson_interval(n // 2, n).high - 1
+    assert old / ci.high == pytest.approx(ratio, abs=0.05)
+    # several samples per problem, each problem scored alike by both models: the same bound
+    multi = {f"q{i}": [True, False] for i in range(n)}
+    assert paired_accuracy_difference({"m": multi}, {"m": multi})["m"].high == pytest.approx(ci.high)
+
+
+def test_paired_average_keeps_flat_benchmarks():
+    zero, one = _by_id(ZERO), _by_id(ONE)
+    agree = paired_accuracy_difference(zero, zero)
+    assert agree["math500"].high == pytest.approx(0.3903, abs=5e-5)  # the demo's "+0.00 [-62.48, 62.48]"
+    avg = agree["Average"]
+    assert avg.estimate == 0.0 and avg.low == pytest.approx(-avg.high, abs=1e-12)  # antithetic: symmetric
+    # reference: the mean of the four benchmarks' discordant-pair terms, +-Wilson upper of 0/n at a normal score
+    def discordant(n):
+        return lambda rng, size: np.sign(z := stats.norm.rvs(size=size, random_state=rng)) * (z * z / (n + z * z))
+    assert (avg.low, avg.high) == pytest.approx(_reference_average([discordant(n) for n in (1, 1, 2, 6)]), abs=0.01)
+    # one more correct answer on math500 (the demo's s1K row): the old Average was [0, 0.125], narrower than
+    # aime24's own quarter share 2 x 0.79 / 4
+    gained = paired_accuracy_difference(one, zero)
+    assert gained["math500"].method == "paired bootstrap"
+    assert gained["Average"].high - gained["Average"].low >= _share({b: gained[b] for b in ONE})
+    assert gained["Average"].method == "paired bootstrap + wilson (no variation: aime24, aime25, gpqa)"
+    assert not gained["Average"].excludes_zero
+    ref = _reference_average([discordant(1), discordant(1), discordant(2),
+                              lambda rng, size: rng.binomial(6, 1 / 6, size) / 6])
+    assert (gained["Average"].low, gained["Average"].high) == pytest.approx(ref, abs=0.01)
 
 def test_paired_ratio_difference_constructed_example():
     # teacher: 2 sub-1% tokens of 100 per problem; RSD: none; 5 problems
@@ -237,3 +372,44 @@ def test_coverage_paired_difference():
                                         resamples=1000, seed=d)["B"]
         hits.append(ci.low <= true <= ci.high)
     assert 0.90 <= _coverage(hits) <= 0.99
+
+
+def test_coverage_average_with_flat_benchmarks():
+    # benchmarks of 1, 2, 6 and 40 problems: the first is always flat, the second mostly; the old Average
+    # ignored them and covered the true average in about half the datasets (0.53 here)
+    rng = np.random.default_rng(5)
+    sizes, rates = {"A": 1, "B": 2, "C": 6, "D": 40}, (0.1, 0.2, 0.1, 0.3)
+    hits, flat = [], 0
+    for d in range(DATASETS):
+        correct = {b: rng.random((n, 1)) < p for (b, n), p in zip(sizes.items(), rates)}
+        ci = bootstrap_average_accuracy(correct, resamples=1000, seed=d)
+        flat += "no variation" in ci.method
+        hits.append(ci.low <= np.mean(rates) <= ci.high)
+    assert flat == DATASETS
+    assert 0.90 <= _coverage(hits) <= 0.99
+
+
+def test_coverage_paired_difference_when_models_mostly_agree():
+    # the model gains on 4% of problems and loses on 1%: on 40 problems the two agree everywhere about one
+    # time in eight, and those datasets get the discordant-pair bound; the Average over benchmarks of 2, 8,
+    # 30 and 40 problems (most with a flat one) keeps each flat benchmark's bound. The flat terms bound
+    # |difference| by the discordant share, so the Average is conservative here (about 0.99); the old one
+    # covered about half the time.
+    rng = np.random.default_rng(6)
+    sizes, gain, loss, base_rate = {"A": 2, "B": 8, "C": 30, "D": 40}, 0.04, 0.01, 0.3
+    true = gain * (1 - base_rate) - loss * base_rate
+    hits, flat = {"D": [], "Average": []}, {"D": 0, "Average": 0}
+    for d in range(DATASETS):
+        model, base = {}, {}
+        for b, n in sizes.items():
+            before, u = rng.random(n) < base_rate, rng.random(n)
+            after = (before | (u < gain)) & ~(u > 1 - loss)
+            ids = [f"p{i}" for i in range(n)]
+            model[b], base[b] = dict(zip(ids, after[:, None])), dict(zip(ids, before[:, None]))
+        out = paired_accuracy_difference(model, base, resamples=1000, seed=d)
+        for key in hits:
+            hits[key].append(out[key].low <= true <= out[key].high)
+            flat[key] += "no variation" in out[key].method
+    assert flat["D"] >= 20 and flat["Average"] >= DATASETS * 0.9
+    assert 0.90 <= _coverage(hits["D"]) <= 0.99
+    assert _coverage(hits["Average"]) >= 0.90

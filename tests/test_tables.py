@@ -64,6 +64,15 @@ def test_accuracy_uncertainty_and_paired_difference(results):
     assert diff["MATH500"].estimate == pytest.approx(62.5) and diff["MATH500"].excludes_zero
     assert diff["AIME24"].estimate == 0.0 and not diff["AIME24"].excludes_zero
     assert diff["Average"].estimate == pytest.approx(62.5 / 4)
+    # issue 33: both models solve none of AIME24's 2 problems: the discordant-pair bound, +-Wilson's upper limit
+    # for 0 of 2 (65.76 points; it was +-81.09, a share of 0.5 on [-1, 1])
+    w = wilson_interval(0, 2).scaled(100)
+    assert (diff["AIME24"].low, diff["AIME24"].high) == pytest.approx((-w.high, w.high))
+    # and the flat benchmarks keep their uncertainty in the Averages: each Average is at least as wide as any
+    # single benchmark's quarter share of it
+    for entry in (ours, diff, unc["base"]["ours"]):
+        widest = max(entry[b].high - entry[b].low for b in reference.BENCHMARKS)
+        assert entry["Average"].high - entry["Average"].low >= widest / 4
 
 
 def test_accuracy_table_has_interval_columns_sections_and_mde(results):
@@ -81,8 +90,12 @@ def test_accuracy_table_has_interval_columns_sections_and_mde(results):
     assert cell.startswith("+62.50 [") and cell.endswith("*")
     assert layout["problems"] == PROBLEMS
     notes = accuracy_interval_notes(layout["problems"])
-    assert "Minimum detectable effect" in notes[1] and "MATH500: 70 points" in notes[1]  # 2.80 * sqrt(0.5/8)
-    assert "AIME24: none (> 100)" in notes[1]  # 2 problems: 2.80 * sqrt(0.5/2) = 140 points
+    assert "Minimum detectable effect" in notes[-1] and "MATH500: 70 points" in notes[-1]  # 2.80 * sqrt(0.5/8)
+    assert "AIME24: none (> 100)" in notes[-1]  # 2 problems: 2.80 * sqrt(0.5/2) = 140 points
+    # the notes state the methods of issue 33: Wilson where a benchmark does not vary, kept in the Average,
+    # and the discordant-pair bound where two models agree on every problem
+    assert "Wilson's score interval" in notes[0] and "stays in the Average" in notes[0]
+    assert notes[1].startswith("Δ vs base") and "discordant-pair bound" in notes[1]
     paths = write_table(table, "tab1_test", "demo", title="t", columns=layout["columns"], notes=notes,
                         csv_columns=layout["csv_columns"], sections=[layout["section"]])
     md = paths[0].read_text()
