@@ -328,7 +328,7 @@ class LockstepRule(StepRule):
                               at_token(probs.student_raw),
                               entropy(probs.student_raw).double() if probs.student_raw is not None else nan], 1)
         queued = batch.extra.get("queued")
-        emitted = queued == 0 if queued is not None else torch.ones_like(tokens, dtype=torch.bool)
+        emitted = (queued == 0).to(tokens.device) if queued is not None else torch.ones_like(tokens, dtype=torch.bool)
         return tokens, emitted, values
 
     def feed_slots(self, batch: Batch, tokens: torch.Tensor, emitted: torch.Tensor) -> None:
@@ -341,10 +341,12 @@ class LockstepRule(StepRule):
             batch.student_logits = torch.where(emitted[:, None], logits, batch.student_logits) if stalled else logits
         if batch.teacher is None:
             return
-        table, lengths = self._spellings(tokens.device)
+        device = batch.teacher.device  # the teacher may sit on another device than the student
+        tokens, emitted = tokens.to(device), emitted.to(device)
+        table, lengths = self._spellings(device)
         queue, queued = batch.extra.get("queue"), batch.extra.get("queued")
         if queue is None:  # one piece per token: the teacher's id
-            pieces = table[tokens, 0].to(batch.teacher.device)
+            pieces = table[tokens, 0]
             batch.teacher_logits = batch.teacher.feed_ids(pieces[:, None], torch.ones_like(pieces)[:, None])
             return
         queue = torch.where(emitted[:, None], table[tokens], queue)  # (B, S)
