@@ -10,13 +10,28 @@ the draft acceptance rate.
     python benchmarks/bench_decoding.py                      # embedded pair, batch 1 4 16
     python benchmarks/bench_decoding.py --dtype bfloat16     # also reports peak memory
     python benchmarks/bench_decoding.py --tiny               # tiny random models (a smoke run)
+    python benchmarks/bench_decoding.py --tiny --steps-only  # just the per-step table below
+
+First, a per-step table (issue 31): milliseconds per lockstep RSD step (every row emits one token) and
+steps/s at each batch size, for three decoders in the same run: ``old`` is rsdlib's decoder as it was
+at commit BASELINE (its engine, sampling, decoding and speculative modules loaded from git), ``rows``
+today's code on the host-side scheduler (``Decoder(engine="rows")``) and ``slots`` today's default
+(``rsdlib.engine.run_slots``: no per-row Python, one host sync per window of steps). A step's time is
+(time of T_long steps - time of T_short steps) / (T_long - T_short), so prefill is excluded.
+With ``--tiny`` it runs on the bench's tiny models and on micro models (2 layers, hidden 32), whose
+forwards cost almost nothing: there the step time is the framework, Python and sync overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,6 +41,28 @@ PROMPT = (
     "Solve step by step, in words: a rectangle has a perimeter of 30 and its length is twice its "
     "width. What is its area? Put the final answer in \\boxed{}."
 )
+
+
+BASELINE = "fb08601"  # the decoder before issue 31 (per-row Python and host syncs in every step)
+BASELINE_MODULES = ("sampling", "engine", "speculative", "decoding")
+
+
+def baseline_decoding(commit: str = BASELINE):
+    """rsdlib.decoding as it was at ``commit``: its decoder modules read from git into a package of their own
+    (``rsdlib_baseline``), the rest of rsdlib shared."""
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="rsdlib-baseline-")) / "rsdlib_baseline"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for name in BASELINE_MODULES:
+        text = subprocess.run(["git", "show", f"{commit}:rsdlib/{name}.py"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+        for other in BASELINE_MODULES:
+            text = text.replace(f"rsdlib.{other} ", f"rsdlib_baseline.{other} ").replace(
+                f"rsdlib.{other}\n", f"rsdlib_baseline.{other}\n")
+        (folder / f"{name}.py").write_text(text)
+    sys.path.insert(0, str(folder.parent))
+    return importlib.import_module("rsdlib_baseline.decoding")
 
 
 def _peak_rss(reset: bool = False) -> float:
@@ -62,6 +99,64 @@ def load(args):
     return pair.teacher, pair.student, pair.bridge, list(prompt)
 
 
+def micro_models():
+    """Micro random models (2 layers, hidden 32, 1,000 ids): a step's forwards cost almost nothing."""
+    from rsdlib.bridge import VocabBridge
+    from rsdlib.standins import tiny_model
+
+    def lm(seed):
+        return tiny_model(seed=seed, layers=2, hidden=32, vocab_size=1000, max_positions=32768,
+                          eos_token_id=None, pad_token_id=None)
+
+    return lm(1), lm(2), VocabBridge.identity(1000), list(range(10, 60))
+
+
+def _timed_generate(decoding, make, teacher, student, bridge, prompt, batch, steps, threshold):
+    cfg = decoding.DecodingConfig(mode="rsd", temperature=0.7, threshold=threshold, max_new_tokens=steps)
+    dec = make(decoding.Decoder, teacher, student, bridge, cfg)
+    start = time.perf_counter()
+    traces = dec.generate([prompt] * batch, list(range(batch)), batch_size=batch)
+    elapsed = time.perf_counter() - start
+    assert all(len(t.token_ids) == steps for t in traces)
+    return elapsed
+
+
+def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, threshold, repeats=1):
+    """Rows (label, batch, {decoder: ms per step}) for the old, rows and slots decoders, measured side by side."""
+    import rsdlib.decoding as current
+
+    old = baseline_decoding()
+    decoders = {
+        "old": (old, lambda D, t, s, b, c: D(t, s, b, c)),
+        "rows": (current, lambda D, t, s, b, c: D(t, s, b, c, engine="rows")),
+        "slots": (current, lambda D, t, s, b, c: D(t, s, b, c)),
+    }
+    short, long = steps
+    for decoding, make in decoders.values():  # warm-up
+        _timed_generate(decoding, make, teacher, student, bridge, prompt, 2, 4, threshold)
+    rows = []
+    for b in batch_sizes:
+        ms = {}
+        for name, (decoding, make) in decoders.items():
+            best = float("inf")
+            for _ in range(repeats):  # best of repeats: this machine is shared
+                t_short = _timed_generate(decoding, make, teacher, student, bridge, prompt, b, short, threshold)
+                t_long = _timed_generate(decoding, make, teacher, student, bridge, prompt, b, long, threshold)
+                best = min(best, (t_long - t_short) / (long - short) * 1e3)
+            ms[name] = best
+        rows.append((label, b, ms))
+    return rows
+
+
+def print_step_table(rows) -> None:
+    print("| models | batch | old ms/step | rows ms/step | slots ms/step | old steps/s | slots steps/s "
+          "| old/slots | slots tok/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, b, ms in rows:
+        print(f"| {label} | {b} | {ms['old']:.2f} | {ms['rows']:.2f} | {ms['slots']:.2f} | {1e3 / ms['old']:.1f} "
+              f"| {1e3 / ms['slots']:.1f} | {ms['old'] / ms['slots']:.2f}x | {b * 1e3 / ms['slots']:.1f} |")
+
+
 def tokens_per_second(teacher, student, bridge, prompt, mode, batch, new_tokens, threshold, draft_tokens=0):
     """(tokens/s, fallback share, draft acceptance rate or None) of one timed generate call."""
     cfg = DecodingConfig(mode=mode, temperature=0.7, threshold=threshold, max_new_tokens=new_tokens,
@@ -84,6 +179,12 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--tiny", action="store_true", help="tiny random models instead of the embedded pair")
+    ap.add_argument("--steps-only", action="store_true", help="print only the per-step table (old against new)")
+    ap.add_argument("--step-batch-sizes", type=int, nargs="+", default=None,
+                    help="batch sizes of the per-step table (default: 1 16 64 with --tiny, 4 otherwise)")
+    ap.add_argument("--step-tokens", type=int, nargs=2, default=None, metavar=("SHORT", "LONG"),
+                    help="the two run lengths whose difference times a step (default: 16 80 tiny, 8 24 otherwise)")
+    ap.add_argument("--repeats", type=int, default=1, help="per-step table: best of this many timings")
     ap.add_argument("--draft-tokens", type=int, nargs="*", default=[2, 4, 8],
                     help="speculative RSD draft lengths k to measure (none: skip the speculative table)")
     args = ap.parse_args(argv)
@@ -94,6 +195,17 @@ def main(argv=None):
     dev = next(teacher.parameters()).device
     print(f"device={dev} dtype={next(teacher.parameters()).dtype} threads={torch.get_num_threads()} "
           f"prompt={len(prompt)} tokens, new={args.new_tokens}, threshold={args.threshold}")
+    step_sizes = args.step_batch_sizes or ([1, 16, 64] if args.tiny else [4])
+    step_tokens = tuple(args.step_tokens or ((16, 80) if args.tiny else (8, 24)))
+    label = "tiny 6x256 / 3x128" if args.tiny else "embedded pair"
+    table = step_table(label, teacher, student, bridge, prompt, step_sizes, step_tokens, args.threshold, args.repeats)
+    if args.tiny:
+        table += step_table("micro 2x32 / 2x32", *micro_models(), step_sizes, step_tokens, args.threshold,
+                            args.repeats)
+    print(f"\nper-step time, lockstep RSD, old = commit {BASELINE}; steps {step_tokens[0]} and {step_tokens[1]}")
+    print_step_table(table)
+    if args.steps_only:
+        return
     # warm-up (allocator, kernels)
     tokens_per_second(teacher, student, bridge, prompt, "rsd", 1, 4, args.threshold)
     rows, spec_rows = [], []

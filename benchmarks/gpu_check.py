@@ -37,6 +37,7 @@ import datetime
 import functools
 import gc
 import io
+import signal
 import sys
 import tempfile
 import time
@@ -300,12 +301,15 @@ class ChunkedPrefillDecoder(Decoder):
 
 
 def _feed_chunked(state, rows: list[list[int]], chunk: int):
-    width = len(rows[0])
-    if any(len(r) != width for r in rows):
-        raise ValueError("chunked prefill needs prompts of one length (no padding in the middle of a row)")
+    """Feed right-aligned rows chunk by chunk (a shorter row's first chunks are padding, masked)."""
+    width = max(len(r) for r in rows)
     logits = None
     for i in range(0, width, chunk):
-        logits = state.feed([r[i : i + chunk] for r in rows])
+        parts = []
+        for r in rows:
+            offset = width - len(r)  # the row's first column
+            parts.append(r[max(0, i - offset) : max(0, i + chunk - offset)])
+        logits = state.feed(parts)
     return logits
 
 
@@ -330,15 +334,20 @@ def kv_buffer_positions(context: int, chunk: int, steps: int) -> int:
 
 
 def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,
-               context: int | None = None):
+               context: int | None = None, padded: bool = False):
     """Time ``plan.steps`` steps (rounds, for speculative RSD) of the Decoder at a ``context``-token prompt.
 
     Lockstep rows use ChunkedPrefillDecoder; speculative rows the plain Decoder (rsdlib.speculative
-    prefills in one forward per model).
+    prefills in one forward per model). ``padded``: the real case of trace generation: prompts of
+    lengths spread over context/2 .. context (left padding in every step's attention), twice as many as
+    the batch, and 1/32 of the shared ids as stop ids (random weights: rows end after ~32 steps on
+    average), so rows end at different steps and their slots are refilled; the timed steps include
+    the refills' prefills.
     """
     context = plan.context if context is None else context
+    stops = tuple(range(0, int(bridge.shared_mask.sum()), 32)) if padded else ()
     cfg = DecodingConfig(mode=mode, temperature=plan.temperature, top_p=1.0, threshold=plan.threshold,
-                         max_new_tokens=10**6, draft_tokens=draft_tokens)  # no stop ids: rows never end
+                         max_new_tokens=10**6, draft_tokens=draft_tokens, stop_ids=stops)  # padded or not: no end
     models = {}
     if cfg.needs_teacher:
         models["teacher"] = teacher
@@ -347,6 +356,9 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
     gen = torch.Generator().manual_seed(batch)
     shared = int(bridge.shared_mask.sum())  # VocabBridge.shared_prefix: ids 0..shared-1
     prompts = torch.randint(0, shared, (batch, context), generator=gen).tolist()  # ids both models read
+    if padded:
+        lengths = torch.linspace(max(2, context // 2), context, 2 * batch).long().tolist()
+        prompts = [torch.randint(0, shared, (n,), generator=gen).tolist() for n in lengths]
     if draft_tokens:
         decoder, prefill_calls = Decoder(models.get("teacher"), models.get("student"), bridge, cfg), 1
     else:
@@ -359,7 +371,7 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
                       plan.row_seconds, prefill_calls)
     start = time.perf_counter()
     try:
-        decoder.generate(prompts, list(range(batch)), batch_size=batch)
+        decoder.generate(prompts, list(range(len(prompts))), batch_size=batch)
     except StopRow:
         pass
     finally:
@@ -577,6 +589,22 @@ class Table:
         self.line("| " + " | ".join(str(cells[c]) for c in COLUMNS) + " |")
 
 
+class BudgetSpent(BaseException):
+    """The hard ``--budget-s`` alarm: ends the run where it is (the rows so far are printed and written)."""
+
+
+def guarded(table: "Table", name: str, measure) -> None:
+    """Run one row's ``measure()``; an error becomes that row's 'failed' line instead of ending the table."""
+    try:
+        measure()
+    except BudgetSpent:
+        raise
+    except Exception as err:  # noqa: BLE001 (every row reports its own failure)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        table.row(name, detail=f"failed: {type(err).__name__}: {first}"[:300])
+        free_memory()
+
+
 def _num(x) -> str:
     if x is None:
         return "-"
@@ -662,21 +690,46 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                     "student": "decode: student only"}[mode]
             if over_budget(name):
                 continue
-            fits = sizing(mode, plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
-            res, used, failed = largest_fitting(lambda b: decode_row(teacher, student, bridge, mode, b, plan, device),
-                                                batch, fits)
+
+            def measure(mode=mode, batch=batch, name=name):
+                fits = sizing(mode, plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
+                res, used, failed = largest_fitting(
+                    lambda b: decode_row(teacher, student, bridge, mode, b, plan, device), batch, fits)
+                if res is None:
+                    table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
+                    return
+                decoded[(mode, batch)] = res
+                fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
+                grown = plan.context + plan.warmup + res["steps"]
+                table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{grown:,}",
+                          tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"],
+                          peak=res["peak_gib"], detail=f"{res['steps']} timed steps; forward per step: {fwd}")
+
+            guarded(table, name, measure)
+
+    # 1a. lockstep RSD on padded rows: prompts of different lengths, rows ending at different steps, refills
+    for batch in plan.batches[-1:]:
+        name = "decode: lockstep RSD, padded rows + refills"
+        if over_budget(name):
+            continue
+
+        def measure_padded(batch=batch, name=name):
+            fits = sizing("rsd", plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
+            res, used, failed = largest_fitting(
+                lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, padded=True), batch, fits)
             if res is None:
                 table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
-                continue
-            decoded[(mode, batch)] = res
+                return
             fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
-            grown = plan.context + plan.warmup + res["steps"]
-            table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{grown:,}",
+            table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context // 2:,}-{plan.context:,}",
                       tps=res["tokens_per_s"], ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
-                      detail=f"{res['steps']} timed steps; forward per step: {fwd}")
+                      detail=f"{res['steps']} timed steps (refill prefills included); forward per step: {fwd}; "
+                             f"{2 * used} prompts of {plan.context // 2:,}-{plan.context:,} tokens")
+
+        guarded(table, name, measure_padded)
 
     # 1b. lockstep RSD near the paper's context limit, at the paper profile's trace batch (memory sizing)
-    if plan.long_context and not over_budget("decode: lockstep RSD, long context"):
+    def measure_long():
         name = "decode: lockstep RSD, long context"
         positions, row_bytes, fits = sizing("rsd", plan.long_context, plan.prefill_chunk, plan.warmup + plan.steps + 1)
         res, used, failed = largest_fitting(
@@ -695,39 +748,46 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                              f"row, {plan.long_batch * row_bytes / 2**30:.1f} GiB for {plan.long_batch} rows, "
                              f"plus {weights / 2**30:.1f} GiB of weights")
 
+    if plan.long_context and not over_budget("decode: lockstep RSD, long context"):
+        guarded(table, "decode: lockstep RSD, long context", measure_long)
+
     # 2. speculative RSD rounds against teacher-only steps of the same batch
     for batch in plan.spec_batches:
         for k in plan.draft_tokens:
             name = f"speculative RSD k={k}"
             if over_budget(name, reserve=plan.budget_s / 8):  # keep time for the training row
                 continue
-            # speculative prefill: prompt[:-1] in one forward; then up to k+1 tokens a round
-            fits = sizing("rsd", plan.context - 1, plan.context - 1, (plan.warmup + plan.steps + 1) * (k + 1))[2]
-            res, used, failed = largest_fitting(
-                lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, draft_tokens=k), batch, fits)
-            if res is None:
-                table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
-                continue
-            ref = {m: decoded.get((m, batch)) for m in ("teacher", "student", "rsd")}
-            detail = f"{res['steps']} timed rounds of k+1 = {k + 1} student steps + 1 teacher forward of k+1 tokens"
-            tps = None
-            if ref["teacher"] and ref["student"] and ref["teacher"]["batch"] == used == ref["student"]["batch"]:
-                sp = speculative_speedups(res["step_s"], ref["teacher"]["step_s"], ref["student"]["step_s"], k)
-                tps = used * tokens_per_round(0.7, k) / res["step_s"]
-                fmt = lambda d: "/".join(f"{v:.2f}x" for v in d.values())  # noqa: E731
-                detail += (f"; round = {res['step_s'] / ref['teacher']['step_s']:.2f} teacher steps; "
-                           f"c = {sp['c']:.3f}; "
-                           f"speed-up vs teacher at a = {'/'.join(map(str, ACCEPTANCES))}: {fmt(sp['measured'])} "
-                           f"(cost model E/((k+1)c+1): {fmt(sp['formula'])})")
-                if ref["rsd"] and ref["rsd"]["batch"] == used:
-                    vs_rsd = {a: tokens_per_round(a, k) * ref["rsd"]["step_s"] / res["step_s"] for a in ACCEPTANCES}
-                    detail += f"; vs lockstep RSD: {fmt(vs_rsd)}"
-                detail += "; tok/s and ms/step: at a = 0.7, per round"
-            else:
-                detail += "; no teacher/student rows at this batch to compare with"
-            grown = plan.context + (plan.warmup + res["steps"]) * (k + 1)  # at most: every draft accepted
-            table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{grown:,}",
-                      tps=tps, ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"], detail=detail)
+
+            def measure_spec(batch=batch, k=k, name=name):
+                # speculative prefill: prompt[:-1] in one forward; then up to k+1 tokens a round
+                fits = sizing("rsd", plan.context - 1, plan.context - 1, (plan.warmup + plan.steps + 1) * (k + 1))[2]
+                res, used, failed = largest_fitting(
+                    lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, draft_tokens=k), batch, fits)
+                if res is None:
+                    table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
+                    return
+                ref = {m: decoded.get((m, batch)) for m in ("teacher", "student", "rsd")}
+                detail = f"{res['steps']} timed rounds of k+1 = {k + 1} student steps + 1 teacher forward of k+1 tokens"
+                tps = None
+                if ref["teacher"] and ref["student"] and ref["teacher"]["batch"] == used == ref["student"]["batch"]:
+                    sp = speculative_speedups(res["step_s"], ref["teacher"]["step_s"], ref["student"]["step_s"], k)
+                    tps = used * tokens_per_round(0.7, k) / res["step_s"]
+                    fmt = lambda d: "/".join(f"{v:.2f}x" for v in d.values())  # noqa: E731
+                    detail += (f"; round = {res['step_s'] / ref['teacher']['step_s']:.2f} teacher steps; "
+                               f"c = {sp['c']:.3f}; "
+                               f"speed-up vs teacher at a = {'/'.join(map(str, ACCEPTANCES))}: {fmt(sp['measured'])} "
+                               f"(cost model E/((k+1)c+1): {fmt(sp['formula'])})")
+                    if ref["rsd"] and ref["rsd"]["batch"] == used:
+                        vs_rsd = {a: tokens_per_round(a, k) * ref["rsd"]["step_s"] / res["step_s"] for a in ACCEPTANCES}
+                        detail += f"; vs lockstep RSD: {fmt(vs_rsd)}"
+                    detail += "; tok/s and ms/step: at a = 0.7, per round"
+                else:
+                    detail += "; no teacher/student rows at this batch to compare with"
+                grown = plan.context + (plan.warmup + res["steps"]) * (k + 1)  # at most: every draft accepted
+                table.row(name, batch=_batch_note(batch, used, failed), context=f"{plan.context:,}-{grown:,}",
+                          tps=tps, ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"], detail=detail)
+
+            guarded(table, name, measure_spec)
 
     # 3. one training step of the student shape (a fresh model in the recipe's dtype; the decoding pair is freed)
     teacher = student = None  # frees the decoding pair (the lambdas above close over these names)
@@ -736,11 +796,11 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
     if not over_budget("train: student, full fine-tuning"):
         try:
             trained = train_row(s_shape, plan, device, eot_id, pad_id)
-        except RuntimeError as err:
-            if not is_oom(err):
-                raise
+        except Exception as err:  # noqa: BLE001 (the row reports its own failure)
             trained = None
-            table.row("train: student, full fine-tuning", context=f"{plan.train_block:,}", detail="out of memory")
+            detail = "out of memory" if is_oom(err) else f"failed: {type(err).__name__}: {err}"[:300]
+            table.row("train: student, full fine-tuning", context=f"{plan.train_block:,}", detail=detail)
+            free_memory()
         if trained is not None:
             cfg = trained["config"]
             table.row("train: student, full fine-tuning", batch="1", context=f"{plan.train_block:,}",
@@ -808,7 +868,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file, row by row")
+    ap.add_argument("--out", type=Path, help="also write the table (Markdown), row by row, to this file, or to "
+                    "gpu_check.md in this folder (an existing folder, or a path without a suffix)")
     ap.add_argument("--tiny", action="store_true",
                     help="tiny shapes on CPU in seconds (the same code path; CI runs it)")
     ap.add_argument("--batches", type=int, nargs="+", help="decoding batch sizes (default 1 16 64)")
@@ -818,7 +879,8 @@ def main(argv=None) -> int:
     ap.add_argument("--draft-tokens", type=int, nargs="*", help="speculative RSD k values (default 2 4 8)")
     ap.add_argument("--spec-batches", type=int, nargs="*", help="speculative RSD batch sizes (default 1 16 64)")
     ap.add_argument("--train-block", type=int, help="training block size (default 8192)")
-    ap.add_argument("--budget-s", type=float, help="skip rows that would start after this many seconds (default 450)")
+    ap.add_argument("--budget-s", type=float, help="skip rows that would start after this many seconds, and stop the "
+                    "run outright 30 s later (default 450: the whole run stays under 8 minutes)")
     ap.add_argument("--mean-sample-tokens", type=float, help="GPU-hours: mean tokens per trace sample (default 5000)")
     args = ap.parse_args(argv)
     plan = Plan.tiny() if args.tiny else Plan()
@@ -832,8 +894,31 @@ def main(argv=None) -> int:
         ap.error("no CUDA device: the check measures the paper's shapes on a GPU (use --tiny for the CPU smoke run)")
     if args.tiny:
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-    run(plan, args.tiny, args.out, scale)
+    out = args.out
+    if out is not None and (out.is_dir() or not out.suffix):
+        out = out / "gpu_check.md"
+    hard = plan.budget_s + HARD_MARGIN_S
+    previous = signal.signal(signal.SIGALRM, _budget_alarm)
+    signal.setitimer(signal.ITIMER_REAL, hard)
+    try:
+        run(plan, args.tiny, out, scale)
+    except BudgetSpent:
+        line = f"\nStopped: the hard budget of {hard:g} s (--budget-s {plan.budget_s:g} + {HARD_MARGIN_S} s) is spent."
+        print(line, flush=True)
+        if out is not None:
+            with out.open("a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     return 0
+
+
+HARD_MARGIN_S = 30  # the run is stopped this long after --budget-s (a row that started in time may finish)
+
+
+def _budget_alarm(signum, frame):
+    raise BudgetSpent
 
 
 if __name__ == "__main__":

@@ -385,6 +385,13 @@ class VocabBridge:
             mask = self._device_masks[key] = getattr(self, name).to(device)
         return mask
 
+    def _masks_any(self, name: str) -> bool:
+        """Whether mask ``name`` masks anything (computed once; the masks never change)."""
+        key = ("any", name)
+        if key not in self._device_masks:
+            self._device_masks[key] = bool(getattr(self, name).any())
+        return self._device_masks[key]
+
     def teacher_to_student(self, teacher_probs: torch.Tensor) -> torch.Tensor:
         """(..., V_t) teacher probabilities (masked rows already 0) -> (..., V_s) over student ids.
 
@@ -393,7 +400,7 @@ class VocabBridge:
         """
         if teacher_probs.shape[-1] != self.teacher_vocab_size:
             raise ValueError(f"expected last dim {self.teacher_vocab_size}, got {tuple(teacher_probs.shape)}")
-        if self.is_identity and not self.teacher_mask.any():
+        if self.is_identity and not self._masks_any("teacher_mask"):
             return teacher_probs
         n = min(self.teacher_vocab_size, self.student_vocab_size)
         out = teacher_probs.new_zeros(*teacher_probs.shape[:-1], self.student_vocab_size)  # (..., V_s)
@@ -426,6 +433,6 @@ class VocabBridge:
     def _mask(self, logits: torch.Tensor, name: str, size: int) -> torch.Tensor:
         if logits.shape[-1] != size:
             raise ValueError(f"{name}: expected last dim {size}, got {tuple(logits.shape)}")
-        if not getattr(self, name).any():  # CPU mask: no device sync
+        if not self._masks_any(name):  # decided once per bridge: no per-step host work
             return logits
         return logits.masked_fill(self._on(name, logits.device), float("-inf"))

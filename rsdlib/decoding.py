@@ -47,12 +47,24 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rsdlib.engine import CACHE_CHUNK, Batch, ModelState, Row, StepRule, TokenRecord, model_dtype, run_batches
+from rsdlib.engine import (
+    CACHE_CHUNK,
+    FLUSH_EVERY,
+    Batch,
+    ModelState,
+    Row,
+    StepRule,
+    TokenRecord,
+    model_dtype,
+    run_batches,
+    run_slots,
+)
 from rsdlib.engine import prefill as prefill_state
 from rsdlib.memory import CacheUser, kv_cache_bytes_per_token, plan_batch
 from rsdlib.sampling import (  # noqa: F401 (re-exported: ``from rsdlib.decoding import X`` keeps working)
     StepProbs,
     choose_tokens,
+    counter_uniforms,
     derive_seed,
     draw_uniforms,
     entropy,
@@ -278,7 +290,80 @@ class LockstepRule(StepRule):
             batch.teacher, batch.teacher_logits = dec.prefill(dec.teacher, teacher_rows)
         if cfg.needs_student:
             batch.student, batch.student_logits = dec.prefill(dec.student, [row.prompt for row in rows])
+        if cfg.needs_teacher and self._spelling_width() > 1:  # run_slots: teacher pieces still to feed per row
+            device = batch.teacher.device
+            batch.extra["queue"] = torch.zeros(len(rows), self._spelling_width(), dtype=torch.long, device=device)
+            batch.extra["queued"] = torch.zeros(len(rows), dtype=torch.long, device=device)
         return batch
+
+    # ---------------------------------------------------------------- the slot path (rsdlib.engine.run_slots)
+    def _spelling_width(self) -> int:
+        """The longest teacher spelling of one student id (1 unless a student-only id has several pieces)."""
+        return max((len(sp) for sp in self.bridge.student_only.values()), default=1)
+
+    def _spellings(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V_s, S) teacher spelling of every student id, left-aligned, and its length (V_s,), on ``device``.
+
+        Shared ids spell themselves; ids without a teacher counterpart are never sampled (id 0, length 1)."""
+        key = str(device)
+        if getattr(self, "_spell_key", None) != key:
+            bridge, width = self.bridge, self._spelling_width()
+            v_s = bridge.student_vocab_size
+            table = torch.zeros(v_s, width, dtype=torch.long)
+            ids = torch.arange(v_s)
+            table[:, 0] = torch.where(ids < bridge.teacher_vocab_size, ids, torch.zeros_like(ids))
+            lengths = torch.ones(v_s, dtype=torch.long)
+            for sid, spelling in bridge.student_only.items():
+                table[sid, : len(spelling)] = torch.tensor(spelling)
+                lengths[sid] = len(spelling)
+            self._spell_key, self._spell = key, (table.to(device), lengths.to(device))
+        return self._spell
+
+    def step_slots(self, batch: Batch, seeds: torch.Tensor, counters: torch.Tensor):
+        """One step of every slot on the device: (tokens (B,), emitted (B,), values (B, 6) float64).
+
+        A row still feeding the teacher the pieces of a student-only token's spelling (``queued`` > 0)
+        takes no step: its draw is unused and its step counter does not move."""
+        cfg = self.config
+        probs = step_probs(batch.teacher_logits, batch.student_logits, self.bridge, cfg)
+        uniforms = counter_uniforms(seeds, counters, cfg.trials + 1)  # (B, trials + 1)
+        tokens, fallback, source = choose_tokens(probs, cfg, uniforms)  # (B,) each
+        col = tokens[:, None]  # (B, 1)
+        nan = torch.full(tokens.shape, math.nan, dtype=torch.float64, device=tokens.device)
+
+        def at_token(p):  # (B, V) -> (B,) probabilities of the emitted tokens
+            return p.gather(-1, col.to(p.device)).squeeze(-1).double() if p is not None else nan
+
+        values = torch.stack([source.double(), fallback.double(), at_token(probs.teacher), at_token(probs.student),
+                              at_token(probs.student_raw),
+                              entropy(probs.student_raw).double() if probs.student_raw is not None else nan], 1)
+        queued = batch.extra.get("queued")
+        emitted = (queued == 0).to(tokens.device) if queued is not None else torch.ones_like(tokens, dtype=torch.bool)
+        return tokens, emitted, values
+
+    def feed_slots(self, batch: Batch, tokens: torch.Tensor, emitted: torch.Tensor) -> None:
+        """Feed the step's tokens. The teacher gets one piece of its spelling per step: a row whose token
+        is spelled in several pieces takes no step until the last piece is in (the student waits, a hole
+        in its cache, keeping its logits)."""
+        if batch.student is not None:
+            logits = batch.student.feed_ids(tokens[:, None], emitted[:, None].long())  # (B, V_s)
+            stalled = "queued" in batch.extra
+            batch.student_logits = torch.where(emitted[:, None], logits, batch.student_logits) if stalled else logits
+        if batch.teacher is None:
+            return
+        device = batch.teacher.device  # the teacher may sit on another device than the student
+        tokens, emitted = tokens.to(device), emitted.to(device)
+        table, lengths = self._spellings(device)
+        queue, queued = batch.extra.get("queue"), batch.extra.get("queued")
+        if queue is None:  # one piece per token: the teacher's id
+            pieces = table[tokens, 0]
+            batch.teacher_logits = batch.teacher.feed_ids(pieces[:, None], torch.ones_like(pieces)[:, None])
+            return
+        queue = torch.where(emitted[:, None], table[tokens], queue)  # (B, S)
+        queued = torch.where(emitted, lengths[tokens], queued)  # (B,)
+        batch.teacher_logits = batch.teacher.feed_ids(queue[:, :1], (queued > 0).long()[:, None])
+        batch.extra["queue"] = torch.cat([queue[:, 1:], torch.zeros_like(queue[:, :1])], dim=1)
+        batch.extra["queued"] = (queued - 1).clamp_min(0)
 
     def step(self, batch: Batch) -> list[list[TokenRecord]]:
         cfg, bridge = self.config, self.bridge
@@ -286,7 +371,10 @@ class LockstepRule(StepRule):
         t_logits, s_logits = steer_logits(self.decoder, batch.teacher_logits, batch.student_logits,
                                           [row.trace for row in batch.rows])
         probs = step_probs(t_logits, s_logits, bridge, cfg)
-        uniforms = draw_uniforms([row.generator for row in batch.rows], len(batch.rows), cfg.trials + 1)
+        device = (t_logits if t_logits is not None else s_logits).device
+        seeds = torch.tensor([row.seed for row in batch.rows], dtype=torch.long, device=device)
+        steps = torch.tensor([len(row.trace.token_ids) for row in batch.rows], dtype=torch.long, device=device)
+        uniforms = counter_uniforms(seeds, steps, cfg.trials + 1)
         if cfg.mode == "skd" and bridge.student_only:  # the teacher scores a proposed </think> by its spelling
             probs = score_student_only_proposals(probs, t_logits, batch.teacher, bridge, cfg, uniforms)
         # 2. the mode's rule
@@ -330,8 +418,12 @@ class Decoder:
     "drafted", "accepted" and "emitted".
     """
 
-    def __init__(self, teacher, student, bridge, config: DecodingConfig):
+    def __init__(self, teacher, student, bridge, config: DecodingConfig, *, engine: str = "slots",
+                 flush_every: int = FLUSH_EVERY):
         self.teacher, self.student, self.bridge, self.config = teacher, student, bridge, config
+        if engine not in ("slots", "rows"):
+            raise ValueError(f"Decoder engine must be 'slots' or 'rows', got {engine!r}")
+        self.engine, self.flush_every = engine, flush_every  # lockstep scheduler (see _run); same traces
         self.stats: dict = {}
         self._teacher_prompts: list[list[int]] | None = None  # generate(teacher_prompts=...), by prompt index
         if config.needs_teacher and teacher is None:
@@ -450,6 +542,21 @@ class Decoder:
         """Yield (index, trace) as traces end: the engine's scheduler with this config's step rule."""
         cfg, record = self.config, self.config.to_dict()
         rule = SpeculativeRule(self, prompts) if cfg.draft_tokens else LockstepRule(self)
-        yield from run_batches(
-            prompts, seeds, rule, new_trace=lambda prompt, seed: Trace(prompt_ids=prompt, seed=seed, config=record),
-            stop_ids=cfg.stop_ids, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, refill=refill)
+        kw = dict(new_trace=lambda prompt, seed: Trace(prompt_ids=prompt, seed=seed, config=record),
+                  stop_ids=cfg.stop_ids, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, refill=refill)
+        if self.uses_slots:
+            yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, **kw)
+        else:
+            yield from run_batches(prompts, seeds, rule, **kw)
+
+    @property
+    def uses_slots(self) -> bool:
+        """Whether ``generate`` runs the device-side scheduler (``rsdlib.engine.run_slots``).
+
+        Lockstep modes do, unless ``engine="rows"`` or the step needs the rows' tokens on the host:
+        stand-in models that steer (``rsdlib.standins``) and SKD's scoring of a proposed student-only
+        token (a rolled-back look-ahead). Speculative rounds run on ``run_batches``. Both schedulers
+        give the same traces."""
+        steered = any(getattr(m, "rsdlib_steer", None) is not None for m in (self.teacher, self.student))
+        skd_spelling = self.config.mode == "skd" and bool(self.bridge.student_only)
+        return self.engine == "slots" and not self.config.draft_tokens and not steered and not skd_spelling

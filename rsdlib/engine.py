@@ -114,6 +114,24 @@ class GrowingLayer(DynamicLayer):
         self._kbuf, self._vbuf = kbuf, vbuf
         self._set_length(width)
 
+    def place_rows(self, slots: torch.Tensor, other: "GrowingLayer", width: int) -> None:
+        """Overwrite rows ``slots`` (a (n,) index) with ``other``'s rows, right-aligned in our ``width`` columns.
+
+        In place: only those rows are written (their columns left of ``other``'s are zeroed: padding
+        must be finite). ``width`` must be our live width and at least ``other``'s.
+        """
+        n, cols = other.keys.shape[0], other.keys.shape[-2]
+        for buf, theirs in ((self._kbuf, other.keys), (self._vbuf, other.values)):
+            block = theirs.new_zeros(n, theirs.shape[1], width, theirs.shape[3])
+            block[:, :, width - cols:] = theirs
+            buf[slots, :, :width] = block
+
+    def pad_left(self, n: int) -> None:
+        """Add ``n`` zero columns on the left of every row (a copy: only when a longer prompt must fit)."""
+        if self.is_initialized and self._len and n > 0:
+            zeros = self.keys.new_zeros(*self.keys.shape[:2], n, self.keys.shape[3])
+            self._adopt(torch.cat([zeros, self.keys], -2), torch.cat([zeros, self.values], -2))
+
     def batch_select_indices(self, indices):
         if self.is_initialized and self._len:
             self._adopt(self.keys[indices], self.values[indices])
@@ -163,7 +181,17 @@ class ModelState:
             if r:
                 ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
                 new_mask[i, width - len(r) :] = 1
-        ids, new_mask = ids.to(self.device), new_mask.to(self.device)
+        return self.feed_ids(ids.to(self.device), new_mask.to(self.device), keep)
+
+    @torch.no_grad()
+    def feed_ids(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """``feed`` on device tensors: ids (B, W), new_mask (B, W) 1 = real (a 0 column is a hole in that row).
+
+        No host work per row and no host sync of ours. A one-token step of an sdpa model with full
+        attention only passes its padding mask as the 4-D boolean mask sdpa reads (``decode_mask``), so
+        transformers neither inspects the mask on the host nor copies the KV heads (``repeat_kv``).
+        """
+        batch = ids.shape[0]
         if self.cache is None:
             self.cache = new_cache()
             self.mask = new_mask
@@ -173,9 +201,12 @@ class ModelState:
             start = self.next_pos
         positions = start[:, None] + (new_mask.cumsum(-1) - 1).clamp_min(0)  # (B, width)
         self.next_pos = start + new_mask.sum(-1)
+        mask = self.mask
+        if ids.shape[1] == 1 and self.cache.get_seq_length() > 0 and decode_mask_ok(self.model):
+            mask = self.mask.bool()[:, None, None, :]  # (B, 1, 1, L): the query attends to the row's real columns
         out = self.model(
             input_ids=ids,
-            attention_mask=self.mask,
+            attention_mask=mask,
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
@@ -229,6 +260,26 @@ class ModelState:
         self.mask = torch.cat([pad_left(self.mask, pad_a), pad_left(other.mask, pad_b)])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
 
+    def place(self, slots: torch.Tensor, other: "ModelState") -> None:
+        """Put ``other``'s rows (freshly prefilled) into rows ``slots`` of ours, in place, right-aligned.
+
+        Only those rows are written; if ``other`` is wider than we are, every row first gets
+        left padding (a copy, once per longer prompt).
+        """
+        slots = slots.to(self.device)
+        grow = other.mask.shape[1] - self.mask.shape[1]
+        if grow > 0:
+            for layer in self.cache.layers:
+                layer.pad_left(grow)
+            self.mask = torch.cat([self.mask.new_zeros(self.mask.shape[0], grow), self.mask], dim=1)
+        width, cols = self.mask.shape[1], other.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.place_rows(slots, theirs, width)
+        rows = self.mask.new_zeros(len(slots), width)
+        rows[:, width - cols:] = other.mask
+        self.mask[slots] = rows
+        self.next_pos[slots] = other.next_pos
+
     def keep(self, index: torch.Tensor) -> None:
         """Drop finished rows: keep only ``index`` (sorted row numbers) and trim all-padding columns."""
         index = index.to(self.device)
@@ -241,6 +292,22 @@ class ModelState:
             for layer in self.cache.layers:
                 layer.drop_left(first)
             self.mask = self.mask[:, first:]
+
+
+def decode_mask_ok(model) -> bool:
+    """Whether a one-token step may pass the padding mask as sdpa's 4-D boolean mask (``feed_ids``):
+    sdpa attention and full attention in every layer (a sliding window needs transformers' own mask)."""
+    ok = getattr(model, "_rsdlib_decode_mask_ok", None)
+    if ok is None:
+        cfg = getattr(model, "config", None)
+        types = getattr(cfg, "layer_types", None) or ["full_attention"]
+        ok = (getattr(cfg, "_attn_implementation", None) == "sdpa"
+              and all(t == "full_attention" for t in types) and not getattr(cfg, "use_sliding_window", False))
+        try:
+            model._rsdlib_decode_mask_ok = ok
+        except AttributeError:
+            pass
+    return ok
 
 
 def model_dtype(model) -> torch.dtype:
@@ -293,7 +360,8 @@ class Row:
     index: int  # position of its prompt in the run's prompt list
     prompt: list[int]  # student ids
     trace: Any  # rsdlib.decoding.Trace (anything with add(record), token_ids and finish_reason)
-    generator: torch.Generator  # seeded with the row's seed; every random draw of the row comes from it
+    generator: torch.Generator  # seeded with the row's seed (speculative rounds draw from it)
+    seed: int = 0  # the row's seed: lockstep steps draw ``counter_uniforms(seed, step)``
 
     @property
     def last_token(self) -> int:
@@ -314,6 +382,30 @@ class Batch:
     student: ModelState | None = None
     teacher_logits: torch.Tensor | None = None
     student_logits: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # a rule's per-row device tensors, (B, ...)
+
+    def place(self, slots: torch.Tensor, other: "Batch") -> None:
+        """``run_slots``: put ``other``'s rows (freshly started) into rows ``slots``, in place."""
+        for mine, theirs in ((self.teacher, other.teacher), (self.student, other.student)):
+            if mine is not None:
+                mine.place(slots, theirs)
+        for name in ("teacher_logits", "student_logits"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine[slots.to(mine.device)] = getattr(other, name)
+        for name, tensor in self.extra.items():
+            tensor[slots.to(tensor.device)] = other.extra[name]
+
+    def select(self, index: torch.Tensor) -> None:
+        """``run_slots``: keep only rows ``index`` (sorted), logits and extras included (a copy of the cache)."""
+        for state in (self.teacher, self.student):
+            if state is not None:
+                state.keep(index)
+        for name in ("teacher_logits", "student_logits"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[index.to(getattr(self, name).device)])
+        self.extra = {name: t[index.to(t.device)] for name, t in self.extra.items()}
+        self.rows = [self.rows[j] for j in index.tolist()]
 
     def extend(self, other: "Batch") -> None:
         """Append ``other``'s rows (freshly started by the same rule) below ours."""
@@ -401,7 +493,7 @@ def run_batches(
             rows = []
             for i in pending.pop(free):
                 prompt, seed = [int(x) for x in prompts[i]], int(seeds[i])
-                rows.append(Row(i, prompt, new_trace(list(prompt), seed), torch.Generator().manual_seed(seed)))
+                rows.append(Row(i, prompt, new_trace(list(prompt), seed), torch.Generator().manual_seed(seed), seed))
             started = rule.start(rows)  # prefilled on their own...
             if batch is None:
                 batch = started
@@ -432,3 +524,150 @@ def run_batches(
         if len(kept) < len(batch.rows):
             batch.keep(kept)
         rule.advance(batch, kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# The slot scheduler: the same job, with the rows' bookkeeping on the device
+# ----------------------------------------------------------------------------------------------
+FLUSH_EVERY = 16  # run_slots: steps between two reads of the device (records, finished rows)
+RECORD_FIELDS = 8  # token, recorded?, then TokenRecord's six numbers: source ... student_entropy
+
+
+class SlotRule(Protocol):
+    """A one-token-per-step rule whose step is tensors only (``run_slots``)."""
+
+    def start(self, rows: list[Row]) -> Batch:
+        """Prefill new rows: a batch of just these rows (``Batch.extra`` holds the rule's per-row tensors)."""
+        ...
+
+    def step_slots(self, batch: Batch, seeds: torch.Tensor, counters: torch.Tensor):
+        """One step of every row: (tokens (B,), emitted (B,) bool, values (B, 6) float64), with ``values``
+        TokenRecord's fields after ``token``. A row with emitted False took no step (its draw is unused)."""
+        ...
+
+    def feed_slots(self, batch: Batch, tokens: torch.Tensor, emitted: torch.Tensor) -> None:
+        """Feed the step's tokens: the logits of the next step."""
+        ...
+
+
+def _record(trace, records) -> None:
+    """Append a row's recorded steps ((n, RECORD_FIELDS) float64 array) to its trace."""
+    for token, _, source, fallback, p_t, p_s, p_raw, h in records.tolist():
+        trace.add(TokenRecord(int(token), int(source), bool(fallback), p_t, p_s, p_raw, h))
+
+
+def run_slots(
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    rule: SlotRule,
+    *,
+    new_trace: Callable[[list[int], int], Any],
+    stop_ids: Sequence[int],
+    max_new_tokens: int,
+    batch_size: int,
+    refill: bool = True,
+    flush_every: int = FLUSH_EVERY,
+) -> Iterator[tuple[int, Any]]:
+    """``run_batches`` for a ``SlotRule``, with no per-row host work and no host sync inside a window of steps.
+
+    The batch is a fixed set of slots. Each step, on the device: the rule's step (its randomness is
+    ``counter_uniforms(row seed, row step)``: a row's tokens do not depend on its neighbours), the
+    record written into a preallocated (window, B, 8) buffer, the rows' lengths, and their end (stop
+    id or ``max_new_tokens``) as a flag. Every ``flush_every`` steps (sooner when a row reaches its
+    length limit, which the host knows) ONE copy brings the records and flags to the host: records go
+    to the traces, ended traces are yielded, their slots are freed. A freed slot keeps decoding
+    (its output is ignored) until a refill writes new rows into it in place (``Batch.place``) once a
+    quarter of the slots are free; with nothing left to admit, the batch is compacted to its live rows
+    once a quarter of the slots are free. Columns dead in every live row are dropped once they
+    reach CACHE_CHUNK. Same traces as ``run_batches`` with the same rule.
+    """
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+    stop_list = sorted({int(s) for s in stop_ids})
+    pending = _Pending(prompts)
+    batch: Batch | None = None
+    slots: list[Row | None] = []  # slot -> its row (None: free)
+
+    def new_rows(n):
+        rows = []
+        for i in pending.pop(n):
+            prompt, seed = [int(x) for x in prompts[i]], int(seeds[i])
+            rows.append(Row(i, prompt, new_trace(list(prompt), seed), torch.Generator().manual_seed(seed), seed))
+        return rows
+
+    while pending.order or batch is not None:
+        # 1. admit pending prompts: a new batch, or a refill of the free slots written in place
+        if batch is None:
+            slots = new_rows(batch_size)
+            batch = rule.start(slots)
+            device = (batch.student or batch.teacher).device
+            seed_t = torch.tensor([r.seed for r in slots], dtype=torch.long, device=device)  # (B,)
+            length = torch.zeros(len(slots), dtype=torch.long, device=device)  # (B,) tokens recorded
+            active = torch.ones(len(slots), dtype=torch.bool, device=device)  # (B,) still recording
+            reason = torch.zeros(len(slots), dtype=torch.long, device=device)  # (B,) 1 stop, 2 length
+            stop_t = torch.tensor(stop_list, dtype=torch.long, device=device)
+        else:
+            free = [j for j, r in enumerate(slots) if r is None]
+            if pending.order and refill and len(free) >= max(1, len(slots) // 4):
+                rows = new_rows(len(free))
+                where = torch.tensor(free[: len(rows)], dtype=torch.long, device=device)
+                batch.place(where, rule.start(rows))
+                for j, r in zip(free, rows):
+                    slots[j] = r
+                seed_t[where] = torch.tensor([r.seed for r in rows], dtype=torch.long, device=device)
+                length[where], active[where], reason[where] = 0, True, 0
+        # 2. a window of steps, all on the device
+        live = [r for r in slots if r is not None]
+        window = min(flush_every, min(max_new_tokens - len(r.trace.token_ids) for r in live))
+        records = torch.empty(window, len(slots), RECORD_FIELDS, dtype=torch.float64, device=device)
+        for w in range(window):
+            tokens, emitted, values = rule.step_slots(batch, seed_t, length)
+            recorded = emitted & active  # (B,)
+            records[w] = torch.cat([tokens[:, None].double(), recorded[:, None].double(), values], dim=1)
+            length += recorded
+            at_stop = recorded & torch.isin(tokens, stop_t)
+            ended = recorded & (at_stop | (length >= max_new_tokens))
+            reason = torch.where(ended, 2 - at_stop.long(), reason)  # 1: a stop id, 2: the length limit
+            active = active & ~ended
+            rule.feed_slots(batch, tokens, emitted)
+        # 3. one copy to the host: the window's records, the flags, each cache's first live column
+        firsts = []
+        for state in (batch.teacher, batch.student):
+            if state is not None:
+                cols = (state.mask.bool() & active[:, None]).any(0)  # (L,) columns a live row still reads
+                firsts.append(torch.where(cols.any(), cols.long().argmax(), cols.shape[0]).view(1))
+        packet = torch.cat([records.flatten(), active.double(), reason.double(), *[f.double() for f in firsts]])
+        host = packet.cpu().numpy()
+        n_rec = records.numel()
+        rec = host[:n_rec].reshape(window, len(slots), RECORD_FIELDS)
+        still, why = host[n_rec : n_rec + len(slots)], host[n_rec + len(slots) : n_rec + 2 * len(slots)]
+        first_live = host[n_rec + 2 * len(slots) :].astype(int).tolist()
+        for j, row in enumerate(slots):
+            if row is None:
+                continue
+            _record(row.trace, rec[rec[:, j, 1] > 0, j])
+            if not still[j]:
+                row.trace.finish_reason = "stop" if why[j] == 1 else "length"
+                slots[j] = None
+                yield row.index, row.trace
+        # 4. retire: drop dead columns; with nothing to admit, compact to the live rows
+        kept = [j for j, r in enumerate(slots) if r is not None]
+        if not kept:
+            if pending.order:
+                batch = None  # every slot is free: start afresh
+            else:
+                break
+            continue
+        if not pending.order and len(slots) - len(kept) >= max(1, len(slots) // 4):
+            index = torch.tensor(kept, dtype=torch.long, device=device)
+            batch.rows = slots
+            batch.select(index)  # (also drops the columns now dead in every row)
+            slots = batch.rows
+            seed_t, length, active, reason = seed_t[index], length[index], active[index], reason[index]
+        else:
+            for state, first in zip([s for s in (batch.teacher, batch.student) if s is not None], first_live):
+                if first >= CACHE_CHUNK and first < state.mask.shape[1]:
+                    for layer in state.cache.layers:
+                        layer.drop_left(first)
+                    state.mask = state.mask[:, first:]
+    return

@@ -3,7 +3,9 @@
 - distributions: ``tempered_probs`` (temperature, greedy at 0, ``top_p_filter``), ``entropy``;
 - the exact next-token distribution of the threshold rule: ``proposal_mixture`` (``rsd_mixture``,
   ``skd_mixture``; the formula is in ``rsdlib.decoding``'s docstring);
-- sampling with explicit randomness: ``draw_uniforms`` (one generator per row),
+- sampling with explicit randomness: ``counter_uniforms`` (the decoder's: a counter-based hash of
+  (row seed, row step, draw) computed on the device, so a row's draws never depend on its batch
+  neighbours, the batch size or the device), ``draw_uniforms`` (one ``torch.Generator`` per row),
   ``sample_inverse_cdf``, ``propose_and_verify`` / ``rsd_sample`` (the threshold rule itself);
 - one lockstep step of a mode: ``step_probs`` (mask, temper, bridge both models' logits onto the
   student's ids: ``StepProbs``), ``choose_tokens`` (the mode's rule on the step's uniforms),
@@ -96,17 +98,62 @@ def skd_mixture(p_teacher: torch.Tensor, p_student: torch.Tensor, threshold: flo
 
 
 def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """(B, V) probabilities and (B,) uniforms in [0, 1) -> (B,) token ids; zero-probability ids never win."""
+    """(B, V) probabilities and (B,) uniforms in [0, 1) -> (B,) token ids; zero-probability ids never win.
+
+    No host sync: the target u * total is kept strictly below the total, so the first id whose
+    cumulative sum exceeds it has a positive probability (the cumulative sum only rises at live ids).
+    """
     cdf = probs.double().cumsum(-1)  # (B, V)
-    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    total = cdf[:, -1:]  # (B, 1)
+    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))  # (B, 1)
     idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    idx = idx.clamp_max(probs.shape[-1] - 1)
-    # rounding at the very top can land on a trailing zero-probability id: step back to the last live one
-    bad = probs.gather(-1, idx[:, None]).squeeze(-1) <= 0
-    if bad.any():
-        last_live = (probs > 0).cumsum(-1).argmax(-1)  # first index reaching the final count = last live id
-        idx = torch.where(bad, last_live, idx)
-    return idx
+    return idx.clamp_max(probs.shape[-1] - 1)
+
+
+_MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
+_MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64's finaliser multipliers
+
+
+def _int64(x: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 with the same bits."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (wrapping arithmetic, logical shifts)."""
+    z = z ^ ((z >> 30) & ((1 << 34) - 1))
+    z = z * _int64(_MIX[0])
+    z = z ^ ((z >> 27) & ((1 << 37) - 1))
+    z = z * _int64(_MIX[1])
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def counter_uniforms(seeds: torch.Tensor, counters: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n) float64 uniforms in [0, 1): draw k of row b at its step ``counters[b]``, from ``seeds[b]`` alone.
+
+    A counter-based generator (splitmix64 keyed by seed, then step, then draw): computed on the
+    device with integer tensor ops, no generator state, no host sync; the same (seed, step, draw)
+    gives the same number on any device and in any batch. seeds, counters: (B,) int64.
+    """
+    gamma = _int64(_GAMMA)
+    key = _mix64(_mix64(seeds.long() + gamma) + counters.long().to(seeds.device) * gamma)  # (B,)
+    draws = torch.arange(1, n + 1, device=seeds.device, dtype=torch.long) * gamma  # (n,)
+    bits = (_mix64(key[:, None] + draws[None, :]) >> 11) & ((1 << 53) - 1)  # (B, n): the top 53 bits
+    return bits.double() * 2.0**-53
+
+
+def counter_uniforms_reference(seed: int, counter: int, n: int) -> list[float]:
+    """``counter_uniforms`` for one row in plain Python integers (the reference its tests compare to)."""
+    def mix(z):
+        z ^= z >> 30
+        z = (z * _MIX[0]) & _MASK64
+        z ^= z >> 27
+        z = (z * _MIX[1]) & _MASK64
+        return z ^ (z >> 31)
+
+    key = mix((mix((seed + _GAMMA) & _MASK64) + counter * _GAMMA) & _MASK64)
+    return [(mix((key + k * _GAMMA) & _MASK64) >> 11) * 2.0**-53 for k in range(1, n + 1)]
 
 
 def draw_uniforms(generators: Sequence[torch.Generator] | torch.Generator, batch: int, n: int) -> torch.Tensor:
@@ -142,8 +189,8 @@ def propose_and_verify(
         tokens = torch.where(take, proposal, tokens)
         decided |= take
     fallback = ~decided
-    if fallback.any():
-        tokens = torch.where(fallback, sample_inverse_cdf(p_fallback, u[:, trials]), tokens)
+    # every row's fallback draw is computed (no host sync to ask whether any row needs it)
+    tokens = torch.where(fallback, sample_inverse_cdf(p_fallback, u[:, trials]), tokens)
     return tokens, fallback
 
 

@@ -1,9 +1,10 @@
 """Notebook 00: Algorithm 1 run by hand, one token at a time, and checked against rsdlib's decoder.
 
 ``hand_loop`` keeps both models' KV caches, and at each step draws two uniforms (one for the teacher's
-proposal, one for the student's fallback draw: rsdlib's convention, so the library's ``Decoder`` can be
-checked against it): the student keeps the teacher's token when P_s(y) >= p_th, otherwise it samples
-the token itself. ``plot_walkthrough`` draws P_s of each proposal and the step's chance of falling back.
+proposal, one for the student's fallback draw, ``counter_uniforms(seed, step)``: rsdlib's convention, so
+the library's ``Decoder`` can be checked against it): the student keeps the teacher's token when
+P_s(y) >= p_th, otherwise it samples the token itself. ``plot_walkthrough`` draws P_s of each proposal
+and the step's chance of falling back.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from typing import Sequence
 
 import torch
 
-from rsdlib.decoding import Decoder, DecodingConfig, draw_uniforms, sample_inverse_cdf, step_probs
+from rsdlib.decoding import Decoder, DecodingConfig, counter_uniforms, sample_inverse_cdf, step_probs
 
 
 def hand_loop(pair, prompt_student: Sequence[int], cfg: DecodingConfig, seed: int) -> tuple[list[dict], list[int]]:
     """(one row per step: proposal, its probabilities, the decision, the emitted token, P(fallback); the
     emitted ids), for ``cfg.max_new_tokens`` steps or until an id of ``cfg.stop_ids``."""
     tok, threshold, stop = pair.student_tokenizer, cfg.threshold, set(cfg.stop_ids)
-    gen = torch.Generator().manual_seed(seed)
     t_ctx_new, s_ctx_new = pair.bridge.student_to_teacher(list(prompt_student)), list(prompt_student)
     t_cache = s_cache = None
     rows, emitted = [], []
@@ -31,7 +31,7 @@ def hand_loop(pair, prompt_student: Sequence[int], cfg: DecodingConfig, seed: in
                                  past_key_values=s_cache, use_cache=True)
             t_cache, s_cache = t_out.past_key_values, s_out.past_key_values
             probs = step_probs(t_out.logits[:, -1], s_out.logits[:, -1], pair.bridge, cfg)  # (1, V_s) each
-            u = draw_uniforms(gen, 1, cfg.trials + 1)  # (1, 2)
+            u = counter_uniforms(torch.tensor([seed]), torch.tensor([step]), cfg.trials + 1)  # (1, 2): the row's draws
             proposal = int(sample_inverse_cdf(probs.teacher, u[:, 0].to(probs.teacher.device)))
             p_s = float(probs.student[0, proposal])
             accepted = p_s >= threshold

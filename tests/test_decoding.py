@@ -23,6 +23,7 @@ from rsdlib.decoding import (
     top_p_filter,
 )
 from rsdlib.engine import ModelState
+from rsdlib.sampling import counter_uniforms_reference
 
 
 def random_probs(batch, vocab, gen, sharp=3.0):
@@ -94,9 +95,13 @@ def test_sampler_never_returns_masked_ids():
 
 
 # ---------------------------------------------------------------- engine vs references
+def row_uniforms(seed, step, n):
+    """The uniforms of one row's step, from the plain-Python reference of the decoder's counter-based draws."""
+    return torch.tensor([counter_uniforms_reference(seed, step, n)], dtype=torch.float64)
+
+
 def reference_decode(teacher, student, bridge, cfg, prompt, seed):
     """Slow reference: one row, no cache, the full context recomputed at every step."""
-    gen = torch.Generator().manual_seed(seed)
     tokens, out = [], {"tokens": [], "teacher_prob": [], "student_prob": [], "fallback": []}
     for _ in range(cfg.max_new_tokens):
         s_ctx = list(prompt) + tokens
@@ -105,7 +110,7 @@ def reference_decode(teacher, student, bridge, cfg, prompt, seed):
             t_logits = teacher(torch.tensor([t_ctx])).logits[:, -1] if cfg.needs_teacher else None
             s_logits = student(torch.tensor([s_ctx])).logits[:, -1] if cfg.needs_student else None
         probs = step_probs(t_logits, s_logits, bridge, cfg)
-        tok, fb, _ = choose_tokens(probs, cfg, draw_uniforms([gen], 1, cfg.trials + 1))
+        tok, fb, _ = choose_tokens(probs, cfg, row_uniforms(seed, len(tokens), cfg.trials + 1))
         y = int(tok[0])
         tokens.append(y)
         out["tokens"].append(y)
@@ -330,7 +335,6 @@ def spelled_approval(teacher, bridge, cfg, teacher_context, probs):
 
 def reference_decode_skd(teacher, student, bridge, cfg, prompt, seed):
     """Slow SKD reference with student-only tokens: no cache, all student-only ids scored every step."""
-    gen = torch.Generator().manual_seed(seed)
     tokens, out = [], {"tokens": [], "teacher_prob": [], "fallback": []}
     for _ in range(cfg.max_new_tokens):
         s_ctx = list(prompt) + tokens
@@ -339,7 +343,7 @@ def reference_decode_skd(teacher, student, bridge, cfg, prompt, seed):
             t_logits = teacher(torch.tensor([t_ctx])).logits[:, -1]
             s_logits = student(torch.tensor([s_ctx])).logits[:, -1]
         probs = spelled_approval(teacher, bridge, cfg, t_ctx, step_probs(t_logits, s_logits, bridge, cfg))
-        tok, fb, _ = choose_tokens(probs, cfg, draw_uniforms([gen], 1, cfg.trials + 1))
+        tok, fb, _ = choose_tokens(probs, cfg, row_uniforms(seed, len(tokens), cfg.trials + 1))
         y = int(tok[0])
         tokens.append(y)
         out["tokens"].append(y)

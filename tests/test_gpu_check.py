@@ -98,7 +98,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     names = [r.split(" | ")[0].removeprefix("| ") for r in rows]
     plan = gc_mod.Plan.tiny()
     expected = (["decode: lockstep RSD", "decode: teacher only", "decode: student only"] * len(plan.batches)
-                + ["decode: lockstep RSD, long context"]
+                + ["decode: lockstep RSD, padded rows + refills", "decode: lockstep RSD, long context"]
                 + [f"speculative RSD k={k}" for _ in plan.spec_batches for k in plan.draft_tokens]
                 + ["train: student, full fine-tuning", "GPU-hours: traces (10)", "GPU-hours: traces, README's counts",
                    "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)",
@@ -108,7 +108,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     assert "skipped" not in text and "did not fit" not in text and "out of memory" not in text
     batches = [r.split(" | ")[1] for r in rows[: 3 * len(plan.batches)]]
     assert batches == [str(b) for b in plan.batches for _ in range(3)]
-    for r in rows[: 3 * len(plan.batches) + 1 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
+    for r in rows[: 3 * len(plan.batches) + 2 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
         cells = r.split(" | ")
         assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0, r  # tok/s, ms/step
     assert "speed-up vs teacher at a = 0.6/0.7/0.8" in text and "Assumptions of the GPU-hours rows" in text
@@ -255,3 +255,43 @@ def test_kv_sizing_matches_the_engine_and_the_field_notes():
     tried = []
     assert gc_mod.largest_fitting(lambda b: tried.append(b) or b, 64, fits=lambda b: b <= 16) == (16, 16, [64, 32])
     assert tried == [16]  # batches the sizing rejects are never run
+
+
+def test_a_failing_row_prints_its_failure_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    """One row raises (teacher-only decoding, injected): it gets a 'failed' line, every other row is printed;
+    ``--out`` may name a folder; the padded row runs prompts of different lengths with refills."""
+    real = gc_mod.decode_row
+    calls = []
+
+    def flaky(teacher, student, bridge, mode, batch, plan, device, draft_tokens=0, context=None, padded=False):
+        calls.append((mode, batch, padded))
+        if mode == "teacher" and plan.steps > 2:  # the warm-up rows (2 steps) stay intact
+            raise RuntimeError("injected failure\nsecond line")
+        return real(teacher, student, bridge, mode, batch, plan, device, draft_tokens, context, padded)
+
+    monkeypatch.setattr(gc_mod, "decode_row", flaky)
+    plan = gc_mod.Plan(**{**gc_mod.asdict(gc_mod.Plan.tiny()), "batches": (2,), "spec_batches": (2,),
+                          "draft_tokens": (2,), "long_context": 0})
+    monkeypatch.setattr(gc_mod.Plan, "tiny", classmethod(lambda cls: plan))
+    assert gc_mod.main(["--tiny", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "gpu_check.md").read_text()
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "failed: RuntimeError: injected failure |" in rows["decode: teacher only"]
+    for name in ("decode: lockstep RSD", "decode: student only", "decode: lockstep RSD, padded rows + refills",
+                 "train: student, full fine-tuning"):
+        assert "failed" not in rows[name] and float(rows[name].split(" | ")[3].replace(",", "")) > 0, rows[name]
+    assert "failed" not in rows["speculative RSD k=2"]
+    assert ("rsd", 2, True) in calls
+
+
+def test_padded_chunked_prefill_matches_one_prefill():
+    """Prompts of different lengths fed in chunks give the logits of one prefill forward."""
+    from rsdlib.engine import prefill
+    from rsdlib.standins import tiny_model
+
+    model = tiny_model(vocab_size=64, eos_token_id=1, pad_token_id=0)
+    rows = [list(range(5, 5 + n)) for n in (3, 11, 7)]
+    _, whole = prefill(model, rows)
+    state = gc_mod.ModelState(model, 0)
+    chunked = gc_mod._feed_chunked(state, rows, 4)
+    assert torch.allclose(chunked, whole, atol=1e-5)
