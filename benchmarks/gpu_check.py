@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
-from rsdlib.decoding import Decoder, DecodingConfig  # noqa: E402
+from rsdlib.decoding import MAX_NEW_TOKENS, Decoder, DecodingConfig  # noqa: E402
 from rsdlib.engine import ModelState, cache_capacity, pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +347,8 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
     context = plan.context if context is None else context
     stops = tuple(range(0, int(bridge.shared_mask.sum()), 32)) if padded else ()
     cfg = DecodingConfig(mode=mode, temperature=plan.temperature, top_p=1.0, threshold=plan.threshold,
-                         max_new_tokens=10**6, draft_tokens=draft_tokens, stop_ids=stops)  # padded or not: no end
+                         max_new_tokens=MAX_NEW_TOKENS, draft_tokens=draft_tokens,
+                         stop_ids=stops)  # the largest budget allowed: the timed steps end first
     models = {}
     if cfg.needs_teacher:
         models["teacher"] = teacher
@@ -533,6 +534,8 @@ def paper_work(scale: PaperScale) -> dict:
             lockstep_samples += n * problems
     for extra in traces.get("extra_pairs", {}).values():  # other pairs, counted at the main pair's rate
         lockstep_samples += len(extra["methods"]) * job["samples_per_problem"] * scale.teacher_solved
+        if extra["teacher"] != traces["teacher"]:  # a pair of another teacher runs that teacher's own teacher method
+            lockstep_samples += job["samples_per_problem"] * scale.s1k_problems
     full_tokens = scale.full_examples * scale.mean_sample_tokens
     prefix_tokens = (scale.teacher_solved - scale.full_examples) * scale.prefix_example_tokens
     runs = len(training["methods"]) + sum(len(v) for v in training.get("extra_runs", {}).values())

@@ -22,8 +22,6 @@ import os
 import re
 from pathlib import Path
 
-import platformdirs
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 
@@ -31,7 +29,12 @@ REPO_ROOT = PACKAGE_DIR.parent
 def cache_dir() -> Path:
     """Per-user cache folder for rsdlib (embedded models); `RSDLIB_CACHE` overrides it."""
     env = os.environ.get("RSDLIB_CACHE")
-    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("rsdlib"))
+    if env:
+        path = Path(env).expanduser()
+    else:  # imported here: training (which reaches this module) runs in gpu_check's minimal environment
+        import platformdirs
+
+        path = Path(platformdirs.user_cache_dir("rsdlib"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
