@@ -307,7 +307,10 @@ def test_preflight_names_every_hub_id_of_the_paper_profile():
 
     ids = hub_ids("paper")
     assert set(ids.models) == {"simplescaling/s1.1-7B", "Qwen/Qwen3-0.6B", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-                               "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B"}
+                               "meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B",
+                               # Table 4's other students (issue 29), gated Gemma 3 among them
+                               "google/gemma-3-1b-it", "microsoft/Phi-4-mini-instruct",
+                               "microsoft/Phi-4-mini-reasoning", "Qwen/Qwen3-4B"}
     assert ids.datasets == ["simplescaling/s1K-1.1"]
     dry = hub_ids("paper-dry")
     assert dry.models == [] and dry.datasets == []  # stand-ins only
