@@ -187,10 +187,12 @@ def add_accuracy_intervals(table: list[dict], uncertainty: Mapping[str, Mapping]
             diff_rows.append({label: r.get(label, r["key"]),
                               **{f"{col} {DIFF} [{CI}]": interval_cell(diffs.get(col), digits, mark=True, signed=True)
                                  for col in columns}})
-    md_columns = [label, *[f"{c} ({w})" for c in columns for w in (f"ours, {CI}", "paper")]]
+    # a column the paper does not report (e.g. MATH500 avg@4 beside its pass@1) has no "(paper)" column
+    papers = {c: f"{c} (paper)" for c in columns if any(f"{c} (paper)" in r for r in table)}
+    md_columns = [label, *[x for c in columns for x in (f"{c} (ours, {CI})", papers.get(c)) if x]]
     csv_columns = [label, *[x for c in columns for x in (f"{c} (ours)", f"{c} (ours) low", f"{c} (ours) high",
-                                                          f"{c} (paper)", f"{c} {DIFF}", f"{c} {DIFF} low",
-                                                          f"{c} {DIFF} high", f"{c} {DIFF} excludes 0")]]
+                                                          papers.get(c), f"{c} {DIFF}", f"{c} {DIFF} low",
+                                                          f"{c} {DIFF} high", f"{c} {DIFF} excludes 0") if x]]
     diff_columns = [col for col in columns if any(uncertainty.get(r["key"], {}).get("vs_base", {}).get(col)
                                                   for r in table)]
     section = ("Paired difference to the base student (ours, same problems; * : the 95% interval excludes 0)",
