@@ -59,7 +59,7 @@ NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
 PROFILES = ("smoke", "demo", "paper", "paper-dry")
 DEFAULT_TIMEOUT = {"smoke": 900, "demo": 3600, "paper": None, "paper-dry": 2400}  # seconds per cell (None: no limit)
-# paper-dry: notebook 30 trains 27 stand-in students in one cell since Table 4 is whole (issue 29)
+# paper-dry: notebook 30 trains 23 stand-in students in one cell since Table 4 is whole (issue 29)
 
 
 @dataclasses.dataclass(frozen=True)
