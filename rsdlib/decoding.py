@@ -53,6 +53,7 @@ from rsdlib.engine import (
     Batch,
     ModelState,
     Row,
+    StaticState,
     StepRule,
     TokenRecord,
     model_dtype,
@@ -406,6 +407,7 @@ class LockstepRule(StepRule):
 # ----------------------------------------------------------------------------------------------
 # The decoder
 # ----------------------------------------------------------------------------------------------
+CACHE_KINDS = ("dynamic", "static")  # Decoder(cache=...): the KV cache of the lockstep slot path
 class Decoder:
     """Batched decoder for one teacher/student pair (either may be None if the mode does not need it).
 
@@ -419,11 +421,18 @@ class Decoder:
     """
 
     def __init__(self, teacher, student, bridge, config: DecodingConfig, *, engine: str = "slots",
-                 flush_every: int = FLUSH_EVERY):
+                 flush_every: int = FLUSH_EVERY, cache: str = "dynamic", compile: bool = False):
         self.teacher, self.student, self.bridge, self.config = teacher, student, bridge, config
         if engine not in ("slots", "rows"):
             raise ValueError(f"Decoder engine must be 'slots' or 'rows', got {engine!r}")
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"Decoder cache must be one of {CACHE_KINDS}, got {cache!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"Decoder compile must be true or false, got {compile!r}")
         self.engine, self.flush_every = engine, flush_every  # lockstep scheduler (see _run); same traces
+        # KV cache of the lockstep slot path: "dynamic" (grown by chunks, trimmed as rows leave) or "static"
+        # (fixed buffers, StaticState); compile=True runs the static step's forwards through torch.compile
+        self.cache, self.compile = ("static" if compile else cache), compile
         self.stats: dict = {}
         self._teacher_prompts: list[list[int]] | None = None  # generate(teacher_prompts=...), by prompt index
         if config.needs_teacher and teacher is None:
@@ -545,9 +554,27 @@ class Decoder:
         kw = dict(new_trace=lambda prompt, seed: Trace(prompt_ids=prompt, seed=seed, config=record),
                   stop_ids=cfg.stop_ids, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, refill=refill)
         if self.uses_slots:
-            yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, **kw)
+            on_batch = self._static_states(prompts) if self.cache == "static" else None
+            yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, on_batch=on_batch, **kw)
         else:
+            if self.cache == "static":
+                raise ValueError("Decoder(cache='static' or compile=True) runs on the lockstep slot path only; this "
+                                 f"run takes the host-side scheduler (engine={self.engine!r}, draft_tokens="
+                                 f"{cfg.draft_tokens}, steering stand-ins or SKD spellings): use cache='dynamic'")
             yield from run_batches(prompts, seeds, rule, **kw)
+
+    def _static_states(self, prompts):
+        """``run_slots``' on_batch hook: replace a new batch's states by ``StaticState``s sized for this run's
+        widest rows (``cache_users``), compiled if asked."""
+        widths = {user.name: user.tokens_per_row for user in self.cache_users(prompts)}
+
+        def on_batch(batch: Batch) -> None:
+            if batch.teacher is not None:
+                batch.teacher = StaticState(batch.teacher, widths["teacher"], compiled=self.compile)
+            if batch.student is not None:
+                batch.student = StaticState(batch.student, widths["student"], compiled=self.compile)
+
+        return on_batch
 
     @property
     def uses_slots(self) -> bool:

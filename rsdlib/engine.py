@@ -280,6 +280,14 @@ class ModelState:
         self.mask[slots] = rows
         self.next_pos[slots] = other.next_pos
 
+    def retire_columns(self, first_live: int, upcoming: int = 0) -> None:
+        """``run_slots``: drop the first ``first_live`` columns (no live row reads them) once they reach
+        CACHE_CHUNK (a copy of the cache, so not at every step). ``upcoming`` is unused (StaticState needs it)."""
+        if CACHE_CHUNK <= first_live < self.mask.shape[1]:
+            for layer in self.cache.layers:
+                layer.drop_left(first_live)
+            self.mask = self.mask[:, first_live:]
+
     def keep(self, index: torch.Tensor) -> None:
         """Drop finished rows: keep only ``index`` (sorted row numbers) and trim all-padding columns."""
         index = index.to(self.device)
@@ -292,6 +300,157 @@ class ModelState:
             for layer in self.cache.layers:
                 layer.drop_left(first)
             self.mask = self.mask[:, first:]
+
+
+class SlotLayer(DynamicLayer):
+    """A KV cache layer of FIXED shape (B, H, capacity, D), written in place at a column all layers share.
+
+    ``update`` writes the step's one new column at ``column`` (a (1,) long tensor on the device, shared with
+    the other layers and owned by ``StaticState``) and returns the whole buffers: the shapes and addresses
+    never change from one step to the next, which is what a compiled forward needs (``torch.compile``;
+    CUDA graphs on CUDA). Columns right of the write column, and left of a row's first token, are masked.
+    """
+
+    is_compileable = True
+
+    def setup(self, keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor) -> None:
+        """Adopt ``keys``/``values`` (B, H, capacity, D) as the buffers and ``column`` as the write column."""
+        self.keys, self.values, self.column = keys, values, column
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        if not torch.compiler.is_compiling():  # fixed addresses: a compiled graph reads them in place
+            torch._dynamo.mark_static_address(keys)
+            torch._dynamo.mark_static_address(values)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys.index_copy_(2, self.column, key_states)  # (B, H, 1, D) into column `column`
+        self.values.index_copy_(2, self.column, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        return self.keys.shape[-2]
+
+
+def compiled_forward(model):
+    """``torch.compile`` of a model's forward (one per model; CUDA: mode "reduce-overhead", CUDA graphs)."""
+    fn = getattr(model, "_rsdlib_compiled_forward", None)
+    if fn is None:
+        mode = "reduce-overhead" if model.device.type == "cuda" else None
+        fn = torch.compile(model.forward, dynamic=False, mode=mode)
+        model._rsdlib_compiled_forward = fn
+    return fn
+
+
+class StaticState:
+    """One model's batched context in buffers of fixed shape: the decode step a compiled forward can run.
+
+    Made from a freshly prefilled ``ModelState`` (``Decoder(cache="static")``): every row's KV lives in
+    (B, H, capacity, D) buffers, allocated once for the run's widest row (``capacity``: the longest prompt in
+    this model's ids + ``max_new_tokens`` + margins, as ``Decoder.cache_users`` sizes it), with rows
+    right-aligned at a write column ``col`` all rows share (a row's holes and left padding are masked).
+    Each one-token step writes column ``col`` in place and attends over the whole buffer through a
+    (B, 1, 1, capacity) boolean mask. Rows are refilled in place (``place``); ended rows cost nothing to
+    retire. The content is moved (one copy of the live columns) only when the write column must move:
+    left when the buffer's end is reached (``retire_columns``: the columns no live row reads are dropped),
+    right when a refilled prompt is wider than the write column. Same interface as ``ModelState`` for
+    ``run_slots`` and ``LockstepRule``; same logits up to float rounding (the masked columns weigh 0).
+    """
+
+    def __init__(self, state: ModelState, capacity: int, compiled: bool = False):
+        if not decode_mask_ok(state.model):
+            cfg = getattr(state.model, "config", None)
+            raise ValueError(
+                "a static KV cache (Decoder(cache='static') / compile) needs a model on sdpa attention with full "
+                f"attention in every layer; {type(state.model).__name__} has attention "
+                f"{getattr(cfg, '_attn_implementation', None)!r}, layer types "
+                f"{sorted(set(getattr(cfg, 'layer_types', None) or ['full_attention']))}: use cache='dynamic'")
+        self.model, self.device, self.pad_id, self.compiled = state.model, state.device, state.pad_id, compiled
+        batch, width = state.mask.shape
+        self.capacity = cache_capacity(max(int(capacity), width + 1))
+        self.col = width  # the next column written (host mirror of self.column)
+        self.column = torch.tensor([width], dtype=torch.long, device=self.device)
+        self.mask = state.mask.new_zeros(batch, self.capacity)  # (B, capacity) 1 = a real token
+        self.mask[:, :width] = state.mask
+        self.next_pos = state.next_pos.clone()
+        self.cache = DynamicCache()
+        layers = []
+        for src in state.cache.layers:
+            keys = src.keys.new_zeros(*src.keys.shape[:2], self.capacity, src.keys.shape[3])
+            values = src.values.new_zeros(*src.values.shape[:2], self.capacity, src.values.shape[3])
+            keys[:, :, :width], values[:, :, :width] = src.keys, src.values
+            layer = SlotLayer()
+            layer.setup(keys, values, self.column)
+            layers.append(layer)
+        self.cache.layers = layers
+        self.forward = compiled_forward(state.model) if compiled else state.model.forward
+
+    @torch.no_grad()
+    def feed_ids(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """One column per row: ids (B, 1), new_mask (B, 1) (0: a hole in that row). Returns logits (B, V)."""
+        if ids.shape[1] != 1 or keep != 1:
+            raise ValueError(f"a static cache takes one token per row per step, got {tuple(ids.shape)}, keep={keep}")
+        if self.col >= self.capacity:
+            raise RuntimeError(f"static KV cache full ({self.capacity} columns): retire_columns was not called")
+        self.mask[:, self.col] = new_mask[:, 0]
+        positions = self.next_pos[:, None]  # (B, 1): a hole repeats the row's next position (it is masked)
+        self.next_pos = self.next_pos + new_mask[:, 0]
+        out = self.forward(input_ids=ids, attention_mask=self.mask.bool()[:, None, None, :], position_ids=positions,
+                           past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.col += 1
+        self.column.add_(1)
+        logits = out.logits[:, -1, :]
+        return logits.clone() if self.compiled else logits  # CUDA graphs reuse their output memory
+
+    def _shift(self, delta: int) -> None:
+        """Move every row's columns ``delta`` to the right (negative: left), and the write column with them."""
+        col = self.col
+        src, dst = (slice(-delta, col), slice(0, col + delta)) if delta < 0 else (slice(0, col), slice(delta, col + delta))
+        if delta == 0 or col + delta > self.capacity or col + delta < 0:
+            if delta:
+                raise RuntimeError(f"static KV cache: cannot move {col} columns by {delta} in {self.capacity}")
+            return
+        for layer in self.cache.layers:
+            for buf in (layer.keys, layer.values):
+                buf[:, :, dst] = buf[:, :, src].clone()
+        self.mask[:, dst] = self.mask[:, src].clone()
+        if delta < 0:
+            self.mask[:, col + delta:] = 0
+        else:
+            self.mask[:, :delta] = 0
+        self.col = col + delta
+        self.column.fill_(self.col)
+
+    def retire_columns(self, first_live: int, upcoming: int) -> None:
+        """Before ``upcoming`` more steps: if they would pass the buffer's end, drop the ``first_live`` columns
+        no live row reads (moving the rest left)."""
+        if self.col + upcoming > self.capacity:
+            self._shift(-min(first_live, self.col))
+        if self.col + upcoming > self.capacity:
+            raise RuntimeError(f"static KV cache: {self.col} live columns + {upcoming} steps exceed its "
+                               f"{self.capacity} (a row wider than Decoder.cache_users planned)")
+
+    def place(self, slots: torch.Tensor, other: "ModelState") -> None:
+        """Write ``other``'s rows (freshly prefilled) into rows ``slots``, in place, ending at the write column."""
+        slots = slots.to(self.device)
+        width = other.mask.shape[1]
+        if width > self.col:  # a wider prompt than the write column: move everyone right (once)
+            self._shift(width - self.col)
+        start, end = self.col - width, self.col
+        rows = self.mask.new_zeros(len(slots), self.capacity)
+        rows[:, start:end] = other.mask
+        self.mask[slots] = rows
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys[slots, :, start:end] = theirs.keys
+            mine.values[slots, :, start:end] = theirs.values
+        self.next_pos[slots] = other.next_pos
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only rows ``index`` (new, smaller buffers: a copy; a compiled run never shrinks its batch)."""
+        index = index.to(self.device)
+        for layer in self.cache.layers:
+            layer.setup(layer.keys[index], layer.values[index], self.column)
+        self.mask = self.mask[index]
+        self.next_pos = self.next_pos[index]
 
 
 def decode_mask_ok(model) -> bool:
@@ -567,6 +726,7 @@ def run_slots(
     batch_size: int,
     refill: bool = True,
     flush_every: int = FLUSH_EVERY,
+    on_batch: Callable[[Batch], None] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """``run_batches`` for a ``SlotRule``, with no per-row host work and no host sync inside a window of steps.
 
@@ -580,6 +740,10 @@ def run_slots(
     quarter of the slots are free; with nothing left to admit, the batch is compacted to its live rows
     once a quarter of the slots are free. Columns dead in every live row are dropped once they
     reach CACHE_CHUNK. Same traces as ``run_batches`` with the same rule.
+
+    ``on_batch(batch)`` is called on each new batch (not on refills) before its first step: the decoder's
+    static cache replaces the batch's states there (``StaticState``). A batch whose states run a compiled
+    forward keeps its number of slots to the end (no compaction: a new shape would compile again).
     """
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
@@ -600,6 +764,9 @@ def run_slots(
         if batch is None:
             slots = new_rows(batch_size)
             batch = rule.start(slots)
+            if on_batch is not None:
+                on_batch(batch)  # e.g. Decoder(cache="static"): fixed-shape states
+            fixed_rows = any(getattr(st, "compiled", False) for st in (batch.teacher, batch.student))
             device = (batch.student or batch.teacher).device
             seed_t = torch.tensor([r.seed for r in slots], dtype=torch.long, device=device)  # (B,)
             length = torch.zeros(len(slots), dtype=torch.long, device=device)  # (B,) tokens recorded
@@ -658,7 +825,7 @@ def run_slots(
             else:
                 break
             continue
-        if not pending.order and len(slots) - len(kept) >= max(1, len(slots) // 4):
+        if not pending.order and not fixed_rows and len(slots) - len(kept) >= max(1, len(slots) // 4):
             index = torch.tensor(kept, dtype=torch.long, device=device)
             batch.rows = slots
             batch.select(index)  # (also drops the columns now dead in every row)
@@ -666,8 +833,5 @@ def run_slots(
             seed_t, length, active, reason = seed_t[index], length[index], active[index], reason[index]
         else:
             for state, first in zip([s for s in (batch.teacher, batch.student) if s is not None], first_live):
-                if first >= CACHE_CHUNK and first < state.mask.shape[1]:
-                    for layer in state.cache.layers:
-                        layer.drop_left(first)
-                    state.mask = state.mask[:, first:]
+                state.retire_columns(first, flush_every)
     return

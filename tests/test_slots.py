@@ -62,8 +62,8 @@ def test_slots_give_the_host_schedulers_traces(pair, mode):
     cfg = DecodingConfig(mode=mode, temperature=0.8, threshold=0.05, max_new_tokens=20, stop_ids=(1, 17, 23))
     prompts, seeds = PROMPTS * 3, list(range(40, 52))
     rows = Decoder(teacher, student, bridge, cfg, engine="rows").generate(prompts, seeds, batch_size=5)
-    for flush_every in (1, 16) if mode == "rsd" else (3,):
-        dec = Decoder(teacher, student, bridge, cfg, flush_every=flush_every)
+    for flush_every, cache in ((1, "dynamic"), (16, "dynamic"), (5, "static")) if mode == "rsd" else ((3, "static"),):
+        dec = Decoder(teacher, student, bridge, cfg, flush_every=flush_every, cache=cache)
         assert dec.uses_slots
         slots = dec.generate(prompts, seeds, batch_size=5)
         assert _fields(slots) == _fields(rows)
@@ -84,10 +84,11 @@ def test_slots_feed_a_multi_piece_spelling_one_piece_per_step(pair):
     teacher_mask[favourite] = True  # the teacher writes it only through its spelling
     bridge = VocabBridge(VOCAB, VOCAB, teacher_mask, torch.zeros(VOCAB, dtype=torch.bool), {favourite: [7, 8, 9]})
     rows = Decoder(teacher, student, bridge, cfg, engine="rows").generate(prompts, seeds, batch_size=3)
-    slots = Decoder(teacher, student, bridge, cfg, flush_every=4).generate(prompts, seeds, batch_size=3)
     assert sum(t.token_ids.count(favourite) for t in rows) >= 2, "the test needs rows that emit the spelled token"
-    assert _fields(slots) == _fields(rows)
-    assert _same_floats(_probs(slots), _probs(rows))
+    for cache in ("dynamic", "static"):
+        slots = Decoder(teacher, student, bridge, cfg, flush_every=4, cache=cache).generate(prompts, seeds, batch_size=3)
+        assert _fields(slots) == _fields(rows)
+        assert _same_floats(_probs(slots), _probs(rows))
 
 
 def _count_syncs(monkeypatch, steps_seen):
@@ -104,7 +105,8 @@ def _count_syncs(monkeypatch, steps_seen):
     return log
 
 
-def test_steady_state_step_makes_no_host_sync(pair, monkeypatch):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_steady_state_step_makes_no_host_sync(pair, monkeypatch, cache):
     teacher, student = pair
     bridge = VocabBridge.identity(VOCAB)
     steps, flush_every = 40, 8
@@ -118,7 +120,7 @@ def test_steady_state_step_makes_no_host_sync(pair, monkeypatch):
 
     monkeypatch.setattr(LockstepRule, "step_slots", counted)
     log = _count_syncs(monkeypatch, seen)
-    traces = Decoder(teacher, student, bridge, cfg, flush_every=flush_every).generate(PROMPTS, [1, 2, 3, 4])
+    traces = Decoder(teacher, student, bridge, cfg, flush_every=flush_every, cache=cache).generate(PROMPTS, [1, 2, 3, 4])
     monkeypatch.undo()
     assert seen[0] == steps and all(len(t.token_ids) == steps for t in traces)
     # steady state: from the second step to the last (the first step reads the bridge's CPU masks once,

@@ -1,0 +1,121 @@
+"""The static KV cache of the slot path (``rsdlib.engine.StaticState``, ``Decoder(cache="static")``, issue 31).
+
+- traces equal the dynamic cache's token for token (records within float rounding) through refills whose
+  prompts are wider than the write column (everyone moves right) and runs long enough that the buffer's
+  end is reached (dead columns dropped, everyone moves left): CACHE_CHUNK is made small so both happen
+  many times in a short run, and the test checks that they did;
+- the compiled path (``compile=True``: ``torch.compile`` of each model's forward) gives the eager static
+  path's tokens;
+- clear errors: an unknown cache kind, a model whose attention cannot take the 4-D padding mask, and a run
+  that cannot use the slot path.
+"""
+
+import pytest
+import torch
+from _tiny import tiny_lm
+
+import rsdlib.decoding as decoding
+import rsdlib.engine as engine
+from rsdlib.bridge import VocabBridge
+from rsdlib.decoding import Decoder, DecodingConfig
+from rsdlib.engine import StaticState, prefill
+
+VOCAB = 48
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_lm(VOCAB, seed=1, layers=3), tiny_lm(VOCAB, seed=2)
+
+
+def _prompts(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 40, (n,), generator=g).tolist()
+    return [torch.randint(2, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+def _fields(traces):
+    return [(t.token_ids, t.source, t.fallback, t.finish_reason) for t in traces]
+
+
+def _close(a, b):
+    return all(abs(x - y) <= 1e-4 for ta, tb in zip(a, b)
+               for xs, ys in ((ta.teacher_prob, tb.teacher_prob), (ta.student_prob, tb.student_prob))
+               for x, y in zip(xs, ys))
+
+
+def test_static_cache_moves_its_columns_and_keeps_the_dynamic_caches_tokens(pair, monkeypatch):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode="rsd", temperature=0.9, threshold=0.05, max_new_tokens=60, stop_ids=(17,))
+    prompts, seeds = _prompts(40), list(range(100, 140))
+    dynamic = Decoder(teacher, student, bridge, cfg, flush_every=4).generate(prompts, seeds, batch_size=4)
+    for module in (engine, decoding):
+        monkeypatch.setattr(module, "CACHE_CHUNK", 8)  # capacity = widest row + 9 columns: frequent moves
+    moves = []
+    original = StaticState._shift
+
+    def spy(self, delta):
+        moves.append(delta)
+        return original(self, delta)
+
+    monkeypatch.setattr(StaticState, "_shift", spy)
+    static = Decoder(teacher, student, bridge, cfg, flush_every=4, cache="static").generate(prompts, seeds,
+                                                                                          batch_size=4)
+    assert _fields(static) == _fields(dynamic)
+    assert _close(static, dynamic)
+    assert len({len(t.token_ids) for t in dynamic}) > 5  # rows end at different steps: refills mid-run
+    assert any(d < 0 for d in moves), moves  # the buffer's end was reached: dead columns dropped
+
+
+def test_a_refill_wider_than_the_write_column_moves_every_row_right(pair):
+    """Rows placed in a static state give the logits a dynamic state gives the same rows, also when the new
+    prompt is wider than the write column (every row moves right first) and after the buffer moved left."""
+    teacher, _ = pair
+    ones = torch.ones(2, 1, dtype=torch.long)
+    dynamic = prefill(teacher, [[2, 3, 4], [5, 6]])[0]
+    static = StaticState(prefill(teacher, [[2, 3, 4], [5, 6]])[0], capacity=40)
+    assert (static.col, static.capacity) == (3, engine.cache_capacity(40))
+    wide = [[7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]
+    for state in (dynamic, static):
+        state.place(torch.tensor([1]), prefill(teacher, wide)[0])
+    assert static.col == 10  # moved right by 7
+    for step in range(3):
+        ids = torch.tensor([[20 + step], [30 + step]])
+        torch.testing.assert_close(static.feed_ids(ids, ones), dynamic.feed_ids(ids, ones), atol=1e-5, rtol=1e-4)
+    for state in (dynamic, static):  # the wide row ends; a short one takes its slot: columns 0-6 are dead
+        state.place(torch.tensor([1]), prefill(teacher, [[21, 22]])[0])
+    assert int(static.mask.any(0).long().argmax()) == 7
+    static.retire_columns(first_live=7, upcoming=static.capacity - static.col + 1)  # no room left: move left
+    assert static.col == 13 - 7
+    for step in range(2):
+        ids = torch.tensor([[40 + step], [41 + step]])
+        torch.testing.assert_close(static.feed_ids(ids, ones), dynamic.feed_ids(ids, ones), atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_static_path_gives_the_eager_tokens(pair):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode="rsd", temperature=0.9, threshold=0.05, max_new_tokens=24, stop_ids=(1, 17))
+    prompts, seeds = _prompts(6, seed=1), list(range(6))
+    eager = Decoder(teacher, student, bridge, cfg, cache="static").generate(prompts, seeds, batch_size=3)
+    dec = Decoder(teacher, student, bridge, cfg, compile=True)
+    assert dec.cache == "static"
+    compiled = dec.generate(prompts, seeds, batch_size=3)
+    assert _fields(compiled) == _fields(eager)
+    assert _close(compiled, eager)
+    assert getattr(teacher, "_rsdlib_compiled_forward", None) is not None  # the compiled forward was used
+
+
+def test_static_cache_errors(pair):
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    cfg = DecodingConfig(mode="rsd", max_new_tokens=4)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        Decoder(teacher, student, bridge, cfg, cache="paged")
+    with pytest.raises(ValueError, match="lockstep slot path only"):
+        Decoder(teacher, student, bridge, cfg, engine="rows", cache="static").generate([[2, 3]], [0])
+    eager = tiny_lm(VOCAB, seed=3)
+    eager.config._attn_implementation = "eager"  # a 4-D boolean padding mask is sdpa's
+    with pytest.raises(ValueError, match="needs a model on sdpa attention"):
+        Decoder(eager, student, bridge, cfg, cache="static").generate([[2, 3]], [0])
