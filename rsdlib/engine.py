@@ -404,11 +404,11 @@ class StaticState:
     def _shift(self, delta: int) -> None:
         """Move every row's columns ``delta`` to the right (negative: left), and the write column with them."""
         col = self.col
-        src, dst = (slice(-delta, col), slice(0, col + delta)) if delta < 0 else (slice(0, col), slice(delta, col + delta))
-        if delta == 0 or col + delta > self.capacity or col + delta < 0:
-            if delta:
-                raise RuntimeError(f"static KV cache: cannot move {col} columns by {delta} in {self.capacity}")
+        if delta == 0:
             return
+        if not 0 <= col + delta <= self.capacity:
+            raise RuntimeError(f"static KV cache: cannot move {col} columns by {delta} in {self.capacity}")
+        src, dst = slice(max(0, -delta), col), slice(max(0, delta), col + delta)  # the live columns, moved
         for layer in self.cache.layers:
             for buf in (layer.keys, layer.values):
                 buf[:, :, dst] = buf[:, :, src].clone()

@@ -86,7 +86,8 @@ def test_slots_feed_a_multi_piece_spelling_one_piece_per_step(pair):
     rows = Decoder(teacher, student, bridge, cfg, engine="rows").generate(prompts, seeds, batch_size=3)
     assert sum(t.token_ids.count(favourite) for t in rows) >= 2, "the test needs rows that emit the spelled token"
     for cache in ("dynamic", "static"):
-        slots = Decoder(teacher, student, bridge, cfg, flush_every=4, cache=cache).generate(prompts, seeds, batch_size=3)
+        dec = Decoder(teacher, student, bridge, cfg, flush_every=4, cache=cache)
+        slots = dec.generate(prompts, seeds, batch_size=3)
         assert _fields(slots) == _fields(rows)
         assert _same_floats(_probs(slots), _probs(rows))
 
@@ -120,7 +121,8 @@ def test_steady_state_step_makes_no_host_sync(pair, monkeypatch, cache):
 
     monkeypatch.setattr(LockstepRule, "step_slots", counted)
     log = _count_syncs(monkeypatch, seen)
-    traces = Decoder(teacher, student, bridge, cfg, flush_every=flush_every, cache=cache).generate(PROMPTS, [1, 2, 3, 4])
+    dec = Decoder(teacher, student, bridge, cfg, flush_every=flush_every, cache=cache)
+    traces = dec.generate(PROMPTS, [1, 2, 3, 4])
     monkeypatch.undo()
     assert seen[0] == steps and all(len(t.token_ids) == steps for t in traces)
     # steady state: from the second step to the last (the first step reads the bridge's CPU masks once,
