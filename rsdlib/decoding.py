@@ -433,6 +433,8 @@ class Decoder:
         # KV cache of the lockstep slot path: "dynamic" (grown by chunks, trimmed as rows leave) or "static"
         # (fixed buffers, StaticState); compile=True runs the static step's forwards through torch.compile
         self.cache, self.compile = ("static" if compile else cache), compile
+        if self.cache == "static" and engine == "rows":
+            raise ValueError("Decoder(cache='static' or compile=True) runs on the slot engine; engine='rows' has none")
         self.stats: dict = {}
         self._teacher_prompts: list[list[int]] | None = None  # generate(teacher_prompts=...), by prompt index
         if config.needs_teacher and teacher is None:
@@ -558,9 +560,9 @@ class Decoder:
             yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, on_batch=on_batch, **kw)
         else:
             if self.cache == "static":
-                raise ValueError("Decoder(cache='static' or compile=True) runs on the lockstep slot path only; this "
-                                 f"run takes the host-side scheduler (engine={self.engine!r}, draft_tokens="
-                                 f"{cfg.draft_tokens}, steering stand-ins or SKD spellings): use cache='dynamic'")
+                log.warning("decoder: a static KV cache needs the lockstep slot path; this run (draft_tokens=%d, "
+                            "steering stand-ins or SKD spellings) takes the host-side scheduler with a dynamic cache",
+                            cfg.draft_tokens)
             yield from run_batches(prompts, seeds, rule, **kw)
 
     def _static_states(self, prompts):

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from rsdlib import distributed, store
 from rsdlib.config import check_number, config_hash, config_to_dict, load_yaml_config
-from rsdlib.decoding import MODES, Decoder, DecodingConfig, derive_seed
+from rsdlib.decoding import CACHE_KINDS, MODES, Decoder, DecodingConfig, derive_seed
 from rsdlib.grading import ANSWER_FORMATS, gold_trust, grade_many
 from rsdlib.metrics import summarize_dataset
 from rsdlib.prompts import PromptStyle, encode_parts, end_of_turn_ids, prompt_ids, teacher_prompt_ids, turn_end_id
@@ -98,6 +98,11 @@ class TraceJobConfig:
     base_seed: int = 0  # seeds are derived per (problem id, sample index) from this
     batch_size: int = 16  # decoder rows at once (not part of the hash: results do not depend on it)
     max_cache_gib: float | None = None  # KV-cache budget (GiB): fewer rows if batch_size would exceed it (not hashed)
+    # the lockstep decoder's KV cache (not hashed: same tokens): dynamic (grown by chunks, trimmed as rows leave)
+    # | static (fixed buffers, rsdlib.engine.StaticState); compile_decoder: torch.compile the static step's
+    # forwards (CUDA graphs on CUDA; compiling takes a minute or more per model and batch shape)
+    decode_cache: str = "dynamic"
+    compile_decoder: bool = False
     grade_timeout: float = 10.0  # seconds per math-verify comparison
     answer_format: str = "boxed"  # how a sample's answer is read: boxed (the authors' filter: a \\boxed{} after the
     # end of thinking, as the prompt asks; training traces then teach boxing) | standard (rsdlib.grading's reading)
@@ -128,8 +133,17 @@ class TraceJobConfig:
         if self.max_cache_gib is not None and not self.max_cache_gib > 0:
             raise ValueError("max_cache_gib must be > 0 (or null: no limit but free CUDA memory), "
                              f"got {self.max_cache_gib}")
+        if self.decode_cache not in CACHE_KINDS:
+            raise ValueError(f"TraceJobConfig.decode_cache must be one of {CACHE_KINDS}, got {self.decode_cache!r}")
+        if not isinstance(self.compile_decoder, bool):
+            raise ValueError(f"TraceJobConfig.compile_decoder must be true or false, got {self.compile_decoder!r}")
         if self.prefix_scope not in PREFIX_SCOPES:
             raise ValueError(f"prefix_scope must be one of {PREFIX_SCOPES}, got {self.prefix_scope!r}")
+
+    @property
+    def decoder_options(self) -> dict:
+        """``Decoder`` keyword arguments of this job (the KV cache and compilation; tokens do not depend on them)."""
+        return {"cache": self.decode_cache, "compile": self.compile_decoder}
 
     @classmethod
     def from_yaml(cls, source, **overrides) -> "TraceJobConfig":
@@ -139,6 +153,8 @@ class TraceJobConfig:
         data = config_to_dict(self)
         data.pop("batch_size", None)
         data.pop("max_cache_gib", None)
+        data.pop("decode_cache", None)
+        data.pop("compile_decoder", None)
         if not data["prompt"].get("think_close_aliases"):  # unset: the hash of the runs made before it existed
             data["prompt"].pop("think_close_aliases", None)
         return config_hash(data)
@@ -450,7 +466,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
 
     if todo:
         decoder = Decoder(pair.teacher if dec_cfg.needs_teacher else None,
-                          pair.student if dec_cfg.needs_student else None, pair.bridge, dec_cfg)
+                          pair.student if dec_cfg.needs_student else None, pair.bridge, dec_cfg, **cfg.decoder_options)
         seeds = [derive_seed(cfg.base_seed, p.id, k) for p, k in todo]
         decoder.generate([prompts[p.id] for p, _ in todo], seeds, batch_size=cfg.batch_size, on_finish=on_finish,
                          max_cache_gib=cfg.max_cache_gib,
@@ -462,7 +478,7 @@ def _run_trace_job(pair, problems, cfg: TraceJobConfig, out_dir: Path, *, progre
     if prefix_todo:
         pre_cfg = DecodingConfig(**{**dec_cfg.to_dict(), "max_new_tokens": cfg.prefix_tokens})
         decoder = Decoder(pair.teacher if pre_cfg.needs_teacher else None,
-                          pair.student if pre_cfg.needs_student else None, pair.bridge, pre_cfg)
+                          pair.student if pre_cfg.needs_student else None, pair.bridge, pre_cfg, **cfg.decoder_options)
 
         def on_prefix(i, trace):
             problem = prefix_todo[i]

@@ -10,6 +10,8 @@
   that cannot use the slot path.
 """
 
+import logging
+
 import pytest
 import torch
 from _tiny import tiny_lm
@@ -19,6 +21,7 @@ import rsdlib.engine as engine
 from rsdlib.bridge import VocabBridge
 from rsdlib.decoding import Decoder, DecodingConfig
 from rsdlib.engine import StaticState, prefill
+from rsdlib.traces import TraceJobConfig
 
 VOCAB = 48
 
@@ -107,15 +110,27 @@ def test_compiled_static_path_gives_the_eager_tokens(pair):
     assert getattr(teacher, "_rsdlib_compiled_forward", None) is not None  # the compiled forward was used
 
 
-def test_static_cache_errors(pair):
+def test_static_cache_errors(pair, caplog):
     teacher, student = pair
     bridge = VocabBridge.identity(VOCAB)
     cfg = DecodingConfig(mode="rsd", max_new_tokens=4)
     with pytest.raises(ValueError, match="cache must be one of"):
         Decoder(teacher, student, bridge, cfg, cache="paged")
-    with pytest.raises(ValueError, match="lockstep slot path only"):
-        Decoder(teacher, student, bridge, cfg, engine="rows", cache="static").generate([[2, 3]], [0])
+    with pytest.raises(ValueError, match="runs on the slot engine"):
+        Decoder(teacher, student, bridge, cfg, engine="rows", cache="static")
+    with pytest.raises(ValueError, match="decode_cache must be one of"):
+        TraceJobConfig(decode_cache="paged")
+    spec = DecodingConfig(mode="rsd", max_new_tokens=4, draft_tokens=2)  # speculative: the host scheduler
+    with caplog.at_level(logging.WARNING, logger="rsdlib.decoding"):
+        traces = Decoder(teacher, student, bridge, spec, cache="static").generate([[2, 3]], [0])
+    assert len(traces[0].token_ids) == 4 and "takes the host-side scheduler with a dynamic cache" in caplog.text
     eager = tiny_lm(VOCAB, seed=3)
     eager.config._attn_implementation = "eager"  # a 4-D boolean padding mask is sdpa's
     with pytest.raises(ValueError, match="needs a model on sdpa attention"):
         Decoder(eager, student, bridge, cfg, cache="static").generate([[2, 3]], [0])
+
+
+def test_trace_jobs_pass_the_cache_to_their_decoder_and_keep_their_hash():
+    job = TraceJobConfig(decode_cache="static", compile_decoder=True)
+    assert job.decoder_options == {"cache": "static", "compile": True}
+    assert job.hash() == TraceJobConfig().hash()  # same tokens: results made either way are reused
