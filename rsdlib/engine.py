@@ -341,6 +341,33 @@ def compiled_forward(model):
     return fn
 
 
+def _static_buffers(owner, state: ModelState, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zeroed (keys, values) buffers (B, H, capacity, D) per layer for ``owner`` (a StaticState of ``state.model``).
+
+    The buffers of the model's previous StaticState are reused when their shapes match and that state is
+    gone (a later run or batch of the same shape): a compiled forward then sees the same addresses and
+    neither compiles nor records its CUDA graph again."""
+    import weakref
+
+    shapes = [((*src.keys.shape[:2], capacity, src.keys.shape[3]), (*src.values.shape[:2], capacity,
+                                                                    src.values.shape[3]), src.keys.dtype,
+               src.keys.device) for src in state.cache.layers]
+    kept = getattr(state.model, "_rsdlib_static_buffers", None)
+    if kept is not None and kept[0] == shapes and kept[1]() is None:
+        buffers = kept[2]
+        for keys, values in buffers:
+            keys.zero_()
+            values.zero_()
+    else:
+        buffers = [(torch.zeros(k, dtype=dtype, device=device), torch.zeros(v, dtype=dtype, device=device))
+                   for k, v, dtype, device in shapes]
+    try:
+        state.model._rsdlib_static_buffers = (shapes, weakref.ref(owner), buffers)
+    except AttributeError:
+        pass
+    return buffers
+
+
 class StaticState:
     """One model's batched context in buffers of fixed shape: the decode step a compiled forward can run.
 
@@ -373,16 +400,16 @@ class StaticState:
         self.mask[:, :width] = state.mask
         self.next_pos = state.next_pos.clone()
         self.cache = DynamicCache()
+        buffers = _static_buffers(self, state, self.capacity)
         layers = []
-        for src in state.cache.layers:
-            keys = src.keys.new_zeros(*src.keys.shape[:2], self.capacity, src.keys.shape[3])
-            values = src.values.new_zeros(*src.values.shape[:2], self.capacity, src.values.shape[3])
+        for src, (keys, values) in zip(state.cache.layers, buffers):
             keys[:, :, :width], values[:, :, :width] = src.keys, src.values
             layer = SlotLayer()
             layer.setup(keys, values, self.column)
             layers.append(layer)
         self.cache.layers = layers
-        self.forward = compiled_forward(state.model) if compiled else state.model.forward
+        # eager: the module call (its hooks run); compiled: the compiled forward (hooks are not traced)
+        self.forward = compiled_forward(state.model) if compiled else state.model
 
     @torch.no_grad()
     def feed_ids(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int = 1) -> torch.Tensor:

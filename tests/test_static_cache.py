@@ -108,6 +108,14 @@ def test_compiled_static_path_gives_the_eager_tokens(pair):
     assert _fields(compiled) == _fields(eager)
     assert _close(compiled, eager)
     assert getattr(teacher, "_rsdlib_compiled_forward", None) is not None  # the compiled forward was used
+    from torch._dynamo.utils import counters
+
+    compiled_before = counters["stats"]["unique_graphs"]
+    first_buffer = teacher._rsdlib_static_buffers[2][0][0].data_ptr()
+    again = dec.generate(prompts, seeds, batch_size=3)  # same shapes: nothing compiles, the buffers are reused
+    assert _fields(again) == _fields(eager)
+    assert counters["stats"]["unique_graphs"] == compiled_before
+    assert teacher._rsdlib_static_buffers[2][0][0].data_ptr() == first_buffer  # CUDA graphs keep their addresses
 
 
 def test_static_cache_errors(pair, caplog):
