@@ -13,10 +13,12 @@ the draft acceptance rate.
     python benchmarks/bench_decoding.py --tiny --steps-only  # just the per-step table below
 
 First, a per-step table (issue 31): milliseconds per lockstep RSD step (every row emits one token) and
-steps/s at each batch size, for three decoders in the same run: ``old`` is rsdlib's decoder as it was
-at commit BASELINE (its engine, sampling, decoding and speculative modules loaded from git), ``rows``
-today's code on the host-side scheduler (``Decoder(engine="rows")``) and ``slots`` today's default
-(``rsdlib.engine.run_slots``: no per-row Python, one host sync per window of steps). A step's time is
+steps/s at each batch size, for the decoders side by side in the same run: ``old`` is rsdlib's decoder as it
+was at commit BASELINE (its engine, sampling, decoding and speculative modules loaded from git), ``rows``
+today's code on the host-side scheduler (``Decoder(engine="rows")``), ``slots`` today's default
+(``rsdlib.engine.run_slots``: no per-row Python, one host sync per window of steps), ``static`` the slot
+path on a fixed-shape KV cache (``Decoder(cache="static")``) and, with ``--compiled``, that path with each
+model's forward compiled (``Decoder(compile=True)``; compiled once per batch size before timing). A step's time is
 (time of T_long steps - time of T_short steps) / (T_long - T_short), so prefill is excluded.
 With ``--tiny`` it runs on the bench's tiny models and on micro models (2 layers, hidden 32), whose
 forwards cost almost nothing: there the step time is the framework, Python and sync overhead.
@@ -121,8 +123,9 @@ def _timed_generate(decoding, make, teacher, student, bridge, prompt, batch, ste
     return elapsed
 
 
-def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, threshold, repeats=1):
-    """Rows (label, batch, {decoder: ms per step}) for the old, rows and slots decoders, measured side by side."""
+def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, threshold, repeats=1, compiled=False):
+    """Rows (label, batch, {decoder: ms per step}) for the old, rows, slots and static decoders (and the
+    compiled one), measured side by side."""
     import rsdlib.decoding as current
 
     old = baseline_decoding()
@@ -130,7 +133,10 @@ def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, thre
         "old": (old, lambda D, t, s, b, c: D(t, s, b, c)),
         "rows": (current, lambda D, t, s, b, c: D(t, s, b, c, engine="rows")),
         "slots": (current, lambda D, t, s, b, c: D(t, s, b, c)),
+        "static": (current, lambda D, t, s, b, c: D(t, s, b, c, cache="static")),
     }
+    if compiled:  # each batch size compiles both models once, in the warm-up run of that size below
+        decoders["compiled"] = (current, lambda D, t, s, b, c: D(t, s, b, c, compile=True))
     short, long = steps
     for decoding, make in decoders.values():  # warm-up
         _timed_generate(decoding, make, teacher, student, bridge, prompt, 2, 4, threshold)
@@ -138,6 +144,8 @@ def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, thre
     for b in batch_sizes:
         ms = {}
         for name, (decoding, make) in decoders.items():
+            if name == "compiled":  # compile for this batch shape outside the timing
+                _timed_generate(decoding, make, teacher, student, bridge, prompt, b, steps[0], threshold)
             best = float("inf")
             for _ in range(repeats):  # best of repeats: this machine is shared
                 t_short = _timed_generate(decoding, make, teacher, student, bridge, prompt, b, short, threshold)
@@ -149,12 +157,14 @@ def step_table(label, teacher, student, bridge, prompt, batch_sizes, steps, thre
 
 
 def print_step_table(rows) -> None:
-    print("| models | batch | old ms/step | rows ms/step | slots ms/step | old steps/s | slots steps/s "
-          "| old/slots | slots tok/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = [n for n in ("old", "rows", "slots", "static", "compiled") if n in rows[0][2]]
+    print("| models | batch | " + " | ".join(f"{n} ms/step" for n in names) + " | old steps/s | slots steps/s | "
+          + " | ".join(f"old/{n}" for n in names[2:]) + " |")
+    print("|---|---:|" + "---:|" * (len(names) + 2 + len(names[2:])))
     for label, b, ms in rows:
-        print(f"| {label} | {b} | {ms['old']:.2f} | {ms['rows']:.2f} | {ms['slots']:.2f} | {1e3 / ms['old']:.1f} "
-              f"| {1e3 / ms['slots']:.1f} | {ms['old'] / ms['slots']:.2f}x | {b * 1e3 / ms['slots']:.1f} |")
+        print(f"| {label} | {b} | " + " | ".join(f"{ms[n]:.2f}" for n in names)
+              + f" | {1e3 / ms['old']:.1f} | {1e3 / ms['slots']:.1f} | "
+              + " | ".join(f"{ms['old'] / ms[n]:.2f}x" for n in names[2:]) + " |")
 
 
 def tokens_per_second(teacher, student, bridge, prompt, mode, batch, new_tokens, threshold, draft_tokens=0):
@@ -185,6 +195,8 @@ def main(argv=None):
     ap.add_argument("--step-tokens", type=int, nargs=2, default=None, metavar=("SHORT", "LONG"),
                     help="the two run lengths whose difference times a step (default: 16 80 tiny, 8 24 otherwise)")
     ap.add_argument("--repeats", type=int, default=1, help="per-step table: best of this many timings")
+    ap.add_argument("--compiled", action="store_true",
+                    help="per-step table: also Decoder(compile=True) (torch.compile; compiling takes minutes)")
     ap.add_argument("--draft-tokens", type=int, nargs="*", default=[2, 4, 8],
                     help="speculative RSD draft lengths k to measure (none: skip the speculative table)")
     args = ap.parse_args(argv)
@@ -198,10 +210,11 @@ def main(argv=None):
     step_sizes = args.step_batch_sizes or ([1, 16, 64] if args.tiny else [4])
     step_tokens = tuple(args.step_tokens or ((16, 80) if args.tiny else (8, 24)))
     label = "tiny 6x256 / 3x128" if args.tiny else "embedded pair"
-    table = step_table(label, teacher, student, bridge, prompt, step_sizes, step_tokens, args.threshold, args.repeats)
+    table = step_table(label, teacher, student, bridge, prompt, step_sizes, step_tokens, args.threshold, args.repeats,
+                       args.compiled)
     if args.tiny:
         table += step_table("micro 2x32 / 2x32", *micro_models(), step_sizes, step_tokens, args.threshold,
-                            args.repeats)
+                            args.repeats, args.compiled)
     print(f"\nper-step time, lockstep RSD, old = commit {BASELINE}; steps {step_tokens[0]} and {step_tokens[1]}")
     print_step_table(table)
     if args.steps_only:

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from rsdlib.bridge import VocabBridge  # noqa: E402
 from rsdlib.decoding import MAX_NEW_TOKENS, Decoder, DecodingConfig  # noqa: E402
-from rsdlib.engine import ModelState, cache_capacity, pad_id  # noqa: E402
+from rsdlib.engine import ModelState, cache_capacity, compiled_forward, pad_id  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # The paper's shapes
@@ -188,7 +188,7 @@ class StepClock:
     """
 
     def __init__(self, models: dict, boundary: str, warmup: int, steps: int, max_seconds: float,
-                 prefill_calls: int = 1):
+                 prefill_calls: int = 1, compiled: bool = False):
         self.boundary, self.warmup, self.steps, self.max_seconds = boundary, warmup, steps, max_seconds
         self.prefill_calls = prefill_calls
         self.forwards: list[list] = []  # [model name, start, end] per forward, in call order
@@ -196,9 +196,24 @@ class StepClock:
         self.calls = {name: 0 for name in models}
         self.device = next(iter(models.values())).device
         self.handles = []
+        self.unwrap = []
         for name, model in models.items():
             self.handles.append(model.register_forward_pre_hook(functools.partial(self._pre, name)))
             self.handles.append(model.register_forward_hook(functools.partial(self._post, name)))
+            if compiled:  # Decoder(compile=True) calls the compiled forward, which runs no module hooks: time it
+                self._wrap_compiled(name, model)
+
+    def _wrap_compiled(self, name, model) -> None:
+        inner = compiled_forward(model)
+
+        def timed(*args, **kwargs):
+            self._pre(name, model, args)
+            out = inner(*args, **kwargs)
+            self._post(name, model, args, out)
+            return out
+
+        model._rsdlib_compiled_forward = timed
+        self.unwrap.append((model, inner))
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -221,6 +236,8 @@ class StepClock:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        for model, inner in self.unwrap:
+            model._rsdlib_compiled_forward = inner
 
     def result(self) -> dict:
         """Mean step time, forward time per step per model, and the share of the step outside forwards."""
@@ -334,7 +351,8 @@ def kv_buffer_positions(context: int, chunk: int, steps: int) -> int:
 
 
 def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, device: str, draft_tokens: int = 0,
-               context: int | None = None, padded: bool = False):
+               context: int | None = None, padded: bool = False, cache: str = "dynamic", compile: bool = False,
+               max_new_tokens: int = MAX_NEW_TOKENS):
     """Time ``plan.steps`` steps (rounds, for speculative RSD) of the Decoder at a ``context``-token prompt.
 
     Lockstep rows use ChunkedPrefillDecoder; speculative rows the plain Decoder (rsdlib.speculative
@@ -342,12 +360,14 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
     lengths spread over context/2 .. context (left padding in every step's attention), twice as many as
     the batch, and 1/32 of the shared ids as stop ids (random weights: rows end after ~32 steps on
     average), so rows end at different steps and their slots are refilled; the timed steps include
-    the refills' prefills.
+    the refills' prefills. ``cache`` / ``compile``: the Decoder's KV cache and compiled forwards (lockstep);
+    a compiled row's warm-up steps include the compilation (and CUDA graph capture). ``max_new_tokens``: the
+    rows' budget (the timed steps end first); a static cache allocates, and attends over, prompt + budget.
     """
     context = plan.context if context is None else context
     stops = tuple(range(0, int(bridge.shared_mask.sum()), 32)) if padded else ()
     cfg = DecodingConfig(mode=mode, temperature=plan.temperature, top_p=1.0, threshold=plan.threshold,
-                         max_new_tokens=MAX_NEW_TOKENS, draft_tokens=draft_tokens,
+                         max_new_tokens=max_new_tokens, draft_tokens=draft_tokens,
                          stop_ids=stops)  # the largest budget allowed: the timed steps end first
     models = {}
     if cfg.needs_teacher:
@@ -363,13 +383,14 @@ def decode_row(teacher, student, bridge, mode: str, batch: int, plan: Plan, devi
     if draft_tokens:
         decoder, prefill_calls = Decoder(models.get("teacher"), models.get("student"), bridge, cfg), 1
     else:
-        decoder = ChunkedPrefillDecoder(models.get("teacher"), models.get("student"), bridge, cfg)
+        decoder = ChunkedPrefillDecoder(models.get("teacher"), models.get("student"), bridge, cfg, cache=cache,
+                                        compile=compile)
         decoder.chunk = plan.prefill_chunk
         prefill_calls = prefill_forwards(context, plan.prefill_chunk)
     free_memory()
     reset_peak(device)
     clock = StepClock(models, "student" if mode == "student" else "teacher", plan.warmup, plan.steps,
-                      plan.row_seconds, prefill_calls)
+                      plan.row_seconds, prefill_calls, compiled=compile)
     start = time.perf_counter()
     try:
         decoder.generate(prompts, list(range(len(prompts))), batch_size=batch)
@@ -730,6 +751,32 @@ def run(plan: Plan, tiny: bool, out: Path | None, scale: PaperScale) -> Table:
                              f"{2 * used} prompts of {plan.context // 2:,}-{plan.context:,} tokens")
 
         guarded(table, name, measure_padded)
+
+    # 1a'. the same on the static KV cache, eager and compiled (Decoder(cache="static"), Decoder(compile=True)),
+    # at the paper's trace budget (the static buffers hold, and every step attends over, prompt + budget)
+    budget = 4 * plan.steps if tiny else int(_yaml("10_generate_traces")["decoding"]["max_new_tokens"])
+    for batch in plan.batches[-1:]:
+        for label, options in (("static cache", {"cache": "static"}), ("compiled", {"compile": True})):
+            name = f"decode: lockstep RSD, padded rows + refills, {label}"
+            if over_budget(name):
+                continue
+
+            def measure_static(batch=batch, name=name, options=options):
+                fits = sizing("rsd", plan.context, plan.prefill_chunk, plan.warmup + plan.steps + 1)[2]
+                res, used, failed = largest_fitting(
+                    lambda b: decode_row(teacher, student, bridge, "rsd", b, plan, device, padded=True,
+                                         max_new_tokens=budget, **options), batch, fits)
+                if res is None:
+                    table.row(name, batch=_batch_note(batch, used, failed), detail="out of memory at every batch size")
+                    return
+                fwd = ", ".join(f"{m} {1000 * s:.1f} ms" for m, s in res["forward_s"].items())
+                table.row(name, batch=_batch_note(batch, used, failed),
+                          context=f"{plan.context // 2:,}-{plan.context:,}", tps=res["tokens_per_s"],
+                          ms=1000 * res["step_s"], outside=res["outside"], peak=res["peak_gib"],
+                          detail=f"{res['steps']} timed steps; forward per step: {fwd}; buffers of prompt + "
+                                 f"{budget:,} new tokens; row wall {res['wall_s']:.0f} s (compilation included)")
+
+            guarded(table, name, measure_static)
 
     # 1b. lockstep RSD near the paper's context limit, at the paper profile's trace batch (memory sizing)
     def measure_long():

@@ -98,7 +98,9 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     names = [r.split(" | ")[0].removeprefix("| ") for r in rows]
     plan = gc_mod.Plan.tiny()
     expected = (["decode: lockstep RSD", "decode: teacher only", "decode: student only"] * len(plan.batches)
-                + ["decode: lockstep RSD, padded rows + refills", "decode: lockstep RSD, long context"]
+                + ["decode: lockstep RSD, padded rows + refills",
+                   "decode: lockstep RSD, padded rows + refills, static cache",
+                   "decode: lockstep RSD, padded rows + refills, compiled", "decode: lockstep RSD, long context"]
                 + [f"speculative RSD k={k}" for _ in plan.spec_batches for k in plan.draft_tokens]
                 + ["train: student, full fine-tuning", "GPU-hours: traces (10)", "GPU-hours: traces, README's counts",
                    "GPU-hours: evaluation (40), HF decoder", "GPU-hours: training (30)",
@@ -108,7 +110,7 @@ def test_tiny_run_with_only_torch_transformers_accelerate_peft(tmp_path):
     assert "skipped" not in text and "did not fit" not in text and "out of memory" not in text
     batches = [r.split(" | ")[1] for r in rows[: 3 * len(plan.batches)]]
     assert batches == [str(b) for b in plan.batches for _ in range(3)]
-    for r in rows[: 3 * len(plan.batches) + 2 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
+    for r in rows[: 3 * len(plan.batches) + 4 + len(plan.spec_batches) * len(plan.draft_tokens) + 1]:
         cells = r.split(" | ")
         assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0, r  # tok/s, ms/step
     assert "speed-up vs teacher at a = 0.6/0.7/0.8" in text and "Assumptions of the GPU-hours rows" in text
@@ -263,11 +265,12 @@ def test_a_failing_row_prints_its_failure_and_the_others_still_run(tmp_path, mon
     real = gc_mod.decode_row
     calls = []
 
-    def flaky(teacher, student, bridge, mode, batch, plan, device, draft_tokens=0, context=None, padded=False):
+    def flaky(teacher, student, bridge, mode, batch, plan, device, draft_tokens=0, context=None, padded=False,
+              **options):
         calls.append((mode, batch, padded))
         if mode == "teacher" and plan.steps > 2:  # the warm-up rows (2 steps) stay intact
             raise RuntimeError("injected failure\nsecond line")
-        return real(teacher, student, bridge, mode, batch, plan, device, draft_tokens, context, padded)
+        return real(teacher, student, bridge, mode, batch, plan, device, draft_tokens, context, padded, **options)
 
     monkeypatch.setattr(gc_mod, "decode_row", flaky)
     plan = gc_mod.Plan(**{**gc_mod.asdict(gc_mod.Plan.tiny()), "batches": (2,), "spec_batches": (2,),
