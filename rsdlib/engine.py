@@ -476,6 +476,10 @@ class StaticState:
         index = index.to(self.device)
         for layer in self.cache.layers:
             layer.setup(layer.keys[index], layer.values[index], self.column)
+        try:
+            self.model._rsdlib_static_buffers = None  # the full-size buffers are free now: do not keep them
+        except AttributeError:
+            pass
         self.mask = self.mask[index]
         self.next_pos = self.next_pos[index]
 
