@@ -47,6 +47,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rsdlib.attention import use_for_decoding
 from rsdlib.engine import (
     CACHE_CHUNK,
     FLUSH_EVERY,
@@ -418,6 +419,9 @@ class Decoder:
     on the engine's scheduler (``rsdlib.engine.run_batches``). ``stats`` describes the last ``generate``:
     "batch" (the ``BatchPlan`` as a dict) and, for speculative decoding, the counters "rounds",
     "drafted", "accepted" and "emitted".
+
+    Models on sdpa attention with grouped KV heads are switched to ``rsdlib.attention.PACKED_SDPA`` (same
+    outputs; a padded step never copies the KV cache per query head, whatever the transformers version).
     """
 
     def __init__(self, teacher, student, bridge, config: DecodingConfig, *, engine: str = "slots",
@@ -441,6 +445,9 @@ class Decoder:
             raise ValueError(f"mode {config.mode!r} (record_both={config.record_both}) needs a teacher model")
         if config.needs_student and student is None:
             raise ValueError(f"mode {config.mode!r} (record_both={config.record_both}) needs a student model")
+        for model in (teacher, student):  # grouped KV heads under a padding mask without repeat_kv
+            if model is not None:
+                use_for_decoding(model)
 
     def generate(
         self,

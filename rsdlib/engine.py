@@ -35,6 +35,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from rsdlib.attention import SDPA_NAMES
+
 # ----------------------------------------------------------------------------------------------
 # KV cache and one model's batched state
 # ----------------------------------------------------------------------------------------------
@@ -486,12 +488,13 @@ class StaticState:
 
 def decode_mask_ok(model) -> bool:
     """Whether a one-token step may pass the padding mask as sdpa's 4-D boolean mask (``feed_ids``):
-    sdpa attention and full attention in every layer (a sliding window needs transformers' own mask)."""
+    sdpa attention (transformers' or ``rsdlib.attention``'s) and full attention in every layer (a sliding window
+    needs transformers' own mask)."""
     ok = getattr(model, "_rsdlib_decode_mask_ok", None)
     if ok is None:
         cfg = getattr(model, "config", None)
         types = getattr(cfg, "layer_types", None) or ["full_attention"]
-        ok = (getattr(cfg, "_attn_implementation", None) == "sdpa"
+        ok = (getattr(cfg, "_attn_implementation", None) in SDPA_NAMES
               and all(t == "full_attention" for t in types) and not getattr(cfg, "use_sliding_window", False))
         try:
             model._rsdlib_decode_mask_ok = ok

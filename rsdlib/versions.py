@@ -34,7 +34,7 @@ WINDOW = {
 }
 # The oldest NVIDIA driver each CUDA major version's runtime runs on (NVIDIA's CUDA toolkit release notes).
 MIN_DRIVER = {12: 525, 13: 580}
-FAST_GQA_TRANSFORMERS = "5.23"  # the first release whose sdpa path avoids repeat_kv under a padding mask
+FAST_GQA_TRANSFORMERS = "5.23"  # the first release whose sdpa avoids repeat_kv under a padding mask (one-token steps)
 FIX = {
     "vllm": "pip install --require-hashes -r requirements/cuda.lock (CUDA machines)",
     "default": "pip install --require-hashes -r requirements/cpu.lock (CPU) or requirements/cuda.lock (CUDA)",
@@ -121,9 +121,9 @@ def notes(versions: Versions) -> list[str]:
 
     transformers = versions.packages.get("transformers")
     if versions.cuda_runtime and transformers and Version(transformers) < Version(FAST_GQA_TRANSFORMERS):
-        return [f"note: transformers {transformers} < {FAST_GQA_TRANSFORMERS}: sdpa with a padding mask copies the KV "
-                f"heads at every decode step (repeat_kv), so padded batches decode slower on GPUs; "
-                f"requirements/cuda.lock holds a newer one"]
+        return [f"note: transformers {transformers} < {FAST_GQA_TRANSFORMERS}: its sdpa copies the KV heads under a "
+                f"padding mask (repeat_kv); rsdlib's decoder steps avoid it (rsdlib.attention), padded prefills and "
+                f"scoring do not; requirements/cuda.lock holds a newer one"]
     return []
 
 
