@@ -575,7 +575,9 @@ class Decoder:
     def _static_states(self, prompts):
         """``run_slots``' on_batch hook: replace a new batch's states by ``StaticState``s sized for this run's
         widest rows (``cache_users``), compiled if asked."""
-        widths = {user.name: user.tokens_per_row for user in self.cache_users(prompts)}
+        # cache_users' widths hold CACHE_CHUNK for the dynamic buffers' rounding; a static buffer needs one window
+        # of steps past the widest row instead (StaticState.retire_columns makes room once per window)
+        widths = {user.name: user.tokens_per_row - CACHE_CHUNK + self.flush_every for user in self.cache_users(prompts)}
 
         def on_batch(batch: Batch) -> None:
             if batch.teacher is not None:

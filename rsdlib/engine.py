@@ -304,6 +304,9 @@ class ModelState:
             self.mask = self.mask[:, first:]
 
 
+STATIC_ROUND = 64  # StaticState: buffer positions are a multiple of this (every step attends over all of them)
+
+
 class SlotLayer(DynamicLayer):
     """A KV cache layer of FIXED shape (B, H, capacity, D), written in place at a column all layers share.
 
@@ -395,7 +398,7 @@ class StaticState:
                 f"{sorted(set(getattr(cfg, 'layer_types', None) or ['full_attention']))}: use cache='dynamic'")
         self.model, self.device, self.pad_id, self.compiled = state.model, state.device, state.pad_id, compiled
         batch, width = state.mask.shape
-        self.capacity = cache_capacity(max(int(capacity), width + 1))
+        self.capacity = -(-max(int(capacity), width + 1) // STATIC_ROUND) * STATIC_ROUND
         self.col = width  # the next column written (host mirror of self.column)
         self.column = torch.tensor([width], dtype=torch.long, device=self.device)
         self.mask = state.mask.new_zeros(batch, self.capacity)  # (B, capacity) 1 = a real token
