@@ -8,7 +8,8 @@ byte-identical to an uninterrupted run.
    (tables A), then ``rsdlib regrade <eval> --answer-format boxed`` and ``reproduce`` again (tables B).
 2. Soak, in a fresh results folder: start ``reproduce``, ``kill -9`` it and every process under it (the
    notebook kernels, torchrun ranks) at a random point inside a notebook drawn at random (the stage
-   notebooks 00-40 three times as likely as a table or figure), start it again, ... until the pipeline ends
+   notebooks 00-40 three times as likely as a table or figure; the first round aims one kill at each stage
+   notebook), start it again, ... until the pipeline ends
    on its own; its tables must equal A byte for byte. Then the same regrade, killed at a random point (a
    reader run in between must refuse the half-regraded folder if the kill left one), rerun to the end, and
    ``reproduce`` again: its tables must equal B. Rounds repeat from an empty folder until ``--kills`` kills
@@ -170,8 +171,12 @@ def main(argv=None) -> int:
         # each kill lands inside a notebook drawn at random (the stages weigh more), at a random point of its
         # reference duration; targets in run order, so the pipeline moves on between kills
         n_pipeline = max(1, args.kills - kills - args.regrade_kills)
-        targets = sorted(rng.choices(list(durations), weights=[3 if n[:2].isdigit() else 1 for n in durations],
-                                     k=n_pipeline), key=list(durations).index)
+        # the first round aims one kill at every stage notebook (traces, analysis, training, multi-step,
+        # evaluation), so no stage goes untested by chance; the rest are drawn
+        covered = [n for n in durations if n[:2].isdigit()][:n_pipeline] if rounds == 1 else []
+        weights = [3 if n[:2].isdigit() else 1 for n in durations]
+        targets = sorted(covered + rng.choices(list(durations), weights=weights, k=n_pipeline - len(covered)),
+                         key=list(durations).index)
         while True:  # reproduce, killed at random points, until it ends on its own
             proc = start(["reproduce", "--profile", "smoke"], soak, log)
             target = wait_for_start(proc, log, targets) if targets else None
