@@ -8,7 +8,8 @@ intervals with the estimators of ``rsdlib.metrics`` and lays them out for ``rsdl
   ``accuracy_uncertainty`` gives, per table row, each benchmark's avg@k / pass@1 and the Average with
   a bootstrap interval over problems, and the paired difference to the base model on the same
   problems (a benchmark whose problems all score alike: Wilson's interval, and its Wilson term in the
-  Average; two models agreeing on every problem: the discordant-pair bound; issue 33);
+  Average; two models agreeing on every problem: the discordant-pair bound; every disagreement favouring one
+  model: the Jeffreys posterior of the gain and loss shares; issue 33);
   ``add_accuracy_intervals`` adds the Markdown cells ("ours [low, high]") and the CSV columns
   (estimate, low, high, difference, its bounds, whether it excludes 0) to a comparison table, and
   returns the paired-difference section; ``accuracy_interval_notes`` states these methods and the
@@ -213,7 +214,9 @@ def accuracy_interval_notes(problems: Mapping[str, int]) -> list[str]:
         f"{DIFF}: the row's model minus the base student on the same problems, problems resampled jointly (the "
         "Average as above). Where the two models agree on every problem of a benchmark: the discordant-pair bound "
         "(McNemar's view: only problems they disagree on move the difference), ± the Wilson upper limit for 0 "
-        "discordant problems of n.",
+        "discordant problems of n. Where they disagree on some problems but every disagreement favours the same "
+        "model (resampling would never cross 0): the Jeffreys posterior of the gain, loss and tie shares, "
+        "Dirichlet(counts + 1/2).",
         accuracy_mde_note(problems),
     ]
 
