@@ -58,7 +58,7 @@ from rsdlib.store import file_sha256, read_json
 NOTEBOOKS_DIR = paths.REPO_ROOT / "notebooks"
 PARAMS_DIR = paths.REPO_ROOT / "params"
 PROFILES = ("smoke", "demo", "paper", "paper-dry")
-DEFAULT_TIMEOUT = {"smoke": 900, "demo": 3600, "paper": None, "paper-dry": 2400}  # seconds per cell (None: no limit)
+DEFAULT_TIMEOUT = {"smoke": 900, "demo": 7200, "paper": None, "paper-dry": 2400}  # seconds per cell (None: no limit)
 # paper-dry: notebook 30 trains 23 stand-in students in one cell since Table 4 is whole (issue 29)
 
 
@@ -800,7 +800,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="rerun unchanged notebooks and redo cached stages (sets force: true where declared)")
     p.add_argument("--timeout", type=float, default=None,
-                   help="seconds per notebook cell (default: smoke 900, demo 3600, paper none; 0 = none)")
+                   help="seconds per notebook cell (default: smoke 900, demo 7200, paper none; 0 = none)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
 
 
