@@ -104,12 +104,18 @@ def test_compiled_static_path_gives_the_eager_tokens(pair):
     eager = Decoder(teacher, student, bridge, cfg, cache="static").generate(prompts, seeds, batch_size=3)
     dec = Decoder(teacher, student, bridge, cfg, compile=True)
     assert dec.cache == "static"
+    from torch._dynamo.utils import counters
+
+    graphs_before, breaks_before = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     compiled = dec.generate(prompts, seeds, batch_size=3)
+    # one graph per model for the whole run: no step recompiles (a guard on the write column or the mask
+    # would compile every step, and past torch's recompile limit fall back to eager without a word), and
+    # the forward has no graph break (each break is a host round trip on CUDA)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2
+    assert sum(counters["graph_break"].values()) == breaks_before
     assert _fields(compiled) == _fields(eager)
     assert _close(compiled, eager)
     assert getattr(teacher, "_rsdlib_compiled_forward", None) is not None  # the compiled forward was used
-    from torch._dynamo.utils import counters
-
     compiled_before = counters["stats"]["unique_graphs"]
     first_buffer = teacher._rsdlib_static_buffers[2][0][0].data_ptr()
     again = dec.generate(prompts, seeds, batch_size=3)  # same shapes: nothing compiles, the buffers are reused
