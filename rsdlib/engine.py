@@ -336,8 +336,23 @@ class SlotLayer(DynamicLayer):
         return self.keys.shape[-2]
 
 
+# Graphs torch.compile may make of the models' forwards in one process before it gives up (torch's default, 8,
+# is far too few here: see compiled_forward).
+RECOMPILE_LIMIT = 64
+
+
 def compiled_forward(model):
-    """``torch.compile`` of a model's forward (one per model; CUDA: mode "reduce-overhead", CUDA graphs)."""
+    """``torch.compile`` of a model's forward (one per model; CUDA: mode "reduce-overhead", CUDA graphs).
+
+    Each batch shape of a run is one graph per model (``dynamic=False``: the static buffers' shape), and
+    dynamo counts graphs per code object. transformers' deprecation decorator wraps every model's forward in
+    one and the same function, so the teacher, the student and every run of the process (each trace job and
+    its prefix run) share one count. Past torch's ``recompile_limit`` (8 by default: four runs of a pair)
+    dynamo runs the forward eagerly from then on, with one warning, and the "compiled" decoder is the eager
+    static one, slower than the dynamic cache. The limit is raised to ``RECOMPILE_LIMIT`` (never lowered).
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     fn = getattr(model, "_rsdlib_compiled_forward", None)
     if fn is None:
         mode = "reduce-overhead" if model.device.type == "cuda" else None

@@ -10,6 +10,7 @@
   that cannot use the slot path.
 """
 
+import dataclasses
 import logging
 
 import pytest
@@ -96,8 +97,12 @@ def test_a_refill_wider_than_the_write_column_moves_every_row_right(pair):
         torch.testing.assert_close(static.feed_ids(ids, ones), dynamic.feed_ids(ids, ones), atol=1e-5, rtol=1e-4)
 
 
-def test_compiled_static_path_gives_the_eager_tokens(pair):
+def test_compiled_static_path_gives_the_eager_tokens(pair, monkeypatch):
     teacher, student = pair
+    # torch's limit on graphs per code object is shared by both models' forwards and every run shape of the
+    # process; at 3 the third run below (a new shape: graphs 5 and 6) would run eagerly unless the decoder
+    # raises it (engine.RECOMPILE_LIMIT)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 3)
     bridge = VocabBridge.identity(VOCAB)
     cfg = DecodingConfig(mode="rsd", temperature=0.9, threshold=0.05, max_new_tokens=24, stop_ids=(1, 17))
     prompts, seeds = _prompts(6, seed=1), list(range(6))
@@ -122,6 +127,11 @@ def test_compiled_static_path_gives_the_eager_tokens(pair):
     assert _fields(again) == _fields(eager)
     assert counters["stats"]["unique_graphs"] == compiled_before
     assert teacher._rsdlib_static_buffers[2][0][0].data_ptr() == first_buffer  # CUDA graphs keep their addresses
+    longer = dataclasses.replace(cfg, max_new_tokens=24 + 2 * engine.STATIC_ROUND)  # wider buffers: new graphs
+    eager = Decoder(teacher, student, bridge, longer, cache="static").generate(prompts, seeds, batch_size=3)
+    compiled = Decoder(teacher, student, bridge, longer, compile=True).generate(prompts, seeds, batch_size=3)
+    assert _fields(compiled) == _fields(eager)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 4  # compiled, not run eagerly past the limit
 
 
 def test_static_cache_errors(pair, caplog):
