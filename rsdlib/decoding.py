@@ -563,8 +563,13 @@ class Decoder:
         kw = dict(new_trace=lambda prompt, seed: Trace(prompt_ids=prompt, seed=seed, config=record),
                   stop_ids=cfg.stop_ids, max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, refill=refill)
         if self.uses_slots:
-            on_batch = self._static_states(prompts) if self.cache == "static" else None
-            yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, on_batch=on_batch, **kw)
+            made: list[StaticState] = []
+            on_batch = self._static_states(prompts, made) if self.cache == "static" else None
+            try:
+                yield from run_slots(prompts, seeds, rule, flush_every=self.flush_every, on_batch=on_batch, **kw)
+            finally:
+                for state in made:  # the next run of the same shape takes their buffers, whenever they are freed
+                    state.release()
         else:
             if self.cache == "static":
                 log.warning("decoder: a static KV cache needs the lockstep slot path; this run (draft_tokens=%d, "
@@ -572,9 +577,9 @@ class Decoder:
                             cfg.draft_tokens)
             yield from run_batches(prompts, seeds, rule, **kw)
 
-    def _static_states(self, prompts):
+    def _static_states(self, prompts, made: list):
         """``run_slots``' on_batch hook: replace a new batch's states by ``StaticState``s sized for this run's
-        widest rows (``cache_users``), compiled if asked."""
+        widest rows (``cache_users``), compiled if asked; each one made is appended to ``made``."""
         # cache_users' widths hold CACHE_CHUNK for the dynamic buffers' rounding; a static buffer needs one window
         # of steps past the widest row instead (StaticState.retire_columns makes room once per window)
         widths = {user.name: user.tokens_per_row - CACHE_CHUNK + self.flush_every for user in self.cache_users(prompts)}
@@ -582,8 +587,10 @@ class Decoder:
         def on_batch(batch: Batch) -> None:
             if batch.teacher is not None:
                 batch.teacher = StaticState(batch.teacher, widths["teacher"], compiled=self.compile)
+                made.append(batch.teacher)
             if batch.student is not None:
                 batch.student = StaticState(batch.student, widths["student"], compiled=self.compile)
+                made.append(batch.student)
 
         return on_batch
 

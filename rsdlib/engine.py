@@ -365,20 +365,27 @@ def _static_buffers(owner, state: ModelState, capacity: int) -> list[tuple[torch
     """Zeroed (keys, values) buffers (B, H, capacity, D) per layer for ``owner`` (a StaticState of ``state.model``).
 
     The buffers of the model's previous StaticState are reused when their shapes match and that state is
-    gone (a later run or batch of the same shape): a compiled forward then sees the same addresses and
-    neither compiles nor records its CUDA graph again."""
+    done (released when its batch or run ends, or gone): a compiled forward then sees the same addresses
+    and neither compiles nor records its CUDA graph again. "Done" does not wait for the garbage collector:
+    a finished state can live on (a loop variable, a reference cycle), and on a GPU a second set of
+    buffers beside the first is a second KV cache. For the same reason a done state's buffers of another
+    shape are let go before the new ones are allocated (a released state holds none itself)."""
     import weakref
 
     shapes = [((*src.keys.shape[:2], capacity, src.keys.shape[3]), (*src.values.shape[:2], capacity,
                                                                     src.values.shape[3]), src.keys.dtype,
                src.keys.device) for src in state.cache.layers]
     kept = getattr(state.model, "_rsdlib_static_buffers", None)
-    if kept is not None and kept[0] == shapes and kept[1]() is None:
+    previous = kept[1]() if kept is not None else None
+    done = kept is not None and (previous is None or previous.released)
+    if done and kept[0] == shapes:
         buffers = kept[2]
         for keys, values in buffers:
             keys.zero_()
             values.zero_()
     else:
+        if done:  # another shape: free the done state's buffers before allocating (no two caches at once)
+            del state.model._rsdlib_static_buffers, kept
         buffers = [(torch.zeros(k, dtype=dtype, device=device), torch.zeros(v, dtype=dtype, device=device))
                    for k, v, dtype, device in shapes]
     try:
@@ -402,6 +409,8 @@ class StaticState:
     right when a refilled prompt is wider than the write column. Same interface as ``ModelState`` for
     ``run_slots`` and ``LockstepRule``; same logits up to float rounding (the masked columns weigh 0).
     """
+
+    released = False  # set by release(): its run has ended and its buffers may serve the next run
 
     def __init__(self, state: ModelState, capacity: int, compiled: bool = False):
         if not decode_mask_ok(state.model):
@@ -431,9 +440,17 @@ class StaticState:
         # eager: the module call (its hooks run); compiled: the compiled forward (hooks are not traced)
         self.forward = compiled_forward(state.model) if compiled else state.model
 
+    def release(self) -> None:
+        """Its batch is over: let go of the KV buffers (the model keeps them for its next StaticState, which
+        takes them if the shape matches and frees them before allocating if not)."""
+        self.released = True
+        self.cache.layers = []
+
     @torch.no_grad()
     def feed_ids(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """One column per row: ids (B, 1), new_mask (B, 1) (0: a hole in that row). Returns logits (B, V)."""
+        if self.released:
+            raise RuntimeError("StaticState used after its run released it (its buffers may serve another run)")
         if ids.shape[1] != 1 or keep != 1:
             raise ValueError(f"a static cache takes one token per row per step, got {tuple(ids.shape)}, keep={keep}")
         if self.col >= self.capacity:
@@ -872,8 +889,11 @@ def run_slots(
         # 4. retire: drop dead columns; with nothing to admit, compact to the live rows
         kept = [j for j, r in enumerate(slots) if r is not None]
         if not kept:
-            if pending.order:
-                batch = None  # every slot is free: start afresh
+            if pending.order:  # every slot is free: start afresh
+                for done in (batch.teacher, batch.student):  # a static state's buffers serve the next batch
+                    if isinstance(done, StaticState):
+                        done.release()
+                batch = None
             else:
                 break
             continue

@@ -12,6 +12,7 @@
 
 import dataclasses
 import logging
+import weakref
 
 import pytest
 import torch
@@ -132,6 +133,47 @@ def test_compiled_static_path_gives_the_eager_tokens(pair, monkeypatch):
     compiled = Decoder(teacher, student, bridge, longer, compile=True).generate(prompts, seeds, batch_size=3)
     assert _fields(compiled) == _fields(eager)
     assert counters["stats"]["unique_graphs"] - graphs_before == 4  # compiled, not run eagerly past the limit
+
+
+def test_static_buffers_serve_the_next_batch_and_run_without_waiting_for_the_collector(pair, monkeypatch):
+    """A finished StaticState (its batch or its run over) hands its buffers to the next one of its shape
+    even while it is still alive (a loop variable, a reference cycle: here every state is held on purpose),
+    and a state of another shape frees them before allocating: on a GPU two sets of buffers are two KV
+    caches, and a compiled forward's CUDA graphs want the same addresses."""
+    teacher, student = pair
+    bridge = VocabBridge.identity(VOCAB)
+    # no stop ids: the rows of a batch end together, so the run starts a second batch afresh
+    cfg = DecodingConfig(mode="rsd", temperature=0.9, threshold=0.05, max_new_tokens=12, stop_ids=())
+    prompts, seeds = _prompts(4, seed=2), list(range(4))
+    fresh, held = [], []
+    original_buffers, original_init = engine._static_buffers, StaticState.__init__
+
+    def buffers_spy(owner, state, capacity):
+        kept = getattr(state.model, "_rsdlib_static_buffers", None)
+        buffers = original_buffers(owner, state, capacity)
+        fresh.append(kept is None or buffers is not kept[2])
+        return buffers
+
+    def init_spy(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        held.append(self)
+
+    monkeypatch.setattr(engine, "_static_buffers", buffers_spy)
+    monkeypatch.setattr(StaticState, "__init__", init_spy)
+    dec = Decoder(teacher, student, bridge, cfg, cache="static")
+    first = dec.generate(prompts, seeds, batch_size=2)
+    assert fresh == [True, True, False, False]  # teacher and student allocate once; the second batch reuses
+    address = teacher._rsdlib_static_buffers[2][0][0].data_ptr()
+    assert _fields(dec.generate(prompts, seeds, batch_size=2)) == _fields(first)
+    assert fresh[4:] == [False] * 4 and teacher._rsdlib_static_buffers[2][0][0].data_ptr() == address
+    assert len(held) == 8 and all(state.released and not state.cache.layers for state in held)
+    with pytest.raises(RuntimeError, match="after its run released it"):
+        held[0].feed_ids(torch.tensor([[3], [4]]), torch.ones(2, 1, dtype=held[0].mask.dtype))
+    old_buffers = [weakref.ref(keys) for keys, _ in teacher._rsdlib_static_buffers[2]]
+    longer = dataclasses.replace(cfg, max_new_tokens=12 + 2 * engine.STATIC_ROUND)  # another shape
+    Decoder(teacher, student, bridge, longer, cache="static").generate(prompts, seeds, batch_size=2)
+    assert fresh[8:10] == [True, True]
+    assert all(ref() is None for ref in old_buffers)  # freed, though every state that used them lives on
 
 
 def test_static_cache_errors(pair, caplog):
